@@ -1,0 +1,47 @@
+"""poolwatch: connection-pool health monitoring for SQLAlchemy and Redis, exported to Prometheus.
+
+As a library: ``Database`` / ``session_scope()`` / ``get_session()`` give the safe session lifecycle;
+as a daemon: ``poolwatch run --config poolwatch.yaml``.
+"""
+
+from poolwatch._version import __version__
+from poolwatch.database import (
+    Database,
+    RedisDatabase,
+    dispose_defaults,
+    get_database,
+    get_redis,
+    get_redis_database,
+    get_session,
+    session_scope,
+)
+from poolwatch.errors import (
+    AuthenticationFailedError,
+    ConfigError,
+    DatabaseUnavailableError,
+    PoolExhaustedError,
+    PoolwatchError,
+    QueryFailedError,
+    SessionError,
+    TransactionFailedError,
+)
+
+__all__ = [
+    "AuthenticationFailedError",
+    "ConfigError",
+    "Database",
+    "DatabaseUnavailableError",
+    "PoolExhaustedError",
+    "PoolwatchError",
+    "QueryFailedError",
+    "RedisDatabase",
+    "SessionError",
+    "TransactionFailedError",
+    "__version__",
+    "dispose_defaults",
+    "get_database",
+    "get_redis",
+    "get_redis_database",
+    "get_session",
+    "session_scope",
+]

@@ -1,0 +1,174 @@
+"""The command line: ``poolwatch run | check | config | status | --version``.
+
+Every error a user can cause ends as one line on stderr and exit status 2 (configuration) or 1
+(a target down, the daemon unreachable); never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from poolwatch._version import __version__
+from poolwatch.config import DEFAULT_LISTEN, load_settings
+from poolwatch.errors import ConfigError, PoolwatchError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from poolwatch.config import Settings, TargetSettings
+
+EXIT_OK, EXIT_DOWN, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="poolwatch",
+        description="Connection-pool health monitoring for SQLAlchemy and Redis, for Prometheus.",
+    )
+    parser.add_argument("--version", action="version", version=f"poolwatch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("-c", "--config", metavar="FILE", help="YAML file (or POOLWATCH_CONFIG)")
+        return sub
+
+    run = with_config(commands.add_parser("run", help="run the daemon in the foreground"))
+    run.add_argument("--listen", metavar="ADDR", help=f"host:port for /metrics ({DEFAULT_LISTEN})")
+    check = with_config(commands.add_parser("check", help="probe every target once; exit 1 if one is down"))
+    check.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    config = with_config(commands.add_parser("config", help="print the effective configuration, secrets masked"))
+    config.add_argument("--listen", metavar="ADDR", help="as for run")
+    status = commands.add_parser("status", help="ask a running daemon for its targets' state")
+    status.add_argument("--url", default=f"http://{DEFAULT_LISTEN}", help="the daemon's base URL")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "check":
+            return _check(args)
+        if args.command == "config":
+            return _config(args)
+        return _status(args)
+    except ConfigError as exc:
+        print(f"poolwatch: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PoolwatchError as exc:
+        print(f"poolwatch: error: {exc}", file=sys.stderr)
+        return EXIT_DOWN
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from poolwatch.daemon import Daemon  # noqa: PLC0415 - keep `poolwatch config` light
+    from poolwatch.logs import setup_logging  # noqa: PLC0415
+
+    settings = load_settings(args.config, listen=args.listen)
+    redactor = setup_logging(settings.log.level, settings.log.format, settings.secrets())
+
+    def reload() -> Settings:
+        return load_settings(args.config, listen=args.listen)
+
+    daemon = Daemon(settings, loader=reload, on_secrets=redactor.update)
+    daemon.run()
+    return EXIT_OK
+
+
+def _config(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, listen=args.listen)
+    print(f"# poolwatch {__version__}; targets from {settings.source}")
+    print(yaml.safe_dump(settings.public_dict(), sort_keys=False), end="")
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    from poolwatch.logs import setup_logging  # noqa: PLC0415
+
+    settings = load_settings(args.config)
+    setup_logging("ERROR", "text", settings.secrets())
+    with ThreadPoolExecutor(max_workers=min(32, len(settings.targets))) as pool:
+        rows = list(pool.map(check_target, settings.targets))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+    return EXIT_OK if all(row["up"] for row in rows) else EXIT_DOWN
+
+
+def check_target(target: TargetSettings) -> dict[str, Any]:
+    """Probe one target once, within its probe timeout, and dispose what was opened."""
+    from poolwatch.daemon import build_target  # noqa: PLC0415
+    from poolwatch.jobs import BoundedCall, run_job  # noqa: PLC0415
+    from poolwatch.metrics import Metrics  # noqa: PLC0415
+
+    row: dict[str, Any] = {"target": target.name, "kind": target.kind, "up": False,
+                           "latency_ms": None, "error": ""}  # fmt: skip
+    try:
+        runtime = build_target(target, Metrics())
+    except PoolwatchError as exc:
+        row["error"] = str(exc)
+        return row
+    try:
+        outcome = run_job(runtime.probe, BoundedCall(f"check:{target.name}"))
+        runtime.probe.record(outcome)
+        status = runtime.probe.status()
+        row["up"] = bool(status["up"])
+        row["latency_ms"] = round(outcome.duration * 1000, 2) if outcome.ok else None
+        row["error"] = status["error"]
+    finally:
+        runtime.close()
+    return row
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    header = ("TARGET", "KIND", "UP", "LATENCY", "ERROR")
+    lines = [
+        (r["target"], r["kind"], "yes" if r["up"] else "no",
+         "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f} ms", r["error"])
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=False)]
+    return "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in (header, *lines)
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    url = args.url.rstrip("/") + "/status"
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--url: expected http:// or https://, got {args.url!r}")
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:  # noqa: S310
+            data = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"poolwatch: error: cannot reach the daemon at {args.url}: {reason}", file=sys.stderr)
+        return EXIT_DOWN
+    rows = [
+        {"target": t["name"], "kind": t["kind"], "up": bool(t["up"]),
+         "latency_ms": None if t["latency_seconds"] is None else t["latency_seconds"] * 1000,
+         "error": t["error"]}
+        for t in data.get("targets", [])
+    ]  # fmt: skip
+    print(format_table(rows))
+    return EXIT_OK if all(row["up"] for row in rows) else EXIT_DOWN
+
+
+def entry() -> None:
+    logging.raiseExceptions = False
+    sys.exit(main())

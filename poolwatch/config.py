@@ -1,0 +1,628 @@
+"""Settings: defaults < YAML file < environment < CLI flags, validated once into frozen objects.
+
+This is the only module that reads the environment. Passwords are split out of URLs on load and kept
+as ``SecretStr``; everything printable (``repr``, ``poolwatch config``, errors) shows the URL without
+them. Every validation failure becomes one ``ConfigError`` line naming the key path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from poolwatch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+Kind = Literal["postgres", "sqlite", "redis"]
+DEFAULT_LISTEN = "127.0.0.1:18187"
+MASK = "***"
+
+Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$"
+# YAML gives lists; the frozen models keep tuples. strict=False here admits the list container only:
+# the items are still validated strictly (a name must be a string, a threshold a number).
+Names = Annotated[tuple[Annotated[str, Field(strict=True, min_length=1)], ...], Field(strict=False)]
+
+
+class _Model(BaseModel):
+    # strict: a YAML string "5" is not a size; extra=forbid: a typo is an error, not a silent default.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class PoolSettings(_Model):
+    """The SQLAlchemy pool poolwatch builds for a target, and its housekeeping."""
+
+    size: Annotated[int, Field(ge=1, le=10_000)] = 5
+    max_overflow: Annotated[int, Field(ge=0, le=10_000)] = 10
+    timeout: Seconds = 30.0
+    pre_ping: bool = True
+    recycle: Seconds | None = 3600.0
+    connect_timeout: Annotated[float, Field(ge=1, le=3600)] = 5.0
+    application_name: Annotated[str, Field(min_length=1, max_length=63)] | None = None
+    min_idle: Annotated[int, Field(ge=0, le=10_000)] = 0
+    idle_timeout: Seconds | None = 600.0
+    max_lifetime: Seconds | None = 1800.0
+    keepalive: Seconds | None = 120.0
+    leak_threshold: Seconds | None = None
+    housekeeping_interval: Seconds = 30.0
+
+    @model_validator(mode="after")
+    def _floor_within_size(self) -> PoolSettings:
+        if self.min_idle > self.size:
+            raise ValueError(f"min_idle ({self.min_idle}) must not exceed size ({self.size})")
+        return self
+
+
+class ProbeSettings(_Model):
+    """How often each target is probed, and how long one probe may take."""
+
+    interval: Seconds = 15.0
+    timeout: Seconds = 5.0
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> ProbeSettings:
+        if self.timeout > self.interval:
+            raise ValueError(
+                f"timeout ({self.timeout:g}) must not exceed interval ({self.interval:g})"
+            )
+        return self
+
+
+class CensusSettings(_Model):
+    """Server-side session counts; label values limited to the names listed here."""
+
+    enabled: bool = True
+    interval: Seconds = 15.0
+    timeout: Seconds = 5.0
+    databases: Names = ()
+    users: Names = ()
+    applications: Names = ()
+    idle_thresholds: Annotated[
+        tuple[Annotated[float, Field(strict=True, gt=0)], ...], Field(strict=False)
+    ] = (60.0, 300.0, 3600.0)
+
+
+class ReaperSettings(_Model):
+    """Which idle server sessions may be terminated. Off and dry-run by default."""
+
+    enabled: bool = False
+    dry_run: bool = True
+    interval: Seconds = 60.0
+    timeout: Seconds = 10.0
+    idle_timeout: Seconds | None = None
+    idle_in_transaction_timeout: Seconds | None = None
+    databases: Names = ()
+    exclude_databases: Names = ()
+    users: Names = ()
+    exclude_users: Names = ()
+    applications: Names = ()
+    exclude_applications: Names = ()
+    allow_superusers: bool = False
+    allow_pubsub: bool = False
+    allow_monitors: bool = False
+    allow_replicas: bool = False
+    max_per_run: Annotated[int, Field(ge=1, le=10_000)] = 20
+
+    @model_validator(mode="after")
+    def _needs_a_timeout(self) -> ReaperSettings:
+        if self.enabled and self.idle_timeout is None and self.idle_in_transaction_timeout is None:
+            raise ValueError("an enabled reaper needs idle_timeout or idle_in_transaction_timeout")
+        return self
+
+
+class TargetSettings(_Model):
+    """One monitored database or Redis server. ``url`` never holds the password."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    kind: Kind
+    url: str
+    password: SecretStr | None = None
+    password_file: str | None = None
+    pool: PoolSettings = PoolSettings()
+    probe: ProbeSettings = ProbeSettings()
+    census: CensusSettings = CensusSettings()
+    reaper: ReaperSettings = ReaperSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_password(cls, data: Any) -> Any:
+        """Move a password out of the URL (and out of ``password_file``) before anything prints it."""
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        data = dict(data)
+        url, password = split_password(data["url"])
+        data["url"] = url
+        if password is not None:
+            if data.get("password_file") is not None:
+                raise ValueError("give the password in url or in password_file, not both")
+            data["password"] = SecretStr(password)
+        password_file = data.get("password_file")
+        if isinstance(password_file, str):
+            data["password"] = SecretStr(_read_password_file(password_file))
+        elif isinstance(data.get("password"), str):
+            data["password"] = SecretStr(data["password"])
+        return data
+
+    @model_validator(mode="after")
+    def _url_matches_kind(self) -> TargetSettings:
+        check_url(self.kind, self.url)
+        if self.kind != "postgres" and self.reaper.enabled and self.kind == "sqlite":
+            raise ValueError("the reaper works on postgres and redis targets, not sqlite")
+        return self
+
+    @property
+    def application_name(self) -> str:
+        """What the server sees as this pool's application_name / CLIENT SETNAME."""
+        return self.pool.application_name or f"poolwatch-{self.name}"
+
+    def display_url(self) -> str:
+        """The URL as it may be printed: with ``***`` where a password is set."""
+        return mask_url(self.url, self.password is not None)
+
+
+class TlsSettings(_Model):
+    """TLS for the HTTP endpoint; ``client_ca_file`` turns on client-certificate verification."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+
+class HttpSettings(_Model):
+    """The /metrics endpoint. ``basic_auth_users`` maps user names to bcrypt hashes."""
+
+    listen: str = DEFAULT_LISTEN
+    tls: TlsSettings | None = None
+    basic_auth_users: dict[str, SecretStr] = Field(default_factory=dict)
+    max_request_bytes: Annotated[int, Field(ge=1024, le=1 << 20)] = 16384
+    request_timeout: Seconds = 10.0
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("basic_auth_users", mode="before")
+    @classmethod
+    def _bcrypt_hashes(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        checked: dict[str, SecretStr] = {}
+        for user, hashed in value.items():
+            if not isinstance(hashed, str) or not re.fullmatch(r"\$2[abxy]?\$\d\d\$.{53}", hashed):
+                raise ValueError(f"the password of user {user!r} must be a bcrypt hash ($2b$...)")
+            checked[str(user)] = SecretStr(hashed)
+        return checked
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+class AuditSettings(_Model):
+    """Where reaper decisions are recorded: a PostgreSQL database, with a local spool."""
+
+    url: str | None = None
+    password: SecretStr | None = None
+    password_file: str | None = None
+    table: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "poolwatch_audit"
+    spool_path: str | None = None
+    spool_max: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_password(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        data = dict(data)
+        data["url"], password = split_password(data["url"])
+        if password is not None:
+            data["password"] = SecretStr(password)
+        if isinstance(data.get("password_file"), str):
+            data["password"] = SecretStr(_read_password_file(data["password_file"]))
+        return data
+
+    @model_validator(mode="after")
+    def _postgres_only(self) -> AuditSettings:
+        if self.url is not None:
+            check_url("postgres", self.url)
+        return self
+
+    def display_url(self) -> str | None:
+        return None if self.url is None else mask_url(self.url, self.password is not None)
+
+
+class LogSettings(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(_Model):
+    """The whole validated configuration. ``source`` says where the targets came from."""
+
+    http: HttpSettings = HttpSettings()
+    log: LogSettings = LogSettings()
+    targets: Annotated[tuple[TargetSettings, ...], Field(strict=False)] = ()
+    audit: AuditSettings = AuditSettings()
+    source: str = "defaults"
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_names(cls, targets: tuple[TargetSettings, ...]) -> tuple[TargetSettings, ...]:
+        seen: set[str] = set()
+        for target in targets:
+            if target.name in seen:
+                raise ValueError(f"duplicate target name {target.name!r}")
+            seen.add(target.name)
+        return targets
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the configuration, for log redaction."""
+        values = [t.password.get_secret_value() for t in self.targets if t.password]
+        if self.audit.password:
+            values.append(self.audit.password.get_secret_value())
+        return [v for v in values if v]
+
+    def public_dict(self) -> dict[str, Any]:
+        """The effective configuration as ``poolwatch config`` prints it: secrets masked."""
+        data = self.model_dump(mode="json", exclude={"source"})
+        for shown, target in zip(data["targets"], self.targets, strict=True):
+            shown["url"] = target.display_url()
+            shown["password"] = MASK if target.password else None
+        data["audit"]["url"] = self.audit.display_url()
+        data["audit"]["password"] = MASK if self.audit.password else None
+        data["http"]["basic_auth_users"] = dict.fromkeys(self.http.basic_auth_users, MASK)
+        return data
+
+
+class Environment(BaseSettings):
+    """The environment variables poolwatch reads; nothing else looks at ``os.environ``."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+
+    config: str | None = Field(None, validation_alias="POOLWATCH_CONFIG")
+    listen: str | None = Field(None, validation_alias="POOLWATCH_LISTEN")
+    log_level: str | None = Field(None, validation_alias="POOLWATCH_LOG_LEVEL")
+    state_dir: str | None = Field(None, validation_alias="POOLWATCH_STATE_DIR")
+    database_url: str | None = Field(None, validation_alias="DATABASE_URL")
+    redis_url: str | None = Field(None, validation_alias="REDIS_URL")
+    postgres_user: str | None = Field(None, validation_alias="POSTGRES_USER")
+    postgres_password: str | None = Field(None, validation_alias="POSTGRES_PASSWORD")
+    postgres_host: str | None = Field(None, validation_alias="POSTGRES_HOST")
+    postgres_port: str | None = Field(None, validation_alias="POSTGRES_PORT")
+    postgres_db: str | None = Field(None, validation_alias="POSTGRES_DB")
+
+
+def load_settings(
+    config_file: str | None = None,
+    *,
+    listen: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the effective settings. ``environ`` replaces ``os.environ`` (tests pass their own)."""
+    env = _read_environment(environ)
+    path = config_file or env.config
+    data: dict[str, Any] = _read_yaml(path) if path else {}
+    source = f"file {path}" if path else "defaults"
+    if env.listen:
+        data.setdefault("http", {})
+        _require_mapping(data["http"], "http")
+        data["http"] = {**data["http"], "listen": env.listen}
+    if env.log_level:
+        data.setdefault("log", {})
+        _require_mapping(data["log"], "log")
+        data["log"] = {**data["log"], "level": env.log_level.upper()}
+    if not data.get("targets"):
+        env_targets = _environment_targets(env)
+        if env_targets:
+            data["targets"] = env_targets
+            source = "environment (" + ", ".join(t["name"] for t in env_targets) + ")"
+        else:
+            data["targets"] = [embedded_target(env.state_dir)]
+            source = "embedded SQLite default"
+    if listen is not None:
+        data.setdefault("http", {})
+        _require_mapping(data["http"], "http")
+        data["http"] = {**data["http"], "listen": listen}
+    data["source"] = source
+    return validate(data)
+
+
+def validate(data: Mapping[str, Any]) -> Settings:
+    """Validate a configuration mapping; any failure is one ConfigError line."""
+    try:
+        return Settings.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, data)) from None
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError, data: Mapping[str, Any]) -> str:
+    """The first validation failure as ``key.path: what is expected (got ...)``."""
+    errors = exc.errors(include_url=False)
+    error = errors[0]
+    path = _key_path(error["loc"], data)
+    message = _plain_message(error)
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{path}: {message}{more}" if path else f"{message}{more}"
+
+
+def _key_path(loc: Sequence[int | str], data: Mapping[str, Any]) -> str:
+    parts: list[str] = []
+    node: Any = data
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{item}]"]
+            node = node[item] if isinstance(node, list | tuple) and item < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("name"), str) and len(parts) == 1:
+                parts[-1] += f"({node['name'][:40]})"
+            continue
+        if item in {"function-after", "function-before", "function-wrap"} or "[" in item:
+            continue
+        parts.append(item)
+        node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def _plain_message(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    message = str(error["msg"])
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    elif kind == "literal_error":
+        message = "expected " + message.removeprefix("Input should be ")
+    else:
+        message = message.replace("Input should be", "expected")
+    shown = "" if kind in {"value_error", "missing", "model_type"} else _got(error.get("input"))
+    if kind == "model_type":
+        message = f"expected a mapping{_got(error.get('input'))}"
+    return message[:1].lower() + message[1:] + shown
+
+
+def _got(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return f" (got a {type(value).__name__})"
+    return f" (got {_printable(value)})"
+
+
+def _printable(value: Any) -> str:
+    text = repr(value)
+    if "://" in text:  # a URL that failed validation may still carry a password
+        text = repr(mask_url(str(value), has_password=True)) if isinstance(value, str) else "<url>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _read_environment(environ: Mapping[str, str] | None) -> Environment:
+    source = dict(os.environ if environ is None else environ)
+    try:
+        # pydantic-settings reads the process environment; a given mapping goes in as init values.
+        if environ is None:
+            return Environment()
+        fields = Environment.model_fields
+        values = {
+            name: source[str(field.validation_alias)]
+            for name, field in fields.items()
+            if isinstance(field.validation_alias, str) and field.validation_alias in source
+        }
+        return Environment.model_construct(**values)
+    except ValidationError as exc:
+        raise ConfigError(f"environment: {describe_validation_error(exc, {})}") from None
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a YAML file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied reading the configuration file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid syntax"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the configuration file is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    if "source" in data:
+        raise ConfigError("source: unknown key")
+    return data
+
+
+def _require_mapping(value: Any, path: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a mapping (got a {type(value).__name__})")
+
+
+def _environment_targets(env: Environment) -> list[dict[str, Any]]:
+    targets: list[dict[str, Any]] = []
+    if env.database_url:
+        kind = "sqlite" if env.database_url.startswith("sqlite") else "postgres"
+        targets.append({"name": kind, "kind": kind, "url": env.database_url})
+    elif any((env.postgres_host, env.postgres_db, env.postgres_user, env.postgres_password)):
+        targets.append({"name": "postgres", "kind": "postgres", "url": _postgres_url(env)})
+    if env.redis_url:
+        targets.append({"name": "redis", "kind": "redis", "url": env.redis_url})
+    return targets
+
+
+def _postgres_url(env: Environment) -> str:
+    port = env.postgres_port or "5432"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:  # noqa: PLR2004
+        raise ConfigError(f"POSTGRES_PORT: expected a port number 1-65535 (got {port!r})")
+    user = quote(env.postgres_user or "postgres", safe="")
+    password = f":{quote(env.postgres_password, safe='')}" if env.postgres_password else ""
+    host = env.postgres_host or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    database = quote(env.postgres_db or env.postgres_user or "postgres", safe="")
+    return f"postgresql+psycopg2://{user}{password}@{host}:{port}/{database}"
+
+
+def embedded_target(state_dir: str | None = None) -> dict[str, Any]:
+    """The SQLite database poolwatch watches when nothing else is configured."""
+    base = Path(state_dir) if state_dir else Path.home() / ".local" / "state" / "poolwatch"
+    return {"name": "embedded", "kind": "sqlite", "url": f"sqlite:///{base / 'embedded.db'}"}
+
+
+def _read_password_file(path: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"password_file {path} does not exist") from None
+    except PermissionError:
+        raise ValueError(f"password_file {path} is not readable (permission denied)") from None
+    except IsADirectoryError:
+        raise ValueError(f"password_file {path} is a directory") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"password_file {path} cannot be read ({type(exc).__name__})") from None
+    password = text.rstrip("\r\n")
+    if not password:
+        raise ValueError(f"password_file {path} is empty")
+    return password
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """``scheme://user:pw@host/db`` -> (``scheme://user@host/db``, ``pw``). Percent-escapes kept."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url, None
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, sep, password = userinfo.partition(":")
+    if not sep:
+        return url, None
+    from urllib.parse import unquote  # noqa: PLC0415 - only needed on this path
+
+    netloc = f"{user}@{hostport}" if user else hostport
+    return urlunsplit(parts._replace(netloc=netloc)), unquote(password)
+
+
+def mask_url(url: str, has_password: bool) -> str:
+    """The URL with ``***`` standing for its password (or for any password left in it)."""
+    bare, _ = split_password(url)
+    if not has_password:
+        return bare
+    parts = urlsplit(bare)
+    user, at, hostport = parts.netloc.rpartition("@")
+    netloc = f"{user}:{MASK}@{hostport}" if at else f":{MASK}@{parts.netloc}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+_SCHEMES: dict[str, tuple[str, ...]] = {
+    "postgres": ("postgresql", "postgresql+psycopg2", "postgres"),
+    "sqlite": ("sqlite", "sqlite+pysqlite"),
+    "redis": ("redis", "rediss", "unix"),
+}
+
+
+def check_url(kind: Kind, url: str) -> None:
+    """Reject a URL that cannot work for ``kind``, naming what is expected."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"url must look like {_SCHEMES[kind][0]}://..., got {_printable(url)}")
+    if scheme not in _SCHEMES[kind]:
+        allowed = ", ".join(f"{s}://" for s in _SCHEMES[kind])
+        raise ValueError(f"url scheme {scheme}:// does not fit kind {kind} (expected {allowed})")
+    if kind == "redis":
+        _check_redis_url(scheme, url)
+        return
+    try:
+        parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    except (ArgumentError, ValueError):
+        raise ValueError(f"url is not a valid {kind} URL: {_printable(url)}") from None
+    if kind == "postgres":
+        if not parsed.host and "host" not in parsed.query:
+            raise ValueError("url needs a host, as in postgresql+psycopg2://user@host:5432/db")
+        if rest.startswith("/") or not rest:
+            raise ValueError("url needs a host, as in postgresql+psycopg2://user@host:5432/db")
+        try:
+            _ = parsed.port
+        except ValueError:
+            raise ValueError("url has an invalid port") from None
+
+
+def _check_redis_url(scheme: str, url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"url has an invalid port: {_printable(url)}") from None
+    if scheme == "unix":
+        if not parts.path:
+            raise ValueError("a unix:// Redis URL needs a socket path")
+        return
+    if not parts.hostname:
+        raise ValueError("url needs a host, as in redis://host:6379/0")
+    if port == 0:
+        raise ValueError("url has an invalid port 0")
+    database = parts.path.lstrip("/")
+    if database and not database.isdigit():
+        raise ValueError(f"url database must be a number, as in redis://host:6379/0 (got {database!r})")
+
+
+def sqlalchemy_url(target: TargetSettings) -> Any:
+    """The ``sqlalchemy.engine.URL`` for a SQL target, with its password (never printed: the URL
+    object masks it in ``str()`` and ``repr()``)."""
+    url = make_url(target.url.replace("postgres://", "postgresql://", 1))
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg2")
+    if target.password is not None:
+        url = url.set(password=target.password.get_secret_value())
+    return url
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` -> (host, port). Port 0 asks for a free port."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:  # noqa: PLR2004
+        raise ValueError(f"expected host:port with a port 0-65535, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    elif host == "":
+        host = "0.0.0.0"  # noqa: S104 - an explicit ":port" asks for every interface
+    elif not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", host):
+        raise ValueError(f"expected host:port, got {value!r}")
+    return host, int(port_text)

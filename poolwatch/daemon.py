@@ -1,0 +1,257 @@
+"""The daemon: builds everything from settings; start, run (foreground), stop; signals and reload.
+
+SIGTERM and SIGINT stop the scheduler, dispose the engines, close the Redis clients and return, so
+``poolwatch run`` exits 0 within a few seconds even while a target hangs. SIGHUP re-reads the
+configuration: a valid one replaces the targets (the HTTP listener stays), an invalid one is logged
+and the running configuration kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import bcrypt  # noqa: F401 - imported early so a missing wheel fails at start, not at first scrape
+
+from poolwatch import http
+from poolwatch._version import __version__
+from poolwatch.database import Database, RedisDatabase
+from poolwatch.errors import PoolwatchError
+from poolwatch.metrics import Metrics
+from poolwatch.probe import Probe, redis_check, sql_check
+from poolwatch.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from threading import Thread
+    from wsgiref.simple_server import WSGIServer
+
+    from poolwatch.config import Settings, TargetSettings
+    from poolwatch.jobs import Job
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TargetRuntime:
+    """What the daemon holds for one target: its shared engine or client, and its jobs."""
+
+    settings: TargetSettings
+    probe: Probe
+    database: Database | None = None
+    redis: RedisDatabase | None = None
+    jobs: list[Job] = field(default_factory=list)
+
+    def close(self) -> None:
+        try:
+            if self.database is not None:
+                self.database.dispose()
+            if self.redis is not None:
+                self.redis.close()
+        except Exception as exc:  # noqa: BLE001 - shutdown goes on for the other targets
+            log.warning("closing %s failed: %s", self.settings.name, type(exc).__name__)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.settings.name,
+            "kind": self.settings.kind,
+            "url": self.settings.display_url(),
+            **self.probe.status(),
+        }
+
+
+def build_target(target: TargetSettings, metrics: Metrics) -> TargetRuntime:
+    """The shared engine or client of a target, and its scheduled jobs."""
+    database: Database | None = None
+    redis_db: RedisDatabase | None = None
+    if target.kind == "redis":
+        redis_db = RedisDatabase.from_target(target)
+        check = redis_check(redis_db.client)
+    else:
+        database = Database.from_target(target)
+        check = sql_check(database.engine)
+    probe = Probe(
+        target.name, check, metrics.probe,
+        interval=target.probe.interval, timeout=target.probe.timeout,
+    )  # fmt: skip
+    metrics.probe.add_target(target.name)
+    return TargetRuntime(target, probe, database, redis_db, jobs=[probe])
+
+
+class Daemon:
+    """poolwatch's long-running process, built from validated settings.
+
+    ``loader`` re-reads the configuration on SIGHUP; without one, SIGHUP is ignored.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        loader: Callable[[], Settings] | None = None,
+        on_secrets: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._loader = loader
+        self._on_secrets = on_secrets
+        self._scheduler = Scheduler(self.metrics.jobs, max_workers=max(16, 8 * len(settings.targets)))
+        self._targets: dict[str, TargetRuntime] = {}
+        self._targets_lock = threading.Lock()
+        self._server: tuple[WSGIServer, Thread] | None = None
+        self._started = threading.Event()
+        self._stopped = threading.Event()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where /metrics is served (the real port when ``listen`` asked for port 0)."""
+        if self._server is None:
+            return self.settings.http.address
+        host, port = self._server[0].server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.address
+        scheme = "https" if self.settings.http.tls else "http"
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}:{port}"
+
+    def start(self) -> None:
+        """Build the targets and start serving HTTP; jobs run once ``run()`` is called."""
+        users = {
+            name: hashed.get_secret_value().encode()
+            for name, hashed in self.settings.http.basic_auth_users.items()
+        }
+        endpoint = http.Endpoint(
+            self.metrics.registry, healthy=self.healthy, ready=self.ready,
+            status=self.status, basic_auth_users=users,
+        )  # fmt: skip
+        self._server = http.serve(endpoint, self.settings.http)
+        log.info("%s", self._banner())
+        try:
+            for target in self.settings.targets:
+                self._add_target(target)
+        except BaseException:
+            self._close()
+            raise
+        self._started.set()
+
+    def _banner(self) -> str:
+        where = f"{self.base_url}/metrics"
+        if self.settings.source == "embedded SQLite default":
+            (target,) = self.settings.targets
+            return (
+                f"poolwatch {__version__}: no configuration given, monitoring the embedded SQLite "
+                f"database {target.url.removeprefix('sqlite:///')}; /metrics on {where}"
+            )
+        names = ", ".join(f"{t.name} ({t.kind})" for t in self.settings.targets)
+        return (
+            f"poolwatch {__version__}: configuration from {self.settings.source}; "
+            f"targets {names}; /metrics on {where}"
+        )
+
+    def _add_target(self, target: TargetSettings) -> None:
+        runtime = build_target(target, self.metrics)
+        with self._targets_lock:
+            self._targets[target.name] = runtime
+        for job in runtime.jobs:
+            self._scheduler.add(job)
+
+    def _remove_target(self, name: str) -> None:
+        with self._targets_lock:
+            runtime = self._targets.pop(name)
+        self._scheduler.remove_target(name)
+        self.metrics.probe.remove_target(name)
+        runtime.close()
+
+    def run(self) -> None:
+        """Start if needed, then run jobs in the foreground until SIGTERM/SIGINT or ``stop()``."""
+        if not self._started.is_set():
+            self.start()
+        self._install_signal_handlers()
+        try:
+            self._scheduler.run()
+        finally:
+            self._close()
+        log.info("poolwatch stopped")
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return. Safe from any thread, and to call twice."""
+        self._scheduler.stop()
+
+    def reload(self) -> None:
+        """Re-read the configuration; replace the targets if it is valid."""
+        if self._loader is None:
+            return
+        try:
+            new = self._loader()
+        except PoolwatchError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)  # noqa: TRY400
+            return
+        if new.http != self.settings.http:
+            log.warning("reload: http settings changed; they take effect after a restart")
+        if self._on_secrets is not None:
+            self._on_secrets(new.secrets() + self.settings.secrets())
+        old = {t.name: t for t in self.settings.targets}
+        fresh = {t.name: t for t in new.targets}
+        for name, target in old.items():
+            if fresh.get(name) != target:
+                self._remove_target(name)
+        for name, target in fresh.items():
+            if old.get(name) != target:
+                try:
+                    self._add_target(target)
+                except PoolwatchError as exc:
+                    log.error("reload: target %s not started: %s", name, exc)  # noqa: TRY400
+        self.settings = new.model_copy(update={"http": self.settings.http})
+        log.info("configuration reloaded from %s", new.source)
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        # Handlers only start threads: doing the work inside a handler could re-enter a lock the
+        # interrupted main thread holds (APScheduler's, or a thread pool's).
+        def on_stop(signum: int, _frame: object) -> None:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            threading.Thread(target=self.stop, name="poolwatch-stop", daemon=True).start()
+
+        def on_reload(_signum: int, _frame: object) -> None:
+            threading.Thread(target=self.reload, name="poolwatch-reload", daemon=True).start()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_reload)
+
+    def _close(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._scheduler.stop()
+        with self._targets_lock:
+            runtimes = list(self._targets.values())
+        for runtime in runtimes:
+            runtime.close()
+        if self._server is not None:
+            http.stop_server(*self._server)
+
+    def healthy(self) -> bool:
+        return self._started.is_set() and self._scheduler.healthy
+
+    def ready(self) -> bool:
+        return self._started.is_set() and not self._stopped.is_set()
+
+    def status(self) -> dict[str, Any]:
+        with self._targets_lock:
+            targets = [runtime.status() for runtime in self._targets.values()]
+        return {"version": __version__, "source": self.settings.source, "targets": targets}
+
+    def runtime(self, name: str) -> TargetRuntime:
+        """The live engine/client and jobs of a target (for tests and embedding)."""
+        with self._targets_lock:
+            return self._targets[name]

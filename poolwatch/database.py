@@ -1,0 +1,266 @@
+"""Engines and Redis clients per target (created once, shared by threads), and the session lifecycle.
+
+``Database`` owns one SQLAlchemy engine; ``session_scope()`` commits on success, rolls back on any
+error and always closes; ``get_session()`` is the same as a generator, for FastAPI's ``Depends``.
+``RedisDatabase`` owns one redis-py client (itself a thread-safe pool). Driver errors leave both as
+poolwatch errors (``poolwatch.errors.translating``). The module-level ``session_scope()`` and
+``get_session()`` use a default ``Database`` built once, under a lock, from the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+import redis
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from poolwatch.config import PoolSettings, TargetSettings, load_settings, sqlalchemy_url
+from poolwatch.errors import ConfigError, translating
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sqlalchemy.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+def engine_options(target: TargetSettings) -> dict[str, Any]:
+    """``create_engine`` keyword arguments for a SQL target's pool settings."""
+    pool: PoolSettings = target.pool
+    options: dict[str, Any] = {
+        "pool_size": pool.size,
+        "max_overflow": pool.max_overflow,
+        "pool_timeout": pool.timeout,
+        "pool_pre_ping": pool.pre_ping,
+        "pool_recycle": -1 if pool.recycle is None else pool.recycle,
+    }
+    if target.kind == "postgres":
+        options["connect_args"] = {
+            # libpq rounds down and treats values under 2 as 2.
+            "connect_timeout": max(2, int(pool.connect_timeout)),
+            "application_name": target.application_name,
+            # A peer that vanished (failover, cut cable) is noticed in seconds, not hours.
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        }
+    elif target.kind == "sqlite":
+        options["connect_args"] = {"timeout": pool.connect_timeout, "check_same_thread": False}
+    return options
+
+
+def create_target_engine(target: TargetSettings) -> Engine:
+    """The one engine poolwatch keeps for a SQL target."""
+    if target.kind == "redis":
+        raise ConfigError(f"targets.{target.name}: a redis target has no SQL engine")
+    if target.kind == "sqlite":
+        _ensure_sqlite_directory(target)
+    return create_engine(sqlalchemy_url(target), **engine_options(target))
+
+
+def _ensure_sqlite_directory(target: TargetSettings) -> None:
+    from pathlib import Path  # noqa: PLC0415 - only the embedded default needs it
+
+    database = sqlalchemy_url(target).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"targets.{target.name}.url: cannot create the directory for {database}: "
+                f"{exc.strerror}"
+            ) from None
+
+
+def create_target_redis(target: TargetSettings) -> redis.Redis:
+    """The one redis-py client poolwatch keeps for a Redis target (its pool is thread-safe)."""
+    if target.kind != "redis":
+        raise ConfigError(f"targets.{target.name}: a {target.kind} target has no Redis client")
+    pool = target.pool
+    password = target.password.get_secret_value() if target.password else None
+    client: redis.Redis = redis.Redis.from_url(
+        target.url,
+        password=password,
+        socket_connect_timeout=pool.connect_timeout,
+        socket_timeout=target.probe.timeout,
+        socket_keepalive=True,
+        health_check_interval=int(pool.keepalive) if pool.keepalive else 0,
+        client_name=target.application_name,
+        max_connections=pool.size + pool.max_overflow,
+    )
+    return client
+
+
+class Database:
+    """One shared SQLAlchemy engine and the session lifecycle around it.
+
+    Safe to share between threads: the engine's pool is, and each ``session_scope()`` makes its own
+    ``Session``. ``dispose()`` closes the pool's connections; it is safe to call twice.
+    """
+
+    def __init__(self, engine: Engine, *, name: str = "default") -> None:
+        self.name = name
+        self.engine = engine
+        self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
+
+    @classmethod
+    def from_target(cls, target: TargetSettings) -> Database:
+        return cls(create_target_engine(target), name=target.name)
+
+    @classmethod
+    def from_url(cls, url: str, *, name: str = "default", **engine_kwargs: Any) -> Database:
+        return cls(create_engine(url, **engine_kwargs), name=name)
+
+    @contextlib.contextmanager
+    def session_scope(self) -> Iterator[Session]:
+        """A transactional scope: commit on success, roll back on any error, always close."""
+        session = self._sessions()
+        try:
+            with translating(self.name):
+                yield session
+                session.commit()
+        except BaseException:
+            _rollback_quietly(session)
+            raise
+        finally:
+            session.close()
+
+    def get_session(self) -> Iterator[Session]:
+        """``session_scope()`` as a generator, for ``Depends(db.get_session)`` in FastAPI."""
+        with self.session_scope() as session:
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Database(name={self.name!r}, url={self.engine.url!r})"
+
+
+def _rollback_quietly(session: Session) -> None:
+    # The error that brought us here is the one the caller needs; a rollback on a dead connection
+    # would only replace it with "connection already closed".
+    try:
+        session.rollback()
+    except Exception as exc:  # noqa: BLE001
+        log.debug("rollback after error failed: %s", type(exc).__name__)
+
+
+class RedisDatabase:
+    """One shared redis-py client, with the same scope and dependency helpers as ``Database``."""
+
+    def __init__(self, client: redis.Redis, *, name: str = "redis") -> None:
+        self.name = name
+        self.client = client
+
+    @classmethod
+    def from_target(cls, target: TargetSettings) -> RedisDatabase:
+        return cls(create_target_redis(target), name=target.name)
+
+    @contextlib.contextmanager
+    def client_scope(self) -> Iterator[redis.Redis]:
+        """The shared client, with redis-py errors translated to poolwatch errors."""
+        with translating(self.name):
+            yield self.client
+
+    @contextlib.contextmanager
+    def transaction_scope(self) -> Iterator[Any]:
+        """A MULTI/EXEC pipeline: executed on success, discarded on any error, always reset."""
+        with translating(self.name), self.client.pipeline(transaction=True) as pipe:
+            yield pipe
+            pipe.execute()
+
+    def get_client(self) -> Iterator[redis.Redis]:
+        """``client_scope()`` as a generator, for ``Depends(cache.get_client)`` in FastAPI."""
+        with self.client_scope() as client:
+            yield client
+
+    def close(self) -> None:
+        self.client.close()
+        self.client.connection_pool.disconnect()
+
+    def __repr__(self) -> str:
+        kwargs = self.client.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        return f"RedisDatabase(name={self.name!r}, server={where!r})"
+
+
+class _Defaults:
+    """The process-wide default Database and RedisDatabase, built on first use from the
+    environment (``DATABASE_URL`` / ``POSTGRES_*``, ``REDIS_URL``) under a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._database: Database | None = None
+        self._redis: RedisDatabase | None = None
+
+    def database(self) -> Database:
+        if self._database is None:
+            with self._lock:
+                if self._database is None:
+                    self._database = Database.from_target(self._target(("postgres", "sqlite")))
+        return self._database
+
+    def redis(self) -> RedisDatabase:
+        if self._redis is None:
+            with self._lock:
+                if self._redis is None:
+                    self._redis = RedisDatabase.from_target(self._target(("redis",)))
+        return self._redis
+
+    @staticmethod
+    def _target(kinds: tuple[str, ...]) -> TargetSettings:
+        for target in load_settings().targets:
+            if target.kind in kinds:
+                return target
+        wanted = "DATABASE_URL or POSTGRES_*" if "postgres" in kinds else "REDIS_URL"
+        raise ConfigError(f"no {'/'.join(kinds)} target configured: set {wanted}")
+
+    def reset(self) -> None:
+        with self._lock:
+            if self._database is not None:
+                self._database.dispose()
+            if self._redis is not None:
+                self._redis.close()
+            self._database = self._redis = None
+
+
+_defaults = _Defaults()
+
+
+def get_database() -> Database:
+    """The shared default ``Database`` (one per process)."""
+    return _defaults.database()
+
+
+def get_redis_database() -> RedisDatabase:
+    """The shared default ``RedisDatabase`` (one per process)."""
+    return _defaults.redis()
+
+
+@contextlib.contextmanager
+def session_scope() -> Iterator[Session]:
+    """``get_database().session_scope()``."""
+    with get_database().session_scope() as session:
+        yield session
+
+
+def get_session() -> Iterator[Session]:
+    """A FastAPI dependency yielding a session of the default database."""
+    yield from get_database().get_session()
+
+
+def get_redis() -> Iterator[redis.Redis]:
+    """A FastAPI dependency yielding the default shared Redis client."""
+    yield from get_redis_database().get_client()
+
+
+def dispose_defaults() -> None:
+    """Close the default engine and client (at application shutdown)."""
+    _defaults.reset()

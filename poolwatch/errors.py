@@ -1,0 +1,210 @@
+"""The exception tree, and the one place where driver errors become poolwatch errors.
+
+Callers catch what they can act on: ``DatabaseUnavailableError`` (retry later),
+``AuthenticationFailedError`` (fix credentials), ``PoolExhaustedError`` (shed load or grow the pool),
+``TransactionFailedError`` (retry the transaction when ``retryable``). The original driver error is
+kept as ``__cause__`` (``raise ... from exc``). Messages carry the first line of the driver's message
+only: SQLAlchemy's full text includes statement parameters, which may hold secrets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import TYPE_CHECKING, Final, Literal
+
+import redis.exceptions as redis_exc
+import sqlalchemy.exc as sa_exc
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+Reason = Literal["auth", "refused", "timeout", "dns", "reset", "pool_timeout", "other"]
+
+# SQLSTATE classes and codes (PostgreSQL appendix A) that decide what a caller can do.
+_AUTH_SQLSTATES: Final = frozenset({"28000", "28P01"})
+_RETRYABLE_TX_SQLSTATES: Final = frozenset({"40001", "40P01"})  # serialization, deadlock
+_UNAVAILABLE_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+# libpq reports connection failures only as text; these fragments are stable across versions 10-17.
+_MESSAGE_REASONS: Final[tuple[tuple[str, Reason], ...]] = (
+    ("password authentication failed", "auth"),
+    ("authentication failed", "auth"),
+    ("no password supplied", "auth"),
+    ("wrongpass", "auth"),
+    ("noauth", "auth"),
+    ("invalid username-password", "auth"),
+    ("could not translate host name", "dns"),
+    ("name or service not known", "dns"),
+    ("temporary failure in name resolution", "dns"),
+    ("nodename nor servname", "dns"),
+    ("error -2 connecting", "dns"),
+    ("error -3 connecting", "dns"),
+    ("connection refused", "refused"),
+    ("timeout expired", "timeout"),
+    ("timed out", "timeout"),
+    ("server closed the connection unexpectedly", "reset"),
+    ("connection reset", "reset"),
+    ("connection already closed", "reset"),
+    ("terminating connection", "reset"),
+    ("ssl syscall error", "reset"),
+    ("eof detected", "reset"),
+    ("connection closed by server", "reset"),
+    ("connection not open", "reset"),
+)
+
+
+class PoolwatchError(Exception):
+    """Root of every error poolwatch raises."""
+
+    retryable: bool = False
+    reason: Reason = "other"
+
+
+class ConfigError(PoolwatchError):
+    """The configuration (file, environment or flags) is invalid. The message is one line."""
+
+
+class SessionError(PoolwatchError):
+    """Talking to a database or Redis through a session or client failed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: Reason = "other",
+        retryable: bool | None = None,
+        sqlstate: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.sqlstate = sqlstate
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class DatabaseUnavailableError(SessionError):
+    """Connection refused, reset, timed out or host unknown. Retry later."""
+
+    retryable = True
+
+
+class AuthenticationFailedError(SessionError):
+    """The server rejected the credentials. Retrying will not help."""
+
+
+class PoolExhaustedError(SessionError):
+    """No pooled connection became free within the pool timeout (QueuePool limit reached)."""
+
+    retryable = True
+
+
+class TransactionFailedError(SessionError):
+    """The transaction was rolled back; ``retryable`` for deadlocks and serialization failures."""
+
+
+class QueryFailedError(SessionError):
+    """The server rejected a statement (constraint, syntax, permission, ...)."""
+
+
+class CallTimeoutError(PoolwatchError):
+    """A bounded call (a probe, a census, a reaper run) did not finish within its timeout."""
+
+    retryable = True
+    reason: Reason = "timeout"
+
+
+def first_line(text: object, limit: int = 300) -> str:
+    """The first line of an error text, shortened: enough to act on, nothing that could leak."""
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def reason_of(exc: BaseException) -> Reason:
+    """Why a connection attempt or a probe failed, as a bounded metric label value."""
+    if isinstance(exc, PoolwatchError):
+        return exc.reason
+    if isinstance(exc, sa_exc.TimeoutError):
+        return "pool_timeout"
+    if isinstance(exc, (TimeoutError, socket.timeout, redis_exc.TimeoutError)):
+        return "timeout"
+    if isinstance(exc, redis_exc.AuthenticationError):
+        return "auth"
+    if isinstance(exc, socket.gaierror):
+        return "dns"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        return "reset"
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "pgcode", None)
+    if sqlstate in _AUTH_SQLSTATES:
+        return "auth"
+    text = f"{exc} {orig or ''}".lower()
+    for fragment, reason in _MESSAGE_REASONS:
+        if fragment in text:
+            return reason
+    return "other"
+
+
+def translate(exc: BaseException, *, target: str = "") -> PoolwatchError | None:
+    """Map a SQLAlchemy, psycopg2 or redis-py error to a poolwatch error; None if it is not one."""
+    if isinstance(exc, PoolwatchError):
+        return exc
+    prefix = f"{target}: " if target else ""
+    if isinstance(exc, sa_exc.TimeoutError):
+        return PoolExhaustedError(f"{prefix}pool exhausted: {first_line(exc)}", reason="pool_timeout")
+    if isinstance(exc, redis_exc.RedisError):
+        return _translate_redis(exc, prefix)
+    if isinstance(exc, sa_exc.DBAPIError):
+        return _translate_dbapi(exc, prefix)
+    if isinstance(exc, sa_exc.SQLAlchemyError):
+        return QueryFailedError(f"{prefix}{first_line(exc)}")
+    return None
+
+
+def _translate_dbapi(exc: sa_exc.DBAPIError, prefix: str) -> PoolwatchError:
+    orig = exc.orig
+    sqlstate: str | None = getattr(orig, "pgcode", None)
+    message = f"{prefix}{first_line(orig if orig is not None else exc)}"
+    if sqlstate in _RETRYABLE_TX_SQLSTATES:
+        return TransactionFailedError(message, retryable=True, sqlstate=sqlstate)
+    reason = reason_of(exc)
+    if reason == "auth":
+        return AuthenticationFailedError(message, reason="auth", sqlstate=sqlstate)
+    if exc.connection_invalidated or sqlstate in _UNAVAILABLE_SQLSTATES or reason != "other":
+        return DatabaseUnavailableError(message, reason=reason, sqlstate=sqlstate)
+    if isinstance(exc, sa_exc.OperationalError) and sqlstate is None:
+        # libpq failures without a SQLSTATE are connection-level by construction.
+        return DatabaseUnavailableError(message, reason="other")
+    if sqlstate is not None and sqlstate.startswith("40"):
+        return TransactionFailedError(message, retryable=False, sqlstate=sqlstate)
+    return QueryFailedError(message, sqlstate=sqlstate)
+
+
+def _translate_redis(exc: redis_exc.RedisError, prefix: str) -> PoolwatchError:
+    message = f"{prefix}{first_line(exc)}"
+    if isinstance(exc, redis_exc.AuthenticationError):
+        return AuthenticationFailedError(message, reason="auth")
+    if isinstance(exc, redis_exc.WatchError):
+        return TransactionFailedError(message, retryable=True)
+    if isinstance(exc, redis_exc.ConnectionError | redis_exc.TimeoutError):
+        reason = reason_of(exc)
+        if reason == "auth":
+            return AuthenticationFailedError(message, reason="auth")
+        return DatabaseUnavailableError(message, reason="refused" if reason == "other" else reason)
+    if reason_of(exc) == "auth":
+        return AuthenticationFailedError(message, reason="auth")
+    return QueryFailedError(message)
+
+
+@contextlib.contextmanager
+def translating(target: str = "") -> Iterator[None]:
+    """Re-raise driver errors as poolwatch errors (``raise ... from exc``); others pass untouched."""
+    try:
+        yield
+    except Exception as exc:
+        translated = translate(exc, target=target)
+        if translated is None or translated is exc:
+            raise
+        raise translated from exc

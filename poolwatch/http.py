@@ -1,0 +1,236 @@
+"""The HTTP endpoint: /metrics, /healthz, /readyz, /status (JSON) and a small status page at /.
+
+A WSGI app served by a threading server (as prometheus_client's own ``start_http_server`` does),
+with what an exposed exporter needs on top: 404 for unknown paths, 405 for methods other than
+GET/HEAD, a socket timeout per request so slow clients cannot pin threads forever, optional TLS
+(handshake on the request thread, never on the accept loop) and HTTP basic auth against bcrypt
+hashes. Nothing here touches a database: every answer comes from memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import html
+import json
+import logging
+import socket
+import ssl
+import threading
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import bcrypt
+from prometheus_client import make_wsgi_app
+
+from poolwatch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from prometheus_client import CollectorRegistry
+
+    from poolwatch.config import HttpSettings
+
+log = logging.getLogger(__name__)
+
+StartResponse = Any
+Environ = dict[str, Any]
+
+ROUTES = ("/", "/metrics", "/healthz", "/readyz", "/status")
+
+
+class Endpoint:
+    """The WSGI application. Health, readiness and status come in as callables."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        healthy: Callable[[], bool],
+        ready: Callable[[], bool],
+        status: Callable[[], dict[str, Any]],
+        basic_auth_users: dict[str, bytes] | None = None,
+    ) -> None:
+        self._metrics_app = make_wsgi_app(registry)
+        self._healthy = healthy
+        self._ready = ready
+        self._status = status
+        self._users = basic_auth_users or {}
+        # bcrypt is deliberately slow (~50-250 ms); cache verified header values so a Prometheus
+        # scraping every second pays for it once, not every scrape.
+        self._verified: set[str] = set()
+        self._verified_lock = threading.Lock()
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path not in ROUTES:
+            return _plain(start_response, "404 Not Found", "not found\n")
+        if method not in {"GET", "HEAD"}:
+            return _plain(
+                start_response, "405 Method Not Allowed", "method not allowed\n",
+                [("Allow", "GET, HEAD")],
+            )  # fmt: skip
+        if self._users and not self._authorized(environ.get("HTTP_AUTHORIZATION", "")):
+            return _plain(
+                start_response, "401 Unauthorized", "unauthorized\n",
+                [("WWW-Authenticate", 'Basic realm="poolwatch", charset="UTF-8"')],
+            )  # fmt: skip
+        if path == "/metrics":
+            return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/healthz":
+            ok = self._healthy()
+            return _plain(start_response, "200 OK" if ok else "503 Service Unavailable",
+                          "ok\n" if ok else "scheduler not running\n")  # fmt: skip
+        if path == "/readyz":
+            ok = self._ready()
+            return _plain(start_response, "200 OK" if ok else "503 Service Unavailable",
+                          "ready\n" if ok else "starting\n")  # fmt: skip
+        if path == "/status":
+            body = json.dumps(self._status(), indent=2, default=str).encode()
+            start_response("200 OK", [("Content-Type", "application/json"),
+                                      ("Content-Length", str(len(body)))])  # fmt: skip
+            return [body]
+        body = render_status_page(self._status()).encode()
+        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                                  ("Content-Length", str(len(body)))])  # fmt: skip
+        return [body]
+
+    def _authorized(self, header: str) -> bool:
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic" or not encoded:
+            return False
+        with self._verified_lock:
+            if header in self._verified:
+                return True
+        try:
+            user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        hashed = self._users.get(user)
+        if not sep or hashed is None:
+            # Spend the same time as a real check, so user names can't be probed by timing.
+            bcrypt.checkpw(b"x", _DUMMY_HASH)
+            return False
+        if not bcrypt.checkpw(password.encode(), hashed):
+            return False
+        with self._verified_lock:
+            if len(self._verified) > 64:  # noqa: PLR2004 - a handful of scrapers, not a cache to grow
+                self._verified.clear()
+            self._verified.add(header)
+        return True
+
+
+_DUMMY_HASH = bcrypt.hashpw(b"poolwatch", bcrypt.gensalt(rounds=10))
+
+
+def _plain(
+    start_response: StartResponse, status: str, text: str, headers: list[tuple[str, str]] | None = None
+) -> list[bytes]:
+    body = text.encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                             ("Content-Length", str(len(body))), *(headers or [])])  # fmt: skip
+    return [body]
+
+
+def render_status_page(status: dict[str, Any]) -> str:
+    """A small human page: one row per target. Every value is escaped."""
+    rows = []
+    for target in status.get("targets", []):
+        up = target.get("up")
+        state = "unknown" if up is None else ("up" if up else "DOWN")
+        latency = target.get("latency_seconds")
+        rows.append(
+            "<tr>" + "".join(
+                f"<td>{html.escape(str(v))}</td>"
+                for v in (target["name"], target["kind"], target["url"], state,
+                          "" if latency is None else f"{latency * 1000:.2f} ms", target["error"])
+            ) + "</tr>"
+        )  # fmt: skip
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>poolwatch</title></head><body>"
+        f"<h1>poolwatch {html.escape(str(status.get('version', '')))}</h1>"
+        f"<p>Configuration: {html.escape(str(status.get('source', '')))}. "
+        "<a href='/metrics'>/metrics</a> · <a href='/status'>/status</a></p>"
+        "<table border='1' cellpadding='4'><tr><th>target</th><th>kind</th><th>url</th>"
+        "<th>state</th><th>last probe</th><th>error</th></tr>"
+        + "".join(rows) + "</table></body></html>"
+    )  # fmt: skip
+
+
+class _Handler(WSGIRequestHandler):
+    """Quiet (requests are logged at DEBUG), bounded in time, TLS handshake on this thread."""
+
+    timeout = 10.0
+    tls_context: ssl.SSLContext | None = None
+
+    def setup(self) -> None:
+        if self.tls_context is not None:
+            self.request.settimeout(self.timeout)
+            self.request = self.tls_context.wrap_socket(self.request, server_side=True)
+        super().setup()
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (OSError, ssl.SSLError) as exc:
+            log.debug("client %s dropped: %s", self.client_address[0], type(exc).__name__)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("http %s " + format, self.client_address[0], *args)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("http request from %s failed", client_address[0], exc_info=True)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def serve(endpoint: Endpoint, settings: HttpSettings) -> tuple[WSGIServer, threading.Thread]:
+    """Start serving on a daemon thread; return ``(server, thread)``. Stop with ``stop_server``."""
+    host, port = settings.address
+    handler = type("Handler", (_Handler,), {
+        "timeout": settings.request_timeout, "tls_context": _tls_context(settings),
+    })  # fmt: skip
+    server_class = _Server6 if ":" in host else _Server
+    try:
+        server = make_server(host, port, endpoint, server_class, handler)
+    except OSError as exc:
+        raise ConfigError(f"http.listen: cannot listen on {settings.listen}: {exc.strerror}") from None
+    thread = threading.Thread(target=server.serve_forever, name="poolwatch-http", daemon=True)
+    thread.start()
+    return server, thread
+
+
+def stop_server(server: WSGIServer, thread: threading.Thread) -> None:
+    """Stop accepting, close the socket, wait for the serving thread. Safe to call twice."""
+    if thread.is_alive():
+        server.shutdown()
+        thread.join(5)
+    server.server_close()
+
+
+def _tls_context(settings: HttpSettings) -> ssl.SSLContext | None:
+    tls = settings.tls
+    if tls is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+        if tls.client_ca_file:
+            context.load_verify_locations(tls.client_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
+        raise ConfigError(f"http.tls: cannot load certificate, key or CA: {reason}") from None
+    return context

@@ -1,0 +1,103 @@
+"""What a scheduled job is: the ``Job`` protocol, its ``Outcome``, and the bounded call that runs it.
+
+A job's ``run()`` does I/O that may hang (a server that accepts TCP and never answers). It runs on a
+fresh daemon thread; the scheduler's worker waits at most ``timeout`` for it and then moves on, so one
+hung target never holds a worker, and never delays another target's jobs. While a hung run is still
+going, the next run of the same job is not started (it would only pile up threads): it is reported
+as skipped. ``record()`` is called on the scheduler's worker with the outcome, never by a late run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from poolwatch.errors import CallTimeoutError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one run of a job ended. ``error`` is None on success."""
+
+    duration: float
+    finished_at: float
+    error: BaseException | None = None
+    skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Job(Protocol):
+    """A unit of scheduled work for one target."""
+
+    task: str
+    target: str
+    interval: float
+    timeout: float
+
+    def run(self) -> None:
+        """Do the work; raise on failure. May block: it runs on its own thread."""
+
+    def record(self, outcome: Outcome) -> None:
+        """Export the outcome (called on the scheduler thread, never concurrently for one job)."""
+
+
+class BoundedCall:
+    """Runs one call at a time on its own daemon thread and waits for it up to a deadline."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._running: threading.Thread | None = None
+        self._done = threading.Event()
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None and self._running.is_alive()
+
+    def __call__(self, func: Callable[[], None], timeout: float) -> None:
+        """Call ``func``; raise what it raised, or ``CallTimeoutError`` after ``timeout`` seconds."""
+        if self.busy:
+            raise CallTimeoutError(f"{self._name}: the previous run is still going")
+        done = threading.Event()
+        box: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                func()
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                box.append(exc)
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=target, name=f"poolwatch-{self._name}", daemon=True)
+        self._running, self._done = thread, done
+        thread.start()
+        if not done.wait(timeout):
+            raise CallTimeoutError(f"{self._name}: no answer within {timeout:g}s")
+        self._running = None
+        if box:
+            raise box[0]
+
+    def abandon(self) -> None:
+        """Release a waiter at shutdown: the daemon thread is left to die with the process."""
+        self._done.set()
+
+
+def run_job(
+    job: Job, call: BoundedCall, clock: Callable[[], float] = time.perf_counter
+) -> Outcome:
+    """Run ``job`` once through ``call`` and describe how it ended (it never raises)."""
+    started = clock()
+    skipped = call.busy
+    try:
+        call(job.run, job.timeout)
+    except BaseException as exc:  # noqa: BLE001 - a job's failure is data, not a crash
+        return Outcome(clock() - started, time.time(), exc, skipped=skipped)
+    return Outcome(clock() - started, time.time())

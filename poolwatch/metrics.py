@@ -1,0 +1,135 @@
+"""Every metric family poolwatch exports, created on a registry that is passed in.
+
+Nothing here registers on prometheus_client's global registry at import time: the daemon, each test
+and each embedding application build their own. Series whose label values are known in advance are
+created at start-up so they exist at 0 before the first event (Prometheus' ``rate()`` needs that).
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import TYPE_CHECKING, Final
+
+import apscheduler
+import redis
+import sqlalchemy
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from poolwatch._version import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+NAMESPACE: Final = "poolwatch"
+
+# Sub-millisecond resolution at the low end (a pooled checkout takes ~20 us), up to 30 s at the top
+# (the default pool timeout); roughly x2.5 steps keep the bucket count, and so the series count, low.
+LATENCY_BUCKETS: Final = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+JOB_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+PROBE_FAILURE_REASONS: Final = ("auth", "refused", "timeout", "dns", "reset", "pool_timeout", "other")
+
+
+class ProbeMetrics:
+    """``poolwatch_up``, probe latency and failures, per target."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.up = Gauge(
+            "up", "1 if the last probe of the target succeeded, else 0.",
+            ["target"], namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+        self.duration = Histogram(
+            "probe_duration_seconds", "Round trip of a probe: pooled checkout plus SELECT 1 or PING.",
+            ["target"], namespace=NAMESPACE, registry=registry, buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.failures = Counter(
+            "probe_failures", "Probes that failed, by reason.",
+            ["target", "reason"], namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+
+    def add_target(self, target: str) -> None:
+        self.up.labels(target).set(0)
+        self.duration.labels(target)
+        for reason in PROBE_FAILURE_REASONS:
+            self.failures.labels(target, reason)
+
+    def remove_target(self, target: str) -> None:
+        _remove(self.up, [(target,)])
+        _remove(self.duration, [(target,)])
+        _remove(self.failures, [(target, reason) for reason in PROBE_FAILURE_REASONS])
+
+
+class JobMetrics:
+    """Scheduler health: duration, failures and last success of every job.
+
+    The label is ``task``, not ``job``: ``job`` is the label Prometheus itself attaches to every
+    scraped series, and a metric carrying its own would be renamed to ``exported_job``.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.duration = Histogram(
+            "job_duration_seconds", "Wall time of scheduled job runs.",
+            ["task", "target"], namespace=NAMESPACE, registry=registry, buckets=JOB_BUCKETS,
+        )  # fmt: skip
+        self.failures = Counter(
+            "job_failures", "Scheduled job runs that raised or timed out.",
+            ["task", "target"], namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+        self.last_success = Gauge(
+            "job_last_success_timestamp_seconds", "Unix time of the last successful run of a job.",
+            ["task", "target"], namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+        self.skipped = Counter(
+            "job_skipped", "Job runs not started because the previous run was still going.",
+            ["task", "target"], namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+
+    def add_job(self, task: str, target: str) -> None:
+        self.duration.labels(task, target)
+        self.failures.labels(task, target)
+        self.last_success.labels(task, target).set(0)
+        self.skipped.labels(task, target)
+
+    def remove_job(self, task: str, target: str) -> None:
+        for family in (self.duration, self.failures, self.last_success, self.skipped):
+            _remove(family, [(task, target)])
+
+
+class BuildMetrics:
+    """``poolwatch_build_info``: 1, with the versions that matter when reading a bug report."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.info = Gauge(
+            "build_info", "poolwatch build and runtime versions; always 1.",
+            ["version", "python_version", "sqlalchemy_version", "redis_py_version",
+             "apscheduler_version"],
+            namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+        self.info.labels(
+            __version__,
+            platform.python_version(),
+            sqlalchemy.__version__,
+            redis.__version__,
+            getattr(apscheduler, "__version__", "3"),
+        ).set(1)
+
+
+class Metrics:
+    """All of the daemon's metric families on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.build = BuildMetrics(self.registry)
+        self.probe = ProbeMetrics(self.registry)
+        self.jobs = JobMetrics(self.registry)
+
+
+def _remove(family: Gauge | Counter | Histogram, label_sets: Iterable[tuple[str, ...]]) -> None:
+    for labels in label_sets:
+        try:
+            family.remove(*labels)
+        except KeyError:
+            pass
