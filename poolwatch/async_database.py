@@ -49,7 +49,7 @@ class AsyncDatabase:
         except BaseException:
             try:
                 await session.rollback()
-            except Exception as exc:  # noqa: BLE001 - keep the caller's original error
+            except Exception as exc:
                 log.debug("rollback after error failed: %s", type(exc).__name__)
             raise
         finally:

@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", metavar="ADDR", help=f"host:port for /metrics ({DEFAULT_LISTEN})")
     check = with_config(commands.add_parser("check", help="probe every target once; exit 1 if one is down"))
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    config = with_config(commands.add_parser("config", help="print the effective configuration, secrets masked"))
+    config = with_config(
+        commands.add_parser("config", help="print the effective configuration, secrets masked")
+    )
     config.add_argument("--listen", metavar="ADDR", help="as for run")
     status = commands.add_parser("status", help="ask a running daemon for its targets' state")
     status.add_argument("--url", default=f"http://{DEFAULT_LISTEN}", help="the daemon's base URL")

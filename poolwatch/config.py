@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 Kind = Literal["postgres", "sqlite", "redis"]
 DEFAULT_LISTEN = "127.0.0.1:18187"
 MASK = "***"
+_SHOWN_CHARS = 60  # of a rejected value, in an error line
 
 Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$"
@@ -82,9 +83,7 @@ class ProbeSettings(_Model):
     @model_validator(mode="after")
     def _timeout_within_interval(self) -> ProbeSettings:
         if self.timeout > self.interval:
-            raise ValueError(
-                f"timeout ({self.timeout:g}) must not exceed interval ({self.interval:g})"
-            )
+            raise ValueError(f"timeout ({self.timeout:g}) must not exceed interval ({self.interval:g})")
         return self
 
 
@@ -417,7 +416,7 @@ def _printable(value: Any) -> str:
     text = repr(value)
     if "://" in text:  # a URL that failed validation may still carry a password
         text = repr(mask_url(str(value), has_password=True)) if isinstance(value, str) else "<url>"
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
 
 
 def _read_environment(environ: Mapping[str, str] | None) -> Environment:
@@ -432,7 +431,7 @@ def _read_environment(environ: Mapping[str, str] | None) -> Environment:
             for name, field in fields.items()
             if isinstance(field.validation_alias, str) and field.validation_alias in source
         }
-        return Environment.model_construct(**values)
+        return Environment.model_construct(None, **values)
     except ValidationError as exc:
         raise ConfigError(f"environment: {describe_validation_error(exc, {})}") from None
 

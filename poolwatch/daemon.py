@@ -51,7 +51,7 @@ class TargetRuntime:
                 self.database.dispose()
             if self.redis is not None:
                 self.redis.close()
-        except Exception as exc:  # noqa: BLE001 - shutdown goes on for the other targets
+        except Exception as exc:
             log.warning("closing %s failed: %s", self.settings.name, type(exc).__name__)
 
     def status(self) -> dict[str, Any]:

@@ -73,8 +73,7 @@ def _ensure_sqlite_directory(target: TargetSettings) -> None:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(
-                f"targets.{target.name}.url: cannot create the directory for {database}: "
-                f"{exc.strerror}"
+                f"targets.{target.name}.url: cannot create the directory for {database}: {exc.strerror}"
             ) from None
 
 
@@ -148,7 +147,7 @@ def _rollback_quietly(session: Session) -> None:
     # would only replace it with "connection already closed".
     try:
         session.rollback()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.debug("rollback after error failed: %s", type(exc).__name__)
 
 

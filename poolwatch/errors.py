@@ -54,6 +54,17 @@ _MESSAGE_REASONS: Final[tuple[tuple[str, Reason], ...]] = (
 )
 
 
+# Checked in order: SQLAlchemy's pool TimeoutError is not the builtin TimeoutError.
+_TYPE_REASONS: Final[tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Reason], ...]] = (
+    (sa_exc.TimeoutError, "pool_timeout"),
+    ((TimeoutError, redis_exc.TimeoutError), "timeout"),
+    (redis_exc.AuthenticationError, "auth"),
+    (socket.gaierror, "dns"),
+    (ConnectionRefusedError, "refused"),
+    ((ConnectionResetError, BrokenPipeError), "reset"),
+)
+
+
 class PoolwatchError(Exception):
     """Root of every error poolwatch raises."""
 
@@ -124,21 +135,11 @@ def reason_of(exc: BaseException) -> Reason:
     """Why a connection attempt or a probe failed, as a bounded metric label value."""
     if isinstance(exc, PoolwatchError):
         return exc.reason
-    if isinstance(exc, sa_exc.TimeoutError):
-        return "pool_timeout"
-    if isinstance(exc, (TimeoutError, socket.timeout, redis_exc.TimeoutError)):
-        return "timeout"
-    if isinstance(exc, redis_exc.AuthenticationError):
-        return "auth"
-    if isinstance(exc, socket.gaierror):
-        return "dns"
-    if isinstance(exc, ConnectionRefusedError):
-        return "refused"
-    if isinstance(exc, ConnectionResetError | BrokenPipeError):
-        return "reset"
+    for types, reason in _TYPE_REASONS:
+        if isinstance(exc, types):
+            return reason
     orig = getattr(exc, "orig", None)
-    sqlstate = getattr(orig, "pgcode", None)
-    if sqlstate in _AUTH_SQLSTATES:
+    if getattr(orig, "pgcode", None) in _AUTH_SQLSTATES:
         return "auth"
     text = f"{exc} {orig or ''}".lower()
     for fragment, reason in _MESSAGE_REASONS:

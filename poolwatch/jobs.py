@@ -71,7 +71,7 @@ class BoundedCall:
         def target() -> None:
             try:
                 func()
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            except BaseException as exc:
                 box.append(exc)
             finally:
                 done.set()
@@ -90,14 +90,12 @@ class BoundedCall:
         self._done.set()
 
 
-def run_job(
-    job: Job, call: BoundedCall, clock: Callable[[], float] = time.perf_counter
-) -> Outcome:
+def run_job(job: Job, call: BoundedCall, clock: Callable[[], float] = time.perf_counter) -> Outcome:
     """Run ``job`` once through ``call`` and describe how it ended (it never raises)."""
     started = clock()
     skipped = call.busy
     try:
         call(job.run, job.timeout)
-    except BaseException as exc:  # noqa: BLE001 - a job's failure is data, not a crash
+    except BaseException as exc:
         return Outcome(clock() - started, time.time(), exc, skipped=skipped)
     return Outcome(clock() - started, time.time())

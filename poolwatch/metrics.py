@@ -7,6 +7,7 @@ created at start-up so they exist at 0 before the first event (Prometheus' ``rat
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from typing import TYPE_CHECKING, Final
 
@@ -30,7 +31,15 @@ LATENCY_BUCKETS: Final = (
 )  # fmt: skip
 JOB_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-PROBE_FAILURE_REASONS: Final = ("auth", "refused", "timeout", "dns", "reset", "pool_timeout", "other")
+PROBE_FAILURE_REASONS: Final = (
+    "auth",
+    "refused",
+    "timeout",
+    "dns",
+    "reset",
+    "pool_timeout",
+    "other",
+)
 
 
 class ProbeMetrics:
@@ -129,7 +138,5 @@ class Metrics:
 
 def _remove(family: Gauge | Counter | Histogram, label_sets: Iterable[tuple[str, ...]]) -> None:
     for labels in label_sets:
-        try:
+        with contextlib.suppress(KeyError):
             family.remove(*labels)
-        except KeyError:
-            pass

@@ -1,0 +1,80 @@
+"""Fixtures shared by every test: real servers (session-scoped), and factories for tests that break
+their own. ``POOLWATCH_TEST_PG_URL`` / ``POOLWATCH_TEST_REDIS_URL`` point the non-destructive tests
+at existing servers instead; destructive tests are then skipped."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.servers import ExternalPostgres, ExternalRedis, PostgresServer, RedisServer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+EXTERNAL_PG = os.environ.get("POOLWATCH_TEST_PG_URL")
+EXTERNAL_REDIS = os.environ.get("POOLWATCH_TEST_REDIS_URL")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not (EXTERNAL_PG or EXTERNAL_REDIS):
+        return
+    skip = pytest.mark.skip(reason="destructive: not run against POOLWATCH_TEST_* servers")
+    for item in items:
+        if "destructive" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    """A PostgreSQL server shared by the session. Tests must leave it running."""
+    if EXTERNAL_PG:
+        yield ExternalPostgres(EXTERNAL_PG)
+        return
+    server = PostgresServer().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis server shared by the session. Tests must leave it running."""
+    if EXTERNAL_REDIS:
+        yield ExternalRedis(EXTERNAL_REDIS)
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_factory() -> Iterator[Callable[[], PostgresServer]]:
+    """Start private PostgreSQL servers a test may stop, kill and restart."""
+    servers: list[PostgresServer] = []
+
+    def make() -> PostgresServer:
+        server = PostgresServer().start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.destroy()
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start private Redis servers a test may stop, kill and restart."""
+    servers: list[RedisServer] = []
+
+    def make(password: str | None = None) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis{len(servers)}", password=password).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
