@@ -8,8 +8,9 @@ adds. Sample names are derived from each family's type (``_total``, ``_bucket``/
 PENDING holds the contract names (BRIEF.md) of metric groups other issues are still building. A
 group's contract names are used only while the real registry shows none of that group's prefixes:
 the moment the code exports one ``poolwatch_pool_*`` family, every pool name comes from the code, and
-a dashboard or rule using a name the code does not export fails. Once all groups have landed, PENDING
-is dead weight and ``test_pending_contract_is_still_needed`` says so (delete the group from PENDING).
+a dashboard or rule using a name the code does not export fails. A landed group's PENDING entry is
+ignored from then on and can be deleted; the end-to-end test names every query it could not run
+against real data because its group is still pending.
 """
 
 from __future__ import annotations
