@@ -135,7 +135,7 @@ def stack(pg: PostgresServer, tmp_path: Path) -> Iterator[dict[str, Any]]:
                 "probe": {"interval": 1, "timeout": 1},
                 "census": {"interval": 1, "timeout": 1},
                 "reaper": {"enabled": True, "dry_run": True, "interval": 1, "timeout": 1,
-                           "idle_in_transaction_timeout": 2},
+                           "idle_in_transaction_timeout": 2, "users": [WORKLOAD_ROLE]},
             }],
         }  # fmt: skip
         (tmp_path / "poolwatch.yaml").write_text(yaml.safe_dump(config))
