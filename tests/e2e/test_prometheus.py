@@ -96,6 +96,13 @@ class Prometheus:
         assert body["status"] == "success", body
         return list(body["data"]["result"])
 
+    def label_values(self, label: str, selector: str) -> list[str]:
+        """What Grafana's ``label_values(selector, label)`` asks Prometheus for."""
+        url = f"{self.base_url}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": selector})
+        body = get_json(url)
+        assert body["status"] == "success", body
+        return list(body["data"])
+
     def alerts(self, name: str, **labels: str) -> list[dict[str, Any]]:
         found = get_json(f"{self.base_url}/api/v1/alerts")["data"]["alerts"]
         return [
@@ -234,6 +241,16 @@ def test_exhaustion_alert_fires_and_resolves_and_every_dashboard_query_has_data(
     assert remaining == {}, f"dashboard queries that returned no data: {sorted(remaining)}"
     if skipped:
         print(f"dashboard queries on metrics not in this tree yet, not run: {skipped}")
+
+    # The template variables list what this stack runs: both jobs, the app's pool, the target.
+    expected = {"job": {"poolwatch", "e2e-app"}, "pool": {"e2e"}, "target": {"pg"}, "instance": set()}
+    for name, variable in dash.variables(dash.load()).items():
+        if name == "datasource":
+            continue
+        selector, label = dash.variable_selector(variable)
+        values = api.label_values(label, dash.instantiate(selector, RATE_INTERVAL))
+        assert values, f"variable {name} has no values"
+        assert expected[name] <= set(values), name
 
     send(app, "stop")
     assert app.stdout is not None
