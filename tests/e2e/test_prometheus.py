@@ -217,11 +217,13 @@ def test_exhaustion_alert_fires_and_resolves_and_every_dashboard_query_has_data(
     assert api.alerts("PoolwatchPoolExhausted", pool="e2e") == []
 
     send(app, "load")
+    loaded_at = time.monotonic()
     firing = wait_for(
         "PoolwatchPoolExhausted firing for pool e2e",
         lambda: [a for a in api.alerts("PoolwatchPoolExhausted", pool="e2e") if a["state"] == "firing"],
         90,
     )
+    print(f"PoolwatchPoolExhausted firing {time.monotonic() - loaded_at:.1f}s after the load started")
     assert firing[0]["labels"]["job"] == "e2e-app"
     assert firing[0]["labels"]["severity"] == "critical"
     assert api.query('sum(poolwatch_pool_timeouts_total{job="e2e-app", pool="e2e"}) > 0')
@@ -255,11 +257,15 @@ def test_exhaustion_alert_fires_and_resolves_and_every_dashboard_query_has_data(
     send(app, "stop")
     assert app.stdout is not None
     summary = app.stdout.readline()
+    stopped_at = time.monotonic()
     assert re.fullmatch(r"stopped ok=[1-9]\d* timeout=[1-9]\d*\n", summary), summary
     wait_for(
         "PoolwatchPoolExhausted resolved for pool e2e",
         lambda: api.alerts("PoolwatchPoolExhausted", pool="e2e") == [],
         90,
+    )
+    print(
+        f"PoolwatchPoolExhausted resolved {time.monotonic() - stopped_at:.1f}s after the load stopped; {summary}"
     )
     # The daemon itself was scraped and its target up all along.
     assert api.alerts("PoolwatchNotScraped") == []
