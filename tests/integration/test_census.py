@@ -51,12 +51,23 @@ def app_sessions(pg):
 
 def test_postgres_census_counts_sessions_by_state_and_bounded_labels(pg, app_sessions):
     app = f"census-{uuid.uuid4().hex[:8]}"
-    settings = validate({
-        "targets": [{
-            "name": "pgc", "kind": "postgres", "url": pg.url(),
-            "census": {"interval": 1, "timeout": 1, "applications": [app], "idle_thresholds": [0.5, 3600]},
-        }],
-    })  # fmt: skip
+    settings = validate(
+        {
+            "targets": [
+                {
+                    "name": "pgc",
+                    "kind": "postgres",
+                    "url": pg.url(),
+                    "census": {
+                        "interval": 1,
+                        "timeout": 1,
+                        "applications": [app],
+                        "idle_thresholds": [0.5, 3600],
+                    },
+                }
+            ],
+        }
+    )
     for _ in range(3):
         app_sessions(app)
     app_sessions(app, "idle in transaction")
@@ -79,8 +90,10 @@ def test_postgres_census_counts_sessions_by_state_and_bounded_labels(pg, app_ses
         # a configured application is also a pool
         assert value(metrics, "server_pool_connections", target="pgc", pool=app, state="idle") == 3
         assert value(metrics, "server_pool_connections", target="pgc", pool=app, state="active") == 0
-        limit = pg.execute("SELECT current_setting('max_connections')::int - "
-                           "current_setting('superuser_reserved_connections')::int")[0][0]  # fmt: skip
+        limit = pg.execute(
+            "SELECT current_setting('max_connections')::int - "
+            "current_setting('superuser_reserved_connections')::int"
+        )[0][0]
         assert value(metrics, "server_max_connections", target="pgc") == limit
         clients = len(pg.backends()) + 1  # the census connection itself
         ratio = value(metrics, "server_connections_used_ratio", target="pgc")
@@ -111,8 +124,18 @@ def test_daemon_pool_sessions_are_counted_under_the_target_name(pg):
 @pytest.mark.destructive
 def test_a_failed_census_withdraws_the_series(pg_factory):
     server = pg_factory()
-    settings = validate({"targets": [{"name": "gone", "kind": "postgres", "url": server.url(),
-                                      "census": {"interval": 1, "timeout": 1}}]})  # fmt: skip
+    settings = validate(
+        {
+            "targets": [
+                {
+                    "name": "gone",
+                    "kind": "postgres",
+                    "url": server.url(),
+                    "census": {"interval": 1, "timeout": 1},
+                }
+            ]
+        }
+    )
     metrics = Metrics()
     runtime = build_target(settings.targets[0], metrics)
     try:
@@ -130,11 +153,23 @@ def test_a_failed_census_withdraws_the_series(pg_factory):
 
 def test_redis_census_counts_clients_and_idle_thresholds(redis_server):
     name = f"cache-{uuid.uuid4().hex[:6]}"
-    settings = validate({
-        "targets": [{"name": "rc", "kind": "redis", "url": redis_server.url(),
-                     "census": {"interval": 1, "timeout": 1, "applications": [name],
-                                "idle_thresholds": [1, 3600]}}],
-    })  # fmt: skip
+    settings = validate(
+        {
+            "targets": [
+                {
+                    "name": "rc",
+                    "kind": "redis",
+                    "url": redis_server.url(),
+                    "census": {
+                        "interval": 1,
+                        "timeout": 1,
+                        "applications": [name],
+                        "idle_thresholds": [1, 3600],
+                    },
+                }
+            ],
+        }
+    )
     clients = []
     for _ in range(3):
         client = redis.Redis(host=redis_server.host, port=redis_server.port, password=redis_server.password)

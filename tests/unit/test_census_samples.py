@@ -35,8 +35,11 @@ def test_unconfigured_names_fold_into_other_and_known_series_exist_at_zero():
     assert out["server_idle_connections", ("10",)] == 2
     assert out["server_idle_connections", ("60",)] == 1
     labels = {labels for (name, labels) in out if name == "server_connections"}
-    assert all(v in {"orders", "web", "web-1", "other", "idle", "unknown", "idle in transaction"}
-               for labels_ in labels for v in labels_)  # fmt: skip
+    assert all(
+        v in {"orders", "web", "web-1", "other", "idle", "unknown", "idle in transaction"}
+        for labels_ in labels
+        for v in labels_
+    )
 
 
 def test_redis_client_kinds_from_flags():

@@ -22,10 +22,16 @@ NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.timezone.utc)
 
 def session(**overrides: object) -> Session:
     fields: dict[str, object] = {
-        "pid": 100, "backend_type": "client backend", "backend_start": NOW - dt.timedelta(hours=5),
-        "user": "web", "database": "orders", "application": "web-1", "state": "idle",
-        "state_change": NOW - dt.timedelta(seconds=600), "superuser": False,
-    }  # fmt: skip
+        "pid": 100,
+        "backend_type": "client backend",
+        "backend_start": NOW - dt.timedelta(hours=5),
+        "user": "web",
+        "database": "orders",
+        "application": "web-1",
+        "state": "idle",
+        "state_change": NOW - dt.timedelta(seconds=600),
+        "superuser": False,
+    }
     fields.update(overrides)
     return Session(**fields)  # type: ignore[arg-type]
 
@@ -85,10 +91,14 @@ def test_superusers_only_when_allowed():
 
 def test_hidden_columns_are_skipped():
     hidden = [
-        session(pid=1, state=None), session(pid=2, state_change=None), session(pid=3, backend_start=None),
-        session(pid=4, user=None), session(pid=5, database=None), session(pid=6, application=None),
+        session(pid=1, state=None),
+        session(pid=2, state_change=None),
+        session(pid=3, backend_start=None),
+        session(pid=4, user=None),
+        session(pid=5, database=None),
+        session(pid=6, application=None),
         session(pid=7, superuser=None),
-    ]  # fmt: skip
+    ]
     wide_open = Policy(
         idle_timeout=1, idle_in_transaction_timeout=1, applications=("*",), allow_superusers=True
     )
@@ -97,10 +107,13 @@ def test_hidden_columns_are_skipped():
 
 def test_excludes_win_over_includes():
     policy = Policy(
-        idle_timeout=300, databases=frozenset({"orders"}), users=frozenset({"web"}),
-        applications=("web-*",), exclude_applications=("web-admin*",),
+        idle_timeout=300,
+        databases=frozenset({"orders"}),
+        users=frozenset({"web"}),
+        applications=("web-*",),
+        exclude_applications=("web-admin*",),
         exclude_users=frozenset({"web"}),
-    )  # fmt: skip
+    )
     assert choose_victims([session()], policy, NOW) == []
     policy = Policy(idle_timeout=300, applications=("*",), exclude_databases=frozenset({"orders"}))
     assert choose_victims([session()], policy, NOW) == []
@@ -121,22 +134,45 @@ def test_max_per_run_caps_and_the_longest_idle_go_first():
 
 def test_redis_clients_by_name_kind_and_idle():
     def client(cid: int, **kw: object) -> RedisClient:
-        fields: dict[str, object] = {"id": cid, "addr": f"127.0.0.1:{1000 + cid}", "name": "web-1",
-                                     "user": "default", "db": 0, "idle": 600.0, "kind": "normal"}  # fmt: skip
+        fields: dict[str, object] = {
+            "id": cid,
+            "addr": f"127.0.0.1:{1000 + cid}",
+            "name": "web-1",
+            "user": "default",
+            "db": 0,
+            "idle": 600.0,
+            "kind": "normal",
+        }
         fields.update(kw)
         return RedisClient(**fields)  # type: ignore[arg-type]
 
     clients = [
-        client(1), client(2, name="batch"), client(3, idle=5.0), client(4, kind="pubsub"),
-        client(5, kind="monitor"), client(6, kind="replica"), client(7, kind="master"), client(8),
-        client(9, name="poolwatch-cache"), client(10, in_multi=True),
-    ]  # fmt: skip
-    policy = Policy(idle_timeout=300, applications=("web-*", "poolwatch-*"),
-                    protected_applications=frozenset({"poolwatch-cache"}))  # fmt: skip
+        client(1),
+        client(2, name="batch"),
+        client(3, idle=5.0),
+        client(4, kind="pubsub"),
+        client(5, kind="monitor"),
+        client(6, kind="replica"),
+        client(7, kind="master"),
+        client(8),
+        client(9, name="poolwatch-cache"),
+        client(10, in_multi=True),
+    ]
+    policy = Policy(
+        idle_timeout=300,
+        applications=("web-*", "poolwatch-*"),
+        protected_applications=frozenset({"poolwatch-cache"}),
+    )
     chosen = choose_redis_victims(clients, policy, own_ids={8})
     assert sorted(v.client.id for v in chosen) == [1]
-    everything = Policy(idle_timeout=300, idle_in_transaction_timeout=300, applications=("*",),
-                        allow_pubsub=True, allow_monitors=True, allow_replicas=True)  # fmt: skip
+    everything = Policy(
+        idle_timeout=300,
+        idle_in_transaction_timeout=300,
+        applications=("*",),
+        allow_pubsub=True,
+        allow_monitors=True,
+        allow_replicas=True,
+    )
     chosen = choose_redis_victims(clients, everything, own_ids={8})
     assert sorted(v.client.id for v in chosen) == [1, 2, 4, 5, 6, 9, 10]  # never the master link
     assert {v.reason for v in chosen if v.client.id == 10} == {"idle_in_transaction"}
@@ -169,13 +205,16 @@ policies = st.builds(
     Policy,
     idle_timeout=st.one_of(st.none(), st.integers(1, 4000).map(float)),
     idle_in_transaction_timeout=st.one_of(st.none(), st.integers(1, 4000).map(float)),
-    databases=name_sets, exclude_databases=name_sets, users=name_sets, exclude_users=name_sets,
+    databases=name_sets,
+    exclude_databases=name_sets,
+    users=name_sets,
+    exclude_users=name_sets,
     applications=st.lists(PATTERNS, max_size=3).map(tuple),
     exclude_applications=st.lists(PATTERNS, max_size=2).map(tuple),
     protected_applications=st.frozensets(APPS, max_size=2),
     allow_superusers=st.booleans(),
     max_per_run=st.integers(0, 30),
-)  # fmt: skip
+)
 
 
 def inside_policy(s: Session, p: Policy, own: frozenset[int]) -> bool:
@@ -237,8 +276,14 @@ redis_clients = st.builds(
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(redis_clients, max_size=25), policies, st.booleans(), st.booleans(), st.booleans(),
-       st.frozensets(st.integers(1, 40), max_size=4))  # fmt: skip
+@given(
+    st.lists(redis_clients, max_size=25),
+    policies,
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.frozensets(st.integers(1, 40), max_size=4),
+)
 def test_no_redis_client_outside_the_policy_is_ever_chosen(clients, policy, pubsub, monitors, replicas, own):
     policy = replace(policy, allow_pubsub=pubsub, allow_monitors=monitors, allow_replicas=replicas)
     chosen = choose_redis_victims(clients, policy, own)
@@ -253,7 +298,15 @@ def test_no_redis_client_outside_the_policy_is_ever_chosen(clients, policy, pubs
         timeout = policy.idle_in_transaction_timeout if c.in_multi else policy.idle_timeout
         assert timeout is not None
         assert c.idle >= timeout
-        as_session = Session(pid=c.id, backend_type="client backend", backend_start=NOW, user=c.user,
-                             database=str(c.db), application=c.name, state="idle",
-                             state_change=NOW - dt.timedelta(days=365), superuser=False)  # fmt: skip
+        as_session = Session(
+            pid=c.id,
+            backend_type="client backend",
+            backend_start=NOW,
+            user=c.user,
+            database=str(c.db),
+            application=c.name,
+            state="idle",
+            state_change=NOW - dt.timedelta(days=365),
+            superuser=False,
+        )
         assert inside_policy(as_session, replace(policy, idle_timeout=1.0), frozenset())
