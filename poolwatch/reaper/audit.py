@@ -167,12 +167,14 @@ class AuditLog:
     def flush(self) -> int:
         """Write spooled records to the audit table; the number written. Raises a PoolwatchError if
         the audit database cannot be reached (the records stay spooled). Skips if a flush is running."""
-        if self.spool is None or not len(self.spool):
+        if self.spool is None or (self._schema_ready and not len(self.spool)):
             return 0
         if not self._flush_lock.acquire(blocking=False):
             return 0
         written = 0
         try:
+            if not self._schema_ready:  # the first run after start-up creates the table if missing
+                self.ensure_schema()
             while batch := self.spool.peek(BATCH):
                 self._write(batch)
                 self.spool.remove({r["record_id"] for r in batch})

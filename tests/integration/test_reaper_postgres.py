@@ -186,6 +186,22 @@ def test_daemon_terminates_idle_sessions_in_policy_and_nothing_else(pg, world, s
         runner.join(10)
 
 
+def test_the_first_run_creates_the_audit_table_with_its_schema_version(pg, sessions):
+    database = f"fresh_{uuid.uuid4().hex[:6]}"
+    pg.create_database(database)
+    world = {"orders": "none", "web": "none", "audit": database}
+    job, audit, _ = reaper_for(pg, world, "nothing-matches")
+    try:
+        assert not pg.execute("SELECT to_regclass('poolwatch_audit')", dbname=database)[0][0]
+        job.run()
+        assert pg.execute("SELECT version FROM poolwatch_audit_schema", dbname=database) == [(1,)]
+        assert pg.execute("SELECT count(*) FROM poolwatch_audit", dbname=database) == [(0,)]
+        job.run()  # and accepts it from then on
+    finally:
+        job.close()
+        audit.close()
+
+
 def test_idle_in_transaction_has_its_own_timeout(pg, world, sessions):
     app = f"web-{uuid.uuid4().hex[:6]}"
     kwargs = {"user": world["web"], "password": "pw", "database": world["orders"]}
