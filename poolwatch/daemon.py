@@ -113,6 +113,7 @@ def _add_census_and_reaper(
 ) -> None:
     """Issue 4: the census job, and the reaper job when enabled (postgres and redis targets)."""
     target = runtime.settings
+    others = tuple(others)
     pools = pg_census.known_pools(target, others)
     take = None
     if runtime.database is not None and target.kind == "postgres":
@@ -130,9 +131,9 @@ def _add_census_and_reaper(
     if audit is None:  # log and count only (`poolwatch check`, embedding without an audit table)
         audit = AuditLog(AuditSettings(), metrics.reaper)
     if runtime.redis is not None:
-        reaper = build_redis_reaper(target, runtime.redis.client, audit, metrics.reaper)
+        reaper = build_redis_reaper(target, runtime.redis.client, audit, metrics.reaper, others)
     else:
-        reaper = build_postgres_reaper(target, audit, metrics.reaper)
+        reaper = build_postgres_reaper(target, audit, metrics.reaper, others=others)
     runtime.jobs.append(reaper)
     runtime.closers.append(reaper.close)
 

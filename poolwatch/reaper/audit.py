@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import create_engine, text
 
 from poolwatch.errors import ConfigError, PoolwatchError, first_line, translate, translating
+from poolwatch.reaper.own import BACKENDS
 from poolwatch.reaper.spool import Spool
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ SCHEMA_VERSION: Final = 1
 QUERY_CHARS: Final = 200
 BATCH: Final = 500
 REPLICA: Final = f"{socket.gethostname()}:{os.getpid()}"
+AUDIT_APPLICATION: Final = "poolwatch-audit"
 
 COLUMNS: Final = (
     "record_id", "target", "kind", "pid", "username", "database", "application", "client_addr",
@@ -288,7 +290,7 @@ def _schema_version(connection: Connection, table: str) -> int | None:
 
 def create_audit_engine(settings: AuditSettings) -> Engine:
     """A small pool for the audit database: one connection is plenty, pre-ping notices a restart."""
-    return create_engine(
+    engine = create_engine(
         settings.sqlalchemy_url(),
         pool_size=1,
         max_overflow=1,
@@ -296,7 +298,9 @@ def create_audit_engine(settings: AuditSettings) -> Engine:
         pool_timeout=settings.connect_timeout,
         connect_args={
             "connect_timeout": max(2, int(settings.connect_timeout)),
-            "application_name": "poolwatch-audit",
+            "application_name": AUDIT_APPLICATION,
             "options": f"-c statement_timeout={int(settings.connect_timeout * 2000)}",
         },
     )
+    BACKENDS.track(engine)  # the audit database may be a monitored one: never reap our own writer
+    return engine

@@ -16,6 +16,7 @@ from sqlalchemy.pool import NullPool
 from poolwatch.config import sqlalchemy_url
 from poolwatch.database import engine_options
 from poolwatch.errors import first_line, translate, translating
+from poolwatch.reaper.audit import AUDIT_APPLICATION
 from poolwatch.reaper.lease import PostgresLease, RedisLease
 from poolwatch.reaper.own import BACKENDS, OwnBackends
 from poolwatch.reaper.policy import Policy
@@ -23,7 +24,7 @@ from poolwatch.reaper.postgres import PostgresReaper
 from poolwatch.reaper.redis import RedisReaper
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     import redis
     from sqlalchemy.engine import Connection, Engine
@@ -98,11 +99,18 @@ def lease_engine(target: TargetSettings) -> Engine:
     return create_engine(sqlalchemy_url(target), poolclass=NullPool, connect_args=connect_args)
 
 
+def protected_names(target: TargetSettings, others: Iterable[TargetSettings] = ()) -> list[str]:
+    """Application names that are poolwatch itself, in this replica or any other: every configured
+    target's pool name and the audit connection's."""
+    return [AUDIT_APPLICATION, target.application_name, *(t.application_name for t in others)]
+
+
 def build_postgres_reaper(
     target: TargetSettings,
     audit: AuditLog,
     metrics: ReaperMetrics,
     own: OwnBackends = BACKENDS,
+    others: Iterable[TargetSettings] = (),
 ) -> ReaperJob:
     engine = lease_engine(target)
 
@@ -111,7 +119,7 @@ def build_postgres_reaper(
             return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
     lease = PostgresLease(target.name, connect, metrics.leader, own)
-    policy = Policy.from_settings(target.reaper, protected=[target.application_name])
+    policy = Policy.from_settings(target.reaper, protected=protected_names(target, others))
     reaper = PostgresReaper(
         target.name, lease, policy, audit, own, dry_run=target.reaper.dry_run,
         on_error=metrics.errors.labels(target.name).inc,
@@ -133,10 +141,14 @@ def build_postgres_reaper(
 
 
 def build_redis_reaper(
-    target: TargetSettings, client: redis.Redis, audit: AuditLog, metrics: ReaperMetrics
+    target: TargetSettings,
+    client: redis.Redis,
+    audit: AuditLog,
+    metrics: ReaperMetrics,
+    others: Iterable[TargetSettings] = (),
 ) -> ReaperJob:
     lease = RedisLease(target.name, client, metrics.leader, target.reaper.lease_ttl)
-    policy = Policy.from_settings(target.reaper, protected=[target.application_name])
+    policy = Policy.from_settings(target.reaper, protected=protected_names(target, others))
     reaper = RedisReaper(
         target.name, client, lease, policy, audit, dry_run=target.reaper.dry_run,
         on_error=metrics.errors.labels(target.name).inc,

@@ -119,6 +119,8 @@ def reaper_for(pg, world, app, *, registry=None, own=None, **reaper):
 
 
 def audit_rows(pg, world, app):
+    if not pg.execute("SELECT to_regclass('poolwatch_audit')", dbname=world["audit"])[0][0]:
+        return []
     return pg.execute(
         "SELECT pid, reason, mode, username, database, application FROM poolwatch_audit "
         "WHERE application LIKE %s ORDER BY id",
@@ -295,3 +297,53 @@ def test_the_kill_statement_rechecks_pid_backend_start_and_state(pg, world, sess
     finally:
         job.close()
         audit.close()
+
+
+def test_own_backends_follow_the_engines_connections(pg):
+    from sqlalchemy import create_engine
+
+    own = OwnBackends()
+    engine = create_engine(pg.url(), pool_size=2)
+    own.track(engine)
+    own.track(engine)  # once per engine
+    try:
+        with engine.connect() as first, engine.connect() as second:
+            pids = {
+                first.connection.dbapi_connection.info.backend_pid,
+                second.connection.dbapi_connection.info.backend_pid,
+            }
+            assert own.pids() == pids
+        engine.dispose()
+        assert own.pids() == frozenset()
+    finally:
+        engine.dispose()
+
+
+def test_runbook_dry_run_then_reload_to_enforce(pg, world, sessions):
+    app = f"web-{uuid.uuid4().hex[:6]}"
+    victim = sessions.open(app, user=world["web"], password="pw", database=world["orders"])
+
+    def config(dry_run):
+        return validate(
+            {
+                "http": {"listen": "127.0.0.1:0"},
+                "targets": [target(pg, world, "db", app, dry_run=dry_run)],
+                "audit": audit_settings(pg, world),
+            }
+        )
+
+    settings = {"now": config(dry_run=True)}
+    daemon = Daemon(settings["now"], metrics=Metrics(CollectorRegistry()), loader=lambda: settings["now"])
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    try:
+        assert wait_for(lambda: [r[2] for r in audit_rows(pg, world, app)][:1] == ["dry_run"])
+        assert sessions.alive(victim)
+        settings["now"] = config(dry_run=False)
+        daemon.reload()
+        assert wait_for(lambda: not sessions.alive(victim))
+        modes = {r[2] for r in audit_rows(pg, world, app)}
+        assert modes == {"dry_run", "enforce"}
+    finally:
+        daemon.stop()
+        runner.join(10)
