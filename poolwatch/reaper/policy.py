@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, TypeVar
 
 if TYPE_CHECKING:
     import datetime as dt
-    from collections.abc import Collection, Iterable
+    from collections.abc import Callable, Collection, Hashable, Iterable
 
     from poolwatch.census.redis import RedisClient, RedisKind
     from poolwatch.config import ReaperSettings
@@ -207,3 +207,20 @@ def choose_redis_victims(
     victims = [v for c in clients if (v := judge_redis(c, policy, own_ids)) is not None]
     victims.sort(key=lambda v: (-v.idle_seconds, v.client.id))
     return victims[: max(0, policy.max_per_run)]
+
+
+T = TypeVar("T")
+
+
+def unrecorded(
+    candidates: list[T], key: Callable[[T], Hashable], recorded: set[Hashable], cap: int
+) -> tuple[list[T], set[Hashable]]:
+    """Dry run: the candidates not recorded yet (at most ``cap``), and the keys to remember.
+
+    A dry run kills nothing, so the same sessions come back every run; each is recorded once while
+    it stays a candidate. Keys of sessions that stopped being candidates are forgotten (so memory is
+    bounded by the current candidates), and such a session is recorded again if it returns.
+    """
+    current = {key(c) for c in candidates}
+    fresh = [c for c in candidates if key(c) not in recorded][: max(0, cap)]
+    return fresh, (recorded & current) | {key(c) for c in fresh}

@@ -11,6 +11,7 @@ called. If anything changed in between, nothing happens: when unsure, don't kill
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 
 from sqlalchemy.exc import DBAPIError
@@ -18,11 +19,11 @@ from sqlalchemy.exc import DBAPIError
 from poolwatch.errors import first_line
 from poolwatch.reaper.audit import AuditRecord
 from poolwatch.reaper.lease import FENCE
-from poolwatch.reaper.policy import IDLE, IDLE_IN_TRANSACTION, Session, choose_victims
+from poolwatch.reaper.policy import IDLE, IDLE_IN_TRANSACTION, Session, choose_victims, unrecorded
 
 if TYPE_CHECKING:
     import datetime as dt
-    from collections.abc import Callable
+    from collections.abc import Callable, Hashable
 
     from sqlalchemy.engine import Connection
 
@@ -122,6 +123,7 @@ class PostgresReaper:
         self.own = own
         self.dry_run = dry_run
         self._on_error = on_error
+        self._recorded: set[Hashable] = set()
 
     def run(self) -> int:
         """Reap once; the number of sessions terminated (or, in dry run, recorded as candidates)."""
@@ -130,7 +132,14 @@ class PostgresReaper:
             return 0
         now, sessions = snapshot(connection)
         own = self.own.pids()
-        victims = choose_victims(sessions, self.policy, now, own)
+        if self.dry_run:
+            everyone = choose_victims(sessions, replace(self.policy, max_per_run=len(sessions)), now, own)
+            victims, self._recorded = unrecorded(
+                everyone, lambda v: (v.session.pid, v.session.backend_start), self._recorded,
+                self.policy.max_per_run,
+            )  # fmt: skip
+        else:
+            victims = choose_victims(sessions, self.policy, now, own)
         done = 0
         for victim in victims:
             if not self.dry_run and not self._terminate(connection, victim, own):

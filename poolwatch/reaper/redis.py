@@ -10,15 +10,16 @@ connection), its type, and ``SKIPME yes``. Its own connection (``CLIENT ID`` on 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 
 from poolwatch.census.redis import parse_client
 from poolwatch.errors import first_line, translating
 from poolwatch.reaper.audit import AuditRecord
-from poolwatch.reaper.policy import choose_redis_victims, judge_redis
+from poolwatch.reaper.policy import choose_redis_victims, judge_redis, unrecorded
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Hashable
 
     import redis
 
@@ -56,6 +57,7 @@ class RedisReaper:
         self.audit = audit
         self.dry_run = dry_run
         self._on_error = on_error
+        self._recorded: set[Hashable] = set()
 
     def run(self) -> int:
         with translating(self.target):
@@ -66,7 +68,14 @@ class RedisReaper:
             pipe.client_list()
             own_id, entries = pipe.execute()
             clients = [parse_client(fields) for fields in entries]
-            victims = choose_redis_victims(clients, self.policy, {int(own_id)})
+            if self.dry_run:
+                everyone = replace(self.policy, max_per_run=len(clients))
+                victims, self._recorded = unrecorded(
+                    choose_redis_victims(clients, everyone, {int(own_id)}),
+                    lambda v: (v.client.id, v.client.addr), self._recorded, self.policy.max_per_run,
+                )  # fmt: skip
+            else:
+                victims = choose_redis_victims(clients, self.policy, {int(own_id)})
             done = 0
             for victim in victims:
                 if not self.dry_run and not self._kill(victim, int(own_id)):

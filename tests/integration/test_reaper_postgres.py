@@ -158,9 +158,9 @@ def test_daemon_terminates_idle_sessions_in_policy_and_nothing_else(pg, world, s
     settings = validate(
         {
             "http": {"listen": "127.0.0.1:0"},
-            "targets": [
-                {**target(pg, world, "db", app), "url": pg.url(user=web, password="pw", database=orders)}
-            ],
+            # As a superuser the server refuses nothing: every survivor below is the policy's doing.
+            # The superuser is inside the scope: only the superuser rule keeps its session alive.
+            "targets": [target(pg, world, "db", app, users=[web, world["root"]])],
             "audit": audit_settings(pg, world),
         }
     )
@@ -229,6 +229,7 @@ def test_dry_run_terminates_nothing_and_records_candidates(pg, world, sessions):
     try:
         time.sleep(0.7)
         job.run()
+        job.run()  # the same candidates again: recorded once while they stay candidates
         assert all(sessions.alive(c) for c in idle)
         rows = audit_rows(pg, world, app)
         assert sorted(r[0] for r in rows) == sorted(sessions.pid(c) for c in idle)

@@ -185,3 +185,19 @@ def test_max_per_run_and_one_leader_among_replicas(redis_server, clients, audit_
         for job, database, _ in replicas:
             job.close()
             database.close()
+
+
+@pytest.mark.destructive
+def test_a_replica_that_cannot_reach_redis_is_not_leader(redis_factory, audit_url):
+    server = redis_factory()
+    job, database, metrics = reaper(server, "gone", audit_url)
+    try:
+        job.run()
+        assert metrics.registry.get_sample_value("poolwatch_reaper_leader", {"target": "cache"}) == 1
+        server.kill()
+        with pytest.raises(Exception, match="cache"):
+            job.run()
+        assert metrics.registry.get_sample_value("poolwatch_reaper_leader", {"target": "cache"}) == 0
+    finally:
+        job.close()
+        database.close()

@@ -310,3 +310,16 @@ def test_no_redis_client_outside_the_policy_is_ever_chosen(clients, policy, pubs
             superuser=False,
         )
         assert inside_policy(as_session, replace(policy, idle_timeout=1.0), frozenset())
+
+
+def test_dry_run_records_each_candidate_once_while_it_stays_one():
+    from poolwatch.reaper.policy import unrecorded
+
+    fresh, seen = unrecorded([1, 2, 3], lambda x: x, set(), cap=2)
+    assert (fresh, seen) == ([1, 2], {1, 2})
+    fresh, seen = unrecorded([1, 2, 3], lambda x: x, seen, cap=2)
+    assert (fresh, seen) == ([3], {1, 2, 3})
+    fresh, seen = unrecorded([2], lambda x: x, seen, cap=2)  # 1 and 3 went away: forgotten
+    assert (fresh, seen) == ([], {2})
+    fresh, seen = unrecorded([1, 2], lambda x: x, seen, cap=2)  # 1 is back: recorded again
+    assert (fresh, seen) == ([1], {1, 2})
