@@ -346,3 +346,61 @@ def test_sessions_hidden_from_a_role_without_pg_monitor_are_never_terminated(pg,
 def _statements(text: str) -> list[str]:
     lines = [line for line in text.splitlines() if not line.strip().startswith("--")]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def test_two_daemons_on_one_target_never_both_terminate_a_session(pg, audit_db, user):
+    from poolwatch.daemon import Daemon
+
+    app = f"dd-{uuid.uuid4().hex[:6]}"
+    settings = validate(
+        {
+            "http": {"listen": "127.0.0.1:0"},
+            "targets": [
+                {
+                    "name": "shared",
+                    "kind": "postgres",
+                    "url": pg.url(),
+                    "probe": {"interval": 5, "timeout": 2},
+                    "census": {"enabled": False},
+                    "reaper": {
+                        "enabled": True,
+                        "dry_run": False,
+                        "interval": 0.2,
+                        "timeout": 0.2,
+                        "idle_timeout": 0.3,
+                        "applications": [f"{app}*"],
+                    },
+                }
+            ],
+            "audit": {"url": pg.url(database=audit_db)},
+        }
+    )
+    daemons = [Daemon(settings, metrics=Metrics(CollectorRegistry())) for _ in range(2)]
+    runners = [threading.Thread(target=d.run, daemon=True) for d in daemons]
+    for runner in runners:
+        runner.start()
+    victims = []
+    try:
+        for _ in range(4):  # waves of idle sessions while both daemons run
+            victims += open_idle(pg, app, 4, **user)
+            time.sleep(0.5)
+        assert gone(pg, victims, timeout=10)
+        rows = pg.execute(
+            "SELECT pid FROM poolwatch_audit WHERE application = %s AND mode = 'enforce'",
+            (app,),
+            dbname=audit_db,
+        )
+        assert sorted(r[0] for r in rows) == sorted(c.info.backend_pid for c in victims)
+        labels = {"target": "shared", "reason": "idle", "mode": "enforce"}
+        counts = sorted(
+            d.metrics.registry.get_sample_value("poolwatch_reaper_terminated_total", labels) for d in daemons
+        )
+        assert counts == [0, len(victims)]
+        assert sorted(leader(d.metrics) for d in daemons) == [0, 1]
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+        for runner in runners:
+            runner.join(10)
+        for connection in victims:
+            connection.close()
