@@ -1,26 +1,20 @@
 """The metric names poolwatch exports, read from the code's own registries rather than a hand list.
 
 ``exported_names()`` builds the daemon's metrics and one target of each kind (no I/O happens: engines
-and clients connect lazily, jobs only run on the scheduler) and collects the registry; when
-``poolwatch.instrument`` exists it also instruments an in-memory SQLite engine and collects what that
-adds. Sample names are derived from each family's type (``_total``, ``_bucket``/``_sum``/``_count``).
+and clients connect lazily, jobs only run on the scheduler) and collects the registry, then does the
+same for an in-memory SQLite engine instrumented as a library (``poolwatch.instrument``). Sample names are derived from each family's type (``_total``, ``_bucket``/``_sum``/``_count``).
 
-PENDING holds the contract names (BRIEF.md) of metric groups other issues are still building. A
-group's contract names are used only while the real registry shows none of that group's prefixes:
-the moment the code exports one ``poolwatch_pool_*`` family, every pool name comes from the code, and
-a dashboard or rule using a name the code does not export fails. A landed group's PENDING entry is
-ignored from then on and can be deleted; the end-to-end test names every query it could not run
-against real data because its group is still pending.
+Nothing here is a hand list of poolwatch's names: a family renamed in the code changes this set, and
+a dashboard panel or alert rule still using the old name fails its test.
 """
 
 from __future__ import annotations
 
-import inspect
 import tempfile
 from functools import cache
 from pathlib import Path
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine
 from sqlalchemy.pool import QueuePool
 
@@ -38,54 +32,6 @@ SUFFIXES = {
     "stateset": ("",),
     "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
     "unknown": ("",),
-}
-
-# group -> (name prefixes that mark the group as landed, {family: type} from the contract)
-PENDING: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
-    "pool": (
-        ("poolwatch_pool_", "poolwatch_instrumentation_"),
-        {
-            "poolwatch_pool_connections": "gauge",
-            "poolwatch_pool_max_connections": "gauge",
-            "poolwatch_pool_size": "gauge",
-            "poolwatch_pool_min_idle": "gauge",
-            "poolwatch_pool_overflow": "gauge",
-            "poolwatch_pool_pending_requests": "gauge",
-            "poolwatch_pool_wait_seconds": "histogram",
-            "poolwatch_pool_use_seconds": "histogram",
-            "poolwatch_pool_create_seconds": "histogram",
-            "poolwatch_pool_checkouts": "counter",
-            "poolwatch_pool_timeouts": "counter",
-            "poolwatch_pool_connect_errors": "counter",
-            "poolwatch_pool_closed": "counter",
-            "poolwatch_pool_leaked_connections": "gauge",
-            "poolwatch_pool_leaks": "counter",
-            "poolwatch_instrumentation_errors": "counter",
-        },
-    ),
-    "census": (
-        ("poolwatch_server_",),
-        {
-            "poolwatch_server_connections": "gauge",
-            "poolwatch_server_pool_connections": "gauge",
-            "poolwatch_server_max_connections": "gauge",
-            "poolwatch_server_connections_used_ratio": "gauge",
-            "poolwatch_server_oldest_seconds": "gauge",
-            "poolwatch_server_oldest_transaction_seconds": "gauge",
-            "poolwatch_server_idle_connections": "gauge",
-        },
-    ),
-    "reaper": (
-        ("poolwatch_reaper_", "poolwatch_audit_"),
-        {
-            "poolwatch_reaper_terminated": "counter",
-            "poolwatch_reaper_errors": "counter",
-            "poolwatch_reaper_leader": "gauge",
-            "poolwatch_audit_spooled_records": "gauge",
-            "poolwatch_audit_dropped_records": "counter",
-            "poolwatch_audit_written": "counter",
-        },
-    ),
 }
 
 
@@ -122,18 +68,11 @@ def _daemon_names(state_dir: Path) -> set[str]:
 
 
 def _library_names() -> set[str]:
-    instrument = getattr(poolwatch, "instrument", None)
-    if instrument is None:
-        return set()
+    registry = CollectorRegistry()
     engine = create_engine("sqlite://", poolclass=QueuePool, pool_size=1, max_overflow=0)
     try:
-        if "registry" in inspect.signature(instrument).parameters:
-            registry = CollectorRegistry()
-            instrument(engine, name="names", registry=registry)
-            return _collect(registry)
-        before = _collect(REGISTRY)
-        instrument(engine, name="names")
-        return _collect(REGISTRY) - before
+        poolwatch.instrument(engine, name="names", registry=registry, leak_threshold=60)
+        return _collect(registry)
     finally:
         engine.dispose()
 
@@ -145,23 +84,9 @@ def real_names() -> frozenset[str]:
         return frozenset(_daemon_names(Path(state_dir)) | _library_names())
 
 
-def pending_groups() -> dict[str, set[str]]:
-    """Contract names of the groups that have not landed in the code yet."""
-    real = real_names()
-    pending: dict[str, set[str]] = {}
-    for group, (prefixes, families) in PENDING.items():
-        if any(name.startswith(prefixes) for name in real):
-            continue
-        pending[group] = set().union(*(sample_names(f, kind) for f, kind in families.items()))
-    return pending
-
-
 def exported_names() -> frozenset[str]:
-    """What a dashboard or rule may use: the real names, plus the contract's for groups not landed."""
-    names = set(real_names())
-    for group_names in pending_groups().values():
-        names |= group_names
-    return frozenset(names)
+    """What a dashboard panel or an alert rule may use."""
+    return real_names()
 
 
 # Series Prometheus itself attaches to every scrape (not exported by poolwatch, always present).
