@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import Pool, QueuePool
+from sqlalchemy.pool.base import _ConnectionFairy
 
 from poolwatch.instrument.collector import PoolState, collector_for
 from poolwatch.instrument.recorder import Recorder
@@ -32,15 +33,17 @@ from poolwatch.instrument.recorder import Recorder
 if TYPE_CHECKING:
     from collections import deque
     from collections.abc import Callable
+    from types import FrameType
 
     from prometheus_client.registry import CollectorRegistry
     from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
-    from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
+    from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 # Keys poolwatch keeps in ``ConnectionPoolEntry.info`` (cleared by SQLAlchemy on reconnect).
 LIFETIME_JITTER: Final = "poolwatch.jitter"  # this connection's share of the max-lifetime jitter
 CLOSE_REASON: Final = "poolwatch.close_reason"
+CALLER_DEPTH: Final = 5  # from _caller(): connect, raw_connection, Connection(), Engine.connect, app
 MAX_JITTER: Final = 0.025  # max lifetime is shortened by up to 2.5 %, drawn per connection
 
 _closing = threading.local()  # .reason while poolwatch or dispose() closes connections on this thread
@@ -63,22 +66,31 @@ class PoolInternals:
 
 @dataclass(frozen=True, slots=True)
 class HotPathInternals:
-    """The private parts the checkout/checkin hooks use: chosen for cost, see the module docstring."""
+    """The private parts the checkout/checkin hooks use, chosen for cost (see the module docstring).
 
+    ``checkout`` is what ``Pool.connect()`` does and ``give_back`` what ``Pool._return_conn()`` does:
+    the hooks replace those two frames instead of adding a frame each to every cycle.
+    """
+
+    checkout: Callable[[Pool], PoolProxiedConnection]
     # The pool entry behind a checked-out connection (the public ``.info`` property costs ~0.8 us).
     record_of: Callable[[PoolProxiedConnection], ConnectionPoolEntry]
-    # Where every checkin ends (``_ConnectionRecord.checkin``); overriding it costs one frame, where
-    # SQLAlchemy's checkin event dispatch costs ~1 us.
+    # Where every checkin ends (``_ConnectionRecord.checkin``); overriding it costs about one frame,
+    # where SQLAlchemy's checkin event dispatch costs ~1 us.
     return_conn_name: str
-    return_conn: Callable[[Pool, ConnectionPoolEntry], None]
+    give_back: Callable[[Any, ConnectionPoolEntry], None]
 
 
 def hot_path_internals(pool_class: type[QueuePool]) -> HotPathInternals:
     """With ``pool_internals``, every private name of SQLAlchemy poolwatch uses (pinned by a test)."""
+    # A pool class that overrides connect() or _return_conn() keeps its own code in the chain.
+    plain_connect = pool_class.connect is Pool.connect
+    plain_return = pool_class._return_conn is Pool._return_conn  # noqa: SLF001
     return HotPathInternals(
+        checkout=_ConnectionFairy._checkout if plain_connect else pool_class.connect,  # noqa: SLF001
         record_of=operator.attrgetter("_connection_record"),
         return_conn_name="_return_conn",
-        return_conn=pool_class._return_conn,  # noqa: SLF001
+        give_back=pool_class._do_return_conn if plain_return else pool_class._return_conn,  # noqa: SLF001
     )
 
 
@@ -191,17 +203,15 @@ def _instrumented_class(base: type[QueuePool], recorder: Recorder) -> type[Queue
             # The pool's logger name is built from the class: keep SQLAlchemy's.
             "__module__": base.__module__,
             "__qualname__": base.__qualname__,
-            "connect": _connect_hook(base.connect, internals, recorder),
-            internals.return_conn_name: _checkin_hook(internals.return_conn, recorder),
+            "connect": _connect_hook(internals, recorder),
+            internals.return_conn_name: _checkin_hook(internals.give_back, recorder),
             "dispose": dispose,
             "_poolwatch": recorder,
         },
     )
 
 
-def _connect_hook(
-    base_connect: Callable[[Pool], PoolProxiedConnection], internals: HotPathInternals, recorder: Recorder
-) -> Callable[[Pool], PoolProxiedConnection]:
+def _connect_hook(internals: HotPathInternals, recorder: Recorder) -> Callable[[Pool], PoolProxiedConnection]:
     # Everything the hot path touches is bound to a local of this closure once.
     clock = recorder.clock
     requested = recorder.requested.hit
@@ -210,6 +220,7 @@ def _connect_hook(
     out = recorder.out
     failed = recorder.checkout_failed
     record_of = internals.record_of
+    base_connect = internals.checkout
     getframe = sys._getframe if recorder.leak_threshold is not None else None  # noqa: SLF001
 
     def connect(self: Pool) -> PoolProxiedConnection:
@@ -224,15 +235,27 @@ def _connect_hook(
         handed()
         wait(now - start)
         try:
-            # The caller's frame (Engine.raw_connection) links to the application's frames: a
-            # reference now, formatted only if this connection turns out to be a leak.
-            out[record_of(connection)] = (now, getframe(1) if getframe is not None else None)
+            out[record_of(connection)] = (now, None if getframe is None else _caller(getframe))
         except Exception as exc:
             recorder.internal_error(exc)
         return connection
 
-    connect.__doc__ = base_connect.__doc__
+    connect.__doc__ = Pool.connect.__doc__
     return connect
+
+
+def _caller(getframe: Callable[[int], FrameType]) -> FrameType:
+    """The application's frame that asked for the connection, kept for a leak warning.
+
+    A reference to a frame is cheap while the frame runs; every frame that *returns* while referenced
+    is copied off the stack and makes its caller materialise too (~0.3 us each). So the reference is
+    taken past SQLAlchemy's own frames (our ``connect`` < ``Engine.raw_connection`` <
+    ``Connection.__init__`` < ``Engine.connect`` < the application), which return at once.
+    """
+    try:
+        return getframe(CALLER_DEPTH)
+    except ValueError:  # a shallower entry point (pool.connect() called from a module's top level)
+        return getframe(1)
 
 
 def _checkin_hook(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -15,7 +16,8 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.pool import NullPool, QueuePool
+from sqlalchemy.pool import NullPool, Pool, QueuePool
+from sqlalchemy.pool.base import _ConnectionFairy
 
 import poolwatch
 from poolwatch.instrument import sqlalchemy as instrument_sqlalchemy
@@ -335,7 +337,11 @@ def test_private_sqlalchemy_api_matches_the_installed_version(make_engine) -> No
     with internals.mutex:
         pass
     hot = hot_path_internals(QueuePool)
-    assert hot.return_conn is QueuePool._return_conn
+    assert hot.give_back is QueuePool._do_return_conn
+    assert hot.checkout == _ConnectionFairy._checkout
+    # What the hooks replace: Pool.connect() and Pool._return_conn() are exactly these calls.
+    assert "return _ConnectionFairy._checkout(self)" in inspect.getsource(Pool.connect)
+    assert "self._do_return_conn(record)" in inspect.getsource(Pool._return_conn)
     fairy = pool.connect()
     record = hot.record_of(fairy)
     assert record.dbapi_connection is fairy.dbapi_connection
