@@ -240,7 +240,7 @@ class Recorder:
                     self.leaks_total += 1
                     fresh.append((key, checkout))
             # Forget leaks whose connection went away without a checkin (detached, pool disposed).
-            self.leaked &= current.keys()
+            self.leaked.intersection_update(current.keys())  # in place: hooks hold this set
             count = len(self.leaked)
         for _key, checkout in fresh:
             log.warning(
