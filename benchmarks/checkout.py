@@ -78,6 +78,7 @@ def worker(variant: str, url: str) -> None:
                     pass
             profiler.disable()
             pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(18)
+            checked += int(count)
             print(0.0, 0.0, 0.0, flush=True)
             continue
         cycles = int(count)
