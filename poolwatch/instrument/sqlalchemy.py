@@ -10,7 +10,7 @@ before the engine uses it.
 
 Rarer facts come from public pool events registered on the engine (connect, invalidate, close,
 detach); those travel to recreated pools with the pool's dispatch. The private names used are read in
-``hot_path_internals()`` and ``pool_internals()``, pinned by a test to the installed SQLAlchemy.
+``pool_internals()``, pinned by a test to the installed SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
+from types import MethodType
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import Pool, QueuePool
-from sqlalchemy.pool.base import _ConnectionFairy
 
 from poolwatch.instrument.collector import PoolState, collector_for
 from poolwatch.instrument.recorder import Recorder
@@ -56,8 +56,18 @@ _closing = threading.local()  # .reason while poolwatch or dispose() closes conn
 
 @dataclass(frozen=True, slots=True)
 class PoolInternals:
-    """The private parts of a QueuePool that housekeeping and the gauges need, in one place."""
+    """The private parts of a QueuePool poolwatch uses, read in one place (``pool_internals``)."""
 
+    # Hot path, chosen for cost (see the module docstring): ``checkout`` is what ``Pool.connect()``
+    # does and ``return_conn`` what ``Pool._return_conn()`` does, so the hooks replace those frames
+    # instead of adding one each; ``record_of`` reads the pool entry behind a checked-out connection
+    # (the public ``.info`` property costs ~0.8 us); ``return_conn_name`` is the method every checkin
+    # ends in (``_ConnectionRecord.checkin``), hooked because the checkin event costs ~1 us.
+    checkout: Callable[[Pool], PoolProxiedConnection]
+    record_of: Callable[[PoolProxiedConnection], ConnectionPoolEntry]
+    return_conn_name: str
+    return_conn: Callable[[ConnectionPoolEntry], None]
+    # Housekeeping and gauges. ``idle_records`` / ``mutex`` exist for the threaded QueuePool only.
     idle_records: deque[Any]
     mutex: Any
     max_overflow: int
@@ -69,43 +79,21 @@ class PoolInternals:
     give_back: Callable[[ConnectionPoolEntry], None]
 
 
-@dataclass(frozen=True, slots=True)
-class HotPathInternals:
-    """The private parts the checkout/checkin hooks use, chosen for cost (see the module docstring).
+def pool_internals(pool: QueuePool) -> PoolInternals:
+    """Every private name of SQLAlchemy poolwatch uses (pinned by a test to the installed version)."""
+    from sqlalchemy.pool.base import _ConnectionFairy  # noqa: PLC0415 - private: used here only
 
-    ``checkout`` is what ``Pool.connect()`` does and ``give_back`` what ``Pool._return_conn()`` does:
-    the hooks replace those two frames instead of adding a frame each to every cycle.
-    """
-
-    checkout: Callable[[Pool], PoolProxiedConnection]
-    # The pool entry behind a checked-out connection (the public ``.info`` property costs ~0.8 us).
-    record_of: Callable[[PoolProxiedConnection], ConnectionPoolEntry]
-    # Where every checkin ends (``_ConnectionRecord.checkin``); overriding it costs about one frame,
-    # where SQLAlchemy's checkin event dispatch costs ~1 us.
-    return_conn_name: str
-    give_back: Callable[[Any, ConnectionPoolEntry], None]
-
-
-def hot_path_internals(pool_class: type[QueuePool]) -> HotPathInternals:
-    """With ``pool_internals``, every private name of SQLAlchemy poolwatch uses (pinned by a test)."""
+    pool_class = type(pool)
     # A pool class that overrides connect() or _return_conn() keeps its own code in the chain.
     plain_connect = pool_class.connect is Pool.connect
     plain_return = pool_class._return_conn is Pool._return_conn  # noqa: SLF001
-    return HotPathInternals(
+    queue = pool._pool  # noqa: SLF001
+    give_back = pool._do_return_conn  # noqa: SLF001
+    return PoolInternals(
         checkout=_ConnectionFairy._checkout if plain_connect else pool_class.connect,  # noqa: SLF001
         record_of=operator.attrgetter("_connection_record"),
         return_conn_name="_return_conn",
-        give_back=pool_class._do_return_conn if plain_return else pool_class._return_conn,  # noqa: SLF001
-    )
-
-
-def pool_internals(pool: QueuePool) -> PoolInternals:
-    """Every private attribute of SQLAlchemy poolwatch reads (tested against the installed version).
-
-    ``idle_records`` and ``mutex`` are only valid for the threaded QueuePool (not the asyncio one).
-    """
-    queue = pool._pool  # noqa: SLF001
-    return PoolInternals(
+        return_conn=give_back if plain_return else MethodType(pool_class._return_conn, pool),  # noqa: SLF001
         idle_records=getattr(queue, "queue", None),  # type: ignore[arg-type]
         mutex=getattr(queue, "mutex", None),
         max_overflow=pool._max_overflow,  # noqa: SLF001
@@ -114,7 +102,7 @@ def pool_internals(pool: QueuePool) -> PoolInternals:
         inc_overflow=pool._inc_overflow,  # noqa: SLF001
         dec_overflow=pool._dec_overflow,  # noqa: SLF001
         create=pool._create_connection,  # noqa: SLF001
-        give_back=pool._do_return_conn,  # noqa: SLF001
+        give_back=give_back,
     )
 
 
@@ -199,7 +187,7 @@ def _patch(pool: QueuePool, recorder: Recorder) -> QueuePool:
     the pool ``engine.dispose()`` puts in place is patched before the engine hands it out.
     """
     base = type(pool)
-    internals = hot_path_internals(base)
+    internals = pool_internals(pool)
 
     def dispose() -> None:
         _closing.reason = "dispose"
@@ -213,7 +201,7 @@ def _patch(pool: QueuePool, recorder: Recorder) -> QueuePool:
 
     vars(pool).update({
         "connect": _connect_hook(pool, internals, recorder),
-        internals.return_conn_name: _checkin_hook(pool, internals.give_back, recorder),
+        internals.return_conn_name: _checkin_hook(internals.return_conn, recorder),
         "dispose": dispose,
         "recreate": recreate,
         "_poolwatch": recorder,
@@ -222,7 +210,7 @@ def _patch(pool: QueuePool, recorder: Recorder) -> QueuePool:
 
 
 def _connect_hook(
-    pool: Pool, internals: HotPathInternals, recorder: Recorder
+    pool: Pool, internals: PoolInternals, recorder: Recorder
 ) -> Callable[[], PoolProxiedConnection]:
     # Everything the hot path touches is bound to a local of this closure once, and the leak and
     # no-leak variants are separate functions: every bytecode here is paid on every checkout.
@@ -280,7 +268,7 @@ def _connect_hook(
 
 
 def _checkin_hook(
-    pool: Pool, base_return: Callable[[Pool, ConnectionPoolEntry], None], recorder: Recorder
+    base_return: Callable[[ConnectionPoolEntry], None], recorder: Recorder
 ) -> Callable[[ConnectionPoolEntry], None]:
     clock = recorder.clock
     out_pop = recorder.out.pop
@@ -299,7 +287,7 @@ def _checkin_hook(
                     recorder.returned(record, checkout)
         except Exception as exc:
             recorder.internal_error(exc)
-        base_return(pool, record)
+        base_return(record)
 
     return return_conn
 

@@ -21,7 +21,7 @@ from sqlalchemy.pool.base import _ConnectionFairy
 
 import poolwatch
 from poolwatch.instrument import sqlalchemy as instrument_sqlalchemy
-from poolwatch.instrument.sqlalchemy import hot_path_internals, pool_internals
+from poolwatch.instrument.sqlalchemy import pool_internals
 from tests.poolmetrics import FakeClock, sample
 from tests.servers import free_port
 
@@ -336,14 +336,13 @@ def test_private_sqlalchemy_api_matches_the_installed_version(make_engine) -> No
     assert len(internals.idle_records) == 0
     with internals.mutex:
         pass
-    hot = hot_path_internals(QueuePool)
-    assert hot.give_back is QueuePool._do_return_conn
-    assert hot.checkout == _ConnectionFairy._checkout
+    assert internals.return_conn == pool._do_return_conn
+    assert internals.checkout == _ConnectionFairy._checkout
     # What the hooks replace: Pool.connect() and Pool._return_conn() are exactly these calls.
     assert "return _ConnectionFairy._checkout(self)" in inspect.getsource(Pool.connect)
     assert "self._do_return_conn(record)" in inspect.getsource(Pool._return_conn)
     fairy = pool.connect()
-    record = hot.record_of(fairy)
+    record = internals.record_of(fairy)
     assert record.dbapi_connection is fairy.dbapi_connection
     fairy.close()
     assert list(internals.idle_records) == [record]
