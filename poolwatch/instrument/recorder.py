@@ -145,8 +145,10 @@ class Recorder:
     creates: Samples = field(default_factory=Samples)
     # pool entry -> Checkout while checked out, for use time and leak detection.
     out: dict[object, Checkout] = field(default_factory=dict)
-    # pool entry -> recorder-clock time it was last returned, pinged or opened (for housekeeping).
-    idle_since: dict[object, float] = field(default_factory=dict)
+    # id(pool entry) -> recorder-clock time it was last returned, pinged or opened (housekeeping).
+    # Keyed by id, not the entry: a pool dropped by dispose() must still be collectable, and with it
+    # the connections returned to it afterwards.
+    idle_since: dict[int, float] = field(default_factory=dict)
     leaked: set[object] = field(default_factory=set)
     failures: int = 0
     timeouts: int = 0

@@ -139,7 +139,7 @@ def _instrumented_class(base: type[redis.ConnectionPool], recorder: Recorder) ->
     def release(self: redis.ConnectionPool, connection: Any) -> None:
         try:
             now = clock()
-            idle_since[connection] = now
+            idle_since[id(connection)] = now
             checkout = out.pop(connection, None)
             if checkout is not None:
                 use(now - checkout[0])

@@ -279,7 +279,7 @@ def _checkin_hook(
     def return_conn(record: ConnectionPoolEntry) -> None:
         try:
             now = clock()
-            idle_since[record] = now
+            idle_since[id(record)] = now
             checkout = out_pop(record, None)
             if checkout is not None:
                 use(now - checkout[0])
@@ -313,7 +313,7 @@ class _RareEvents:
             # The record is stamped just before the driver's connect; this listener runs right after
             # it (and after the dialect's own on-connect set-up).
             self._recorder.connected(max(0.0, time.time() - connected_at(record)))
-            self._recorder.idle_since[record] = self._recorder.clock()
+            self._recorder.idle_since[id(record)] = self._recorder.clock()
             record.info[LIFETIME_JITTER] = random.uniform(0.0, MAX_JITTER)  # noqa: S311 - not crypto
         except Exception as exc:
             self._recorder.internal_error(exc)
@@ -336,7 +336,7 @@ class _RareEvents:
 
     def on_close(self, _dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         try:
-            self._recorder.idle_since.pop(record, None)
+            self._recorder.idle_since.pop(id(record), None)
             self._recorder.close(_close_reason(record, self._engine()))
         except Exception as exc:
             self._recorder.internal_error(exc)
@@ -344,7 +344,7 @@ class _RareEvents:
     def on_detach(self, _dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         try:
             self._recorder.out.pop(record, None)
-            self._recorder.idle_since.pop(record, None)
+            self._recorder.idle_since.pop(id(record), None)
         except Exception as exc:
             self._recorder.internal_error(exc)
 

@@ -346,3 +346,19 @@ def test_private_sqlalchemy_api_matches_the_installed_version(make_engine) -> No
     assert record.dbapi_connection is fairy.dbapi_connection
     fairy.close()
     assert list(internals.idle_records) == [record]
+
+
+def test_a_disposed_pool_is_still_garbage_collected(pg, make_engine, registry) -> None:
+    import gc
+    import weakref
+
+    engine, app = make_engine(pool_size=2)
+    poolwatch.instrument(engine, name="gc", registry=registry)
+    held = engine.connect()
+    old_pool = weakref.ref(engine.pool)
+    engine.dispose()
+    held.close()  # returned to the old pool, which nothing else refers to any more
+    del held
+    gc.collect()
+    assert old_pool() is None
+    wait_until(lambda: pg.backends(app) == [])  # its connection was closed with it
