@@ -79,6 +79,10 @@ class ProbeSettings(_Model):
 
     interval: Seconds = 15.0
     timeout: Seconds = 5.0
+    # After consecutive authentication failures the probe waits 2x, 4x, ... its interval between
+    # attempts, up to this: a wrong password is not fixed by retrying, and each attempt is a failed
+    # login in the server's log (and may count towards a lockout).
+    auth_backoff_max: Seconds = 300.0
 
     @model_validator(mode="after")
     def _timeout_within_interval(self) -> ProbeSettings:

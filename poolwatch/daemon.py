@@ -76,6 +76,7 @@ def build_target(target: TargetSettings, metrics: Metrics) -> TargetRuntime:
     probe = Probe(
         target.name, check, metrics.probe,
         interval=target.probe.interval, timeout=target.probe.timeout,
+        auth_backoff_max=target.probe.auth_backoff_max,
     )  # fmt: skip
     metrics.probe.add_target(target.name)
     return TargetRuntime(target, probe, database, redis_db, jobs=[probe])
