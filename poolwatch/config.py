@@ -190,6 +190,17 @@ class TlsSettings(_Model):
     key_file: str
     client_ca_file: str | None = None
 
+    @field_validator("cert_file", "key_file", "client_ca_file")
+    @classmethod
+    def _readable_file(cls, value: str | None) -> str | None:
+        # Checked here so `poolwatch config` reports it too; whether the PEM is valid is known only
+        # when the endpoint loads it (http.py), which fails with a ConfigError as well.
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"{value} is not a file")
+        if value is not None and not os.access(value, os.R_OK):
+            raise ValueError(f"{value} is not readable (permission denied)")
+        return value
+
 
 class HttpSettings(_Model):
     """The /metrics endpoint. ``basic_auth_users`` maps user names to bcrypt hashes."""
@@ -578,9 +589,11 @@ def check_url(kind: Kind, url: str) -> None:
         if rest.startswith("/") or not rest:
             raise ValueError("url needs a host, as in postgresql+psycopg2://user@host:5432/db")
         try:
-            _ = parsed.port
+            port = parsed.port
         except ValueError:
             raise ValueError("url has an invalid port") from None
+        if port is not None and not 1 <= port <= 65535:  # noqa: PLR2004
+            raise ValueError(f"url has an invalid port {port} (expected 1-65535)")
 
 
 def _check_redis_url(scheme: str, url: str) -> None:
