@@ -393,11 +393,12 @@ def _key_path(loc: Sequence[int | str], data: Mapping[str, Any]) -> str:
             parts[-1:] = [f"{parts[-1] if parts else ''}[{item}]"]
             node = node[item] if isinstance(node, list | tuple) and item < len(node) else None
             if isinstance(node, dict) and isinstance(node.get("name"), str) and len(parts) == 1:
-                parts[-1] += f"({node['name'][:40]})"
+                parts[-1] += f"({_printable(node['name'])[1:-1][:40]})"
             continue
         if item in {"function-after", "function-before", "function-wrap"} or "[" in item:
             continue
-        parts.append(item)
+        # An unknown key is user text: quoted (so a newline in it cannot break the one line) unless plain.
+        parts.append(item if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", item) else _printable(item))
         node = node.get(item) if isinstance(node, dict) else None
     return ".".join(parts)
 
@@ -500,7 +501,7 @@ def _environment_targets(env: Environment) -> list[dict[str, Any]]:
 def _postgres_url(env: Environment) -> str:
     port = env.postgres_port or "5432"
     if not port.isdigit() or not 1 <= int(port) <= 65535:  # noqa: PLR2004
-        raise ConfigError(f"POSTGRES_PORT: expected a port number 1-65535 (got {port!r})")
+        raise ConfigError(f"POSTGRES_PORT: expected a port number 1-65535 (got {_printable(port)})")
     user = quote(env.postgres_user or "postgres", safe="")
     password = f":{quote(env.postgres_password, safe='')}" if env.postgres_password else ""
     host = env.postgres_host or "localhost"
@@ -630,15 +631,15 @@ def parse_listen(value: str) -> tuple[str, int]:
     """``host:port``, ``[v6]:port`` or ``:port`` -> (host, port). Port 0 asks for a free port."""
     host, sep, port_text = value.rpartition(":")
     if not sep or not port_text.isdigit() or int(port_text) > 65535:  # noqa: PLR2004
-        raise ValueError(f"expected host:port with a port 0-65535, got {value!r}")
+        raise ValueError(f"expected host:port with a port 0-65535, got {_printable(value)}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise ValueError(f"{host!r} is not an IPv6 address") from None
+            raise ValueError(f"{_printable(host)} is not an IPv6 address") from None
     elif host == "":
         host = "0.0.0.0"  # noqa: S104 - an explicit ":port" asks for every interface
     elif not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", host):
-        raise ValueError(f"expected host:port, got {value!r}")
+        raise ValueError(f"expected host:port, got {_printable(value)}")
     return host, int(port_text)
