@@ -210,6 +210,9 @@ class HttpSettings(_Model):
     basic_auth_users: dict[str, SecretStr] = Field(default_factory=dict)
     max_request_bytes: Annotated[int, Field(ge=1024, le=1 << 20)] = 16384
     request_timeout: Seconds = 10.0
+    # Connections served at once; more are closed at accept. Each holds a thread for at most
+    # request_timeout, so a crowd of slow clients costs bounded threads and memory.
+    max_connections: Annotated[int, Field(ge=1, le=10_000)] = 64
 
     @field_validator("listen")
     @classmethod
