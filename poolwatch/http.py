@@ -124,7 +124,12 @@ class Endpoint:
             # Spend the same time as a real check, so user names can't be probed by timing.
             bcrypt.checkpw(b"x", _DUMMY_HASH)
             return False
-        if not bcrypt.checkpw(password.encode(), hashed):
+        try:
+            matches = bcrypt.checkpw(password.encode(), hashed)
+        except ValueError:
+            # bcrypt >= 4.1 refuses passwords over 72 bytes (as Go's bcrypt does): not ours, so 401.
+            return False
+        if not matches:
             return False
         with self._verified_lock:
             if len(self._verified) > 64:  # noqa: PLR2004 - a handful of scrapers, not a cache to grow
