@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 Kind = Literal["postgres", "sqlite", "redis"]
 DEFAULT_LISTEN = "127.0.0.1:18187"
 MASK = "***"
+_MAX_PORT = 65535
 _SHOWN_CHARS = 60  # of a rejected value, in an error line
 
 Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
@@ -130,7 +131,21 @@ class ReaperSettings(_Model):
     def _needs_a_timeout(self) -> ReaperSettings:
         if self.enabled and self.idle_timeout is None and self.idle_in_transaction_timeout is None:
             raise ValueError("an enabled reaper needs idle_timeout or idle_in_transaction_timeout")
+        if self.enabled and not (self.databases or self.users or self.applications):
+            # An empty scope would mean "every session on the server": make the operator say so.
+            raise ValueError(
+                "an enabled reaper needs databases, users or applications "
+                "(applications: ['*'] means every application)"
+            )
+        if self.timeout > self.interval:
+            raise ValueError(f"timeout ({self.timeout:g}) must not exceed interval ({self.interval:g})")
         return self
+
+    @property
+    def lease_ttl(self) -> float:
+        """How long a leader's lease lasts without renewal: two missed runs, then another replica
+        may take over."""
+        return 2 * self.interval + self.timeout
 
 
 class TargetSettings(_Model):
@@ -243,9 +258,10 @@ class AuditSettings(_Model):
     url: str | None = None
     password: SecretStr | None = None
     password_file: str | None = None
-    table: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "poolwatch_audit"
+    table: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,54}$")] = "poolwatch_audit"
     spool_path: str | None = None
     spool_max: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
+    connect_timeout: Annotated[float, Field(ge=1, le=3600)] = 5.0
 
     @model_validator(mode="before")
     @classmethod
@@ -269,6 +285,17 @@ class AuditSettings(_Model):
     def display_url(self) -> str | None:
         return None if self.url is None else mask_url(self.url, self.password is not None)
 
+    def sqlalchemy_url(self) -> Any:
+        """The audit database's ``sqlalchemy.engine.URL`` with its password (masked when printed)."""
+        if self.url is None:
+            raise ConfigError("audit.url is not configured")
+        url = make_url(self.url.replace("postgres://", "postgresql://", 1))
+        if url.drivername == "postgresql":
+            url = url.set(drivername="postgresql+psycopg2")
+        if self.password is not None:
+            url = url.set(password=self.password.get_secret_value())
+        return url
+
 
 class LogSettings(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -283,6 +310,17 @@ class Settings(_Model):
     targets: Annotated[tuple[TargetSettings, ...], Field(strict=False)] = ()
     audit: AuditSettings = AuditSettings()
     source: str = "defaults"
+
+    @model_validator(mode="after")
+    def _enforcing_needs_audit(self) -> Settings:
+        for target in self.targets:
+            if target.reaper.enabled and not target.reaper.dry_run and self.audit.url is None:
+                # Every termination is recorded in a table before it is forgotten; no table, no kills.
+                raise ValueError(
+                    f"targets.{target.name}.reaper: dry_run false needs audit.url "
+                    "(every termination is recorded in the audit table)"
+                )
+        return self
 
     @field_validator("targets")
     @classmethod
@@ -413,7 +451,14 @@ def _plain_message(error: Mapping[str, Any]) -> str:
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
-    if kind == "value_error":
+    if kind == "string_pattern_mismatch":
+        pattern = str((error.get("ctx") or {}).get("pattern", ""))
+        message = (
+            "expected letters, digits, '_', '.' or '-', starting with a letter or '_', at most 63"
+            if pattern == NAME_PATTERN
+            else f"expected text matching {pattern}"
+        )
+    elif kind == "value_error":
         message = message.removeprefix("Value error, ")
     elif kind == "literal_error":
         message = "expected " + message.removeprefix("Input should be ")
@@ -503,7 +548,7 @@ def _environment_targets(env: Environment) -> list[dict[str, Any]]:
 
 def _postgres_url(env: Environment) -> str:
     port = env.postgres_port or "5432"
-    if not port.isdigit() or not 1 <= int(port) <= 65535:  # noqa: PLR2004
+    if not port.isdigit() or not 1 <= int(port) <= _MAX_PORT:
         raise ConfigError(f"POSTGRES_PORT: expected a port number 1-65535 (got {_printable(port)})")
     user = quote(env.postgres_user or "postgres", safe="")
     password = f":{quote(env.postgres_password, safe='')}" if env.postgres_password else ""
@@ -596,8 +641,8 @@ def check_url(kind: Kind, url: str) -> None:
             port = parsed.port
         except ValueError:
             raise ValueError("url has an invalid port") from None
-        if port is not None and not 1 <= port <= 65535:  # noqa: PLR2004
-            raise ValueError(f"url has an invalid port {port} (expected 1-65535)")
+        if port is not None and not 1 <= port <= _MAX_PORT:
+            raise ValueError(f"url has an invalid port {port} (expected 1-{_MAX_PORT})")
 
 
 def _check_redis_url(scheme: str, url: str) -> None:
@@ -633,7 +678,7 @@ def sqlalchemy_url(target: TargetSettings) -> Any:
 def parse_listen(value: str) -> tuple[str, int]:
     """``host:port``, ``[v6]:port`` or ``:port`` -> (host, port). Port 0 asks for a free port."""
     host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:  # noqa: PLR2004
+    if not sep or not port_text.isdigit() or int(port_text) > _MAX_PORT:
         raise ValueError(f"expected host:port with a port 0-65535, got {_printable(value)}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

@@ -85,7 +85,7 @@ CASES = [
     Case(
         "name-with-space",
         'targets: [{name: "a b", kind: redis, url: "redis://h/0"}]\n',
-        "name: string should match",
+        "targets[0](a b).name: expected letters, digits",
     ),
     Case(
         "name-is-number",
