@@ -103,6 +103,9 @@ def soak(duration: float, every: float, pg: PostgresServer, redis_server: RedisS
     return report(samples, counts, duration, exit_code)
 
 
+ERRORS: list[str] = []
+
+
 def scraper(port: int, stop: threading.Event, counts: dict[str, int]) -> None:
     while not stop.is_set():
         for path in ("/metrics", "/status", "/healthz"):
@@ -111,10 +114,12 @@ def scraper(port: int, stop: threading.Event, counts: dict[str, int]) -> None:
 
 
 def fetch(url: str) -> bool:
+    started = time.monotonic()
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             response.read()
-    except OSError:
+    except OSError as exc:
+        ERRORS.append(f"{url.rsplit('/', 1)[-1]}: {exc} after {time.monotonic() - started:.1f}s")
         return False
     return True
 
@@ -179,6 +184,8 @@ def report(samples: list[tuple[float, float, int, int]], counts: dict[str, int],
     no_growth = all(verdicts) and exit_code == 0 and counts["scrape_errors"] == 0
     print(f"daemon exit status {exit_code}; scrape errors {counts['scrape_errors']} of "
           f"{counts['scrapes'] + counts['scrape_errors']}")  # fmt: skip
+    for error in ERRORS[:5]:
+        print(f"  scrape error: {error}")
     print("verdict:", "no growth after warm-up" if no_growth else "FAILED")
     return 0 if no_growth else 1
 

@@ -74,6 +74,22 @@ def _count_discards(engine: Engine) -> Callable[[], int]:
     return lambda: counts["invalidate"] + counts["close"]
 
 
+def _closed(daemon: object, pool: str) -> dict[str, float]:
+    """poolwatch_pool_closed_total of one pool, by reason (the instrumentation's count)."""
+    samples = scrape(daemon)  # type: ignore[arg-type]
+    return {
+        dict(labels)["reason"]: count
+        for (name, labels), count in samples.items()
+        if name == "poolwatch_pool_closed_total" and dict(labels).get("pool") == pool
+    }
+
+
+def _discarded_by_pool(before: dict[str, float], after: dict[str, float]) -> float:
+    """Connections closed as dead between two readings: failed pre-ping, invalidated, error."""
+    reasons = ("pre_ping_failed", "invalidated", "error")
+    return sum(after.get(r, 0) - before.get(r, 0) for r in reasons)
+
+
 def _up(daemon: object, target: str) -> Callable[[], bool]:
     return lambda: metric(daemon, "poolwatch_up", target=target) == 1  # type: ignore[arg-type]
 
@@ -94,6 +110,7 @@ def test_postgres_stopped_and_restarted_recovers_within_one_interval(
             assert database is not None
             _fill_pool(database, 3)
             discarded = _count_discards(database.engine)
+            closed_before = _closed(daemon, "pg")
 
             server.stop()
             wait_for(_down(daemon, "pg"), INTERVAL + SLACK, "up 0 after the server stopped")
@@ -114,6 +131,8 @@ def test_postgres_stopped_and_restarted_recovers_within_one_interval(
                 with database.session_scope() as session:
                     assert session.execute(text("SELECT 1")).scalar() == 1
             assert discarded() >= 1
+            # ... and the instrumentation counted why they were closed.
+            assert _discarded_by_pool(closed_before, _closed(daemon, "pg")) >= 1
         scraper.assert_served()
     assert took <= INTERVAL + SLACK
 
@@ -127,6 +146,7 @@ def test_every_backend_terminated_is_replaced_without_errors(pg: PostgresServer)
         assert database is not None
         _fill_pool(database, 4)
         discarded = _count_discards(database.engine)
+        closed_before = _closed(daemon, name)
         application = f"poolwatch-{name}"
         assert len(pg.backends(application)) == 4
 
@@ -137,6 +157,8 @@ def test_every_backend_terminated_is_replaced_without_errors(pg: PostgresServer)
             with database.session_scope() as session:
                 assert session.execute(text("SELECT 1")).scalar() == 1
         assert discarded() >= 1
+        closed = _closed(daemon, name)
+        assert closed.get("pre_ping_failed", 0) - closed_before.get("pre_ping_failed", 0) >= 1, closed
         wait_for(_up(daemon, name), INTERVAL + SLACK, "up after the backends were terminated")
         wait_for(lambda: len(pg.backends(application)) >= 1, 5, "new backends")
     scraper.assert_served()
