@@ -80,6 +80,10 @@ class ProbeSettings(_Model):
 
     interval: Seconds = 15.0
     timeout: Seconds = 5.0
+    # After consecutive authentication failures the probe waits 2x, 4x, ... its interval between
+    # attempts, up to this: a wrong password is not fixed by retrying, and each attempt is a failed
+    # login in the server's log (and may count towards a lockout).
+    auth_backoff_max: Seconds = 300.0
 
     @model_validator(mode="after")
     def _timeout_within_interval(self) -> ProbeSettings:
@@ -201,6 +205,17 @@ class TlsSettings(_Model):
     key_file: str
     client_ca_file: str | None = None
 
+    @field_validator("cert_file", "key_file", "client_ca_file")
+    @classmethod
+    def _readable_file(cls, value: str | None) -> str | None:
+        # Checked here so `poolwatch config` reports it too; whether the PEM is valid is known only
+        # when the endpoint loads it (http.py), which fails with a ConfigError as well.
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"{value} is not a file")
+        if value is not None and not os.access(value, os.R_OK):
+            raise ValueError(f"{value} is not readable (permission denied)")
+        return value
+
 
 class HttpSettings(_Model):
     """The /metrics endpoint. ``basic_auth_users`` maps user names to bcrypt hashes."""
@@ -210,6 +225,9 @@ class HttpSettings(_Model):
     basic_auth_users: dict[str, SecretStr] = Field(default_factory=dict)
     max_request_bytes: Annotated[int, Field(ge=1024, le=1 << 20)] = 16384
     request_timeout: Seconds = 10.0
+    # Connections served at once; more are closed at accept. Each holds a thread for at most
+    # request_timeout, so a crowd of slow clients costs bounded threads and memory.
+    max_connections: Annotated[int, Field(ge=1, le=10_000)] = 64
 
     @field_validator("listen")
     @classmethod
@@ -416,11 +434,12 @@ def _key_path(loc: Sequence[int | str], data: Mapping[str, Any]) -> str:
             parts[-1:] = [f"{parts[-1] if parts else ''}[{item}]"]
             node = node[item] if isinstance(node, list | tuple) and item < len(node) else None
             if isinstance(node, dict) and isinstance(node.get("name"), str) and len(parts) == 1:
-                parts[-1] += f"({node['name'][:40]})"
+                parts[-1] += f"({_printable(node['name'])[1:-1][:40]})"
             continue
         if item in {"function-after", "function-before", "function-wrap"} or "[" in item:
             continue
-        parts.append(item)
+        # An unknown key is user text: quoted (so a newline in it cannot break the one line) unless plain.
+        parts.append(item if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", item) else _printable(item))
         node = node.get(item) if isinstance(node, dict) else None
     return ".".join(parts)
 
@@ -530,7 +549,7 @@ def _environment_targets(env: Environment) -> list[dict[str, Any]]:
 def _postgres_url(env: Environment) -> str:
     port = env.postgres_port or "5432"
     if not port.isdigit() or not 1 <= int(port) <= _MAX_PORT:
-        raise ConfigError(f"POSTGRES_PORT: expected a port number 1-65535 (got {port!r})")
+        raise ConfigError(f"POSTGRES_PORT: expected a port number 1-65535 (got {_printable(port)})")
     user = quote(env.postgres_user or "postgres", safe="")
     password = f":{quote(env.postgres_password, safe='')}" if env.postgres_password else ""
     host = env.postgres_host or "localhost"
@@ -618,7 +637,10 @@ def check_url(kind: Kind, url: str) -> None:
             raise ValueError("url needs a host, as in postgresql+psycopg2://user@host:5432/db")
         if rest.startswith("/") or not rest:
             raise ValueError("url needs a host, as in postgresql+psycopg2://user@host:5432/db")
-        port = parsed.port
+        try:
+            port = parsed.port
+        except ValueError:
+            raise ValueError("url has an invalid port") from None
         if port is not None and not 1 <= port <= _MAX_PORT:
             raise ValueError(f"url has an invalid port {port} (expected 1-{_MAX_PORT})")
 
@@ -657,15 +679,15 @@ def parse_listen(value: str) -> tuple[str, int]:
     """``host:port``, ``[v6]:port`` or ``:port`` -> (host, port). Port 0 asks for a free port."""
     host, sep, port_text = value.rpartition(":")
     if not sep or not port_text.isdigit() or int(port_text) > _MAX_PORT:
-        raise ValueError(f"expected host:port with a port 0-65535, got {value!r}")
+        raise ValueError(f"expected host:port with a port 0-65535, got {_printable(value)}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise ValueError(f"{host!r} is not an IPv6 address") from None
+            raise ValueError(f"{_printable(host)} is not an IPv6 address") from None
     elif host == "":
         host = "0.0.0.0"  # noqa: S104 - an explicit ":port" asks for every interface
     elif not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", host):
-        raise ValueError(f"expected host:port, got {value!r}")
+        raise ValueError(f"expected host:port, got {_printable(value)}")
     return host, int(port_text)

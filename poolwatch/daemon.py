@@ -119,6 +119,7 @@ def build_target(
     probe = Probe(
         target.name, check, metrics.probe,
         interval=target.probe.interval, timeout=target.probe.timeout,
+        auth_backoff_max=target.probe.auth_backoff_max,
     )  # fmt: skip
     jobs: list[Job] = [probe]
     if instrumentation is not None:
@@ -213,13 +214,15 @@ class Daemon:
             status=self.status, basic_auth_users=users,
         )  # fmt: skip
         self._server = http.serve(endpoint, self.settings.http)
-        log.info("%s", self._banner())
         try:
             for target in self.settings.targets:
                 self._add_target(target)
         except BaseException:
             self._close()
             raise
+        # Only now: a target that cannot be built ends start-up with one error line, not a banner
+        # announcing a daemon that never ran.
+        log.info("%s", self._banner())
         self._started.set()
 
     def _banner(self) -> str:

@@ -2,21 +2,27 @@
 
 A WSGI app served by a threading server (as prometheus_client's own ``start_http_server`` does),
 with what an exposed exporter needs on top: 404 for unknown paths, 405 for methods other than
-GET/HEAD, a socket timeout per request so slow clients cannot pin threads forever, optional TLS
-(handshake on the request thread, never on the accept loop) and HTTP basic auth against bcrypt
-hashes. Nothing here touches a database: every answer comes from memory.
+GET/HEAD, optional TLS (handshake on the request thread, never on the accept loop) and HTTP basic
+auth against bcrypt hashes. Nothing here touches a database: every answer comes from memory.
+
+Slow and hostile clients cost bounded resources: at most ``max_connections`` are served at once (more
+are closed at accept), each connection is shut down ``request_timeout`` after it was accepted
+whatever it is doing (a per-read socket timeout alone lets a client trickling one byte at a time stay
+forever), and a request head larger than ``max_request_bytes`` is answered 431 and closed.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import html
 import json
 import logging
 import socket
 import ssl
 import threading
+import time
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -79,6 +85,10 @@ class Endpoint:
                 [("WWW-Authenticate", 'Basic realm="poolwatch", charset="UTF-8"')],
             )  # fmt: skip
         if path == "/metrics":
+            if method == "HEAD":
+                # prometheus_client's app answers HEAD with 405; give the GET headers, no body.
+                body = b"".join(self._metrics_app({**environ, "REQUEST_METHOD": "GET"}, start_response))
+                return [b""] if body else []
             return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
         if path == "/healthz":
             ok = self._healthy()
@@ -114,7 +124,12 @@ class Endpoint:
             # Spend the same time as a real check, so user names can't be probed by timing.
             bcrypt.checkpw(b"x", _DUMMY_HASH)
             return False
-        if not bcrypt.checkpw(password.encode(), hashed):
+        try:
+            matches = bcrypt.checkpw(password.encode(), hashed)
+        except ValueError:
+            # bcrypt >= 4.1 refuses passwords over 72 bytes (as Go's bcrypt does): not ours, so 401.
+            return False
+        if not matches:
             return False
         with self._verified_lock:
             if len(self._verified) > 64:  # noqa: PLR2004 - a handful of scrapers, not a cache to grow
@@ -163,23 +178,74 @@ def render_status_page(status: dict[str, Any]) -> str:
     )  # fmt: skip
 
 
+class _RequestTooLargeError(OSError):
+    """The request line and headers exceeded ``max_request_bytes``."""
+
+
+class _LimitedReader:
+    """The handler's ``rfile``, refusing to read a request head past a byte budget."""
+
+    def __init__(self, raw: Any, limit: int) -> None:
+        self._raw = raw
+        self._left = limit
+
+    def readline(self, size: int = -1) -> bytes:
+        line: bytes = self._raw.readline(size)
+        self._left -= len(line)
+        if self._left < 0:
+            raise _RequestTooLargeError("request head too large")
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._raw.read(size)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
 class _Handler(WSGIRequestHandler):
-    """Quiet (requests are logged at DEBUG), bounded in time, TLS handshake on this thread."""
+    """Quiet (requests are logged at DEBUG), bounded in time and size, TLS handshake on this thread."""
 
     timeout = 10.0
+    max_request_bytes = 16384
     tls_context: ssl.SSLContext | None = None
+    server: _Server
 
     def setup(self) -> None:
+        self.server.track(self)
         if self.tls_context is not None:
             self.request.settimeout(self.timeout)
             self.request = self.tls_context.wrap_socket(self.request, server_side=True)
         super().setup()
+        self.rfile = _LimitedReader(self.rfile, self.max_request_bytes)  # type: ignore[assignment]
 
     def handle(self) -> None:
         try:
             super().handle()
-        except (OSError, ssl.SSLError) as exc:
+        except _RequestTooLargeError:
+            self._refuse_too_large()
+        except (OSError, ssl.SSLError, ValueError) as exc:
             log.debug("client %s dropped: %s", self.client_address[0], type(exc).__name__)
+
+    def _refuse_too_large(self) -> None:
+        body = b"request too large\n"
+        head = (
+            "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
+            f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        try:
+            self.wfile.write(head.encode() + body)
+        except OSError:
+            return
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:
+            pass  # the client is gone, or the connection was cut at its deadline
+        finally:
+            self.server.untrack(self)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("http %s %s", self.client_address[0], format % args)
@@ -188,6 +254,53 @@ class _Handler(WSGIRequestHandler):
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    max_connections = 64
+    request_timeout = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+        self._open = 0  # connections accepted and not yet shut down
+        self._handlers: dict[_Handler, float] = {}
+        self.refused = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            full = self._open >= self.max_connections
+            if not full:
+                self._open += 1
+        if full:
+            self.refused += 1
+            log.debug(
+                "http: %d connections open, closing one from %s", self.max_connections, client_address[0]
+            )
+            super().shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        # ThreadingMixIn calls this once per served connection, whatever happened to it.
+        with self._lock:
+            self._open -= 1
+        super().shutdown_request(request)
+
+    def track(self, handler: _Handler) -> None:
+        with self._lock:
+            self._handlers[handler] = time.monotonic()
+
+    def untrack(self, handler: _Handler) -> None:
+        with self._lock:
+            self._handlers.pop(handler, None)
+
+    def service_actions(self) -> None:
+        # Called by serve_forever about twice a second: cut connections past their deadline. The
+        # handler object (not a file descriptor number, which could be reused) names the socket.
+        deadline = time.monotonic() - self.request_timeout
+        with self._lock:
+            late = [handler for handler, started in self._handlers.items() if started < deadline]
+        for handler in late:
+            with contextlib.suppress(OSError):
+                handler.request.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002 - stdlib signature
         # Called from inside the server's except block: a client that misbehaved, never our state.
@@ -203,10 +316,14 @@ def serve(endpoint: Endpoint, settings: HttpSettings) -> tuple[WSGIServer, threa
     host, port = settings.address
     handler = type("Handler", (_Handler,), {
         "timeout": settings.request_timeout, "tls_context": _tls_context(settings),
+        "max_request_bytes": settings.max_request_bytes,
     })  # fmt: skip
-    server_class = _Server6 if ":" in host else _Server
+    base = _Server6 if ":" in host else _Server
+    server_class = type("Server", (base,), {
+        "max_connections": settings.max_connections, "request_timeout": settings.request_timeout,
+    })  # fmt: skip
     try:
-        server = make_server(host, port, endpoint, server_class, handler)
+        server: WSGIServer = make_server(host, port, endpoint, server_class, handler)
     except OSError as exc:
         raise ConfigError(f"http.listen: cannot listen on {settings.listen}: {exc.strerror}") from None
     thread = threading.Thread(target=server.serve_forever, name="poolwatch-http", daemon=True)

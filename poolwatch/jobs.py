@@ -4,7 +4,9 @@ A job's ``run()`` does I/O that may hang (a server that accepts TCP and never an
 fresh daemon thread; the scheduler's worker waits at most ``timeout`` for it and then moves on, so one
 hung target never holds a worker, and never delays another target's jobs. While a hung run is still
 going, the next run of the same job is not started (it would only pile up threads): it is reported
-as skipped. ``record()`` is called on the scheduler's worker with the outcome, never by a late run.
+as skipped. A job may also decline a run by raising ``Deferred`` (a probe backing off after failed
+logins): that run is counted as skipped too, and not recorded. ``record()`` is called on the
+scheduler's worker with the outcome, never by a late run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
+class Deferred(Exception):  # noqa: N818 - not an error: the job chose not to act this time
+    """Raised by ``Job.run()`` to skip a run without attempting any I/O (e.g. while backing off)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How one run of a job ended. ``error`` is None on success."""
@@ -32,6 +38,10 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def deferred(self) -> bool:
+        return isinstance(self.error, Deferred)
 
 
 class Job(Protocol):

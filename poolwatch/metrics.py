@@ -58,15 +58,22 @@ class ProbeMetrics:
             "probe_failures", "Probes that failed, by reason.",
             ["target", "reason"], namespace=NAMESPACE, registry=registry,
         )  # fmt: skip
+        self.backoff = Gauge(
+            "probe_backoff_seconds",
+            "Seconds between probe attempts while backing off after authentication failures; 0 if not.",
+            ["target"], namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
 
     def add_target(self, target: str) -> None:
         self.up.labels(target).set(0)
+        self.backoff.labels(target).set(0)
         self.duration.labels(target)
         for reason in PROBE_FAILURE_REASONS:
             self.failures.labels(target, reason)
 
     def remove_target(self, target: str) -> None:
         _remove(self.up, [(target,)])
+        _remove(self.backoff, [(target,)])
         _remove(self.duration, [(target,)])
         _remove(self.failures, [(target, reason) for reason in PROBE_FAILURE_REASONS])
 
@@ -92,7 +99,8 @@ class JobMetrics:
             ["task", "target"], namespace=NAMESPACE, registry=registry,
         )  # fmt: skip
         self.skipped = Counter(
-            "job_skipped", "Job runs not started because the previous run was still going.",
+            "job_skipped",
+            "Job runs not started: the previous run was still going, or the job is backing off.",
             ["task", "target"], namespace=NAMESPACE, registry=registry,
         )  # fmt: skip
 

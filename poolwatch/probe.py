@@ -3,15 +3,22 @@
 A SQL probe checks a connection out of the same pool the other jobs use, so a pre-ping failure on a
 stale connection is seen and counted by the pool, and the probe then succeeds on a fresh connection:
 ``poolwatch_up`` says whether the target can be used now, not whether one old socket died.
+
+Authentication failures back off: after the second consecutive one the probe waits 2, 4, 8 ... times
+its interval between attempts, up to ``auth_backoff_max``; the runs in between are deferred (no
+connection attempt) and ``poolwatch_probe_backoff_seconds`` shows the current wait. Any other outcome
+ends the back-off, so a server coming back is seen within one interval.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
-from poolwatch.errors import first_line, reason_of, translate
+from poolwatch.errors import Reason, first_line, reason_of, translate
+from poolwatch.jobs import Deferred
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,20 +62,58 @@ class Probe:
         *,
         interval: float,
         timeout: float,
+        auth_backoff_max: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.target = target
         self.interval = interval
         self.timeout = timeout
         self._check = check
         self._metrics = metrics
+        self._backoff_max = max(interval, auth_backoff_max if auth_backoff_max is not None else 300.0)
+        self._clock = clock
         self._lock = threading.Lock()
         self._last: Outcome | None = None
         self._last_error = ""
+        self._auth_failures = 0
+        self._last_attempt = 0.0
+        self._backoff = 0.0
 
     def run(self) -> None:
+        now = self._clock()
+        with self._lock:
+            # A quarter interval of slack: scheduler ticks jitter, and a wait of 2x must not become 3x.
+            waiting = self._backoff > 0 and now < self._last_attempt + self._backoff - self.interval / 4
+        if waiting:
+            raise Deferred(f"{self.target}: backing off after failed logins")
+        with self._lock:
+            self._last_attempt = now
         self._check()
 
+    @property
+    def backoff_seconds(self) -> float:
+        """The current wait between attempts after authentication failures; 0 when not backing off."""
+        with self._lock:
+            return self._backoff
+
+    def _update_backoff(self, reason: Reason | None) -> None:
+        with self._lock:
+            self._auth_failures = self._auth_failures + 1 if reason == "auth" else 0
+            failures = self._auth_failures
+            # The first failure keeps the normal interval (a password being rotated); then it doubles.
+            growth = 2.0 ** (failures - 1) if failures > 1 else 0.0
+            self._backoff = min(self._backoff_max, self.interval * growth)
+            backoff = self._backoff
+        self._metrics.backoff.labels(self.target).set(backoff)
+        if backoff:
+            log.info(
+                "login to %s failed %d times in a row; next attempt in %gs", self.target, failures, backoff
+            )
+
     def record(self, outcome: Outcome) -> None:
+        if outcome.deferred:
+            return
+        self._update_backoff(None if outcome.error is None else reason_of(outcome.error))
         self._metrics.duration.labels(self.target).observe(outcome.duration)
         was_up = self._last is not None and self._last.ok
         if outcome.error is None:
@@ -92,10 +137,12 @@ class Probe:
         with self._lock:
             last, error = self._last, self._last_error
         if last is None:
-            return {"up": None, "latency_seconds": None, "error": "", "checked_at": None}
+            return {"up": None, "latency_seconds": None, "error": "", "checked_at": None,
+                    "backoff_seconds": 0.0}  # fmt: skip
         return {
             "up": last.ok,
             "latency_seconds": round(last.duration, 6),
             "error": error,
             "checked_at": last.finished_at,
+            "backoff_seconds": self.backoff_seconds,
         }

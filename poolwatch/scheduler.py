@@ -94,6 +94,9 @@ class Scheduler:
         if self._stopped.is_set():
             return
         labels = (job.task, job.target)
+        if outcome.deferred:
+            self._metrics.skipped.labels(*labels).inc()
+            return
         self._metrics.duration.labels(*labels).observe(outcome.duration)
         if outcome.skipped:
             self._metrics.skipped.labels(*labels).inc()

@@ -1,0 +1,180 @@
+"""No password is ever shown: `poolwatch run` (a subprocess, logging at DEBUG) with passwords in URLs,
+in password files and in the environment, on targets that work and targets that fail (wrong
+password, refused, unresolvable host); every answer of the endpoint, every log line, every error,
+and the output of `poolwatch config`, `check` and `status` is searched for each password, plain and
+URL-quoted."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import pytest
+import yaml
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from tests.servers import PostgresServer, RedisServer
+
+pytestmark = pytest.mark.integration
+
+PATHS = ("/metrics", "/healthz", "/readyz", "/status", "/", "/nope")
+
+
+def _password(tag: str) -> str:
+    # Characters that need URL quoting, so both forms are searched for and both must be absent.
+    return f"{tag}-{secrets.token_hex(6)}/:@%?#&"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "poolwatch", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, check=False)  # fmt: skip
+
+
+def _fetch(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return str(response.read().decode())
+    except urllib.error.HTTPError as exc:
+        return str(exc.read().decode()) + str(exc)
+
+
+def _run_daemon_and_collect(args: list[str], env: dict[str, str], port: int, failing: list[str]) -> list[str]:
+    """Start `poolwatch run`, wait until every failing target has reported its error, read every
+    page a few times, stop it with SIGTERM; return every text it produced."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "poolwatch", "run", *args, "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    texts: list[str] = []
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status = yaml.safe_load(_fetch(f"{base}/status"))
+                errors = {t["name"]: t["error"] for t in status["targets"]}
+                if all(errors.get(name) for name in failing) and all(
+                    t["up"] for t in status["targets"] if t["name"] not in failing
+                ):
+                    break
+            except (OSError, TypeError, KeyError, yaml.YAMLError):
+                pass
+            assert time.monotonic() < deadline, "targets did not report in time"
+            assert process.poll() is None, process.communicate()[1]
+            time.sleep(0.2)
+        for _ in range(3):
+            texts += [_fetch(base + path) for path in PATHS]
+            time.sleep(0.3)
+        status_cli = _cli("status", "--url", base, env=env)
+        texts += [status_cli.stdout, status_cli.stderr]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "configuration from" in stderr, "the log was captured (so the search means something)"
+    if failing:
+        assert "probe of" in stderr, "the failing targets were logged"
+    return [*texts, stdout, stderr]
+
+
+def _assert_absent(texts: list[str], passwords: list[str]) -> None:
+    blob = "\n".join(texts)
+    assert len(blob) > 1000, "nothing was collected: the search would prove nothing"
+    for password in passwords:
+        for form in {password, quote(password, safe=""), quote(password)}:
+            assert form not in blob, f"a password was found ({len(form)} chars)"
+
+
+def test_no_password_in_any_output_with_a_configuration_file(
+    pg: PostgresServer, redis_factory: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    in_url, in_file, wrong, redis_pw, unreachable, nodns = (
+        _password(tag) for tag in ("url", "file", "wrong", "redis", "refused", "dns")
+    )
+    pg.create_role("secret_url", in_url)
+    pg.create_role("secret_file", in_file)
+    redis = redis_factory(password=redis_pw)
+    (tmp_path / "pw").write_text(in_file + "\n")
+    dead_port = _free_port()
+
+    def pg_url(user: str, password: str, where: str = f"{pg.host}:{pg.port}") -> str:
+        return f"postgresql://{user}:{quote(password, safe='')}@{where}/postgres"
+
+    def redis_url(password: str, where: str = f"{redis.host}:{redis.port}") -> str:
+        return f"redis://:{quote(password, safe='')}@{where}/0"
+
+    config = {
+        "log": {"level": "DEBUG"},
+        "targets": [
+            {"name": "in_url", "kind": "postgres", "url": pg_url("secret_url", in_url)},
+            {"name": "in_file", "kind": "postgres", "url": f"postgresql://secret_file@{pg.host}:{pg.port}/postgres",
+             "password_file": str(tmp_path / "pw")},
+            {"name": "redis", "kind": "redis", "url": redis_url(redis_pw)},
+            {"name": "wrong", "kind": "postgres", "url": pg_url("secret_url", wrong)},
+            {"name": "wrong_redis", "kind": "redis", "url": redis_url(wrong)},
+            {"name": "refused", "kind": "postgres",
+             "url": pg_url("u", unreachable, f"127.0.0.1:{dead_port}")},
+            {"name": "nodns", "kind": "redis", "url": redis_url(nodns, "poolwatch-secret.invalid:6379")},
+        ],
+    }  # fmt: skip
+    for target in config["targets"]:
+        target["probe"] = {"interval": 0.5, "timeout": 0.5}
+    path = tmp_path / "poolwatch.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    passwords = [in_url, in_file, wrong, redis_pw, unreachable, nodns]
+
+    texts = _run_daemon_and_collect(
+        ["-c", str(path)], env, _free_port(), failing=["wrong", "wrong_redis", "refused", "nodns"]
+    )
+    for command in (
+        ["config", "-c", str(path)],
+        ["check", "-c", str(path)],
+        ["check", "--json", "-c", str(path)],
+    ):
+        result = _cli(*command, env=env)
+        texts += [result.stdout, result.stderr]
+    assert "***" in texts[-6], "config shows where a password is set"
+    _assert_absent(texts, passwords)
+
+
+def test_no_password_in_any_output_with_the_environment(
+    pg: PostgresServer, redis_factory: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    pg_pw, redis_pw = _password("env-pg"), _password("env-redis")
+    pg.create_role("secret_env", pg_pw)
+    redis = redis_factory(password=redis_pw)
+    env = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "POOLWATCH_LOG_LEVEL": "DEBUG",
+        "POSTGRES_USER": "secret_env", "POSTGRES_PASSWORD": pg_pw, "POSTGRES_HOST": pg.host,
+        "POSTGRES_PORT": str(pg.port), "POSTGRES_DB": "postgres",
+        "REDIS_URL": f"redis://:{quote(redis_pw, safe='')}@{redis.host}:{redis.port}/0",
+    }  # fmt: skip
+    texts = _run_daemon_and_collect([], env, _free_port(), failing=[])
+    # And failing: the same passwords against servers that reject them or are not there.
+    wrong_env = {**env, "POSTGRES_USER": "nobody_here", "REDIS_URL": env["REDIS_URL"].replace(
+        f"{redis.host}:{redis.port}", f"127.0.0.1:{_free_port()}")}  # fmt: skip
+    texts += _run_daemon_and_collect([], wrong_env, _free_port(), failing=["postgres", "redis"])
+    for command in (["config"], ["check"]):
+        for environment in (env, wrong_env):
+            result = _cli(*command, env=environment)
+            texts += [result.stdout, result.stderr]
+    _assert_absent(texts, [pg_pw, redis_pw])

@@ -1,0 +1,267 @@
+"""Malformed configurations and environment values, each through the real CLI (`python -m poolwatch
+run`): exit status 2, exactly one line on stderr naming the problem, no traceback, nothing on stdout.
+
+``{tmp}`` in a case is the test's temporary directory (files named below are created there first);
+``{busy}`` is a loopback port another socket is listening on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+SECRET = "s3cr3t-Pa55"  # appears in some bad URLs: it must not appear in the error line
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    config: str | bytes | None  # file content; None: no --config
+    expect: str  # a fragment of the one error line
+    env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()
+
+
+def _target(extra: str = "", *, url: str = "postgresql+psycopg2://app@db.example:5432/app") -> str:
+    return f'targets: [{{name: orders, kind: postgres, url: "{url}"{extra}}}]\n'
+
+
+def _redis(extra: str = "", url: str = "redis://cache.example:6379/0") -> str:
+    return f'targets: [{{name: cache, kind: redis, url: "{url}"{extra}}}]\n'
+
+
+CASES = [
+    # The file itself
+    Case("empty-file", "", "the configuration file is empty"),
+    Case("not-yaml", "targets: [a, b\n", "not valid YAML at line"),
+    Case("tab-indent", "\ttargets: []\n", "not valid YAML at line 1"),
+    Case("top-level-list", "- a\n- b\n", "expected a mapping at the top level, got list"),
+    Case("top-level-scalar", "hello\n", "expected a mapping at the top level, got str"),
+    Case("not-utf8", b"\xff\xfe\x00targets", "not UTF-8 text"),
+    Case("missing-file", None, "configuration file not found", args=("-c", "{tmp}/absent.yaml")),
+    Case("directory-as-file", None, "is a directory", args=("-c", "{tmp}")),
+    # Keys and types
+    Case("unknown-top-key", "metrics: {port: 1}\n", "metrics: unknown key"),
+    Case("unknown-pool-key", _target(", pool: {sise: 5}"), "targets[0](orders).pool.sise: unknown key"),
+    Case(
+        "size-is-string",
+        _target(', pool: {size: "5"}'),
+        "targets[0](orders).pool.size: expected a valid integer",
+    ),
+    Case("size-zero", _target(", pool: {size: 0}"), "pool.size: expected greater than or equal to 1"),
+    Case("overflow-negative", _target(", pool: {max_overflow: -1}"), "pool.max_overflow"),
+    Case("timeout-negative", _target(", pool: {timeout: -1}"), "pool.timeout: expected greater than 0"),
+    Case("interval-zero", _redis(", probe: {interval: 0}"), "probe.interval: expected greater than 0"),
+    Case("interval-nan", _redis(", probe: {interval: .nan}"), "probe.interval"),
+    Case("interval-huge", _redis(", probe: {interval: 1.0e+12}"), "probe.interval: expected less than"),
+    Case(
+        "timeout-over-interval", _redis(", probe: {interval: 1, timeout: 5}"), "timeout (5) must not exceed"
+    ),
+    Case("bool-as-string", _target(', pool: {pre_ping: "yes"}'), "pool.pre_ping: expected a valid boolean"),
+    Case(
+        "min-idle-over-size", _target(", pool: {size: 2, min_idle: 5}"), "min_idle (5) must not exceed size"
+    ),
+    Case("thresholds-negative", _target(", census: {idle_thresholds: [-1]}"), "census.idle_thresholds"),
+    Case("reaper-without-timeout", _target(", reaper: {enabled: true}"), "an enabled reaper needs"),
+    Case("reaper-cap-zero", _target(", reaper: {max_per_run: 0}"), "reaper.max_per_run"),
+    Case("targets-is-mapping", "targets: {orders: 1}\n", "targets: expected a valid tuple"),
+    Case("target-is-string", "targets: [orders]\n", "targets[0]: expected a mapping"),
+    Case(
+        "name-missing",
+        'targets: [{kind: redis, url: "redis://h/0"}]\n',
+        "targets[0].name: required key is missing",
+    ),
+    Case(
+        "name-with-space",
+        'targets: [{name: "a b", kind: redis, url: "redis://h/0"}]\n',
+        "targets[0](a b).name: expected letters, digits",
+    ),
+    Case(
+        "name-is-number",
+        'targets: [{name: 5, kind: redis, url: "redis://h/0"}]\n',
+        "targets[0].name: expected a valid string",
+    ),
+    Case(
+        "duplicate-names",
+        'targets: [{name: a, kind: redis, url: "redis://h/0"}, {name: a, kind: redis, url: "redis://h/1"}]\n',
+        "duplicate target name 'a'",
+    ),
+    Case(
+        "unsupported-kind",
+        _target().replace("postgres,", "mysql,"),
+        "kind: expected 'postgres', 'sqlite' or 'redis'",
+    ),
+    # URLs
+    Case("url-not-a-url", _target(url="not a url"), "url must look like postgresql://"),
+    Case(
+        "url-scheme-mismatch",
+        _redis(url="postgresql://h/0"),
+        "url scheme postgresql:// does not fit kind redis",
+    ),
+    Case("url-no-host", _target(url="postgresql+psycopg2:///app"), "url needs a host"),
+    Case(
+        "url-port-out-of-range", _target(url=f"postgresql://app:{SECRET}@db:99999/app"), "invalid port 99999"
+    ),
+    Case("redis-url-port-text", _redis(url=f"redis://:{SECRET}@cache:abc/0"), "url has an invalid port"),
+    Case("redis-url-database-text", _redis(url="redis://cache:6379/x"), "url database must be a number"),
+    Case("audit-url-not-postgres", 'audit: {url: "redis://h/0"}\n', "audit: url scheme redis://"),
+    # Passwords
+    Case(
+        "password-twice",
+        _target(', password_file: "{tmp}/pw"', url=f"postgresql://app:{SECRET}@db/app"),
+        "give the password in url or in password_file, not both",
+    ),
+    Case(
+        "password-file-missing",
+        _target(', password_file: "{tmp}/absent"'),
+        "password_file {tmp}/absent does not exist",
+    ),
+    Case("password-file-directory", _target(', password_file: "{tmp}"'), "is a directory"),
+    Case(
+        "password-file-empty", _target(', password_file: "{tmp}/empty"'), "password_file {tmp}/empty is empty"
+    ),
+    Case(
+        "password-file-binary",
+        _target(', password_file: "{tmp}/binary"'),
+        "cannot be read (UnicodeDecodeError)",
+    ),
+    # The endpoint
+    Case("http-null", "http: null\n", "http: expected a mapping"),
+    Case("listen-nonsense", 'http: {listen: "nonsense"}\n', "http.listen: expected host:port"),
+    Case("listen-bad-ipv6", 'http: {listen: "[zz]:80"}\n', "http.listen: 'zz' is not an IPv6 address"),
+    Case(
+        "listen-flag-port",
+        _redis(),
+        "http.listen: expected host:port with a port 0-65535",
+        args=("--listen", "h:70000"),
+    ),
+    Case(
+        "port-in-use",
+        _redis(),
+        "http.listen: cannot listen on 127.0.0.1:{busy}: Address already in use",
+        args=("--listen", "127.0.0.1:{busy}"),
+    ),
+    Case(
+        "tls-cert-missing",
+        'http: {tls: {cert_file: "{tmp}/absent.pem", key_file: "{tmp}/pw"}}\n',
+        "http.tls.cert_file",
+    ),
+    Case(
+        "tls-cert-not-pem",
+        'http: {tls: {cert_file: "{tmp}/pw", key_file: "{tmp}/pw"}}\n',
+        "http.tls: cannot load",
+    ),
+    Case("basic-auth-plaintext", "http: {basic_auth_users: {prom: hunter2}}\n", "must be a bcrypt hash"),
+    Case("request-limit-tiny", "http: {max_request_bytes: 10}\n", "http.max_request_bytes"),
+    Case("log-level", "log: {level: LOUD}\n", "log.level: expected 'DEBUG'"),
+    Case("log-format", "log: {format: xml}\n", "log.format: expected 'text' or 'json'"),
+    # The environment
+    Case("env-listen", None, "http.listen: expected host:port", env={"POOLWATCH_LISTEN": "1.2.3.4:99999"}),
+    Case("env-log-level", None, "log.level", env={"POOLWATCH_LOG_LEVEL": "chatty"}),
+    Case(
+        "env-config-missing",
+        None,
+        "configuration file not found",
+        env={"POOLWATCH_CONFIG": "{tmp}/absent.yaml"},
+    ),
+    Case(
+        "env-postgres-port",
+        None,
+        "POSTGRES_PORT: expected a port number",
+        env={"POSTGRES_HOST": "db", "POSTGRES_PORT": "x"},
+    ),
+    Case(
+        "env-database-url-kind", None, "url scheme mysql://", env={"DATABASE_URL": f"mysql://a:{SECRET}@h/d"}
+    ),
+    Case("env-redis-url-scheme", None, "url scheme http://", env={"REDIS_URL": "http://cache"}),
+    Case(
+        "env-state-dir",
+        None,
+        "cannot create the directory",
+        env={"POOLWATCH_STATE_DIR": "/proc/poolwatch-state"},
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def _fill(text: str, tmp: Path, busy: int) -> str:
+    return text.replace("{tmp}", str(tmp)).replace("{busy}", str(busy))
+
+
+def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "poolwatch", *args],
+        capture_output=True, text=True, env=environment, cwd=cwd, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def _prepare(case: Case, tmp: Path, busy: int) -> tuple[list[str], dict[str, str]]:
+    (tmp / "pw").write_text("not-a-pem\n")
+    (tmp / "empty").write_text("")
+    (tmp / "binary").write_bytes(b"\xff\xfe\xfa")
+    args = ["run"]
+    if case.config is not None:
+        path = tmp / "poolwatch.yaml"
+        if isinstance(case.config, bytes):
+            path.write_bytes(case.config)
+        else:
+            path.write_text(_fill(case.config, tmp, busy))
+        args += ["-c", str(path)]
+    args += [_fill(arg, tmp, busy) for arg in case.args]
+    if "--listen" not in args and "listen" not in str(case.config) and "POOLWATCH_LISTEN" not in case.env:
+        args += ["--listen", "127.0.0.1:0"]  # if a case were wrongly accepted, it must not clash
+    return args, {key: _fill(value, tmp, busy) for key, value in case.env.items()}
+
+
+@pytest.fixture(scope="module")
+def results(
+    tmp_path_factory: pytest.TempPathFactory, busy_port: int
+) -> dict[str, tuple[subprocess.CompletedProcess[str], Path]]:
+    """Every case's run, four at a time: each is a fresh interpreter (~1 s of imports)."""
+    dirs = {case.id: tmp_path_factory.mktemp(case.id) for case in CASES}
+
+    def one(case: Case) -> tuple[str, tuple[subprocess.CompletedProcess[str], Path]]:
+        args, env = _prepare(case, dirs[case.id], busy_port)
+        return case.id, (run_cli(args, env, dirs[case.id]), dirs[case.id])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(pool.map(one, CASES))
+
+
+def test_the_table_is_large_enough() -> None:
+    assert len(CASES) >= 30
+    assert len({case.id for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_exits_2_with_one_line(
+    case: Case, results: dict[str, tuple[subprocess.CompletedProcess[str], Path]], busy_port: int
+) -> None:
+    result, tmp = results[case.id]
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("poolwatch: error: ")
+    assert _fill(case.expect, tmp, busy_port) in lines[0]
+    assert "Traceback" not in result.stderr
+    assert SECRET not in result.stderr
+    assert result.stdout == ""
