@@ -116,7 +116,9 @@ class Contender:
                 self.process.wait(5)
 
 
-def wait_http(port: int, path: str, timeout: float = 60, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(
+    port: int, path: str, timeout: float = 60, process: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if process is not None and process.poll() is not None:

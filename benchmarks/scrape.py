@@ -113,9 +113,7 @@ def summarize(
             "cpu_per_scrape": median(
                 [a.cpu_per_scrape / max(b.cpu_per_scrape, 1e-9) for a, b in zip(mine, theirs, strict=True)]
             ),
-            "rss": median(
-                [a / b for a, b in zip(rss["poolwatch"], rss[peer], strict=True)]
-            ),
+            "rss": median([a / b for a, b in zip(rss["poolwatch"], rss[peer], strict=True)]),
         }
     if {"postgres_exporter", "redis_exporter"} <= results.keys():
         # poolwatch does the work of both: compare with the pair (CPU and memory add up).
@@ -134,7 +132,9 @@ def summarize(
 
 def report(summary: dict[str, Any]) -> None:
     print(f"\nmachine: {summary['machine']}")
-    print(f"{summary['rounds']} rounds x {summary['scrapes_per_round']} scrapes; median [min-max] over rounds")
+    print(
+        f"{summary['rounds']} rounds x {summary['scrapes_per_round']} scrapes; median [min-max] over rounds"
+    )
     print(f"{'contender':<18} {'p50 ms':>22} {'p99 ms':>22} {'CPU ms/scrape':>22} {'RSS MB':>20} samples")
     for name, c in summary["contenders"].items():
         print(
