@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 Kind = Literal["postgres", "sqlite", "redis"]
 DEFAULT_LISTEN = "127.0.0.1:18187"
 MASK = "***"
+_MAX_PORT = 65535
 _SHOWN_CHARS = 60  # of a rejected value, in an error line
 
 Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
@@ -394,7 +395,14 @@ def _plain_message(error: Mapping[str, Any]) -> str:
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
-    if kind == "value_error":
+    if kind == "string_pattern_mismatch":
+        pattern = str((error.get("ctx") or {}).get("pattern", ""))
+        message = (
+            "expected letters, digits, '_', '.' or '-', starting with a letter or '_', at most 63"
+            if pattern == NAME_PATTERN
+            else f"expected text matching {pattern}"
+        )
+    elif kind == "value_error":
         message = message.removeprefix("Value error, ")
     elif kind == "literal_error":
         message = "expected " + message.removeprefix("Input should be ")
@@ -484,7 +492,7 @@ def _environment_targets(env: Environment) -> list[dict[str, Any]]:
 
 def _postgres_url(env: Environment) -> str:
     port = env.postgres_port or "5432"
-    if not port.isdigit() or not 1 <= int(port) <= 65535:  # noqa: PLR2004
+    if not port.isdigit() or not 1 <= int(port) <= _MAX_PORT:
         raise ConfigError(f"POSTGRES_PORT: expected a port number 1-65535 (got {port!r})")
     user = quote(env.postgres_user or "postgres", safe="")
     password = f":{quote(env.postgres_password, safe='')}" if env.postgres_password else ""
@@ -573,10 +581,9 @@ def check_url(kind: Kind, url: str) -> None:
             raise ValueError("url needs a host, as in postgresql+psycopg2://user@host:5432/db")
         if rest.startswith("/") or not rest:
             raise ValueError("url needs a host, as in postgresql+psycopg2://user@host:5432/db")
-        try:
-            _ = parsed.port
-        except ValueError:
-            raise ValueError("url has an invalid port") from None
+        port = parsed.port
+        if port is not None and not 1 <= port <= _MAX_PORT:
+            raise ValueError(f"url has an invalid port {port} (expected 1-{_MAX_PORT})")
 
 
 def _check_redis_url(scheme: str, url: str) -> None:
@@ -612,7 +619,7 @@ def sqlalchemy_url(target: TargetSettings) -> Any:
 def parse_listen(value: str) -> tuple[str, int]:
     """``host:port``, ``[v6]:port`` or ``:port`` -> (host, port). Port 0 asks for a free port."""
     host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:  # noqa: PLR2004
+    if not sep or not port_text.isdigit() or int(port_text) > _MAX_PORT:
         raise ValueError(f"expected host:port with a port 0-65535, got {value!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

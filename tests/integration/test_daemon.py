@@ -1,0 +1,255 @@
+"""The daemon against real servers: probes, failures flipping poolwatch_up, isolation between targets,
+graceful shutdown, reload, and the CLI's exit codes."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+from tests.helpers import DaemonProcess, RunningDaemon, clean_env, fetch, poolwatch_command, wait_for
+from tests.servers import LOOPBACK, free_port
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    from tests.servers import PostgresServer, RedisServer
+
+pytestmark = pytest.mark.integration
+
+FAST = {"probe": {"interval": 0.3, "timeout": 0.3}}
+
+
+def pg_target(server: PostgresServer, name: str = "orders", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "kind": "postgres", "url": server.url(), **FAST, **extra}
+
+
+def redis_target(server: RedisServer, name: str = "cache", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "kind": "redis", "url": server.url(), **FAST, **extra}
+
+
+class SilentServer:
+    """Accepts TCP connections and never answers: a hung database."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def test_probes_report_every_kind_up(pg: PostgresServer, redis_server: RedisServer, tmp_path: Path) -> None:
+    sqlite = {"name": "embedded", "kind": "sqlite", "url": f"sqlite:///{tmp_path}/x.db", **FAST}
+    config = {"targets": [pg_target(pg), redis_target(redis_server), sqlite]}
+    with RunningDaemon(config) as run:
+        for name in ("orders", "cache", "embedded"):
+            wait_for(lambda n=name: run.value("poolwatch_up", target=n) == 1)
+            assert run.value("poolwatch_probe_duration_seconds_count", target=name) >= 1
+            assert run.value("poolwatch_job_last_success_timestamp_seconds", task="probe", target=name) > 0
+            assert run.value("poolwatch_probe_failures_total", target=name, reason="refused") == 0
+        status, body = fetch(run.url + "/status")
+        assert status == 200
+        assert '"up": true' in body
+
+
+@pytest.mark.destructive
+def test_stopping_postgres_flips_only_its_up_and_recovery_flips_it_back(
+    pg_factory: Callable[[], PostgresServer], redis_server: RedisServer
+) -> None:
+    server = pg_factory()
+    config = {"targets": [pg_target(server), redis_target(redis_server)]}
+    with RunningDaemon(config) as run:
+        wait_for(lambda: run.value("poolwatch_up", target="orders") == 1)
+        server.stop()
+        stopped = time.monotonic()
+        wait_for(lambda: run.value("poolwatch_up", target="orders") == 0, timeout=10)
+        assert time.monotonic() - stopped < 5  # one interval (0.3 s) plus timeout, on a noisy machine
+        assert run.value("poolwatch_up", target="cache") == 1
+        assert run.value("poolwatch_probe_failures_total", target="orders", reason="refused") >= 1
+        server.start()
+        wait_for(lambda: run.value("poolwatch_up", target="orders") == 1, timeout=10)
+        assert run.value("poolwatch_up", target="cache") == 1
+
+
+@pytest.mark.destructive
+def test_stopping_redis_flips_only_its_up(
+    pg: PostgresServer, redis_factory: Callable[..., RedisServer]
+) -> None:
+    server = redis_factory()
+    with RunningDaemon({"targets": [pg_target(pg), redis_target(server)]}) as run:
+        wait_for(lambda: run.value("poolwatch_up", target="cache") == 1)
+        server.stop()
+        wait_for(lambda: run.value("poolwatch_up", target="cache") == 0, timeout=10)
+        assert run.value("poolwatch_up", target="orders") == 1
+        server.start()
+        wait_for(lambda: run.value("poolwatch_up", target="cache") == 1, timeout=10)
+
+
+def test_a_hanging_target_times_out_and_does_not_delay_the_others(
+    pg: PostgresServer, silent: SilentServer
+) -> None:
+    hung = {
+        "name": "hung", "kind": "postgres", "url": f"postgresql://u@{LOOPBACK}:{silent.port}/x",
+        # libpq connect timeout far longer than the probe timeout: only our own deadline helps.
+        "pool": {"connect_timeout": 60}, "probe": {"interval": 0.5, "timeout": 0.4},
+    }  # fmt: skip
+    with RunningDaemon({"targets": [hung, pg_target(pg)]}) as run:
+        wait_for(lambda: run.value("poolwatch_probe_failures_total", target="hung", reason="timeout") >= 2)
+        assert run.value("poolwatch_up", target="hung") == 0
+        # While "hung" hangs, "orders" keeps being probed at its own pace.
+        first = run.value("poolwatch_probe_duration_seconds_count", target="orders")
+        time.sleep(1.5)
+        later = run.value("poolwatch_probe_duration_seconds_count", target="orders")
+        assert later - first >= 3, (first, later)
+        assert run.value("poolwatch_up", target="orders") == 1
+        # The hung call is not stacked up: later runs are skipped while it still hangs.
+        assert run.value("poolwatch_job_skipped_total", task="probe", target="hung") >= 1
+        status, _ = fetch(run.url + "/metrics")
+        assert status == 200
+
+
+def test_sigterm_stops_within_a_few_seconds_even_with_a_hung_target(
+    pg: PostgresServer, silent: SilentServer, tmp_path: Path
+) -> None:
+    hung = {"name": "hung", "kind": "postgres", "url": f"postgresql://u@{LOOPBACK}:{silent.port}/x",
+            "pool": {"connect_timeout": 60}, "probe": {"interval": 5, "timeout": 5}}  # fmt: skip
+    config = tmp_path / "poolwatch.yaml"
+    config.write_text(yaml.safe_dump({"targets": [hung, pg_target(pg)]}))
+    with DaemonProcess(["--config", str(config)], clean_env()) as run:
+        wait_for(lambda: any(n == "poolwatch_up" and v == 1 for n, _, v in run.samples()))
+        started = time.monotonic()
+        code = run.stop(timeout=15)
+        elapsed = time.monotonic() - started
+    assert code == 0, run.output()
+    assert elapsed < 5, elapsed
+    assert "poolwatch stopped" in run.output()
+    assert "Traceback" not in run.output()
+
+
+def test_embedded_default_needs_no_configuration(tmp_path: Path) -> None:
+    env = clean_env(POOLWATCH_STATE_DIR=str(tmp_path))
+    with DaemonProcess([], env, cwd=tmp_path) as run:
+        first = run.lines[0]
+        assert "no configuration given, monitoring the embedded SQLite database" in first
+        assert str(tmp_path / "embedded.db") in first
+        assert f"{run.url}/metrics" in first
+        wait_for(lambda: any(n == "poolwatch_up" and v == 1 for n, _, v in run.samples()))
+        assert run.stop() == 0
+
+
+def test_sighup_reloads_targets_and_keeps_running_on_a_bad_file(
+    pg: PostgresServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "poolwatch.yaml"
+    config.write_text(yaml.safe_dump({"targets": [pg_target(pg)]}))
+    with DaemonProcess(["--config", str(config)], clean_env()) as run:
+        wait_for(
+            lambda: (
+                ("orders", 1.0)
+                in {(labels.get("target"), v) for n, labels, v in run.samples() if n == "poolwatch_up"}
+            )
+        )
+        config.write_text(yaml.safe_dump({"targets": [pg_target(pg), redis_target(redis_server)]}))
+        run.process.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: (
+                ("cache", 1.0)
+                in {(labels.get("target"), v) for n, labels, v in run.samples() if n == "poolwatch_up"}
+            )
+        )
+        config.write_text("targets: [\n")
+        run.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused" in run.output())
+        config.write_text(yaml.safe_dump({"targets": [redis_target(redis_server)]}))
+        run.process.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: (
+                "orders"
+                not in {labels.get("target") for n, labels, _ in run.samples() if n == "poolwatch_up"}
+            )
+        )
+        assert run.stop() == 0
+
+
+def test_check_exit_codes(pg: PostgresServer, redis_server: RedisServer, tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"targets": [pg_target(pg), redis_target(redis_server)]}))
+    result = subprocess.run(poolwatch_command("check", "-c", str(good)), env=clean_env(),
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["TARGET", "KIND", "UP", "LATENCY", "ERROR"]
+    assert {line.split()[0]: line.split()[2] for line in lines[1:]} == {"orders": "yes", "cache": "yes"}
+
+    down = {"name": "gone", "kind": "postgres", "url": f"postgresql://u@{LOOPBACK}:{free_port()}/x"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"targets": [pg_target(pg), down]}))
+    result = subprocess.run(poolwatch_command("check", "-c", str(bad)), env=clean_env(),
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 1
+    gone = next(line for line in result.stdout.splitlines() if line.startswith("gone"))
+    assert "no" in gone.split()
+    assert "refused" in gone.lower()
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump({"targets": [{**pg_target(pg), "pool": {"size": -1}}]}))
+    result = subprocess.run(poolwatch_command("check", "-c", str(broken)), env=clean_env(),
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("poolwatch: error: targets[0](orders).pool.size:")
+
+
+def test_config_command_masks_secrets_and_status_reads_a_running_daemon(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "poolwatch.yaml"
+    config.write_text(yaml.safe_dump({"targets": [pg_target(pg)]}))
+    shown = subprocess.run(poolwatch_command("config", "-c", str(config)), env=clean_env(),
+                           capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    assert pg.password not in shown.stdout
+    assert ":***@" in shown.stdout
+    with DaemonProcess(["--config", str(config)], clean_env()) as run:
+        wait_for(lambda: any(n == "poolwatch_up" and v == 1 for n, _, v in run.samples()))
+        status = subprocess.run(poolwatch_command("status", "--url", run.url), env=clean_env(),
+                                capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        assert "orders" in status.stdout
+        assert pg.password not in status.stdout
+        assert run.stop() == 0
+    unreachable = subprocess.run(
+        poolwatch_command("status", "--url", f"http://{LOOPBACK}:{free_port()}"),
+        env=clean_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.startswith("poolwatch: error: cannot reach the daemon")
