@@ -1,6 +1,7 @@
 """poolwatch: connection-pool health monitoring for SQLAlchemy and Redis, exported to Prometheus.
 
-As a library: ``Database`` / ``session_scope()`` / ``get_session()`` give the safe session lifecycle;
+As a library: ``Database`` / ``session_scope()`` / ``get_session()`` give the safe session lifecycle,
+``instrument(engine, name=...)`` / ``instrument_redis(client, name=...)`` export pool metrics;
 as a daemon: ``poolwatch run --config poolwatch.yaml``.
 """
 
@@ -25,6 +26,7 @@ from poolwatch.errors import (
     SessionError,
     TransactionFailedError,
 )
+from poolwatch.instrument import instrument, instrument_redis
 
 __all__ = [
     "AuthenticationFailedError",
@@ -43,5 +45,7 @@ __all__ = [
     "get_redis",
     "get_redis_database",
     "get_session",
+    "instrument",
+    "instrument_redis",
     "session_scope",
 ]

@@ -20,6 +20,8 @@ from poolwatch import http
 from poolwatch._version import __version__
 from poolwatch.database import Database, RedisDatabase
 from poolwatch.errors import PoolwatchError
+from poolwatch.housekeeping import Housekeeper, HousekeepingJob, Policy
+from poolwatch.instrument import instrument, instrument_redis
 from poolwatch.metrics import Metrics
 from poolwatch.probe import Probe, redis_check, sql_check
 from poolwatch.scheduler import Scheduler
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from poolwatch.config import Settings, TargetSettings
+    from poolwatch.instrument import RedisInstrumentation, SQLAlchemyInstrumentation
     from poolwatch.jobs import Job
 
 log = logging.getLogger(__name__)
@@ -44,8 +47,11 @@ class TargetRuntime:
     database: Database | None = None
     redis: RedisDatabase | None = None
     jobs: list[Job] = field(default_factory=list)
+    instrumentation: SQLAlchemyInstrumentation | RedisInstrumentation | None = None
 
     def close(self) -> None:
+        if self.instrumentation is not None:
+            self.instrumentation.remove()
         try:
             if self.database is not None:
                 self.database.dispose()
@@ -64,21 +70,38 @@ class TargetRuntime:
 
 
 def build_target(target: TargetSettings, metrics: Metrics) -> TargetRuntime:
-    """The shared engine or client of a target, and its scheduled jobs."""
+    """The shared engine or client of a target (instrumented, with housekeeping), and its jobs."""
     database: Database | None = None
     redis_db: RedisDatabase | None = None
+    pool = target.pool
+    instrumentation: SQLAlchemyInstrumentation | RedisInstrumentation | None = None
     if target.kind == "redis":
         redis_db = RedisDatabase.from_target(target)
         check = redis_check(redis_db.client)
+        instrumentation = instrument_redis(
+            redis_db.client, name=target.name, registry=metrics.registry, leak_threshold=pool.leak_threshold
+        )
     else:
         database = Database.from_target(target)
         check = sql_check(database.engine)
+        try:
+            instrumentation = instrument(
+                database.engine, name=target.name, registry=metrics.registry,
+                leak_threshold=pool.leak_threshold,
+            )  # fmt: skip
+        except TypeError as exc:  # an in-memory SQLite engine has no QueuePool
+            log.warning("target %s: no pool metrics: %s", target.name, exc)
     probe = Probe(
         target.name, check, metrics.probe,
         interval=target.probe.interval, timeout=target.probe.timeout,
     )  # fmt: skip
+    jobs: list[Job] = [probe]
+    if instrumentation is not None:
+        housekeeper = Housekeeper(instrumentation, Policy.from_settings(pool))
+        interval = pool.housekeeping_interval
+        jobs.append(HousekeepingJob(target.name, housekeeper, interval=interval, timeout=max(1.0, interval)))
     metrics.probe.add_target(target.name)
-    return TargetRuntime(target, probe, database, redis_db, jobs=[probe])
+    return TargetRuntime(target, probe, database, redis_db, jobs=jobs, instrumentation=instrumentation)
 
 
 class Daemon:

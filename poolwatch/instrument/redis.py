@@ -1,0 +1,167 @@
+"""Instrumenting a redis-py connection pool (``ConnectionPool`` or ``BlockingConnectionPool``).
+
+The same design as for SQLAlchemy: the pool's class is swapped for a per-instrumentation subclass
+whose ``get_connection()`` and ``release()`` record raw facts without a lock; the collector reads
+sizes at scrape time. redis-py opens the socket inside ``get_connection()``, so wait time includes
+connecting. The private parts read are in ``pool_internals()``, pinned by a test to the installed
+redis-py version.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError
+
+from poolwatch.instrument.collector import PoolState, collector_for
+from poolwatch.instrument.recorder import Recorder
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from prometheus_client.registry import CollectorRegistry
+
+# redis-py says "pool exhausted" with these (BlockingConnectionPool's wait timed out / the
+# ConnectionPool's max_connections reached).
+_EXHAUSTED_MESSAGES = ("no connection available", "too many connections")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisPoolInternals:
+    """The private parts of a redis-py pool poolwatch reads, in one place."""
+
+    lock: Any
+    free: Callable[[], Any]
+    in_use: Callable[[], Any]
+
+
+def pool_internals(pool: redis.ConnectionPool) -> RedisPoolInternals:
+    """Every private attribute of redis-py poolwatch uses (tested against the installed version)."""
+    return RedisPoolInternals(
+        lock=pool._lock,  # noqa: SLF001
+        free=pool._get_free_connections,  # noqa: SLF001
+        in_use=pool._get_in_use_connections,  # noqa: SLF001
+    )
+
+
+class RedisInstrumentation:
+    """The instrumentation of one redis-py pool."""
+
+    def __init__(self, pool: redis.ConnectionPool, name: str, recorder: Recorder) -> None:
+        self.name = name
+        self.recorder = recorder
+        self._pool = weakref.ref(pool)
+        self._registry_remove: Callable[[], None] | None = None
+
+    @property
+    def pool(self) -> redis.ConnectionPool | None:
+        return self._pool()
+
+    def state(self) -> PoolState | None:
+        pool = self._pool()
+        if pool is None:
+            return None
+        internals = pool_internals(pool)
+        used = len(internals.in_use())
+        idle = len(internals.free())
+        limit = float(pool.max_connections)
+        return PoolState(idle=idle, used=used, size=int(min(limit, 2**31)), max_connections=limit, overflow=0)
+
+    def remove(self) -> None:
+        if self._registry_remove is not None:
+            self._registry_remove()
+            self._registry_remove = None
+
+
+def instrument_redis(
+    client_or_pool: redis.Redis | redis.ConnectionPool,
+    *,
+    name: str,
+    registry: CollectorRegistry | None = None,
+    leak_threshold: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> RedisInstrumentation:
+    """Export the metrics of a redis-py client's (or pool's) connection pool on ``registry``."""
+    pool = client_or_pool.connection_pool if isinstance(client_or_pool, redis.Redis) else client_or_pool
+    if not isinstance(pool, redis.ConnectionPool):
+        raise TypeError(
+            f"poolwatch.instrument_redis({name!r}): {type(pool).__name__} is not a ConnectionPool"
+        )
+    if getattr(type(pool), "_poolwatch", None) is not None:
+        raise ValueError(f"poolwatch.instrument_redis({name!r}): this pool is already instrumented")
+    if leak_threshold is not None and leak_threshold <= 0:
+        raise ValueError(f"poolwatch.instrument_redis({name!r}): leak_threshold must be > 0")
+    recorder = Recorder(name, leak_threshold=leak_threshold, clock=clock)
+    instrumentation = RedisInstrumentation(pool, name, recorder)
+    collector = collector_for(registry)
+    collector.add(name, instrumentation)
+    instrumentation._registry_remove = lambda: collector.remove(name, instrumentation)  # noqa: SLF001
+    pool.__class__ = _instrumented_class(type(pool), recorder)
+    return instrumentation
+
+
+def _instrumented_class(base: type[redis.ConnectionPool], recorder: Recorder) -> type[redis.ConnectionPool]:
+    clock = recorder.clock
+    requested = recorder.requested.hit
+    handed = recorder.handed.hit
+    wait = recorder.waits.append
+    use = recorder.uses.append
+    out = recorder.out
+    leaked = recorder.leaked
+    idle_since = recorder.idle_since
+    getframe = sys._getframe if recorder.leak_threshold is not None else None  # noqa: SLF001
+    base_get = base.get_connection
+    base_release = base.release
+
+    def get_connection(self: redis.ConnectionPool, *args: Any, **kwargs: Any) -> Any:
+        start = clock()
+        requested()
+        try:
+            connection = base_get(self, *args, **kwargs)
+        except BaseException as exc:
+            _failed(recorder, exc)
+            raise
+        now = clock()
+        handed()
+        wait(now - start)
+        try:
+            out[connection] = (now, getframe(1) if getframe is not None else None)
+        except Exception as exc:
+            recorder.internal_error(exc)
+        return connection
+
+    def release(self: redis.ConnectionPool, connection: Any) -> None:
+        try:
+            now = clock()
+            idle_since[connection] = now
+            checkout = out.pop(connection, None)
+            if checkout is not None:
+                use(now - checkout[0])
+                if leaked:
+                    recorder.returned(connection, checkout)
+        except Exception as exc:
+            recorder.internal_error(exc)
+        base_release(self, connection)
+
+    return type(
+        base.__name__, (base,), {"get_connection": get_connection, "release": release, "_poolwatch": recorder}
+    )
+
+
+def _failed(recorder: Recorder, exc: BaseException) -> None:
+    try:
+        exhausted = isinstance(exc, MaxConnectionsError) or (
+            isinstance(exc, RedisConnectionError) and str(exc).lower().startswith(_EXHAUSTED_MESSAGES)
+        )
+        if exhausted:
+            recorder.timed_out()
+        else:
+            recorder.checkout_failed(exc)
+    except Exception as error:
+        recorder.internal_error(error)

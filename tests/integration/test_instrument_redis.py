@@ -1,0 +1,147 @@
+"""poolwatch.instrument_redis on a real Redis: the same families as SQL pools, and idle eviction."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import TYPE_CHECKING
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+import poolwatch
+from poolwatch.config import validate
+from poolwatch.database import create_target_redis
+from poolwatch.housekeeping import Housekeeper, Policy
+from poolwatch.instrument.redis import pool_internals
+from tests.poolmetrics import FakeClock, sample
+from tests.servers import free_port
+
+if TYPE_CHECKING:
+    from tests.servers import RedisServer
+
+pytestmark = pytest.mark.integration
+
+
+def client_names(server: RedisServer) -> list[str]:
+    return [c.get("name", "") for c in server.client().client_list()]
+
+
+def test_commands_count_checkouts_and_use(redis_server) -> None:
+    registry = CollectorRegistry()
+    client = redis.Redis(host=redis_server.host, port=redis_server.port, password=redis_server.password)
+    poolwatch.instrument_redis(client, name="cache", registry=registry)
+    for _ in range(3):
+        client.ping()
+    assert sample(registry, "pool_checkouts_total", "cache") == 3
+    assert sample(registry, "pool_wait_seconds_count", "cache") == 3
+    assert sample(registry, "pool_use_seconds_count", "cache") == 3
+    assert sample(registry, "pool_connections", "cache", state="idle") == 1
+    assert sample(registry, "pool_connections", "cache", state="used") == 0
+    assert sample(registry, "pool_max_connections", "cache") == client.connection_pool.max_connections
+    client.close()
+
+
+def test_blocking_pool_exhaustion_counts_timeouts_and_pending(redis_server) -> None:
+    registry = CollectorRegistry()
+    pool = redis.BlockingConnectionPool(
+        host=redis_server.host, port=redis_server.port, password=redis_server.password,
+        max_connections=1, timeout=0.5,
+    )  # fmt: skip
+    poolwatch.instrument_redis(pool, name="blocking", registry=registry)
+    held = pool.get_connection()
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            redis.Redis(connection_pool=pool).ping()
+        except redis.ConnectionError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    thread.join()
+    pool.release(held)
+    assert len(errors) == 1
+    assert sample(registry, "pool_timeouts_total", "blocking") == 1
+    assert sample(registry, "pool_pending_requests", "blocking") == 0
+    assert sample(registry, "pool_connect_errors_total", "blocking", reason="other") == 0
+    pool.disconnect()
+
+
+def test_connection_pool_limit_counts_as_a_timeout(redis_server) -> None:
+    registry = CollectorRegistry()
+    pool = redis.ConnectionPool(
+        host=redis_server.host, port=redis_server.port, password=redis_server.password, max_connections=1
+    )
+    poolwatch.instrument_redis(pool, name="limited", registry=registry)
+    held = pool.get_connection()
+    with pytest.raises(redis.ConnectionError):
+        pool.get_connection()
+    pool.release(held)
+    assert sample(registry, "pool_timeouts_total", "limited") == 1
+    pool.disconnect()
+
+
+def test_connect_errors_by_reason_refused_and_auth(redis_factory) -> None:
+    registry = CollectorRegistry()
+    refused = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=2)
+    poolwatch.instrument_redis(refused, name="refused", registry=registry)
+    with pytest.raises(redis.ConnectionError):
+        refused.ping()
+    assert sample(registry, "pool_connect_errors_total", "refused", reason="refused") == 1
+
+    server = redis_factory(password="right-" + uuid.uuid4().hex)
+    wrong = redis.Redis(host=server.host, port=server.port, password="wrong")
+    poolwatch.instrument_redis(wrong, name="auth", registry=registry)
+    with pytest.raises(redis.AuthenticationError):
+        wrong.ping()
+    assert sample(registry, "pool_connect_errors_total", "auth", reason="auth") == 1
+
+
+def test_idle_eviction_disconnects_down_to_min_idle(redis_server) -> None:
+    registry = CollectorRegistry()
+    clock = FakeClock()
+    name = f"pw-hk-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis(host=redis_server.host, port=redis_server.port, client_name=name)
+    instrumentation = poolwatch.instrument_redis(client, name="evict", registry=registry, clock=clock)
+    pool = client.connection_pool
+    held = [pool.get_connection() for _ in range(3)]
+    for connection in held:
+        pool.release(connection)
+    assert client_names(redis_server).count(name) == 3
+    keeper = Housekeeper(instrumentation, Policy(min_idle=1, idle_timeout=30))
+    clock.advance(29)
+    assert keeper.run_once().closed == {}
+    clock.advance(2)
+    assert keeper.run_once().closed == {"idle_timeout": 2}
+    assert sample(registry, "pool_closed_total", "evict", reason="idle_timeout") == 2
+    assert client_names(redis_server).count(name) == 1
+    assert client.ping()  # disconnected connections reconnect on their next use
+    client.close()
+
+
+def test_target_client_sets_its_client_name(redis_server) -> None:
+    settings = validate({"targets": [{"name": "cache", "kind": "redis", "url": redis_server.url()}]})
+    client = create_target_redis(settings.targets[0])
+    client.ping()
+    assert "poolwatch-cache" in client_names(redis_server)
+    client.close()
+
+
+def test_private_redis_api_matches_the_installed_version(redis_server) -> None:
+    """Pinned: poolwatch reads these private names; a redis-py upgrade must keep them or fail here."""
+    assert int(redis.__version__.split(".")[0]) >= 5
+    for pool in (
+        redis.ConnectionPool(host=redis_server.host, port=redis_server.port),
+        redis.BlockingConnectionPool(host=redis_server.host, port=redis_server.port),
+    ):
+        internals = pool_internals(pool)
+        connection = pool.get_connection()
+        assert len(internals.in_use()) == 1
+        pool.release(connection)
+        assert list(internals.free()) == [connection]
+        with internals.lock:
+            pass
+        pool.disconnect()

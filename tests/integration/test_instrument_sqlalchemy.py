@@ -1,0 +1,343 @@
+"""poolwatch.instrument on real PostgreSQL: every pool metric moves as the workload says it must."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import prometheus_client.registry
+import pytest
+import sqlalchemy
+from prometheus_client import CollectorRegistry
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.pool import NullPool, QueuePool
+
+import poolwatch
+from poolwatch.instrument import sqlalchemy as instrument_sqlalchemy
+from poolwatch.instrument.sqlalchemy import hot_path_internals, pool_internals
+from tests.poolmetrics import FakeClock, sample
+from tests.servers import free_port
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from sqlalchemy.engine import Engine
+
+    from tests.servers import PostgresServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def make_engine(pg: PostgresServer) -> Iterator[Callable[..., tuple[Engine, str]]]:
+    """Engines with a unique application_name each, disposed after the test."""
+    engines: list[Engine] = []
+
+    def make(**options: object) -> tuple[Engine, str]:
+        app = f"pw-test-{uuid.uuid4().hex[:8]}"
+        connect_args = {"application_name": app, "connect_timeout": 5}
+        engine = create_engine(pg.url(), connect_args=connect_args, **options)  # type: ignore[arg-type]
+        engines.append(engine)
+        return engine, app
+
+    yield make
+    for engine in engines:
+        engine.dispose()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def test_checkouts_sizes_and_histograms_follow_the_workload(make_engine, registry) -> None:
+    engine, _ = make_engine(pool_size=2, max_overflow=1)
+    poolwatch.instrument(engine, name="orders", registry=registry)
+    assert sample(registry, "pool_max_connections", "orders") == 3
+    assert sample(registry, "pool_size", "orders") == 2
+    first, second = engine.connect(), engine.connect()
+    assert sample(registry, "pool_connections", "orders", state="used") == 2
+    assert sample(registry, "pool_connections", "orders", state="idle") == 0
+    assert sample(registry, "pool_checkouts_total", "orders") == 2
+    assert sample(registry, "pool_create_seconds_count", "orders") == 2
+    first.close()
+    second.close()
+    assert sample(registry, "pool_connections", "orders", state="used") == 0
+    assert sample(registry, "pool_connections", "orders", state="idle") == 2
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    assert sample(registry, "pool_checkouts_total", "orders") == 3
+    assert sample(registry, "pool_wait_seconds_count", "orders") == 3
+    assert sample(registry, "pool_use_seconds_count", "orders") == 3
+    assert sample(registry, "pool_create_seconds_count", "orders") == 2
+    assert sample(registry, "pool_wait_seconds_bucket", "orders", le="30.0") == 3
+    assert sample(registry, "pool_overflow", "orders") == 0
+    assert sample(registry, "pool_pending_requests", "orders") == 0
+
+
+def test_overflow_gauge_and_overflow_close_on_checkin(make_engine, registry) -> None:
+    engine, _ = make_engine(pool_size=1, max_overflow=2)
+    poolwatch.instrument(engine, name="o", registry=registry)
+    held = [engine.connect() for _ in range(3)]
+    assert sample(registry, "pool_overflow", "o") == 2
+    for connection in held:
+        connection.close()
+    assert sample(registry, "pool_overflow", "o") == 0
+    assert sample(registry, "pool_closed_total", "o", reason="overflow") == 2
+    assert sample(registry, "pool_connections", "o", state="idle") == 1
+
+
+def test_exhausted_pool_shows_pending_callers_and_counts_each_timeout(make_engine, registry) -> None:
+    engine, _ = make_engine(pool_size=1, max_overflow=0, pool_timeout=1.0)
+    poolwatch.instrument(engine, name="busy", registry=registry)
+    holder = engine.connect()
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            with engine.connect():
+                pass
+        except PoolTimeoutError as exc:
+            errors.append(exc)
+
+    callers = [threading.Thread(target=caller) for _ in range(2)]
+    for thread in callers:
+        thread.start()
+    wait_until(lambda: sample(registry, "pool_pending_requests", "busy") == 2)
+    for thread in callers:
+        thread.join()
+    holder.close()
+    assert len(errors) == 2
+    assert sample(registry, "pool_timeouts_total", "busy") == 2
+    assert sample(registry, "pool_pending_requests", "busy") == 0
+    assert sample(registry, "pool_checkouts_total", "busy") == 1
+    for reason in ("auth", "refused", "other"):
+        assert sample(registry, "pool_connect_errors_total", "busy", reason=reason) == 0
+
+
+def test_leak_gauge_rises_past_threshold_and_falls_when_returned(make_engine, registry, caplog) -> None:
+    clock = FakeClock()
+    engine, _ = make_engine(pool_size=2)
+    poolwatch.instrument(engine, name="leaky", registry=registry, leak_threshold=30, clock=clock)
+    caplog.set_level(logging.INFO, logger="poolwatch.instrument")
+    connection = engine.connect()  # the stack must show this line's function
+    clock.advance(29)
+    assert sample(registry, "pool_leaked_connections", "leaky") == 0
+    clock.advance(2)
+    assert sample(registry, "pool_leaked_connections", "leaky") == 1
+    assert sample(registry, "pool_leaks_total", "leaky") == 1
+    assert sample(registry, "pool_leaks_total", "leaky") == 1  # warned and counted once
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "test_leak_gauge_rises_past_threshold_and_falls_when_returned" in warnings[0].getMessage()
+    connection.close()
+    assert sample(registry, "pool_leaked_connections", "leaky") == 0
+    assert sample(registry, "pool_leaks_total", "leaky") == 1
+    assert any("leaked connection returned after 31.0s" in r.getMessage() for r in caplog.records)
+
+
+def test_pre_ping_closes_a_connection_whose_backend_was_killed(pg, make_engine, registry) -> None:
+    engine, app = make_engine(pool_size=2, pool_pre_ping=True)
+    poolwatch.instrument(engine, name="pinged", registry=registry)
+    with engine.connect():
+        pass
+    assert pg.terminate(app) == 1
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT 1")).scalar() == 1
+    assert sample(registry, "pool_closed_total", "pinged", reason="pre_ping_failed") == 1
+    assert sample(registry, "pool_checkouts_total", "pinged") == 2
+
+
+def test_invalidation_and_recycle_are_counted_by_reason(make_engine, registry) -> None:
+    engine, _ = make_engine(pool_size=2, pool_recycle=1)
+    poolwatch.instrument(engine, name="r", registry=registry)
+    with engine.connect() as connection:
+        connection.invalidate()
+    assert sample(registry, "pool_closed_total", "r", reason="invalidated") == 1
+    with engine.connect():
+        pass
+    time.sleep(1.1)  # pool_recycle is compared with time.time() inside SQLAlchemy
+    with engine.connect():
+        pass
+    assert sample(registry, "pool_closed_total", "r", reason="recycled") == 1
+
+
+def test_wrong_password_counts_an_auth_connect_error(pg, registry) -> None:
+    engine = create_engine(pg.url(password="wrong-" + uuid.uuid4().hex), pool_size=1)
+    poolwatch.instrument(engine, name="auth", registry=registry)
+    with pytest.raises(OperationalError):
+        engine.connect()
+    assert sample(registry, "pool_connect_errors_total", "auth", reason="auth") == 1
+    assert sample(registry, "pool_checkouts_total", "auth") == 0
+    assert sample(registry, "pool_pending_requests", "auth") == 0
+    engine.dispose()
+
+
+def test_refused_connection_counts_a_refused_connect_error(registry) -> None:
+    engine = create_engine(f"postgresql+psycopg2://u:p@127.0.0.1:{free_port()}/db", pool_size=1)
+    poolwatch.instrument(engine, name="down", registry=registry)
+    for _ in range(2):
+        with pytest.raises(OperationalError):
+            engine.connect()
+    assert sample(registry, "pool_connect_errors_total", "down", reason="refused") == 2
+    assert sample(registry, "pool_timeouts_total", "down") == 0
+
+
+def test_many_threads_counts_add_up_exactly(make_engine, registry) -> None:
+    engine, _ = make_engine(pool_size=4, max_overflow=4, pool_timeout=30)
+    poolwatch.instrument(engine, name="conc", registry=registry, leak_threshold=60)
+    threads, per_thread = 12, 150
+    scrapes = threading.Event()
+
+    def scraper() -> None:  # scraping while the hot path runs must not lose or double anything
+        while not scrapes.is_set():
+            registry.get_sample_value("poolwatch_pool_checkouts_total", {"pool": "conc"})
+
+    def work() -> None:
+        for _ in range(per_thread):
+            with engine.connect():
+                pass
+
+    background = threading.Thread(target=scraper)
+    background.start()
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    scrapes.set()
+    background.join()
+    total = threads * per_thread
+    assert sample(registry, "pool_checkouts_total", "conc") == total
+    assert sample(registry, "pool_wait_seconds_count", "conc") == total
+    assert sample(registry, "pool_use_seconds_count", "conc") == total
+    assert sample(registry, "pool_connections", "conc", state="used") == 0
+    assert sample(registry, "pool_pending_requests", "conc") == 0
+    assert sample(registry, "pool_leaked_connections", "conc") == 0
+    assert sample(registry, "instrumentation_errors_total", "conc") == 0
+
+
+def test_instrumentation_survives_dispose(make_engine, registry) -> None:
+    engine, _ = make_engine(pool_size=2)
+    poolwatch.instrument(engine, name="d", registry=registry)
+    with engine.connect():
+        pass
+    old_pool = engine.pool
+    engine.dispose()
+    assert engine.pool is not old_pool
+    assert sample(registry, "pool_closed_total", "d", reason="dispose") == 1
+    with engine.connect():
+        pass
+    assert sample(registry, "pool_checkouts_total", "d") == 2
+    assert sample(registry, "pool_connections", "d", state="idle") == 1
+    # SQLAlchemy's pool logger keeps its name after the class swap.
+    assert engine.pool.logger.name.startswith("sqlalchemy.pool")
+
+
+def test_same_name_twice_on_one_registry_is_an_error(make_engine, registry) -> None:
+    first, _ = make_engine()
+    second, _ = make_engine()
+    poolwatch.instrument(first, name="dup", registry=registry)
+    with pytest.raises(ValueError, match="already instrumented on this registry"):
+        poolwatch.instrument(second, name="dup", registry=registry)
+    with pytest.raises(ValueError, match="already instrumented"):
+        poolwatch.instrument(first, name="other", registry=registry)
+    poolwatch.instrument(second, name="dup", registry=CollectorRegistry())  # another registry is fine
+
+
+def test_removed_instrumentation_frees_the_name(make_engine, registry) -> None:
+    engine, _ = make_engine()
+    handle = poolwatch.instrument(engine, name="gone", registry=registry)
+    handle.remove()
+    assert registry.get_sample_value("poolwatch_pool_size", {"pool": "gone"}) is None
+    other, _ = make_engine()
+    poolwatch.instrument(other, name="gone", registry=registry)
+    assert sample(registry, "pool_size", "gone") == 5
+
+
+def test_registry_none_means_the_default_registry_at_call_time(make_engine, monkeypatch) -> None:
+    fresh = CollectorRegistry()
+    monkeypatch.setattr(prometheus_client.registry, "REGISTRY", fresh)
+    engine, _ = make_engine()
+    poolwatch.instrument(engine, name="global")
+    assert sample(fresh, "pool_size", "global") == 5
+
+
+def test_non_queue_pool_is_refused_with_a_clear_error(pg, registry) -> None:
+    engine = create_engine(pg.url(), poolclass=NullPool)
+    with pytest.raises(TypeError, match="not a QueuePool"):
+        poolwatch.instrument(engine, name="null", registry=registry)
+
+
+def test_failing_hook_is_counted_never_raised(make_engine, registry, monkeypatch, caplog) -> None:
+    def broken(_record: object) -> float:
+        raise RuntimeError("poolwatch bug")
+
+    monkeypatch.setattr(instrument_sqlalchemy, "connected_at", broken)
+    engine, _ = make_engine(pool_size=1, max_overflow=2)
+    poolwatch.instrument(engine, name="bug", registry=registry)
+    held = [engine.connect() for _ in range(2)]
+    for connection in held:
+        assert connection.execute(text("SELECT 1")).scalar() == 1
+        connection.close()
+    assert sample(registry, "instrumentation_errors_total", "bug") >= 2
+    assert sum("instrumentation hook failed" in r.getMessage() for r in caplog.records) == 1
+    assert sample(registry, "pool_checkouts_total", "bug") == 2
+
+
+def test_async_engine_is_instrumented(pg, registry) -> None:
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(pg.url(driver="postgresql+asyncpg"), pool_size=2)
+    poolwatch.instrument(engine, name="aio", registry=registry)
+
+    async def workload() -> None:
+        for _ in range(3):
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        await engine.dispose()
+        async with engine.connect():
+            pass
+        await engine.dispose()
+
+    asyncio.run(workload())
+    assert sample(registry, "pool_checkouts_total", "aio") == 4
+    assert sample(registry, "pool_use_seconds_count", "aio") == 4
+    assert sample(registry, "pool_closed_total", "aio", reason="dispose") == 2
+
+
+def test_private_sqlalchemy_api_matches_the_installed_version(make_engine) -> None:
+    """Pinned: poolwatch reads these private names; a SQLAlchemy upgrade must keep them or fail here."""
+    assert sqlalchemy.__version__.startswith(("2.0.", "2.1."))
+    engine, _ = make_engine(pool_size=3, max_overflow=2, pool_recycle=77)
+    pool = engine.pool
+    assert isinstance(pool, QueuePool)
+    internals = pool_internals(pool)
+    assert internals.max_overflow == 2
+    assert internals.recycle == 77
+    assert isinstance(internals.invalidate_time(), float | int)
+    assert len(internals.idle_records) == 0
+    with internals.mutex:
+        pass
+    hot = hot_path_internals(QueuePool)
+    assert hot.return_conn is QueuePool._return_conn
+    fairy = pool.connect()
+    record = hot.record_of(fairy)
+    assert record.dbapi_connection is fairy.dbapi_connection
+    fairy.close()
+    assert list(internals.idle_records) == [record]
