@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -51,6 +52,15 @@ SCRAPE_HEADERS = {
 
 
 # ---------------------------------------------------------------------------------------- servers
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so the servers and processes a benchmark started are stopped."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 @contextlib.contextmanager

@@ -178,6 +178,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sessions", type=int, default=90)
     args = parser.parse_args()
+    harness.exit_on_sigterm()
     summary = run(args.rounds, args.sessions)
     print(f"\nmachine: {summary['machine']}")
     path = harness.save_results("reaper", summary)

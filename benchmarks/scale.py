@@ -268,6 +268,7 @@ def main() -> None:
     parser.add_argument("--scrapes", type=int, default=200)
     parser.add_argument("--no-hung", dest="hung", action="store_false", help="skip the hung-target check")
     args = parser.parse_args()
+    harness.exit_on_sigterm()
     summary = run(args)
     report(summary)
     print("wrote", harness.save_results("scale", summary), *chart(summary))

@@ -203,6 +203,7 @@ def main() -> None:
     parser.add_argument("--scrapes", type=int, default=300)
     parser.add_argument("--no-peers", action="store_true", help="poolwatch alone")
     args = parser.parse_args()
+    harness.exit_on_sigterm()
     summary = run(args.rounds, args.scrapes, peers=not args.no_peers)
     report(summary)
     print("wrote", harness.save_results("scrape", summary), *chart(summary))

@@ -99,17 +99,19 @@ class Renderer:
             name = family.name + "_total" if family.type == "counter" else family.name
             out.append(self._header(name, family.type, family.documentation))
             created = family.name + "_created" if family.type in _NO_CREATED else None
+            cache = self._prefixes
             for sample in family.samples:
-                if sample.name == created:
+                sample_name, labels, value = sample.name, sample.labels, sample.value
+                if sample_name == created:
                     continue
-                key = ("sample", sample.name, *sorted(sample.labels.items()))
-                prefix = fresh.get(key) or self._prefixes.get(key)
+                # A collector builds its label dicts in one order: no sorting needed for the key.
+                key = (sample_name, *labels.items())
+                prefix = cache.get(key)
                 if prefix is None:
-                    prefix = (series_prefix(sample.name, sorted(sample.labels.items())),)
+                    prefix = (series_prefix(sample_name, labels.items()),)
                 fresh[key] = prefix
-                out.append(prefix[0])
-                out.append(format_value(sample.value))
-                out.append("\n")
+                text = repr(float(value)) if -1e6 < value < 1e6 else format_value(value)  # noqa: PLR2004
+                out.append(f"{prefix[0]}{text}\n")
 
 
 def _collectors(registry: CollectorRegistry) -> list[Collector] | list[CollectorRegistry]:
@@ -181,9 +183,7 @@ def _fast_series(collector: Any, out: list[str], cache: Cache, fresh: Cache, hea
         if kind is Histogram:
             _histogram(child, prefixes, out)
         else:
-            out.append(prefixes[0])
-            out.append(format_value(child._value.get()))
-            out.append("\n")
+            out.append(f"{prefixes[0]}{format_value(child._value.get())}\n")
     return True
 
 
@@ -206,12 +206,6 @@ def _histogram(child: Any, prefixes: tuple[str, ...], out: list[str]) -> None:
     total = 0.0
     for prefix, bucket in zip(prefixes, child._buckets, strict=False):
         total += bucket.get()
-        out.append(prefix)
-        out.append(format_value(total))
-        out.append("\n")
-    out.append(prefixes[-2])
-    out.append(format_value(total))
-    out.append("\n")
-    out.append(prefixes[-1])
-    out.append(format_value(child._sum.get()))
-    out.append("\n")
+        out.append(f"{prefix}{format_value(total)}\n")
+    out.append(f"{prefixes[-2]}{format_value(total)}\n")
+    out.append(f"{prefixes[-1]}{format_value(child._sum.get())}\n")
