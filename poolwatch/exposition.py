@@ -64,6 +64,21 @@ def series_prefix(name: str, labels: Iterable[tuple[str, str]]) -> str:
     return f"{name}{{{pairs}}} " if pairs else f"{name} "
 
 
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """One family's series as plain rows, for scrape-time collectors that offer ``rows()``.
+
+    ``family`` gives name, type and help (a prometheus_client metric family, left empty); each row
+    is ``(label values, value)``, and a histogram's value is ``(cumulative (le, count) pairs
+    ending with +Inf, sum)``. The renderer prefers ``rows()`` to ``collect()``: no ``Sample``
+    tuples and label dicts to build per sample.
+    """
+
+    family: Any
+    labelnames: tuple[str, ...]
+    rows: list[tuple[tuple[str, ...], Any]]
+
+
 class Renderer:
     """Renders one registry; keeps the per-series text between scrapes. Thread-safe."""
 
@@ -78,7 +93,10 @@ class Renderer:
             fresh: Cache = {}
             out: list[str] = []
             for collector in _collectors(self._registry):
-                if not _fast_series(collector, out, self._prefixes, fresh, self._header):
+                rows = getattr(collector, "rows", None)
+                if callable(rows):
+                    self._rows(rows(), out, fresh)
+                elif not _fast_series(collector, out, self._prefixes, fresh, self._header):
                     self._collected(collector.collect(), out, fresh)
             # Only series seen in this scrape stay cached: removed targets don't leak.
             self._prefixes = fresh
@@ -92,6 +110,32 @@ class Renderer:
             header = f"# HELP {name} {doc}\n# TYPE {name} {_TYPES.get(kind, 'untyped')}\n"
             self._headers[key] = header
         return header
+
+    def _rows(self, families: Iterable[Rows], out: list[str], fresh: Cache) -> None:
+        cache = self._prefixes
+        for rows in families:
+            name, kind = rows.family.name, rows.family.type
+            series = name + "_total" if kind == "counter" else name
+            out.append(self._header(series, kind, rows.family.documentation))
+            for labelvalues, value in rows.rows:
+                key = ("rows", name, *labelvalues)
+                prefixes = cache.get(key)
+                if kind == "histogram":
+                    pairs, total = value
+                    if prefixes is None or len(prefixes) != len(pairs) + 2:
+                        prefixes = _histogram_prefixes(
+                            name, rows.labelnames, labelvalues, [le for le, _ in pairs]
+                        )
+                    fresh[key] = prefixes
+                    for prefix, (_, count) in zip(prefixes, pairs, strict=False):
+                        out.append(f"{prefix}{format_value(count)}\n")
+                    out.append(f"{prefixes[-2]}{format_value(pairs[-1][1])}\n")
+                    out.append(f"{prefixes[-1]}{format_value(total)}\n")
+                else:
+                    if prefixes is None:
+                        prefixes = (series_prefix(series, zip(rows.labelnames, labelvalues, strict=True)),)
+                    fresh[key] = prefixes
+                    out.append(f"{prefixes[0]}{format_value(value)}\n")
 
     def _collected(self, families: Iterable[Any], out: list[str], fresh: Cache) -> None:
         """The general path: any collector's ``collect()`` output (public API)."""
@@ -195,10 +239,14 @@ def _prefixes(
         return (series_prefix(name + "_total", labels),)
     if kind is Gauge:
         return (series_prefix(name, labels),)
-    buckets = tuple(
-        series_prefix(name + "_bucket", [*labels, ("le", format_value(bound))])
-        for bound in child._upper_bounds
-    )
+    return _histogram_prefixes(name, labelnames, labelvalues, [format_value(b) for b in child._upper_bounds])
+
+
+def _histogram_prefixes(
+    name: str, labelnames: tuple[str, ...], labelvalues: tuple[str, ...], les: list[str]
+) -> tuple[str, ...]:
+    labels = list(zip(labelnames, labelvalues, strict=True))
+    buckets = tuple(series_prefix(name + "_bucket", [*labels, ("le", le)]) for le in les)
     return (*buckets, series_prefix(name + "_count", labels), series_prefix(name + "_sum", labels))
 
 

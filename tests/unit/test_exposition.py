@@ -147,3 +147,32 @@ def test_endpoint_serves_text_to_prometheus_and_openmetrics_to_who_insists(regis
     status, head, body = call(endpoint, "application/openmetrics-text; version=1.0.0")
     assert head["Content-Type"].startswith("application/openmetrics-text")
     assert body.rstrip().endswith(b"# EOF")
+
+
+def test_pool_collector_rows_say_what_its_collect_says(tmp_path):
+    # The renderer takes the instrumentation's rows(); Prometheus' own exposition takes collect().
+    import sqlalchemy
+
+    import poolwatch
+    from poolwatch.instrument.collector import collector_for
+
+    registry = CollectorRegistry()
+    engines = []
+    for name in ("orders", "billing"):
+        engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / name}.db")
+        poolwatch.instrument(engine, name=name, registry=registry)
+        for _ in range(3):
+            with engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        engines.append(engine)
+    held = engines[0].connect()
+    try:
+        ours = exposition.Renderer(registry).render().decode()
+        theirs = generate_latest(registry).decode()
+    finally:
+        held.close()
+    assert hasattr(collector_for(registry), "rows")
+    assert_same_samples(ours, theirs)
+    assert headers(ours) == headers(theirs)
+    assert samples(ours)["poolwatch_pool_checkouts_total", (("pool", "billing"),)] == 3
+    assert samples(ours)["poolwatch_pool_connections", (("pool", "orders"), ("state", "used"))] == 1
