@@ -1,4 +1,4 @@
-"""The command line: ``poolwatch run | check | config | status | --version``.
+"""The command line: ``poolwatch run | check | config | status | audit | --version``.
 
 Every error a user can cause ends as one line on stderr and exit status 2 (configuration) or 1
 (a target down, the daemon unreachable); never a traceback.
@@ -7,6 +7,7 @@ Every error a user can cause ends as one line on stderr and exit status 2 (confi
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import sys
@@ -52,7 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="ask a running daemon for its targets' state")
     status.add_argument("--url", default=f"http://{DEFAULT_LISTEN}", help="the daemon's base URL")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon")
+    audit = with_config(commands.add_parser("audit", help="list recent reaper decisions (audit table)"))
+    audit.add_argument("--limit", type=_positive_int, default=20, help="how many records (20)")
+    audit.add_argument("--target", help="only this target")
+    audit.add_argument("--mode", choices=("enforce", "dry_run"), help="only terminations or candidates")
+    audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100_000:  # noqa: PLR2004
+        raise argparse.ArgumentTypeError(f"expected a number 1-100000, got {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "config":
             return _config(args)
+        if args.command == "audit":
+            return _audit(args)
         return _status(args)
     except ConfigError as exc:
         print(f"poolwatch: error: {exc}", file=sys.stderr)
@@ -169,6 +183,55 @@ def _status(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     print(format_table(rows))
     return EXIT_OK if all(row["up"] for row in rows) else EXIT_DOWN
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from poolwatch.logs import setup_logging  # noqa: PLC0415
+    from poolwatch.reaper.audit import AuditLog  # noqa: PLC0415
+
+    settings = load_settings(args.config)
+    setup_logging("ERROR", "text", settings.secrets())
+    if settings.audit.url is None:
+        raise ConfigError("audit.url is not configured: reaper decisions are only logged and counted")
+    log = AuditLog(settings.audit)
+    try:
+        rows = log.recent(args.limit, target=args.target, mode=args.mode)
+    finally:
+        log.close()
+    waiting = len(log.spool) if log.spool is not None else 0
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        print(format_audit(rows))
+    if waiting:
+        print(f"poolwatch: {waiting} records wait in the local spool ({settings.audit.spool_path})",
+              file=sys.stderr)  # fmt: skip
+    return EXIT_OK
+
+
+AUDIT_COLUMNS = (
+    ("decided_at", "DECIDED (UTC)"), ("target", "TARGET"), ("mode", "MODE"), ("reason", "REASON"),
+    ("pid", "PID"), ("username", "USER"), ("database", "DATABASE"), ("application", "APPLICATION"),
+    ("idle_seconds", "IDLE"), ("client_addr", "CLIENT"),
+)  # fmt: skip
+
+
+def format_audit(rows: list[dict[str, Any]]) -> str:
+    def cell(key: str, value: Any) -> str:
+        if value is None:
+            return "-"
+        if key == "decided_at" and isinstance(value, dt.datetime):
+            return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        if key == "idle_seconds":
+            return f"{float(value):.0f}s"
+        return str(value)
+
+    table = [[cell(key, row.get(key)) for key, _ in AUDIT_COLUMNS] for row in rows]
+    header = [title for _, title in AUDIT_COLUMNS]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *table, strict=False)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in (header, *table)
+    )
 
 
 def entry() -> None:

@@ -127,7 +127,21 @@ class ReaperSettings(_Model):
     def _needs_a_timeout(self) -> ReaperSettings:
         if self.enabled and self.idle_timeout is None and self.idle_in_transaction_timeout is None:
             raise ValueError("an enabled reaper needs idle_timeout or idle_in_transaction_timeout")
+        if self.enabled and not (self.databases or self.users or self.applications):
+            # An empty scope would mean "every session on the server": make the operator say so.
+            raise ValueError(
+                "an enabled reaper needs databases, users or applications "
+                "(applications: ['*'] means every application)"
+            )
+        if self.timeout > self.interval:
+            raise ValueError(f"timeout ({self.timeout:g}) must not exceed interval ({self.interval:g})")
         return self
+
+    @property
+    def lease_ttl(self) -> float:
+        """How long a leader's lease lasts without renewal: two missed runs, then another replica
+        may take over."""
+        return 2 * self.interval + self.timeout
 
 
 class TargetSettings(_Model):
@@ -226,9 +240,10 @@ class AuditSettings(_Model):
     url: str | None = None
     password: SecretStr | None = None
     password_file: str | None = None
-    table: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "poolwatch_audit"
+    table: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,54}$")] = "poolwatch_audit"
     spool_path: str | None = None
     spool_max: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
+    connect_timeout: Annotated[float, Field(ge=1, le=3600)] = 5.0
 
     @model_validator(mode="before")
     @classmethod
@@ -252,6 +267,17 @@ class AuditSettings(_Model):
     def display_url(self) -> str | None:
         return None if self.url is None else mask_url(self.url, self.password is not None)
 
+    def sqlalchemy_url(self) -> Any:
+        """The audit database's ``sqlalchemy.engine.URL`` with its password (masked when printed)."""
+        if self.url is None:
+            raise ConfigError("audit.url is not configured")
+        url = make_url(self.url.replace("postgres://", "postgresql://", 1))
+        if url.drivername == "postgresql":
+            url = url.set(drivername="postgresql+psycopg2")
+        if self.password is not None:
+            url = url.set(password=self.password.get_secret_value())
+        return url
+
 
 class LogSettings(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -266,6 +292,17 @@ class Settings(_Model):
     targets: Annotated[tuple[TargetSettings, ...], Field(strict=False)] = ()
     audit: AuditSettings = AuditSettings()
     source: str = "defaults"
+
+    @model_validator(mode="after")
+    def _enforcing_needs_audit(self) -> Settings:
+        for target in self.targets:
+            if target.reaper.enabled and not target.reaper.dry_run and self.audit.url is None:
+                # Every termination is recorded in a table before it is forgotten; no table, no kills.
+                raise ValueError(
+                    f"targets.{target.name}.reaper: dry_run false needs audit.url "
+                    "(every termination is recorded in the audit table)"
+                )
+        return self
 
     @field_validator("targets")
     @classmethod

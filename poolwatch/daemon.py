@@ -18,16 +18,23 @@ import bcrypt  # noqa: F401 - imported early so a missing wheel fails at start, 
 
 from poolwatch import http
 from poolwatch._version import __version__
+from poolwatch.census import postgres as pg_census
+from poolwatch.census import redis as redis_census
+from poolwatch.census.job import CensusJob
+from poolwatch.config import AuditSettings
 from poolwatch.database import Database, RedisDatabase
 from poolwatch.errors import PoolwatchError
 from poolwatch.housekeeping import Housekeeper, HousekeepingJob, Policy
 from poolwatch.instrument import instrument, instrument_redis
 from poolwatch.metrics import Metrics
 from poolwatch.probe import Probe, redis_check, sql_check
+from poolwatch.reaper.audit import AuditLog
+from poolwatch.reaper.job import build_postgres_reaper, build_redis_reaper
+from poolwatch.reaper.own import BACKENDS
 from poolwatch.scheduler import Scheduler
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from threading import Thread
     from wsgiref.simple_server import WSGIServer
 
@@ -48,10 +55,13 @@ class TargetRuntime:
     redis: RedisDatabase | None = None
     jobs: list[Job] = field(default_factory=list)
     instrumentation: SQLAlchemyInstrumentation | RedisInstrumentation | None = None
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
         if self.instrumentation is not None:
             self.instrumentation.remove()
+        for closer in self.closers:
+            _close_quietly(closer, self.settings.name)
         try:
             if self.database is not None:
                 self.database.dispose()
@@ -69,8 +79,23 @@ class TargetRuntime:
         }
 
 
-def build_target(target: TargetSettings, metrics: Metrics) -> TargetRuntime:
-    """The shared engine or client of a target (instrumented, with housekeeping), and its jobs."""
+def _close_quietly(closer: Callable[[], None], name: str) -> None:
+    try:
+        closer()
+    except Exception as exc:
+        log.warning("closing %s failed: %s", name, type(exc).__name__)
+
+
+def build_target(
+    target: TargetSettings,
+    metrics: Metrics,
+    *,
+    audit: AuditLog | None = None,
+    others: Iterable[TargetSettings] = (),
+) -> TargetRuntime:
+    """The shared engine or client of a target (instrumented, with housekeeping), and its scheduled
+    jobs. ``others`` are the other configured targets (their pools are counted by name in the
+    census); ``audit`` records reaper decisions (without one, they are only logged and counted)."""
     database: Database | None = None
     redis_db: RedisDatabase | None = None
     pool = target.pool
@@ -101,7 +126,39 @@ def build_target(target: TargetSettings, metrics: Metrics) -> TargetRuntime:
         interval = pool.housekeeping_interval
         jobs.append(HousekeepingJob(target.name, housekeeper, interval=interval, timeout=max(1.0, interval)))
     metrics.probe.add_target(target.name)
-    return TargetRuntime(target, probe, database, redis_db, jobs=jobs, instrumentation=instrumentation)
+    runtime = TargetRuntime(target, probe, database, redis_db, jobs=jobs, instrumentation=instrumentation)
+    _add_census_and_reaper(runtime, metrics, audit, others)
+    return runtime
+
+
+def _add_census_and_reaper(
+    runtime: TargetRuntime, metrics: Metrics, audit: AuditLog | None, others: Iterable[TargetSettings]
+) -> None:
+    """Issue 4: the census job, and the reaper job when enabled (postgres and redis targets)."""
+    target = runtime.settings
+    others = tuple(others)
+    pools = pg_census.known_pools(target, others)
+    take = None
+    if runtime.database is not None and target.kind == "postgres":
+        BACKENDS.track(runtime.database.engine)  # the reaper never touches our own sessions
+        take = pg_census.census(target, runtime.database.engine, pools)
+    elif runtime.redis is not None:
+        take = redis_census.census(target, runtime.redis.client, pools)
+    if take is not None and target.census.enabled:
+        runtime.jobs.append(CensusJob(
+            target.name, take, metrics.census,
+            interval=target.census.interval, timeout=target.census.timeout,
+        ))  # fmt: skip
+    if not target.reaper.enabled or take is None:
+        return
+    if audit is None:  # log and count only (`poolwatch check`, embedding without an audit table)
+        audit = AuditLog(AuditSettings(), metrics.reaper)
+    if runtime.redis is not None:
+        reaper = build_redis_reaper(target, runtime.redis.client, audit, metrics.reaper, others)
+    else:
+        reaper = build_postgres_reaper(target, audit, metrics.reaper, others=others)
+    runtime.jobs.append(reaper)
+    runtime.closers.append(reaper.close)
 
 
 class Daemon:
@@ -123,6 +180,7 @@ class Daemon:
         self._loader = loader
         self._on_secrets = on_secrets
         self._scheduler = Scheduler(self.metrics.jobs, max_workers=max(16, 8 * len(settings.targets)))
+        self.audit = AuditLog(settings.audit, self.metrics.reaper)
         self._targets: dict[str, TargetRuntime] = {}
         self._targets_lock = threading.Lock()
         self._server: tuple[WSGIServer, Thread] | None = None
@@ -179,7 +237,8 @@ class Daemon:
         )
 
     def _add_target(self, target: TargetSettings) -> None:
-        runtime = build_target(target, self.metrics)
+        others = [t for t in self.settings.targets if t.name != target.name]
+        runtime = build_target(target, self.metrics, audit=self.audit, others=others)
         with self._targets_lock:
             self._targets[target.name] = runtime
         for job in runtime.jobs:
@@ -190,6 +249,8 @@ class Daemon:
             runtime = self._targets.pop(name)
         self._scheduler.remove_target(name)
         self.metrics.probe.remove_target(name)
+        self.metrics.census.remove_target(name)
+        self.metrics.reaper.remove_target(name)
         runtime.close()
 
     def run(self) -> None:
@@ -260,6 +321,7 @@ class Daemon:
             runtimes = list(self._targets.values())
         for runtime in runtimes:
             runtime.close()
+        self.audit.close()
         if self._server is not None:
             http.stop_server(*self._server)
 

@@ -126,6 +126,120 @@ class BuildMetrics:
         ).set(1)
 
 
+class CensusMetrics:
+    """Server-side session counts and ages per target, published by census jobs in ``record()``.
+
+    Label sets change from one census to the next (a database empties, an application goes away):
+    ``publish`` removes the series the new census no longer has, so a gauge never shows a stale count.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.connections = Gauge(
+            "server_connections", "Server-side sessions by state, database, user and application "
+            "(values outside the configured names are folded into 'other').",
+            ["target", "state", "database", "user", "application"], namespace=NAMESPACE,
+            registry=registry,
+        )  # fmt: skip
+        self.pool_connections = Gauge(
+            "server_pool_connections", "Server-side sessions of a known pool (by application_name / "
+            "client name), by state.",
+            ["target", "pool", "state"], namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+        self.max_connections = Gauge(
+            "server_max_connections", "Sessions the server accepts from ordinary users "
+            "(max_connections less reserved slots; Redis maxclients).",
+            ["target"], namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+        self.used_ratio = Gauge(
+            "server_connections_used_ratio", "Client sessions divided by server_max_connections.",
+            ["target"], namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+        self.oldest = Gauge(
+            "server_oldest_seconds", "Longest time a session has been in its current state, by state.",
+            ["target", "state"], namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+        self.oldest_transaction = Gauge(
+            "server_oldest_transaction_seconds", "Age of the oldest open transaction (0 when none).",
+            ["target"], namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+        self.idle_over = Gauge(
+            "server_idle_connections", "Sessions idle longer than each configured threshold.",
+            ["target", "idle_over"], namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+        self.families: dict[str, Gauge] = {
+            "server_connections": self.connections,
+            "server_pool_connections": self.pool_connections,
+            "server_max_connections": self.max_connections,
+            "server_connections_used_ratio": self.used_ratio,
+            "server_oldest_seconds": self.oldest,
+            "server_oldest_transaction_seconds": self.oldest_transaction,
+            "server_idle_connections": self.idle_over,
+        }
+        self._shown: dict[str, set[tuple[str, tuple[str, ...]]]] = {}
+
+    def publish(self, target: str, samples: Iterable[tuple[str, tuple[str, ...], float]]) -> None:
+        """Set ``target``'s series to ``samples`` (family name, labels after target, value) and drop
+        the series of ``target`` that are not among them."""
+        shown: set[tuple[str, tuple[str, ...]]] = set()
+        for name, labels, value in samples:
+            self.families[name].labels(target, *labels).set(value)
+            shown.add((name, labels))
+        for name, labels in self._shown.get(target, set()) - shown:
+            _remove(self.families[name], [(target, *labels)])
+        self._shown[target] = shown
+
+    def remove_target(self, target: str) -> None:
+        self.publish(target, ())
+        self._shown.pop(target, None)
+
+
+REAPER_REASONS: Final = ("idle", "idle_in_transaction")
+REAPER_MODES: Final = ("enforce", "dry_run")
+
+
+class ReaperMetrics:
+    """Reaper decisions, errors and leadership per target; the audit spool (process-wide)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.terminated = Counter(
+            "reaper_terminated", "Sessions terminated (mode=enforce) or that would have been "
+            "(mode=dry_run), by reason.",
+            ["target", "reason", "mode"], namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+        self.errors = Counter(
+            "reaper_errors", "Reaper runs that failed, and terminations that raised.",
+            ["target"], namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+        self.leader = Gauge(
+            "reaper_leader", "1 while this replica holds the target's reaper lease.",
+            ["target"], namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+        self.spooled = Gauge(
+            "audit_spooled_records", "Audit records waiting in the local spool for the audit database.",
+            namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+        self.dropped = Counter(
+            "audit_dropped_records", "Audit records dropped because the spool was full.",
+            namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+        self.written = Counter(
+            "audit_written", "Audit records written to the audit database.",
+            namespace=NAMESPACE, registry=registry,
+        )  # fmt: skip
+
+    def add_target(self, target: str) -> None:
+        for reason in REAPER_REASONS:
+            for mode in REAPER_MODES:
+                self.terminated.labels(target, reason, mode)
+        self.errors.labels(target)
+        self.leader.labels(target).set(0)
+
+    def remove_target(self, target: str) -> None:
+        _remove(self.terminated, [(target, r, m) for r in REAPER_REASONS for m in REAPER_MODES])
+        _remove(self.errors, [(target,)])
+        _remove(self.leader, [(target,)])
+
+
 class Metrics:
     """All of the daemon's metric families on one registry."""
 
@@ -134,6 +248,8 @@ class Metrics:
         self.build = BuildMetrics(self.registry)
         self.probe = ProbeMetrics(self.registry)
         self.jobs = JobMetrics(self.registry)
+        self.census = CensusMetrics(self.registry)
+        self.reaper = ReaperMetrics(self.registry)
 
 
 def _remove(family: Gauge | Counter | Histogram, label_sets: Iterable[tuple[str, ...]]) -> None:

@@ -132,6 +132,17 @@ class DaemonProcess:
             self.process.kill()
             self.process.wait(5)
 
+    def wait(self, condition: Callable[[], Any], timeout: float = 30) -> Any:
+        """``wait_for``, with the daemon's output in the failure message."""
+        try:
+            return wait_for(condition, timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- poolwatch output ---\n{self.output()}") from None
+
+    def up(self) -> dict[str, float]:
+        """``poolwatch_up`` by target, from a live scrape."""
+        return {labels["target"]: v for n, labels, v in self.samples() if n == "poolwatch_up"}
+
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
         _, body = fetch(self.url + "/metrics")
         for family in text_string_to_metric_families(body):

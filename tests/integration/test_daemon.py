@@ -173,31 +173,17 @@ def test_sighup_reloads_targets_and_keeps_running_on_a_bad_file(
     config = tmp_path / "poolwatch.yaml"
     config.write_text(yaml.safe_dump({"targets": [pg_target(pg)]}))
     with DaemonProcess(["--config", str(config)], clean_env()) as run:
-        wait_for(
-            lambda: (
-                ("orders", 1.0)
-                in {(labels.get("target"), v) for n, labels, v in run.samples() if n == "poolwatch_up"}
-            )
-        )
+        run.wait(lambda: run.up().get("orders") == 1)
         config.write_text(yaml.safe_dump({"targets": [pg_target(pg), redis_target(redis_server)]}))
         run.process.send_signal(signal.SIGHUP)
-        wait_for(
-            lambda: (
-                ("cache", 1.0)
-                in {(labels.get("target"), v) for n, labels, v in run.samples() if n == "poolwatch_up"}
-            )
-        )
+        run.wait(lambda: run.up().get("cache") == 1)
         config.write_text("targets: [\n")
         run.process.send_signal(signal.SIGHUP)
-        wait_for(lambda: "reload refused" in run.output())
+        run.wait(lambda: "reload refused" in run.output())
+        assert run.up() == {"orders": 1, "cache": 1}
         config.write_text(yaml.safe_dump({"targets": [redis_target(redis_server)]}))
         run.process.send_signal(signal.SIGHUP)
-        wait_for(
-            lambda: (
-                "orders"
-                not in {labels.get("target") for n, labels, _ in run.samples() if n == "poolwatch_up"}
-            )
-        )
+        run.wait(lambda: "orders" not in run.up())
         assert run.stop() == 0
 
 

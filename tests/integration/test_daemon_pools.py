@@ -22,7 +22,7 @@ def test_build_target_instruments_the_engine_and_adds_housekeeping(pg) -> None:
     metrics = Metrics()
     runtime = build_target(settings.targets[0], metrics)
     try:
-        assert [job.task for job in runtime.jobs] == ["probe", "housekeeping"]
+        assert [job.task for job in runtime.jobs] == ["probe", "housekeeping", "census"]
         housekeeping = runtime.jobs[1]
         assert housekeeping.interval == 0.5
         runtime.probe.run()
@@ -50,6 +50,6 @@ def test_build_target_instruments_a_redis_client(redis_server) -> None:
             if job.task == "housekeeping":
                 job.run()
         assert sample(metrics.registry, "pool_checkouts_total", "cache") == 1
-        assert [job.task for job in runtime.jobs] == ["probe", "housekeeping"]
+        assert [job.task for job in runtime.jobs] == ["probe", "housekeeping", "census"]
     finally:
         runtime.close()

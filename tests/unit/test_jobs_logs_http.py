@@ -73,6 +73,7 @@ def test_redacting_filter_hides_secrets_and_their_quoted_form() -> None:
     logger = logging.getLogger("test.redact")
     logger.addHandler(handler)
     logger.propagate = False
+    logger.setLevel(logging.DEBUG)  # independent of what other tests left on the root logger
     try:
         logger.warning("url postgresql://u:%s@h/db and %s", "p%40ss%20word", "p@ss word")
         try:

@@ -1,0 +1,68 @@
+"""The census job: ``run()`` takes a census on its own thread, ``record()`` publishes it as gauges.
+
+A census that fails (or times out) withdraws the target's census series: a count from a server we
+can no longer see would be a guess. ``poolwatch_job_last_success_timestamp_seconds{task="census"}``
+says when the last good one was taken.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from poolwatch.errors import first_line, translate
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from poolwatch.jobs import Outcome
+    from poolwatch.metrics import CensusMetrics
+
+log = logging.getLogger(__name__)
+
+Sample = tuple[str, tuple[str, ...], float]
+
+
+class CensusJob:
+    """A scheduled census of one target. ``take`` does the I/O and returns the samples to publish."""
+
+    task = "census"
+
+    def __init__(
+        self,
+        target: str,
+        take: Callable[[], list[Sample]],
+        metrics: CensusMetrics,
+        *,
+        interval: float,
+        timeout: float,
+    ) -> None:
+        self.target = target
+        self.interval = interval
+        self.timeout = timeout
+        self._take = take
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._samples: list[Sample] | None = None
+        self._failing = False
+
+    def run(self) -> None:
+        samples = self._take()
+        with self._lock:
+            self._samples = samples
+
+    def record(self, outcome: Outcome) -> None:
+        with self._lock:
+            samples, self._samples = self._samples, None
+        if outcome.ok and samples is not None:
+            self._metrics.publish(self.target, samples)
+            if self._failing:
+                log.info("census of %s works again", self.target)
+            self._failing = False
+            return
+        self._metrics.publish(self.target, ())
+        if not self._failing and outcome.error is not None:
+            translated = translate(outcome.error, target=self.target)
+            log.warning("census of %s failed: %s", self.target, first_line(translated or outcome.error))
+        self._failing = True

@@ -1,0 +1,139 @@
+"""PostgreSQL census from ``pg_stat_activity``: sessions by state, database, user and application,
+ages, the oldest open transaction, and how much of ``max_connections`` is in use.
+
+Only client backends are counted (walsenders, autovacuum and background workers are not what pools
+open). Rows whose state is hidden (a role without ``pg_monitor`` sees other users' sessions without
+state) are counted with state ``unknown``. Ages are measured on the server's clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from sqlalchemy.engine import make_url
+
+from poolwatch.census.labels import Bounds, threshold_label
+from poolwatch.errors import translating
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+    from sqlalchemy.engine import Engine
+
+    from poolwatch.census.job import Sample
+    from poolwatch.config import TargetSettings
+
+STATES: Final = ("active", "idle", "idle in transaction", "idle in transaction (aborted)")
+UNKNOWN: Final = "unknown"
+
+ACTIVITY_SQL: Final = """
+SELECT state, datname, usename, application_name,
+       extract(epoch FROM now() - state_change)::float8 AS in_state,
+       extract(epoch FROM now() - xact_start)::float8 AS in_transaction
+FROM pg_stat_activity
+WHERE backend_type = 'client backend'
+"""
+# reserved_connections (PostgreSQL 16+) are slots for pg_use_reserved_connections members: like the
+# superuser reserve, ordinary pool users cannot have them. current_setting(..., true) is NULL before 16.
+LIMIT_SQL: Final = """
+SELECT current_setting('max_connections')::int
+       - current_setting('superuser_reserved_connections')::int
+       - coalesce(current_setting('reserved_connections', true)::int, 0)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """One client backend as the census sees it."""
+
+    state: str | None
+    database: str | None
+    user: str | None
+    application: str | None
+    in_state: float | None
+    in_transaction: float | None
+
+
+def fetch(engine: Engine, name: str) -> tuple[list[Activity], int]:
+    """The client backends and the usable connection limit, through the target's shared pool."""
+    with translating(name), engine.connect() as connection:
+        rows = connection.exec_driver_sql(ACTIVITY_SQL).all()
+        limit = int(connection.exec_driver_sql(LIMIT_SQL).scalar_one())
+        connection.rollback()
+    return [Activity(*row) for row in rows], limit
+
+
+def samples(
+    activity: Iterable[Activity],
+    limit: int,
+    bounds: Bounds,
+    pools: Mapping[str, str],
+    thresholds: Iterable[float],
+) -> list[Sample]:
+    """The census as gauge samples. ``pools`` maps an application_name to the pool label it stands
+    for; series known in advance (states, thresholds) are present at 0."""
+    rows = list(activity)
+    thresholds = tuple(thresholds)
+    by_labels: Counter[tuple[str, ...]] = Counter()
+    by_pool: Counter[tuple[str, str]] = Counter()
+    oldest = dict.fromkeys(STATES, 0.0)
+    idle_over = dict.fromkeys(thresholds, 0)
+    oldest_transaction = 0.0
+    for row in rows:
+        state = row.state or UNKNOWN
+        by_labels[state, bounds.database(row.database), bounds.user(row.user),
+                  bounds.application(row.application)] += 1  # fmt: skip
+        if row.application is not None and row.application in pools:
+            by_pool[pools[row.application], state] += 1
+        if row.in_state is not None and state in oldest:
+            oldest[state] = max(oldest[state], row.in_state)
+        if state == "idle" and row.in_state is not None:
+            for threshold in thresholds:
+                idle_over[threshold] += row.in_state > threshold
+        if row.in_transaction is not None:
+            oldest_transaction = max(oldest_transaction, row.in_transaction)
+    out: list[Sample] = [("server_connections", labels, float(n)) for labels, n in by_labels.items()]
+    out.extend(
+        ("server_pool_connections", (pool, state), float(by_pool.pop((pool, state), 0)))
+        for pool in sorted(set(pools.values()))
+        for state in STATES
+    )
+    out.extend(("server_pool_connections", labels, float(n)) for labels, n in by_pool.items())
+    out.append(("server_max_connections", (), float(limit)))
+    out.append(("server_connections_used_ratio", (), len(rows) / limit if limit > 0 else 0.0))
+    out.extend(("server_oldest_seconds", (state,), age) for state, age in oldest.items())
+    out.append(("server_oldest_transaction_seconds", (), oldest_transaction))
+    out.extend(("server_idle_connections", (threshold_label(t),), float(n)) for t, n in idle_over.items())
+    return out
+
+
+def bounds_for(target: TargetSettings, pools: Mapping[str, str]) -> Bounds:
+    """Configured names, plus the target's own database and user and the known pools' names."""
+    url = make_url(target.url.replace("postgres://", "postgresql://", 1))
+    databases = set(target.census.databases) | ({url.database} if url.database else set())
+    users = set(target.census.users) | ({url.username} if url.username else set())
+    applications = set(target.census.applications) | set(pools)
+    return Bounds(frozenset(databases), frozenset(users), frozenset(applications))
+
+
+def census(target: TargetSettings, engine: Engine, pools: Mapping[str, str]) -> Callable[[], list[Sample]]:
+    """The ``take`` function of a PostgreSQL target's census job."""
+    bounds = bounds_for(target, pools)
+    thresholds = target.census.idle_thresholds
+
+    def take() -> list[Sample]:
+        activity, limit = fetch(engine, target.name)
+        return samples(activity, limit, bounds, pools, thresholds)
+
+    return take
+
+
+def known_pools(target: TargetSettings, others: Iterable[TargetSettings] = ()) -> dict[str, str]:
+    """application_name -> pool label: poolwatch's own targets (by name) and census.applications."""
+    pools = {a: a for a in target.census.applications}
+    for known in (*others, target):
+        if known.kind == target.kind:
+            pools[known.application_name] = known.name
+    return pools

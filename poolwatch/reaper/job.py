@@ -1,0 +1,160 @@
+"""The reaper job of one target, and how the daemon builds it from settings.
+
+Each run first delivers audit records waiting in the spool, then reaps (if this replica holds the
+lease), then delivers what this run recorded. An unreachable audit database never stops the reaper:
+records wait in the spool.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
+
+from poolwatch.config import sqlalchemy_url
+from poolwatch.database import engine_options
+from poolwatch.errors import first_line, translate, translating
+from poolwatch.reaper.audit import AUDIT_APPLICATION
+from poolwatch.reaper.lease import PostgresLease, RedisLease
+from poolwatch.reaper.own import BACKENDS, OwnBackends
+from poolwatch.reaper.policy import Policy
+from poolwatch.reaper.postgres import PostgresReaper
+from poolwatch.reaper.redis import RedisReaper
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    import redis
+    from sqlalchemy.engine import Connection, Engine
+
+    from poolwatch.config import TargetSettings
+    from poolwatch.jobs import Outcome
+    from poolwatch.metrics import ReaperMetrics
+    from poolwatch.reaper.audit import AuditLog
+
+log = logging.getLogger(__name__)
+
+
+class ReaperJob:
+    """A scheduled reaper of one target (task ``reaper``). ``reaper`` is the Postgres or Redis reaper
+    (kept for status and tests); ``reap`` runs it once."""
+
+    task = "reaper"
+
+    def __init__(
+        self,
+        target: str,
+        reaper: PostgresReaper | RedisReaper,
+        reap: Callable[[], int],
+        audit: AuditLog,
+        metrics: ReaperMetrics,
+        *,
+        interval: float,
+        timeout: float,
+        close: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.target = target
+        self.interval = interval
+        self.timeout = timeout
+        self.reaper = reaper
+        self._reap = reap
+        self._audit = audit
+        self._metrics = metrics
+        self._close = close
+        self._failing = ""
+
+    def run(self) -> None:
+        self._audit.try_flush()
+        try:
+            self._reap()
+        finally:
+            self._audit.try_flush()
+
+    def record(self, outcome: Outcome) -> None:
+        if outcome.error is None:
+            if self._failing:
+                log.info("reaper of %s works again", self.target)
+            self._failing = ""
+            return
+        self._metrics.errors.labels(self.target).inc()
+        message = first_line(translate(outcome.error, target=self.target) or outcome.error)
+        if message != self._failing:
+            log.warning("reaper of %s failed: %s", self.target, message)
+        self._failing = message
+
+    def close(self) -> None:
+        self._close()
+
+
+def lease_engine(target: TargetSettings) -> Engine:
+    """An engine without a pool for the lease connection: one session, opened and closed explicitly,
+    with a statement timeout so a hung server cannot hold the run past its own timeout."""
+    options = engine_options(target)
+    connect_args = dict(options.get("connect_args", {}))
+    connect_args["application_name"] = target.application_name
+    timeout_ms = int(target.reaper.timeout * 1000)
+    connect_args["options"] = f"-c statement_timeout={timeout_ms}"
+    return create_engine(sqlalchemy_url(target), poolclass=NullPool, connect_args=connect_args)
+
+
+def protected_names(target: TargetSettings, others: Iterable[TargetSettings] = ()) -> list[str]:
+    """Application names that are poolwatch itself, in this replica or any other: every configured
+    target's pool name and the audit connection's."""
+    return [AUDIT_APPLICATION, target.application_name, *(t.application_name for t in others)]
+
+
+def build_postgres_reaper(
+    target: TargetSettings,
+    audit: AuditLog,
+    metrics: ReaperMetrics,
+    own: OwnBackends = BACKENDS,
+    others: Iterable[TargetSettings] = (),
+) -> ReaperJob:
+    engine = lease_engine(target)
+
+    def connect() -> Connection:
+        with translating(target.name):
+            return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+    lease = PostgresLease(target.name, connect, metrics.leader, own)
+    policy = Policy.from_settings(target.reaper, protected=protected_names(target, others))
+    reaper = PostgresReaper(
+        target.name, lease, policy, audit, own, dry_run=target.reaper.dry_run,
+        on_error=metrics.errors.labels(target.name).inc,
+    )  # fmt: skip
+
+    def reap() -> int:
+        with translating(target.name):
+            return reaper.run()
+
+    def close() -> None:
+        lease.release()
+        engine.dispose()
+
+    metrics.add_target(target.name)
+    return ReaperJob(
+        target.name, reaper, reap, audit, metrics,
+        interval=target.reaper.interval, timeout=target.reaper.timeout, close=close,
+    )  # fmt: skip
+
+
+def build_redis_reaper(
+    target: TargetSettings,
+    client: redis.Redis,
+    audit: AuditLog,
+    metrics: ReaperMetrics,
+    others: Iterable[TargetSettings] = (),
+) -> ReaperJob:
+    lease = RedisLease(target.name, client, metrics.leader, target.reaper.lease_ttl)
+    policy = Policy.from_settings(target.reaper, protected=protected_names(target, others))
+    reaper = RedisReaper(
+        target.name, client, lease, policy, audit, dry_run=target.reaper.dry_run,
+        on_error=metrics.errors.labels(target.name).inc,
+    )  # fmt: skip
+    metrics.add_target(target.name)
+    return ReaperJob(
+        target.name, reaper, reaper.run, audit, metrics,
+        interval=target.reaper.interval, timeout=target.reaper.timeout, close=lease.release,
+    )  # fmt: skip

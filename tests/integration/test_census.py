@@ -1,0 +1,199 @@
+"""Census against real servers: counts by state and bounded labels, pool matching, limits, ages."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import psycopg2
+import pytest
+import redis
+
+from poolwatch.config import validate
+from poolwatch.daemon import build_target
+from poolwatch.jobs import BoundedCall, run_job
+from poolwatch.metrics import Metrics
+
+pytestmark = pytest.mark.integration
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(f"poolwatch_{name}", labels)
+
+
+def census_once(runtime, metrics) -> None:
+    (job,) = [j for j in runtime.jobs if j.task == "census"]
+    outcome = run_job(job, BoundedCall("census-test"))
+    assert outcome.ok, outcome.error
+    job.record(outcome)
+
+
+@pytest.fixture
+def app_sessions(pg):
+    """Opens sessions with a chosen application_name and state; closes them at the end."""
+    opened: list[psycopg2.extensions.connection] = []
+
+    def open_session(application: str, state: str = "idle", user: str | None = None, password=None):
+        connection = psycopg2.connect(pg.dsn(user=user, password=password), application_name=application)
+        opened.append(connection)
+        cursor = connection.cursor()
+        if state == "idle in transaction":
+            cursor.execute("SELECT 1")  # psycopg2 opened a transaction and leaves it open
+        else:
+            connection.autocommit = True
+            cursor.execute("SELECT 1")
+        return connection
+
+    yield open_session
+    for connection in opened:
+        connection.close()
+
+
+def test_postgres_census_counts_sessions_by_state_and_bounded_labels(pg, app_sessions):
+    app = f"census-{uuid.uuid4().hex[:8]}"
+    settings = validate(
+        {
+            "targets": [
+                {
+                    "name": "pgc",
+                    "kind": "postgres",
+                    "url": pg.url(),
+                    "census": {
+                        "interval": 1,
+                        "timeout": 1,
+                        "applications": [app],
+                        "idle_thresholds": [0.5, 3600],
+                    },
+                }
+            ],
+        }
+    )
+    for _ in range(3):
+        app_sessions(app)
+    app_sessions(app, "idle in transaction")
+    app_sessions("some-request-id-1234")  # not configured: folded into "other"
+    metrics = Metrics()
+    runtime = build_target(settings.targets[0], metrics)
+    try:
+        time.sleep(1.0)
+        census_once(runtime, metrics)
+        labels = {"target": "pgc", "database": "postgres", "user": "postgres"}
+        assert value(metrics, "server_connections", state="idle", application=app, **labels) == 3
+        assert (
+            value(metrics, "server_connections", state="idle in transaction", application=app, **labels) == 1
+        )
+        assert value(metrics, "server_connections", state="idle", application="other", **labels) >= 1
+        assert (
+            value(metrics, "server_connections", state="idle", application="some-request-id-1234", **labels)
+            is None
+        )
+        # a configured application is also a pool
+        assert value(metrics, "server_pool_connections", target="pgc", pool=app, state="idle") == 3
+        assert value(metrics, "server_pool_connections", target="pgc", pool=app, state="active") == 0
+        limit = pg.execute(
+            "SELECT current_setting('max_connections')::int - "
+            "current_setting('superuser_reserved_connections')::int"
+        )[0][0]
+        assert value(metrics, "server_max_connections", target="pgc") == limit
+        clients = len(pg.backends()) + 1  # the census connection itself
+        ratio = value(metrics, "server_connections_used_ratio", target="pgc")
+        assert ratio == pytest.approx(clients / limit, abs=3 / limit)
+        assert value(metrics, "server_oldest_seconds", target="pgc", state="idle") >= 0.9
+        assert value(metrics, "server_oldest_seconds", target="pgc", state="idle in transaction") >= 0.9
+        assert value(metrics, "server_oldest_transaction_seconds", target="pgc") >= 0.9
+        assert value(metrics, "server_idle_connections", target="pgc", idle_over="0.5") >= 4
+        assert value(metrics, "server_idle_connections", target="pgc", idle_over="3600") == 0
+    finally:
+        runtime.close()
+
+
+def test_daemon_pool_sessions_are_counted_under_the_target_name(pg):
+    settings = validate({"targets": [{"name": "own", "kind": "postgres", "url": pg.url()}]})
+    metrics = Metrics()
+    runtime = build_target(settings.targets[0], metrics)
+    try:
+        census_once(runtime, metrics)
+        # the census used the target's pool: that connection is poolwatch-own's and was active
+        assert value(metrics, "server_pool_connections", target="own", pool="own", state="active") == 1
+        census_once(runtime, metrics)
+        assert value(metrics, "server_pool_connections", target="own", pool="own", state="active") == 1
+    finally:
+        runtime.close()
+
+
+@pytest.mark.destructive
+def test_a_failed_census_withdraws_the_series(pg_factory):
+    server = pg_factory()
+    settings = validate(
+        {
+            "targets": [
+                {
+                    "name": "gone",
+                    "kind": "postgres",
+                    "url": server.url(),
+                    "census": {"interval": 1, "timeout": 1},
+                }
+            ]
+        }
+    )
+    metrics = Metrics()
+    runtime = build_target(settings.targets[0], metrics)
+    try:
+        census_once(runtime, metrics)
+        assert value(metrics, "server_max_connections", target="gone") is not None
+        server.stop()
+        (job,) = [j for j in runtime.jobs if j.task == "census"]
+        outcome = run_job(job, BoundedCall("census-test"))
+        assert not outcome.ok
+        job.record(outcome)
+        assert value(metrics, "server_max_connections", target="gone") is None
+    finally:
+        runtime.close()
+
+
+def test_redis_census_counts_clients_and_idle_thresholds(redis_server):
+    name = f"cache-{uuid.uuid4().hex[:6]}"
+    settings = validate(
+        {
+            "targets": [
+                {
+                    "name": "rc",
+                    "kind": "redis",
+                    "url": redis_server.url(),
+                    "census": {
+                        "interval": 1,
+                        "timeout": 1,
+                        "applications": [name],
+                        "idle_thresholds": [1, 3600],
+                    },
+                }
+            ],
+        }
+    )
+    clients = []
+    for _ in range(3):
+        client = redis.Redis(host=redis_server.host, port=redis_server.port, password=redis_server.password)
+        client.client_setname(name)
+        clients.append(client)
+    subscriber = redis.Redis(host=redis_server.host, port=redis_server.port, password=redis_server.password)
+    pubsub = subscriber.pubsub()
+    pubsub.subscribe("news")
+    metrics = Metrics()
+    runtime = build_target(settings.targets[0], metrics)
+    try:
+        time.sleep(2.1)
+        census_once(runtime, metrics)
+        labels = {"target": "rc", "database": "", "user": ""}
+        assert value(metrics, "server_connections", state="connected", application=name, **labels) == 3
+        assert value(metrics, "server_connections", state="pubsub", application="other", **labels) == 1
+        assert value(metrics, "server_pool_connections", target="rc", pool=name, state="connected") == 3
+        assert value(metrics, "server_max_connections", target="rc") == 10000
+        assert value(metrics, "server_idle_connections", target="rc", idle_over="1") >= 4
+        assert value(metrics, "server_idle_connections", target="rc", idle_over="3600") == 0
+        assert value(metrics, "server_oldest_seconds", target="rc", state="connected") >= 2
+    finally:
+        runtime.close()
+        pubsub.close()
+        subscriber.close()
+        for client in clients:
+            client.close()
