@@ -3,9 +3,10 @@
     python -m benchmarks.reaper [--rounds 5] [--sessions 90]
 
 Starts its own PostgreSQL and poolwatch with one target whose reaper is enabled in enforce mode
-(``dry_run: false``, ``idle_timeout: 1``, scope ``applications: [bench-idle]``, ``max_per_run``
-above the session count, audit records written to a table on the same server). Each round opens
-``--sessions`` idle sessions with ``application_name = bench-idle`` and waits for them to go:
+(``dry_run: false``, ``interval: 4``, ``idle_timeout: 1``, scope ``applications: [bench-idle]``,
+``max_per_run`` above the session count, audit records written to a table on the same server).
+Each round opens ``--sessions`` idle sessions of an ordinary role with ``application_name =
+bench-idle`` just after a reaper run, and waits for them to go:
 
 * poolwatch: the duration of the reaper run that terminated them, read back from
   ``poolwatch_job_duration_seconds{task="reaper"}`` (sampled every 50 ms, so each run is seen on its
@@ -33,6 +34,8 @@ from benchmarks import harness
 from benchmarks.harness import Contender, median, spread
 
 APPLICATION = "bench-idle"
+# The idle sessions belong to an ordinary role: the reaper never touches superuser sessions.
+ROLE, ROLE_PASSWORD = "bench_app", "bench-app-password"
 REAPER = "poolwatch_job_duration_seconds"
 
 
@@ -41,7 +44,7 @@ def poolwatch_config(pg: Any, sessions: int) -> dict[str, Any]:
         "targets": [{
             "name": "pg", "kind": "postgres", "url": pg.url(),
             "reaper": {
-                "enabled": True, "dry_run": False, "interval": 2.0, "timeout": 2.0,
+                "enabled": True, "dry_run": False, "interval": 4.0, "timeout": 3.0,
                 "idle_timeout": 1.0, "applications": [APPLICATION], "max_per_run": sessions + 10,
             },
         }],
@@ -52,7 +55,8 @@ def poolwatch_config(pg: Any, sessions: int) -> dict[str, Any]:
 def open_idle_sessions(pg: Any, count: int) -> list[Any]:
     sessions = []
     for _ in range(count):
-        connection = psycopg2.connect(pg.dsn() + f" application_name={APPLICATION}", connect_timeout=10)
+        dsn = pg.dsn(user=ROLE, password=ROLE_PASSWORD)
+        connection = psycopg2.connect(f"{dsn} application_name={APPLICATION}", connect_timeout=10)
         connection.autocommit = True
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
@@ -93,6 +97,10 @@ def has_reaper(contender: Contender) -> bool:
 
 def poolwatch_round(contender: Contender, pg: Any, count: int) -> float:
     """Seconds of the reaper run that terminated the ``count`` sessions."""
+    # Open them just after a run, so that all are past idle_timeout at the next one (one run, all).
+    runs = reaper_runs(contender)[0]
+    while reaper_runs(contender)[0] == runs:
+        time.sleep(0.05)
     sessions = open_idle_sessions(pg, count)
     try:
         runs, spent, killed = reaper_runs(contender)
@@ -145,6 +153,7 @@ def baseline_round(pg: Any, count: int) -> float:
 def run(rounds: int, count: int) -> dict[str, Any]:
     info = harness.machine()
     with harness.servers() as (pg, _redis), tempfile.TemporaryDirectory() as tmp:
+        pg.create_role(ROLE, ROLE_PASSWORD)
         contender = harness.start_poolwatch(poolwatch_config(pg, count), Path(tmp))
         try:
             if not has_reaper(contender):
