@@ -9,8 +9,8 @@ Each round opens ``--sessions`` idle sessions of an ordinary role with ``applica
 bench-idle`` just after a reaper run, and waits for them to go:
 
 * poolwatch: the duration of the reaper run that terminated them, read back from
-  ``poolwatch_job_duration_seconds{task="reaper"}`` (sampled every 50 ms, so each run is seen on its
-  own): the whole job, from listing sessions through policy, terminating, audit and metrics;
+  ``poolwatch_job_duration_seconds{task="reaper"}`` (sampled every 250 ms, so each run is seen on
+  its own): the whole job, from listing sessions through policy, terminating, audit and metrics;
 * baseline, in the same round (order rotating): one ``SELECT pg_terminate_backend(pid) FROM
   pg_stat_activity WHERE ...`` statement over as many idle sessions (another application name, out
   of the reaper's scope), timed by the client.
@@ -39,6 +39,9 @@ BASELINE_APPLICATION = "bench-sql"  # outside the reaper's scope: the baseline's
 # The idle sessions belong to an ordinary role: the reaper never touches superuser sessions.
 ROLE, ROLE_PASSWORD = "bench_app", "bench-app-password"
 REAPER = "poolwatch_job_duration_seconds"
+# How often /metrics is read while waiting: runs are 4 s apart, and each scrape costs the daemon
+# CPU (and the GIL) that a faster poll would take from the very run being timed.
+POLL = 0.25
 
 
 def poolwatch_config(pg: Any, sessions: int) -> dict[str, Any]:
@@ -102,13 +105,13 @@ def poolwatch_round(contender: Contender, pg: Any, count: int) -> float:
     # Open them just after a run, so that all are past idle_timeout at the next one (one run, all).
     runs = reaper_runs(contender)[0]
     while reaper_runs(contender)[0] == runs:
-        time.sleep(0.05)
+        time.sleep(POLL)
     sessions = open_idle_sessions(pg, count)
     try:
         runs, spent, killed = reaper_runs(contender)
         deadline = time.monotonic() + 60
         while True:
-            time.sleep(0.05)
+            time.sleep(POLL)
             now_runs, now_spent, now_killed = reaper_runs(contender)
             if now_runs > runs and now_killed >= killed + count:
                 if now_runs - runs != 1:
