@@ -145,7 +145,7 @@ class Housekeeper:
                     break
                 if record.dbapi_connection is None:
                     continue  # an empty slot: SQLAlchemy reconnects it on its next checkout
-                idle_for = now - recorder.idle_since.get(record, now)
+                idle_for = now - recorder.idle_since.get(id(record), now)
                 reason = None
                 if policy.max_lifetime is not None:
                     jitter = float(record.info.get(LIFETIME_JITTER, 0.0))
@@ -177,7 +177,7 @@ class Housekeeper:
         else:
             error = None
         if alive:
-            recorder.idle_since[record] = recorder.clock()
+            recorder.idle_since[id(record)] = recorder.clock()
             return True
         record.info[CLOSE_REASON] = "pre_ping_failed"
         record.invalidate(error)
@@ -219,14 +219,14 @@ class Housekeeper:
         # is held; disconnecting is a local socket close (redis-py's own disconnect() holds it too).
         with internals.lock:
             free = list(internals.free())
-            idle = [c for c in free if c in recorder.idle_since]
+            idle = [c for c in free if id(c) in recorder.idle_since]
             keep = len(idle)
-            for connection in sorted(idle, key=lambda c: recorder.idle_since[c]):
+            for connection in sorted(idle, key=lambda c: recorder.idle_since[id(c)]):
                 if keep <= self.policy.min_idle:
                     break
-                if now - recorder.idle_since[connection] > timeout:
+                if now - recorder.idle_since[id(connection)] > timeout:
                     connection.disconnect()
-                    del recorder.idle_since[connection]
+                    del recorder.idle_since[id(connection)]
                     recorder.close("idle_timeout")
                     report.count("idle_timeout")
                     keep -= 1

@@ -1,10 +1,10 @@
 """Instrumenting a redis-py connection pool (``ConnectionPool`` or ``BlockingConnectionPool``).
 
-The same design as for SQLAlchemy: the pool's class is swapped for a per-instrumentation subclass
-whose ``get_connection()`` and ``release()`` record raw facts without a lock; the collector reads
-sizes at scrape time. redis-py opens the socket inside ``get_connection()``, so wait time includes
-connecting. The private parts read are in ``pool_internals()``, pinned by a test to the installed
-redis-py version.
+As for SQLAlchemy, hooks record raw facts without a lock and the collector reads sizes at scrape
+time. Here the pool's class is swapped for a per-instrumentation subclass whose ``get_connection()``
+and ``release()`` wrap redis-py's: a class swap survives redis-py's ``reset()`` after a fork.
+redis-py opens the socket inside ``get_connection()``, so wait time includes connecting. The private
+parts read are in ``pool_internals()``, pinned by a test to the installed redis-py version.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def _instrumented_class(base: type[redis.ConnectionPool], recorder: Recorder) ->
     def release(self: redis.ConnectionPool, connection: Any) -> None:
         try:
             now = clock()
-            idle_since[connection] = now
+            idle_since[id(connection)] = now
             checkout = out.pop(connection, None)
             if checkout is not None:
                 use(now - checkout[0])

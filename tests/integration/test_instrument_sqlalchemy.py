@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -15,11 +16,12 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.pool import NullPool, QueuePool
+from sqlalchemy.pool import NullPool, Pool, QueuePool
+from sqlalchemy.pool.base import _ConnectionFairy
 
 import poolwatch
 from poolwatch.instrument import sqlalchemy as instrument_sqlalchemy
-from poolwatch.instrument.sqlalchemy import hot_path_internals, pool_internals
+from poolwatch.instrument.sqlalchemy import pool_internals
 from tests.poolmetrics import FakeClock, sample
 from tests.servers import free_port
 
@@ -334,10 +336,29 @@ def test_private_sqlalchemy_api_matches_the_installed_version(make_engine) -> No
     assert len(internals.idle_records) == 0
     with internals.mutex:
         pass
-    hot = hot_path_internals(QueuePool)
-    assert hot.return_conn is QueuePool._return_conn
+    assert internals.return_conn == pool._do_return_conn
+    assert internals.checkout == _ConnectionFairy._checkout
+    # What the hooks replace: Pool.connect() and Pool._return_conn() are exactly these calls.
+    assert "return _ConnectionFairy._checkout(self)" in inspect.getsource(Pool.connect)
+    assert "self._do_return_conn(record)" in inspect.getsource(Pool._return_conn)
     fairy = pool.connect()
-    record = hot.record_of(fairy)
+    record = internals.record_of(fairy)
     assert record.dbapi_connection is fairy.dbapi_connection
     fairy.close()
     assert list(internals.idle_records) == [record]
+
+
+def test_a_disposed_pool_is_still_garbage_collected(pg, make_engine, registry) -> None:
+    import gc
+    import weakref
+
+    engine, app = make_engine(pool_size=2)
+    poolwatch.instrument(engine, name="gc", registry=registry)
+    held = engine.connect()
+    old_pool = weakref.ref(engine.pool)
+    engine.dispose()
+    held.close()  # returned to the old pool, which nothing else refers to any more
+    del held
+    gc.collect()
+    assert old_pool() is None
+    wait_until(lambda: pg.backends(app) == [])  # its connection was closed with it
