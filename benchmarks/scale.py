@@ -271,6 +271,7 @@ def main() -> None:
     parser.add_argument("--no-hung", dest="hung", action="store_false", help="skip the hung-target check")
     args = parser.parse_args()
     harness.exit_on_sigterm()
+    harness.pyplot()  # fail now, not after the run, if matplotlib is missing
     summary = run(args)
     report(summary)
     print("wrote", harness.save_results("scale", summary), *chart(summary))

@@ -204,6 +204,7 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true", help="poolwatch alone")
     args = parser.parse_args()
     harness.exit_on_sigterm()
+    harness.pyplot()  # fail now, not after the run, if matplotlib is missing
     summary = run(args.rounds, args.scrapes, peers=not args.no_peers)
     report(summary)
     print("wrote", harness.save_results("scrape", summary), *chart(summary))
