@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import gzip
 import html
 import json
 import logging
@@ -30,6 +31,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import bcrypt
 from prometheus_client import make_wsgi_app
 
+from poolwatch import exposition
 from poolwatch.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -59,7 +61,10 @@ class Endpoint:
         status: Callable[[], dict[str, Any]],
         basic_auth_users: dict[str, bytes] | None = None,
     ) -> None:
-        self._metrics_app = make_wsgi_app(registry)
+        # OpenMetrics only for a client that will not take the text format: Prometheus accepts
+        # both, and the text renderer costs a fraction of prometheus_client's (exposition.py).
+        self._openmetrics_app = make_wsgi_app(registry)
+        self._renderer = exposition.Renderer(registry)
         self._healthy = healthy
         self._ready = ready
         self._status = status
@@ -85,11 +90,9 @@ class Endpoint:
                 [("WWW-Authenticate", 'Basic realm="poolwatch", charset="UTF-8"')],
             )  # fmt: skip
         if path == "/metrics":
-            if method == "HEAD":
-                # prometheus_client's app answers HEAD with 405; give the GET headers, no body.
-                body = b"".join(self._metrics_app({**environ, "REQUEST_METHOD": "GET"}, start_response))
-                return [b""] if body else []
-            return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
+            body = b"".join(self._metrics({**environ, "REQUEST_METHOD": "GET"}, start_response))
+            # HEAD: the GET headers (prometheus_client's own app would answer 405), no body.
+            return [] if method == "HEAD" else [body]
         if path == "/healthz":
             ok = self._healthy()
             return _plain(start_response, "200 OK" if ok else "503 Service Unavailable",
@@ -106,6 +109,20 @@ class Endpoint:
         body = render_status_page(self._status()).encode()
         start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
                                   ("Content-Length", str(len(body)))])  # fmt: skip
+        return [body]
+
+    def _metrics(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        accept = environ.get("HTTP_ACCEPT", "")
+        if "application/openmetrics-text" in accept and not ("text/plain" in accept or "*/*" in accept):
+            return self._openmetrics_app(environ, start_response)  # type: ignore[no-any-return]
+        body = self._renderer.render()
+        headers = [("Content-Type", exposition.CONTENT_TYPE)]
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            # Level 1: most of the size saving for a fifth of the CPU of the default level 9.
+            body = gzip.compress(body, compresslevel=1)
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Content-Length", str(len(body))))
+        start_response("200 OK", headers)
         return [body]
 
     def _authorized(self, header: str) -> bool:

@@ -17,11 +17,12 @@ import prometheus_client.registry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from poolwatch.exposition import Rows
 from poolwatch.instrument.recorder import CLOSE_REASONS, CONNECT_ERROR_REASONS
 from poolwatch.metrics import NAMESPACE
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from prometheus_client.metrics_core import Metric
 
@@ -74,18 +75,63 @@ class PoolCollector(Collector):
         yield from _Families().all()
 
     def collect(self) -> Iterator[Metric]:
+        families = _Families()
+        for name, state, snapshot in self._read():
+            families.add(name, state, snapshot)
+        yield from families.all()
+
+    def _read(self) -> list[tuple[str, PoolState | None, Snapshot]]:
         with self._lock:
             pools = list(self._pools.items())
-        families = _Families()
+        read = []
         for name, source in pools:
             try:
                 state = source.state()
             except Exception as exc:
                 source.recorder.internal_error(exc)
                 state = None
-            snapshot = source.recorder.snapshot()
-            families.add(name, state, snapshot)
-        yield from families.all()
+            read.append((name, state, source.recorder.snapshot()))
+        return read
+
+    def rows(self) -> Iterator[Rows]:
+        """The series of ``collect()`` as plain rows, for poolwatch's /metrics renderer.
+
+        Building metric families cost ~5 us per sample, most of a 100-target scrape; these rows
+        cost a fifth of that. tests/unit/test_exposition.py checks that both say the same.
+        """
+        spec = _Families()
+        pools = self._read()
+        live = [(name, state) for name, state, _ in pools if state is not None]
+        one = ("pool",)
+
+        def per_pool(family: Metric, value: Callable[[Snapshot], object]) -> Rows:
+            return Rows(family, one, [((name,), value(snap)) for name, _, snap in pools])
+
+        def per_reason(
+            family: Metric, reasons: tuple[str, ...], counts: Callable[[Snapshot], dict[str, int]]
+        ) -> Rows:
+            return Rows(family, ("pool", "reason"), [
+                ((name, reason), counts(snap).get(reason, 0)) for name, _, snap in pools for reason in reasons
+            ])  # fmt: skip
+
+        yield Rows(spec.connections, ("pool", "state"), [
+            row for name, st in live for row in (((name, "idle"), st.idle), ((name, "used"), st.used))
+        ])  # fmt: skip
+        yield Rows(spec.max_connections, one, [((name,), st.max_connections) for name, st in live])
+        yield Rows(spec.size, one, [((name,), st.size) for name, st in live])
+        yield per_pool(spec.min_idle, lambda snap: snap.min_idle)
+        yield Rows(spec.overflow, one, [((name,), max(0, st.overflow)) for name, st in live])
+        yield per_pool(spec.pending, lambda snap: snap.pending)
+        yield per_pool(spec.waits, lambda snap: snap.waits)
+        yield per_pool(spec.uses, lambda snap: snap.uses)
+        yield per_pool(spec.creates, lambda snap: snap.creates)
+        yield per_pool(spec.checkouts, lambda snap: snap.checkouts)
+        yield per_pool(spec.timeouts, lambda snap: snap.timeouts)
+        yield per_reason(spec.connect_errors, CONNECT_ERROR_REASONS, lambda snap: snap.connect_errors)
+        yield per_reason(spec.closed, CLOSE_REASONS, lambda snap: snap.closed)
+        yield per_pool(spec.leaked, lambda snap: snap.leaked)
+        yield per_pool(spec.leaks, lambda snap: snap.leaks_total)
+        yield per_pool(spec.errors, lambda snap: snap.internal_errors)
 
 
 class _Families:

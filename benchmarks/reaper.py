@@ -1,0 +1,215 @@
+"""Reaper: time for poolwatch to find and terminate 90 idle sessions, against plain SQL doing the same.
+
+    python -m benchmarks.reaper [--rounds 5] [--sessions 90]
+
+Starts its own PostgreSQL and poolwatch with one target whose reaper is enabled in enforce mode
+(``dry_run: false``, ``interval: 4``, ``idle_timeout: 1``, scope ``applications: [bench-idle]``,
+``max_per_run`` above the session count, audit records written to a table on the same server).
+Each round opens ``--sessions`` idle sessions of an ordinary role with ``application_name =
+bench-idle`` just after a reaper run, and waits for them to go:
+
+* poolwatch: the duration of the reaper run that terminated them, read back from
+  ``poolwatch_job_duration_seconds{task="reaper"}`` (sampled every 250 ms, so each run is seen on
+  its own): the whole job, from listing sessions through policy, terminating, audit and metrics;
+* baseline, in the same round (order rotating): one ``SELECT pg_terminate_backend(pid) FROM
+  pg_stat_activity WHERE ...`` statement over as many idle sessions (another application name, out
+  of the reaper's scope), timed by the client.
+
+Reports medians over rounds and the ratio. If this poolwatch has no reaper, it says so and exits 1
+(no number is made up). Writes benchmarks/results/reaper.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from benchmarks import harness
+from benchmarks.harness import Contender, median, spread
+
+APPLICATION = "bench-idle"
+BASELINE_APPLICATION = "bench-sql"  # outside the reaper's scope: the baseline's own sessions
+# The idle sessions belong to an ordinary role: the reaper never touches superuser sessions.
+ROLE, ROLE_PASSWORD = "bench_app", "bench-app-password"
+REAPER = "poolwatch_job_duration_seconds"
+# How often /metrics is read while waiting: runs are 4 s apart, and each scrape costs the daemon
+# CPU (and the GIL) that a faster poll would take from the very run being timed.
+POLL = 0.25
+
+
+def poolwatch_config(pg: Any, sessions: int) -> dict[str, Any]:
+    return {
+        "targets": [{
+            "name": "pg", "kind": "postgres", "url": pg.url(),
+            "reaper": {
+                "enabled": True, "dry_run": False, "interval": 4.0, "timeout": 3.0,
+                "idle_timeout": 1.0, "applications": [APPLICATION], "max_per_run": sessions + 10,
+            },
+        }],
+        "audit": {"url": pg.url()},
+    }  # fmt: skip
+
+
+def open_idle_sessions(pg: Any, count: int, application: str = APPLICATION) -> list[Any]:
+    sessions = []
+    for _ in range(count):
+        dsn = pg.dsn(user=ROLE, password=ROLE_PASSWORD)
+        connection = psycopg2.connect(f"{dsn} application_name={application}", connect_timeout=10)
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        sessions.append(connection)
+    return sessions
+
+
+def alive(pg: Any) -> int:
+    rows = pg.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (APPLICATION,))
+    return int(rows[0][0])
+
+
+def close_all(sessions: list[Any]) -> None:
+    for connection in sessions:
+        with contextlib.suppress(psycopg2.Error):
+            connection.close()
+
+
+def reaper_runs(contender: Contender) -> tuple[float, float, float]:
+    """(runs, seconds spent, sessions terminated) so far."""
+    samples = harness.metrics(contender)
+    return (
+        harness.series_sum(samples, REAPER + "_count", task="reaper", target="pg"),
+        harness.series_sum(samples, REAPER + "_sum", task="reaper", target="pg"),
+        harness.series_sum(samples, "poolwatch_reaper_terminated_total", target="pg", mode="enforce"),
+    )
+
+
+def has_reaper(contender: Contender) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        samples = harness.metrics(contender)
+        if any('task="reaper"' in key for key in samples):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def poolwatch_round(contender: Contender, pg: Any, count: int) -> float:
+    """Seconds of the reaper run that terminated the ``count`` sessions."""
+    # Open them just after a run, so that all are past idle_timeout at the next one (one run, all).
+    runs = reaper_runs(contender)[0]
+    while reaper_runs(contender)[0] == runs:
+        time.sleep(POLL)
+    sessions = open_idle_sessions(pg, count)
+    try:
+        runs, spent, killed = reaper_runs(contender)
+        deadline = time.monotonic() + 60
+        while True:
+            time.sleep(POLL)
+            now_runs, now_spent, now_killed = reaper_runs(contender)
+            if now_runs > runs and now_killed >= killed + count:
+                if now_runs - runs != 1:
+                    # Two runs between samples, or the kill was split: report both, honestly.
+                    print(f"  note: {now_runs - runs:g} runs in one sample", file=sys.stderr)
+                return now_spent - spent
+            if now_runs > runs:  # a run that killed fewer (not idle long enough yet): next one
+                runs, spent = now_runs, now_spent
+                if now_killed > killed:
+                    raise RuntimeError(f"the reaper split the kill: {now_killed - killed:g} of {count}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sessions not terminated in 60 s ({alive(pg)} left)")
+    finally:
+        close_all(sessions)
+
+
+def baseline_round(pg: Any, count: int) -> float:
+    """Client-timed: one statement terminating every idle bench session."""
+    sessions = open_idle_sessions(pg, count, BASELINE_APPLICATION)
+    try:
+        time.sleep(1.5)  # past the 1 s idle timeout, as for the reaper
+        connection = psycopg2.connect(pg.dsn(), connect_timeout=10)
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                started = time.perf_counter()
+                cursor.execute(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = %s AND state = 'idle' AND backend_type = 'client backend' "
+                    "AND state_change < now() - interval '1 second'",
+                    (BASELINE_APPLICATION,),
+                )
+                terminated = cursor.fetchone()[0]
+                elapsed = time.perf_counter() - started
+        finally:
+            connection.close()
+        if terminated != count:
+            raise RuntimeError(f"baseline terminated {terminated} of {count}")
+        return elapsed
+    finally:
+        close_all(sessions)
+
+
+def run(rounds: int, count: int) -> dict[str, Any]:
+    info = harness.machine()
+    with harness.servers() as (pg, _redis), tempfile.TemporaryDirectory() as tmp:
+        pg.create_role(ROLE, ROLE_PASSWORD)
+        contender = harness.start_poolwatch(poolwatch_config(pg, count), Path(tmp))
+        try:
+            if not has_reaper(contender):
+                return {"machine": info, "status": "missing", "sessions": count}
+            times: dict[str, list[float]] = {"poolwatch": [], "sql": []}
+            for round_no in range(rounds):
+                for who in harness.rotate(["poolwatch", "sql"], round_no):
+                    elapsed = (
+                        poolwatch_round(contender, pg, count)
+                        if who == "poolwatch"
+                        else (baseline_round(pg, count))
+                    )
+                    times[who].append(elapsed)
+                    print(f"round {round_no + 1} {who}: {elapsed * 1e3:.1f} ms", file=sys.stderr)
+        finally:
+            contender.stop()
+    ratios = [a / b for a, b in zip(times["poolwatch"], times["sql"], strict=True)]
+    return {
+        "machine": info,
+        "status": "measured",
+        "sessions": count,
+        "rounds": rounds,
+        "poolwatch_ms": [t * 1e3 for t in times["poolwatch"]],
+        "sql_ms": [t * 1e3 for t in times["sql"]],
+        "ratio": median(ratios),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sessions", type=int, default=90)
+    args = parser.parse_args()
+    harness.exit_on_sigterm()
+    summary = run(args.rounds, args.sessions)
+    print(f"\nmachine: {summary['machine']}")
+    path = harness.save_results("reaper", summary)
+    if summary["status"] == "missing":
+        print(
+            'reaper MISSING: this poolwatch has no reaper job (no series with task="reaper" after '
+            "start-up with a reaper configured), so there is nothing to time. Nothing measured.",
+        )
+        print("wrote", path)
+        return 1
+    print(f"{args.sessions} idle sessions, {args.rounds} rounds; median [min-max] over rounds")
+    print(f"poolwatch reaper run: {spread(summary['poolwatch_ms'])} ms")
+    print(f"one SQL statement:    {spread(summary['sql_ms'])} ms")
+    print(f"poolwatch / SQL: {summary['ratio']:.2f}x")
+    print("wrote", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""The /metrics body: Prometheus text format 0.0.4, rendered in a fraction of prometheus_client's time.
+
+Why this exists: ``prometheus_client.generate_latest`` builds two ``Sample`` tuples and a label dict
+per sample, formats every histogram bound on every scrape and, for OpenMetrics, escapes names one
+character at a time. At 100 targets (thousands of samples) that was ~14 us per sample, far from the
+20 ms scrape budget. Here the text before each value (name and labels, escaped) is built once per
+series and cached; values are read from the metric objects and formatted with ``repr``.
+
+Counters, gauges and histograms of prometheus_client (in-process mode) take the fast path, which
+reads their children and values through private attributes: that coupling lives in
+``_fast_series`` only, pinned by a test that compares the output with ``generate_latest`` on the
+supported versions, and any collector it does not recognise (custom scrape-time collectors,
+summaries, ``set_function`` gauges, multiprocess values) goes through the public ``collect()``.
+``_created`` series are not exported: text format 0.0.4 has no use for them and they doubled the
+counter and histogram series.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.values import MutexValue
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.registry import Collector
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+_TYPES: Final = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "summary": "summary"}
+_NO_CREATED: Final = ("counter", "histogram", "summary", "gaugehistogram")
+
+Cache = dict[tuple[Any, ...], tuple[str, ...]]
+
+
+def format_value(value: float) -> str:
+    """A sample value as Prometheus writes it: ``+Inf``, ``NaN``, Go's exponent style past 1e6."""
+    if -1e6 < value < 1e6:  # noqa: PLR2004 - where Go and Python write floats alike
+        return repr(float(value))
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    text = repr(float(value))
+    dot = text.find(".")
+    if value > 0 and dot > 6:  # noqa: PLR2004 - Go switches to exponents sooner than Python
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
+
+
+def escape_value(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def series_prefix(name: str, labels: Iterable[tuple[str, str]]) -> str:
+    """``name{a="x",b="y"} ``: everything before the value."""
+    pairs = ",".join(f'{key}="{escape_value(value)}"' for key, value in labels)
+    return f"{name}{{{pairs}}} " if pairs else f"{name} "
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """One family's series as plain rows, for scrape-time collectors that offer ``rows()``.
+
+    ``family`` gives name, type and help (a prometheus_client metric family, left empty); each row
+    is ``(label values, value)``, and a histogram's value is ``(cumulative (le, count) pairs
+    ending with +Inf, sum)``. The renderer prefers ``rows()`` to ``collect()``: no ``Sample``
+    tuples and label dicts to build per sample.
+    """
+
+    family: Any
+    labelnames: tuple[str, ...]
+    rows: list[tuple[tuple[str, ...], Any]]
+
+
+class Renderer:
+    """Renders one registry; keeps the per-series text between scrapes. Thread-safe."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._prefixes: Cache = {}
+        self._headers: dict[tuple[str, str, str], str] = {}
+
+    def render(self) -> bytes:
+        with self._lock:
+            fresh: Cache = {}
+            out: list[str] = []
+            for collector in _collectors(self._registry):
+                rows = getattr(collector, "rows", None)
+                if callable(rows):
+                    self._rows(rows(), out, fresh)
+                elif not _fast_series(collector, out, self._prefixes, fresh, self._header):
+                    self._collected(collector.collect(), out, fresh)
+            # Only series seen in this scrape stay cached: removed targets don't leak.
+            self._prefixes = fresh
+            return "".join(out).encode()
+
+    def _header(self, name: str, kind: str, documentation: str) -> str:
+        key = (name, kind, documentation)
+        header = self._headers.get(key)
+        if header is None:
+            doc = documentation.replace("\\", r"\\").replace("\n", r"\n")
+            header = f"# HELP {name} {doc}\n# TYPE {name} {_TYPES.get(kind, 'untyped')}\n"
+            self._headers[key] = header
+        return header
+
+    def _rows(self, families: Iterable[Rows], out: list[str], fresh: Cache) -> None:
+        cache = self._prefixes
+        for rows in families:
+            name, kind = rows.family.name, rows.family.type
+            series = name + "_total" if kind == "counter" else name
+            out.append(self._header(series, kind, rows.family.documentation))
+            for labelvalues, value in rows.rows:
+                key = ("rows", name, *labelvalues)
+                prefixes = cache.get(key)
+                if kind == "histogram":
+                    pairs, total = value
+                    if prefixes is None or len(prefixes) != len(pairs) + 2:
+                        prefixes = _histogram_prefixes(
+                            name, rows.labelnames, labelvalues, [le for le, _ in pairs]
+                        )
+                    fresh[key] = prefixes
+                    for prefix, (_, count) in zip(prefixes, pairs, strict=False):
+                        out.append(f"{prefix}{format_value(count)}\n")
+                    out.append(f"{prefixes[-2]}{format_value(pairs[-1][1])}\n")
+                    out.append(f"{prefixes[-1]}{format_value(total)}\n")
+                else:
+                    if prefixes is None:
+                        prefixes = (series_prefix(series, zip(rows.labelnames, labelvalues, strict=True)),)
+                    fresh[key] = prefixes
+                    out.append(f"{prefixes[0]}{format_value(value)}\n")
+
+    def _collected(self, families: Iterable[Any], out: list[str], fresh: Cache) -> None:
+        """The general path: any collector's ``collect()`` output (public API)."""
+        for family in families:
+            name = family.name + "_total" if family.type == "counter" else family.name
+            out.append(self._header(name, family.type, family.documentation))
+            created = family.name + "_created" if family.type in _NO_CREATED else None
+            cache = self._prefixes
+            for sample in family.samples:
+                sample_name, labels, value = sample.name, sample.labels, sample.value
+                if sample_name == created:
+                    continue
+                # A collector builds its label dicts in one order: no sorting needed for the key.
+                key = (sample_name, *labels.items())
+                prefix = cache.get(key)
+                if prefix is None:
+                    prefix = (series_prefix(sample_name, labels.items()),)
+                fresh[key] = prefix
+                text = repr(float(value)) if -1e6 < value < 1e6 else format_value(value)  # noqa: PLR2004
+                out.append(f"{prefix[0]}{text}\n")
+
+
+def _collectors(registry: CollectorRegistry) -> list[Collector] | list[CollectorRegistry]:
+    """The registry's collectors in registration order (private attribute; else the registry)."""
+    collectors = getattr(registry, "_collector_to_names", None)
+    lock = getattr(registry, "_lock", None)
+    if collectors is None or lock is None or getattr(registry, "_target_info", None):
+        return [registry]
+    with lock:
+        return list(collectors)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plain:
+    """A plain Counter, Gauge or Histogram, read out of prometheus_client."""
+
+    kind: type
+    name: str
+    documentation: str
+    type_name: str
+    labelnames: tuple[str, ...]
+    children: list[tuple[tuple[str, ...], Any]]
+
+
+def _plain(collector: Any) -> _Plain | None:
+    """The children of a plain Counter, Gauge or Histogram; None for anything else.
+
+    The one place that reads prometheus_client's private state (``_metrics``, ``_value``,
+    ``_buckets``, ``_sum``, ``_upper_bounds``), pinned by tests/unit/test_exposition.py; a
+    version that renames them only loses the fast path.
+    """
+    kind = type(collector)
+    if kind not in (Counter, Gauge, Histogram):
+        return None
+    try:
+        if kind is Histogram and collector._upper_bounds[0] < 0:  # no _sum series then
+            return None
+        labelnames = tuple(collector._labelnames)
+        if labelnames:
+            with collector._lock:
+                children = list(collector._metrics.items())
+        else:
+            children = [((), collector)]
+        for _, child in children:
+            value = child._sum if kind is Histogram else child._value
+            if type(value) is not MutexValue or "_child_samples" in child.__dict__:
+                return None  # multiprocess values, or a set_function gauge
+        return _Plain(kind, collector._name, collector._documentation, collector._type, labelnames, children)
+    except AttributeError:
+        return None
+
+
+def _fast_series(collector: Any, out: list[str], cache: Cache, fresh: Cache, header: Any) -> bool:
+    """Append the series of a plain Counter, Gauge or Histogram; False if it is anything else."""
+    plain = _plain(collector)
+    if plain is None:
+        return False
+    kind, name = plain.kind, plain.name
+    if kind is Counter:
+        out.append(header(name + "_total", "counter", plain.documentation))
+    else:
+        out.append(header(name, plain.type_name, plain.documentation))
+    for labelvalues, child in plain.children:
+        key = (name, *labelvalues)
+        prefixes = cache.get(key)
+        if prefixes is None:
+            prefixes = _prefixes(kind, name, plain.labelnames, labelvalues, child)
+        fresh[key] = prefixes
+        if kind is Histogram:
+            _histogram(child, prefixes, out)
+        else:
+            out.append(f"{prefixes[0]}{format_value(child._value.get())}\n")
+    return True
+
+
+def _prefixes(
+    kind: type, name: str, labelnames: tuple[str, ...], labelvalues: tuple[str, ...], child: Any
+) -> tuple[str, ...]:
+    labels = list(zip(labelnames, labelvalues, strict=True))
+    if kind is Counter:
+        return (series_prefix(name + "_total", labels),)
+    if kind is Gauge:
+        return (series_prefix(name, labels),)
+    return _histogram_prefixes(name, labelnames, labelvalues, [format_value(b) for b in child._upper_bounds])
+
+
+def _histogram_prefixes(
+    name: str, labelnames: tuple[str, ...], labelvalues: tuple[str, ...], les: list[str]
+) -> tuple[str, ...]:
+    labels = list(zip(labelnames, labelvalues, strict=True))
+    buckets = tuple(series_prefix(name + "_bucket", [*labels, ("le", le)]) for le in les)
+    return (*buckets, series_prefix(name + "_count", labels), series_prefix(name + "_sum", labels))
+
+
+def _histogram(child: Any, prefixes: tuple[str, ...], out: list[str]) -> None:
+    total = 0.0
+    for prefix, bucket in zip(prefixes, child._buckets, strict=False):
+        total += bucket.get()
+        out.append(f"{prefix}{format_value(total)}\n")
+    out.append(f"{prefixes[-2]}{format_value(total)}\n")
+    out.append(f"{prefixes[-1]}{format_value(child._sum.get())}\n")

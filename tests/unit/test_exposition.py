@@ -1,0 +1,178 @@
+"""The fast /metrics renderer says exactly what prometheus_client's generate_latest says (less the
+``_created`` series), for every kind of collector; this pins its use of prometheus_client internals."""
+
+from __future__ import annotations
+
+import gzip
+import math
+
+import prometheus_client
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
+
+from poolwatch import exposition
+from poolwatch.http import Endpoint
+from poolwatch.metrics import Metrics
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def assert_same_samples(ours: str, theirs: str) -> None:
+    ours_samples, their_samples = samples(ours), samples(theirs)
+    assert ours_samples.keys() == their_samples.keys()
+    for key, value in their_samples.items():
+        assert ours_samples[key] == pytest.approx(value, nan_ok=True), key
+
+
+def headers(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("#") and "_created" not in line]
+
+
+class PoolCollector:
+    """A scrape-time collector, as the instrumentation's pool-state collector is."""
+
+    def collect(self):
+        family = GaugeMetricFamily("poolwatch_test_pool_connections", "Open connections.", labels=["pool"])
+        family.add_metric(["orders"], 3)
+        yield family
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    for target in ("orders", 'we"ird\\name\nx'):
+        metrics.probe.add_target(target)
+        metrics.jobs.add_job("probe", target)
+        metrics.probe.duration.labels(target).observe(0.0007)
+        metrics.probe.duration.labels(target).observe(12.0)
+        metrics.probe.failures.labels(target, "timeout").inc(3)
+        metrics.jobs.last_success.labels("probe", target).set(1_763_700_000.25)
+    Counter("plain_events", "An unlabelled counter.", registry=registry).inc(2)
+    Gauge("plain_level", "An unlabelled gauge.", registry=registry).set(-math.inf)
+    Gauge("fn_level", "A set_function gauge.", registry=registry).set_function(lambda: 42.0)
+    Histogram("plain_seconds", "Unlabelled.", registry=registry, buckets=(0.1, 1.0)).observe(0.5)
+    Summary("plain_summary_seconds", "A summary.", ["x"], registry=registry).labels("a").observe(2)
+    Gauge("big_bytes", "Go notation past 1e6.", registry=registry).set(12345678.0)
+    Gauge("nan_value", "NaN.", registry=registry).set(math.nan)
+    registry.register(PoolCollector())
+    return registry
+
+
+def test_renders_the_same_series_and_values_as_prometheus_client(registry):
+    ours = exposition.Renderer(registry).render().decode()
+    theirs = generate_latest(registry).decode()
+    assert_same_samples(ours, theirs)
+    assert headers(ours) == headers(theirs)
+    assert len(samples(ours)) > 90  # every kind above is present, not an empty registry
+
+
+def test_created_series_are_left_out(registry):
+    body = exposition.Renderer(registry).render().decode()
+    assert "_created" not in body
+    assert "_created" in generate_latest(registry).decode()
+
+
+def test_takes_the_fast_path_for_plain_metrics():
+    # If prometheus_client renames the private attributes the fast path reads, this fails (and the
+    # renderer silently falls back to collect(), slower): update exposition._plain then.
+    registry = CollectorRegistry()
+    assert exposition._plain(Counter("c", "c", ["a"], registry=registry)) is not None
+    assert exposition._plain(Gauge("g", "g", registry=registry)) is not None
+    histogram = Histogram("h", "h", ["a"], registry=registry)
+    histogram.labels("x").observe(1)
+    assert exposition._plain(histogram) is not None
+    function_gauge = Gauge("f", "f", registry=registry)
+    function_gauge.set_function(lambda: 1.0)
+    assert exposition._plain(function_gauge) is None
+    assert exposition._plain(Summary("s", "s", registry=registry)) is None
+
+
+def test_follows_changes_and_forgets_removed_series(registry):
+    renderer = exposition.Renderer(registry)
+    counter = Counter("moving", "Changes between scrapes.", ["target"], registry=registry)
+    counter.labels("a").inc()
+    assert 'moving_total{target="a"} 1.0' in renderer.render().decode()
+    counter.labels("a").inc(2)
+    counter.remove("a")
+    counter.labels("b").inc(5)
+    body = renderer.render().decode()
+    assert 'target="a"' not in body.split("moving_total")[-1]
+    assert 'moving_total{target="b"} 5.0' in body
+    assert not any(key[0] == "moving" and "a" in key for key in renderer._prefixes)
+
+
+def test_format_value_agrees_with_prometheus_client():
+    for value in (0.0, 1.0, -2.5, 5e-05, 1e6, 1234567.0, 2.5e7, 1e20, -5e7, math.inf, -math.inf, math.nan):
+        assert exposition.format_value(value) == prometheus_client.utils.floatToGoString(value)
+
+
+def call(endpoint: Endpoint, accept: str, encoding: str = "") -> tuple[str, dict[str, str], bytes]:
+    seen: dict[str, object] = {}
+
+    def start_response(status, headers):
+        seen["status"], seen["headers"] = status, dict(headers)
+
+    environ = {
+        "PATH_INFO": "/metrics", "REQUEST_METHOD": "GET", "QUERY_STRING": "",
+        "HTTP_ACCEPT": accept, "HTTP_ACCEPT_ENCODING": encoding,
+    }  # fmt: skip
+    body = b"".join(endpoint(environ, start_response))
+    return str(seen["status"]), seen["headers"], body  # type: ignore[return-value]
+
+
+def test_endpoint_serves_text_to_prometheus_and_openmetrics_to_who_insists(registry):
+    endpoint = Endpoint(registry, healthy=lambda: True, ready=lambda: True, status=dict)
+    prometheus_accept = (
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+        "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    )
+    status, head, body = call(endpoint, prometheus_accept, "gzip")
+    assert status == "200 OK"
+    assert head["Content-Type"] == exposition.CONTENT_TYPE
+    assert head["Content-Encoding"] == "gzip"
+    assert int(head["Content-Length"]) == len(body)
+    assert_same_samples(gzip.decompress(body).decode(), generate_latest(registry).decode())
+
+    status, head, body = call(endpoint, "application/openmetrics-text; version=1.0.0")
+    assert head["Content-Type"].startswith("application/openmetrics-text")
+    assert body.rstrip().endswith(b"# EOF")
+
+
+def test_pool_collector_rows_say_what_its_collect_says(tmp_path):
+    # The renderer takes the instrumentation's rows(); Prometheus' own exposition takes collect().
+    import sqlalchemy
+
+    import poolwatch
+    from poolwatch.instrument.collector import collector_for
+
+    registry = CollectorRegistry()
+    engines = []
+    for name in ("orders", "billing"):
+        engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / name}.db")
+        poolwatch.instrument(engine, name=name, registry=registry)
+        for _ in range(3):
+            with engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        engines.append(engine)
+    held = engines[0].connect()
+    try:
+        ours = exposition.Renderer(registry).render().decode()
+        theirs = generate_latest(registry).decode()
+    finally:
+        held.close()
+    assert hasattr(collector_for(registry), "rows")
+    assert_same_samples(ours, theirs)
+    assert headers(ours) == headers(theirs)
+    assert samples(ours)["poolwatch_pool_checkouts_total", (("pool", "billing"),)] == 3
+    assert samples(ours)["poolwatch_pool_connections", (("pool", "orders"), ("state", "used"))] == 1
