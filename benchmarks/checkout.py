@@ -2,12 +2,20 @@
 
     .venv/bin/python benchmarks/checkout.py                 # starts its own PostgreSQL
     .venv/bin/python benchmarks/checkout.py --url postgresql+psycopg2://user:pw@host/db
+    .venv/bin/python benchmarks/checkout.py --instructions  # callgrind instruction counts (valgrind)
 
 The cycle is ``with engine.connect(): pass`` (QueuePool, psycopg2). Each variant runs in its own
 worker process (its own engine, its own interpreter state); the parent runs many short rounds,
 interleaving the variants in a shuffled order each round, so drift and noise from other processes on
 the machine hit every variant alike. It prints the median microseconds per cycle of each variant and
 its ratio to bare, with the interquartile range of the per-round ratios.
+
+``--instructions`` counts instructions instead of timing (valgrind's callgrind): the same total for
+the same code and inputs whatever else the machine is doing, so it resolves a few per cent where wall
+time on a shared machine cannot. Each variant runs under callgrind twice, for N and 3N cycles, with
+a fixed hash seed; the difference divided by 2N is the instructions per cycle, start-up cancelled.
+It counts the checkout path alone (``loop``) and the checkout path plus one scrape (``run``), which
+is where poolwatch folds the samples its hooks recorded.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import json
 import os
 import platform
 import random
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,12 +97,15 @@ def worker(variant: str, url: str) -> None:
             with engine.connect():
                 pass
         wall, used = clock() - started, cpu() - cpu_started
+        checked += cycles
+        if command == "loop":  # the checkout path alone, no scrape
+            print(wall, used, 0.0, flush=True)
+            continue
         # Then a scrape, as Prometheus would do: poolwatch folds its samples into buckets here, so
         # this is where the work the hook did not do is paid. Timed separately, reported per cycle.
         scrape_started = cpu()
         generate_latest(registry)
         print(wall, used, cpu() - scrape_started, flush=True)
-        checked += cycles
     if variant.startswith("poolwatch"):
         # The scrape side agrees with what the hot path recorded.
         value = registry.get_sample_value("poolwatch_pool_checkouts_total", {"pool": "bench"})
@@ -113,6 +126,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--cycles", type=int, default=2000, help="checkouts per variant per round")
     parser.add_argument("--profile", choices=VARIANTS, help="print a cProfile of one variant and exit")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions under callgrind instead of timing"
+    )
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -122,7 +138,7 @@ def main() -> int:
     server = None if args.url else start_postgres()
     url = args.url or server.url()
     try:
-        return run(args, url)
+        return instructions(args, url) if args.instructions else run(args, url)
     finally:
         if server is not None:
             server.destroy()
@@ -168,6 +184,38 @@ def run(args: argparse.Namespace, url: str) -> int:
         for process in workers.values():
             process.wait(timeout=60)
     report(args, results)
+    return 0
+
+
+def instructions(args: argparse.Namespace, url: str) -> int:
+    """Instructions per cycle of each variant under callgrind, and their ratios to bare."""
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
+        return 1
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0"}
+    low, high = args.cycles, 3 * args.cycles
+
+    def collected(variant: str, mode: str, cycles: int) -> int:
+        command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                   sys.executable, __file__, "--url", url, "--worker", variant]  # fmt: skip
+        done = subprocess.run(command, input=f"{mode} {cycles}\n", capture_output=True, text=True,
+                              env=env, cwd=ROOT, check=True, timeout=1800)  # fmt: skip
+        match = re.search(r"Collected : (\d+)", done.stderr)
+        assert match, done.stderr[-2000:]
+        return int(match.group(1))
+
+    per_cycle = {
+        mode: {v: (collected(v, mode, high) - collected(v, mode, low)) / (high - low) for v in VARIANTS}
+        for mode in ("loop", "run")
+    }
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, Python {platform.python_version()},"
+          f" callgrind, {low} and {high} cycles per variant, PYTHONHASHSEED=0")  # fmt: skip
+    for mode, title in (("loop", "checkout path alone"), ("run", "checkout path plus one scrape")):
+        print(f"\n{mode}: instructions per cycle, {title}")
+        for v in VARIANTS:
+            ratio = per_cycle[mode][v] / per_cycle[mode]["bare"]
+            print(f"{v:18} {per_cycle[mode][v]:12.0f} {ratio:8.3f}x")
+    print(json.dumps({"instructions_per_cycle": per_cycle}))
     return 0
 
 
