@@ -3,12 +3,17 @@
 ``running_daemon(config)`` validates a configuration mapping (listening on a free loopback port),
 starts the daemon and runs its scheduler on a thread; ``Scraper`` scrapes /metrics in the background
 for the whole test and remembers every failure and the slowest answer, so a fault test can assert
-that the daemon kept serving throughout.
+that the daemon kept serving throughout. ``DaemonProcess`` runs ``poolwatch run`` as a real
+subprocess, for what only a process shows: signals, exit codes, log lines.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -23,6 +28,7 @@ from poolwatch.daemon import Daemon
 if TYPE_CHECKING:
     import ssl
     from collections.abc import Callable, Iterator
+    from pathlib import Path
 
     from typing_extensions import Self
 
@@ -78,7 +84,9 @@ def metric(daemon: Daemon, name: str, **labels: str) -> float:
     return value(scrape(daemon), name, **labels)
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> float:
+def wait_for(
+    predicate: Callable[[], bool], timeout: float = 20, what: str = "condition", step: float = 0.05
+) -> float:
     """Poll until ``predicate()``; return the seconds it took, fail the test after ``timeout``."""
     started = time.monotonic()
     while not predicate():
@@ -127,3 +135,70 @@ class Scraper:
         assert self.count > 0, "no scrape happened"
         assert not self.failures, f"{len(self.failures)} of {self.count} scrapes failed: {self.failures[:3]}"
         assert self.slowest < max_seconds, f"slowest scrape took {self.slowest:.2f}s"
+
+
+def poolwatch_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "poolwatch", *args]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a poolwatch subprocess: no inherited poolwatch/database variables."""
+    names = ("POOLWATCH_", "DATABASE_URL", "REDIS_URL", "POSTGRES_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(names)}
+    return {**env, **extra}
+
+
+class DaemonProcess:
+    """``poolwatch run`` as a real subprocess; the port is read from its first log line."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
+        self.process = subprocess.Popen(
+            poolwatch_command("run", "--listen", "127.0.0.1:0", *args),
+            env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.wait(lambda: bool(self.lines), "the first log line")
+        match = re.search(r"/metrics on (https?://[^/\s]+)/metrics", self.lines[0])
+        assert match, self.lines[0]
+        self.url = match.group(1)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def stop(self, timeout: float = 10) -> int:
+        self.process.terminate()
+        code = self.process.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def wait(self, predicate: Callable[[], bool], what: str = "condition", timeout: float = 30) -> None:
+        """``wait_for``, with the daemon's output in the failure message."""
+        try:
+            wait_for(predicate, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- poolwatch output ---\n{self.output()}") from None
+
+    def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        _, body = get(self.url + "/metrics")
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                yield sample.name, sample.labels, sample.value
+
+    def up(self) -> dict[str, float]:
+        """``poolwatch_up`` by target, from a live scrape."""
+        return {labels["target"]: v for n, labels, v in self.samples() if n == "poolwatch_up"}

@@ -63,7 +63,36 @@ def _chown_to_server_user(path: Path) -> None:
         shutil.chown(path, "postgres", "postgres")
 
 
-class PostgresServer:
+class _ServerProcess:
+    """The lifecycle both servers share: a mirakuru executor that a test may stop, kill, restart."""
+
+    _executor: TCPExecutor | None
+
+    @property
+    def running(self) -> bool:
+        return self._executor is not None and self._executor.running()
+
+    def start(self) -> _ServerProcess:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self._executor is not None:
+            self._executor.stop()
+            self._executor = None
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group: for PostgreSQL, the postmaster and every backend die
+        together, so no orphan keeps the shared memory and a restart (crash recovery) works."""
+        if self._executor is not None:
+            self._executor.kill()
+            self._executor = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class PostgresServer(_ServerProcess):
     """A throw-away PostgreSQL cluster: superuser ``postgres`` with a random password."""
 
     def __init__(self, basedir: Path | None = None, port: int | None = None) -> None:
@@ -96,10 +125,6 @@ class PostgresServer:
         pwfile.unlink()
         if result.returncode != 0:
             raise RuntimeError(f"initdb failed: {result.stderr.strip()}")
-
-    @property
-    def running(self) -> bool:
-        return self._executor is not None and self._executor.running()
 
     def start(self) -> PostgresServer:
         command = [
@@ -134,28 +159,11 @@ class PostgresServer:
             return False
         return True
 
-    def stop(self) -> None:
-        if self._executor is not None:
-            self._executor.stop()
-            self._executor = None
-
     def destroy(self) -> None:
         """Stop, and remove the cluster's directory if this object made it."""
         self.stop()
         if self._owns_basedir:
             shutil.rmtree(self.basedir, ignore_errors=True)
-
-    def kill(self) -> None:
-        """SIGKILL the postmaster and every backend (a crash, not a shutdown)."""
-        # mirakuru signals the process group: the postmaster and every backend die together, so no
-        # orphan keeps the shared memory and a restart (crash recovery) works.
-        if self._executor is not None:
-            self._executor.kill()
-            self._executor = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def dsn(self, user: str | None = None, password: str | None = None, dbname: str = "postgres") -> str:
         user = user or self.superuser
@@ -223,7 +231,7 @@ class PostgresServer:
         return int(rows[0][0])
 
 
-class RedisServer:
+class RedisServer(_ServerProcess):
     """A throw-away redis-server, optionally with a password, keeping nothing on disk."""
 
     def __init__(self, basedir: Path, port: int | None = None, password: str | None = None) -> None:
@@ -233,10 +241,6 @@ class RedisServer:
         self.password = password
         self._executor: TCPExecutor | None = None
         basedir.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def running(self) -> bool:
-        return self._executor is not None and self._executor.running()
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -253,20 +257,6 @@ class RedisServer:
         )  # fmt: skip
         self._executor.start()
         return self
-
-    def stop(self) -> None:
-        if self._executor is not None:
-            self._executor.stop()
-            self._executor = None
-
-    def kill(self) -> None:
-        if self._executor is not None:
-            self._executor.kill()
-            self._executor = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def url(self, db: int = 0, password: str | None = None) -> str:
         password = self.password if password is None else password

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from tests.helpers import DaemonProcess, RunningDaemon, clean_env, fetch, poolwatch_command, wait_for
+from tests.daemonkit import DaemonProcess, clean_env, get, metric, poolwatch_command, running_daemon, wait_for
 from tests.servers import LOOPBACK, free_port
 
 if TYPE_CHECKING:
@@ -71,13 +71,15 @@ def silent() -> Iterator[SilentServer]:
 def test_probes_report_every_kind_up(pg: PostgresServer, redis_server: RedisServer, tmp_path: Path) -> None:
     sqlite = {"name": "embedded", "kind": "sqlite", "url": f"sqlite:///{tmp_path}/x.db", **FAST}
     config = {"targets": [pg_target(pg), redis_target(redis_server), sqlite]}
-    with RunningDaemon(config) as run:
+    with running_daemon(config) as daemon:
         for name in ("orders", "cache", "embedded"):
-            wait_for(lambda n=name: run.value("poolwatch_up", target=n) == 1)
-            assert run.value("poolwatch_probe_duration_seconds_count", target=name) >= 1
-            assert run.value("poolwatch_job_last_success_timestamp_seconds", task="probe", target=name) > 0
-            assert run.value("poolwatch_probe_failures_total", target=name, reason="refused") == 0
-        status, body = fetch(run.url + "/status")
+            wait_for(lambda n=name: metric(daemon, "poolwatch_up", target=n) == 1)
+            assert metric(daemon, "poolwatch_probe_duration_seconds_count", target=name) >= 1
+            assert (
+                metric(daemon, "poolwatch_job_last_success_timestamp_seconds", task="probe", target=name) > 0
+            )
+            assert metric(daemon, "poolwatch_probe_failures_total", target=name, reason="refused") == 0
+        status, body = get(daemon.base_url + "/status")
         assert status == 200
         assert '"up": true' in body
 
@@ -88,17 +90,17 @@ def test_stopping_postgres_flips_only_its_up_and_recovery_flips_it_back(
 ) -> None:
     server = pg_factory()
     config = {"targets": [pg_target(server), redis_target(redis_server)]}
-    with RunningDaemon(config) as run:
-        wait_for(lambda: run.value("poolwatch_up", target="orders") == 1)
+    with running_daemon(config) as daemon:
+        wait_for(lambda: metric(daemon, "poolwatch_up", target="orders") == 1)
         server.stop()
         stopped = time.monotonic()
-        wait_for(lambda: run.value("poolwatch_up", target="orders") == 0, timeout=10)
+        wait_for(lambda: metric(daemon, "poolwatch_up", target="orders") == 0, timeout=10)
         assert time.monotonic() - stopped < 5  # one interval (0.3 s) plus timeout, on a noisy machine
-        assert run.value("poolwatch_up", target="cache") == 1
-        assert run.value("poolwatch_probe_failures_total", target="orders", reason="refused") >= 1
+        assert metric(daemon, "poolwatch_up", target="cache") == 1
+        assert metric(daemon, "poolwatch_probe_failures_total", target="orders", reason="refused") >= 1
         server.start()
-        wait_for(lambda: run.value("poolwatch_up", target="orders") == 1, timeout=10)
-        assert run.value("poolwatch_up", target="cache") == 1
+        wait_for(lambda: metric(daemon, "poolwatch_up", target="orders") == 1, timeout=10)
+        assert metric(daemon, "poolwatch_up", target="cache") == 1
 
 
 @pytest.mark.destructive
@@ -106,13 +108,13 @@ def test_stopping_redis_flips_only_its_up(
     pg: PostgresServer, redis_factory: Callable[..., RedisServer]
 ) -> None:
     server = redis_factory()
-    with RunningDaemon({"targets": [pg_target(pg), redis_target(server)]}) as run:
-        wait_for(lambda: run.value("poolwatch_up", target="cache") == 1)
+    with running_daemon({"targets": [pg_target(pg), redis_target(server)]}) as daemon:
+        wait_for(lambda: metric(daemon, "poolwatch_up", target="cache") == 1)
         server.stop()
-        wait_for(lambda: run.value("poolwatch_up", target="cache") == 0, timeout=10)
-        assert run.value("poolwatch_up", target="orders") == 1
+        wait_for(lambda: metric(daemon, "poolwatch_up", target="cache") == 0, timeout=10)
+        assert metric(daemon, "poolwatch_up", target="orders") == 1
         server.start()
-        wait_for(lambda: run.value("poolwatch_up", target="cache") == 1, timeout=10)
+        wait_for(lambda: metric(daemon, "poolwatch_up", target="cache") == 1, timeout=10)
 
 
 def test_a_hanging_target_times_out_and_does_not_delay_the_others(
@@ -123,18 +125,20 @@ def test_a_hanging_target_times_out_and_does_not_delay_the_others(
         # libpq connect timeout far longer than the probe timeout: only our own deadline helps.
         "pool": {"connect_timeout": 60}, "probe": {"interval": 0.5, "timeout": 0.4},
     }  # fmt: skip
-    with RunningDaemon({"targets": [hung, pg_target(pg)]}) as run:
-        wait_for(lambda: run.value("poolwatch_probe_failures_total", target="hung", reason="timeout") >= 2)
-        assert run.value("poolwatch_up", target="hung") == 0
+    with running_daemon({"targets": [hung, pg_target(pg)]}) as daemon:
+        wait_for(
+            lambda: metric(daemon, "poolwatch_probe_failures_total", target="hung", reason="timeout") >= 2
+        )
+        assert metric(daemon, "poolwatch_up", target="hung") == 0
         # While "hung" hangs, "orders" keeps being probed at its own pace.
-        first = run.value("poolwatch_probe_duration_seconds_count", target="orders")
+        first = metric(daemon, "poolwatch_probe_duration_seconds_count", target="orders")
         time.sleep(1.5)
-        later = run.value("poolwatch_probe_duration_seconds_count", target="orders")
+        later = metric(daemon, "poolwatch_probe_duration_seconds_count", target="orders")
         assert later - first >= 3, (first, later)
-        assert run.value("poolwatch_up", target="orders") == 1
+        assert metric(daemon, "poolwatch_up", target="orders") == 1
         # The hung call is not stacked up: later runs are skipped while it still hangs.
-        assert run.value("poolwatch_job_skipped_total", task="probe", target="hung") >= 1
-        status, _ = fetch(run.url + "/metrics")
+        assert metric(daemon, "poolwatch_job_skipped_total", task="probe", target="hung") >= 1
+        status, _ = get(daemon.base_url + "/metrics")
         assert status == 200
 
 
@@ -146,7 +150,7 @@ def test_sigterm_stops_within_a_few_seconds_even_with_a_hung_target(
     config = tmp_path / "poolwatch.yaml"
     config.write_text(yaml.safe_dump({"targets": [hung, pg_target(pg)]}))
     with DaemonProcess(["--config", str(config)], clean_env()) as run:
-        wait_for(lambda: any(n == "poolwatch_up" and v == 1 for n, _, v in run.samples()))
+        run.wait(lambda: 1 in run.up().values(), "a target up")
         started = time.monotonic()
         code = run.stop(timeout=15)
         elapsed = time.monotonic() - started
@@ -163,7 +167,7 @@ def test_embedded_default_needs_no_configuration(tmp_path: Path) -> None:
         assert "no configuration given, monitoring the embedded SQLite database" in first
         assert str(tmp_path / "embedded.db") in first
         assert f"{run.url}/metrics" in first
-        wait_for(lambda: any(n == "poolwatch_up" and v == 1 for n, _, v in run.samples()))
+        run.wait(lambda: 1 in run.up().values(), "a target up")
         assert run.stop() == 0
 
 
@@ -226,7 +230,7 @@ def test_config_command_masks_secrets_and_status_reads_a_running_daemon(
     assert pg.password not in shown.stdout
     assert ":***@" in shown.stdout
     with DaemonProcess(["--config", str(config)], clean_env()) as run:
-        wait_for(lambda: any(n == "poolwatch_up" and v == 1 for n, _, v in run.samples()))
+        run.wait(lambda: 1 in run.up().values(), "a target up")
         status = subprocess.run(poolwatch_command("status", "--url", run.url), env=clean_env(),
                                 capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
         assert status.returncode == 0, status.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 from typing import TYPE_CHECKING
@@ -67,7 +68,7 @@ def test_session_scope_rolls_back_on_any_error_and_reraises_it(db: Database) -> 
 def test_session_scope_always_returns_the_connection(db: Database) -> None:
     pool = db.engine.pool
     for fail in (False, True):
-        with pytest.raises(ValueError) if fail else _nothing(), db.session_scope() as session:
+        with pytest.raises(ValueError) if fail else contextlib.nullcontext(), db.session_scope() as session:
             session.execute(text("SELECT 1"))
             assert pool.checkedout() == 1  # type: ignore[attr-defined]
             if fail:
@@ -235,7 +236,7 @@ def test_redis_transaction_scope_discards_on_error(redis_server: RedisServer) ->
     cache.close()
 
 
-def test_redis_errors_are_translated(redis_factory: object) -> None:
+def test_redis_errors_are_translated() -> None:
     refused = RedisDatabase(redis.Redis(port=free_port(), socket_connect_timeout=2))
     with pytest.raises(DatabaseUnavailableError) as caught, refused.client_scope() as client:
         client.ping()
@@ -301,11 +302,3 @@ def test_async_redis_scope(redis_server: RedisServer) -> None:
             await cache.close()
 
     asyncio.run(scenario())
-
-
-class _nothing:  # noqa: N801 - reads like contextlib.nullcontext at the call site
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
