@@ -484,20 +484,18 @@ def _printable(value: Any) -> str:
 
 
 def _read_environment(environ: Mapping[str, str] | None) -> Environment:
-    source = dict(os.environ if environ is None else environ)
-    try:
-        # pydantic-settings reads the process environment; a given mapping goes in as init values.
-        if environ is None:
-            return Environment()
-        fields = Environment.model_fields
-        values = {
-            name: source[str(field.validation_alias)]
-            for name, field in fields.items()
-            if isinstance(field.validation_alias, str) and field.validation_alias in source
-        }
-        return Environment.model_construct(None, **values)
-    except ValidationError as exc:
-        raise ConfigError(f"environment: {describe_validation_error(exc, {})}") from None
+    """pydantic-settings reads the process environment; a mapping a caller gives is used instead.
+
+    Every field is an optional string, so there is nothing to reject here: values are checked where
+    they are used (``POSTGRES_PORT``, the URLs, the listen address)."""
+    if environ is None:
+        return Environment()
+    values = {
+        name: environ[alias]
+        for name, field in Environment.model_fields.items()
+        if isinstance(alias := field.validation_alias, str) and alias in environ
+    }
+    return Environment.model_construct(None, **values)
 
 
 def _read_yaml(path: str) -> dict[str, Any]:

@@ -14,8 +14,6 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import bcrypt  # noqa: F401 - imported early so a missing wheel fails at start, not at first scrape
-
 from poolwatch import http
 from poolwatch._version import __version__
 from poolwatch.census import postgres as pg_census
