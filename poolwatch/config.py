@@ -546,7 +546,7 @@ def _environment_targets(env: Environment) -> list[dict[str, Any]]:
 
 def _postgres_url(env: Environment) -> str:
     port = env.postgres_port or "5432"
-    if not port.isdigit() or not 1 <= int(port) <= _MAX_PORT:
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= _MAX_PORT:
         raise ConfigError(f"POSTGRES_PORT: expected a port number 1-65535 (got {_printable(port)})")
     user = quote(env.postgres_user or "postgres", safe="")
     password = f":{quote(env.postgres_password, safe='')}" if env.postgres_password else ""

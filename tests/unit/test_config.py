@@ -100,8 +100,10 @@ def test_sqlite_database_url_makes_a_sqlite_target(tmp_path: Path) -> None:
 
 
 def test_bad_postgres_port_variable_is_one_line_naming_it() -> None:
-    with pytest.raises(ConfigError, match=r"^POSTGRES_PORT: expected a port number"):
-        load_settings(environ={"POSTGRES_HOST": "db", "POSTGRES_PORT": "five"})
+    # "²" and "٣" are digits to str.isdigit(); a port is ASCII digits (hypothesis found "²").
+    for port in ("five", "²", "٣", "0", "65536"):
+        with pytest.raises(ConfigError, match=r"^POSTGRES_PORT: expected a port number"):
+            load_settings(environ={"POSTGRES_HOST": "db", "POSTGRES_PORT": port})
 
 
 def test_reading_the_real_environment_goes_through_pydantic_settings(monkeypatch: pytest.MonkeyPatch) -> None:
