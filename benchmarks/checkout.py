@@ -14,6 +14,9 @@ its ratio to bare, with the interquartile range of the per-round ratios.
 the same code and inputs whatever else the machine is doing, so it resolves a few per cent where wall
 time on a shared machine cannot. Each variant runs under callgrind twice, for N and 3N cycles, with
 a fixed hash seed; the difference divided by 2N is the instructions per cycle, start-up cancelled.
+Object addresses (and so id()-keyed hashing) still differ from one process to the next, which moves
+a count by up to ~2 %: every variant is counted ``--repeat`` times (default 3), each repeat's ratio
+is taken to bare of the same repeat, and the median is reported with every per-repeat ratio.
 It counts the checkout path alone (``loop``) and the checkout path plus one scrape (``run``), which
 is where poolwatch folds the samples its hooks recorded.
 """
@@ -31,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +78,7 @@ def worker(variant: str, url: str) -> None:
     with engine.connect():
         pass  # connect once, outside the timing
     clock, cpu = time.perf_counter, time.thread_time
-    checked = 0
+    checked, command = 0, ""
     for line in sys.stdin:
         command, count = line.split()
         if command == "profile":
@@ -106,8 +110,9 @@ def worker(variant: str, url: str) -> None:
         scrape_started = cpu()
         generate_latest(registry)
         print(wall, used, cpu() - scrape_started, flush=True)
-    if variant.startswith("poolwatch"):
-        # The scrape side agrees with what the hot path recorded.
+    if variant.startswith("poolwatch") and command != "loop":
+        # The scrape side agrees with what the hot path recorded. Not after `loop` runs: this scrape
+        # folds every sample of the run, and its cost would be counted as the checkout path's.
         value = registry.get_sample_value("poolwatch_pool_checkouts_total", {"pool": "bench"})
         assert value == checked + 1, (value, checked)
     engine.dispose()
@@ -129,6 +134,8 @@ def main() -> int:
     parser.add_argument(
         "--instructions", action="store_true", help="count instructions under callgrind instead of timing"
     )
+    parser.add_argument("--repeat", type=int, default=3, help="--instructions: count each variant N times")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="--instructions: parallel runs")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -195,7 +202,8 @@ def instructions(args: argparse.Namespace, url: str) -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0"}
     low, high = args.cycles, 3 * args.cycles
 
-    def collected(variant: str, mode: str, cycles: int) -> int:
+    def collected(job: tuple[str, str, int, int]) -> int:
+        variant, mode, cycles, _repeat = job
         command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
                    sys.executable, __file__, "--url", url, "--worker", variant]  # fmt: skip
         done = subprocess.run(command, input=f"{mode} {cycles}\n", capture_output=True, text=True,
@@ -204,18 +212,39 @@ def instructions(args: argparse.Namespace, url: str) -> int:
         assert match, done.stderr[-2000:]
         return int(match.group(1))
 
+    modes = ("loop", "run")
+    jobs = [(v, m, n, r) for r in range(args.repeat) for m in modes for v in VARIANTS for n in (low, high)]
+    with ThreadPoolExecutor(max_workers=args.jobs) as executor:  # counts do not depend on the load
+        counts = dict(zip(jobs, executor.map(collected, jobs), strict=True))
+    # per_cycle[mode][variant][repeat]: instructions per cycle, start-up cancelled
     per_cycle = {
-        mode: {v: (collected(v, mode, high) - collected(v, mode, low)) / (high - low) for v in VARIANTS}
-        for mode in ("loop", "run")
+        m: {
+            v: [(counts[v, m, high, r] - counts[v, m, low, r]) / (high - low) for r in range(args.repeat)]
+            for v in VARIANTS
+        }
+        for m in modes
     }
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, Python {platform.python_version()},"
-          f" callgrind, {low} and {high} cycles per variant, PYTHONHASHSEED=0")  # fmt: skip
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"# {stamp}, Python {platform.python_version()}, callgrind, {low} and {high} cycles per variant,"
+          f" {args.repeat} repeats, PYTHONHASHSEED=0")  # fmt: skip
+    summary: dict[str, dict[str, dict[str, object]]] = {}
     for mode, title in (("loop", "checkout path alone"), ("run", "checkout path plus one scrape")):
-        print(f"\n{mode}: instructions per cycle, {title}")
+        print(f"\n{mode}: instructions per cycle, {title}; ratios to bare of the same repeat")
+        print(f"{'variant':18} {'median':>10} {'ratio':>8} {'per-repeat ratios':>30}")
+        bare = per_cycle[mode]["bare"]
         for v in VARIANTS:
-            ratio = per_cycle[mode][v] / per_cycle[mode]["bare"]
-            print(f"{v:18} {per_cycle[mode][v]:12.0f} {ratio:8.3f}x")
-    print(json.dumps({"instructions_per_cycle": per_cycle}))
+            ratios = [x / b for x, b in zip(per_cycle[mode][v], bare, strict=True)]
+            median = statistics.median(per_cycle[mode][v])
+            ratio = statistics.median(ratios)
+            shown = " ".join(f"{r:.3f}" for r in ratios)
+            print(f"{v:18} {median:10.0f} {ratio:7.3f}x {shown:>30}")
+            summary.setdefault(mode, {})[v] = {
+                "median_instructions": round(median),
+                "median_ratio": round(ratio, 4),
+                "ratios": [round(r, 4) for r in ratios],
+                "instructions": [round(x) for x in per_cycle[mode][v]],
+            }
+    print(json.dumps({"instructions_per_cycle": summary}))
     return 0
 
 

@@ -23,6 +23,7 @@ never maintained: their queue belongs to the event loop.
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 from dataclasses import dataclass, field
@@ -145,7 +146,8 @@ class Housekeeper:
                     break
                 if record.dbapi_connection is None:
                     continue  # an empty slot: SQLAlchemy reconnects it on its next checkout
-                idle_for = now - recorder.idle_since.get(id(record), now)
+                since = recorder.idle_since(record)
+                idle_for = 0.0 if since is None else now - since
                 reason = None
                 if policy.max_lifetime is not None:
                     jitter = float(record.info.get(LIFETIME_JITTER, 0.0))
@@ -177,7 +179,7 @@ class Housekeeper:
         else:
             error = None
         if alive:
-            recorder.idle_since[id(record)] = recorder.clock()
+            recorder.stamps[record] = recorder.clock()
             return True
         record.info[CLOSE_REASON] = "pre_ping_failed"
         record.invalidate(error)
@@ -200,6 +202,7 @@ class Housekeeper:
                 recorder.connect_failed(exc)
                 log.warning("pool %s: refill to min_idle failed: %s", recorder.name, type(exc).__name__)
                 return
+            recorder.stamps[record] = recorder.clock()
             internals.give_back(record)
             report.opened += 1
 
@@ -218,15 +221,14 @@ class Housekeeper:
         # redis-py takes this lock to hand out a free connection, so none can be handed out while it
         # is held; disconnecting is a local socket close (redis-py's own disconnect() holds it too).
         with internals.lock:
-            free = list(internals.free())
-            idle = [c for c in free if id(c) in recorder.idle_since]
+            idle = [(since, c) for c in internals.free() if (since := recorder.idle_since(c)) is not None]
             keep = len(idle)
-            for connection in sorted(idle, key=lambda c: recorder.idle_since[id(c)]):
+            for since, connection in sorted(idle, key=operator.itemgetter(0)):
                 if keep <= self.policy.min_idle:
                     break
-                if now - recorder.idle_since[id(connection)] > timeout:
+                if now - since > timeout:
                     connection.disconnect()
-                    del recorder.idle_since[id(connection)]
+                    del recorder.stamps[connection]
                     recorder.close("idle_timeout")
                     report.count("idle_timeout")
                     keep -= 1

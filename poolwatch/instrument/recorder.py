@@ -50,21 +50,25 @@ LEAK_STACK_LIMIT: Final = 40
 
 
 class Tally:
-    """A monotonic counter: the hot path calls ``hit()`` (no lock); ``value()`` reads it.
+    """A monotonic counter: hooks call ``next(tally.counter)`` (no lock); ``value()`` reads it.
 
+    ``next()`` on an ``itertools.count`` is one C call, atomic under the GIL; calling the bound
+    ``counter.__next__`` instead goes through a method-wrapper, which builds an argument tuple.
     ``itertools.count`` has no way to read its value without advancing it, so ``value()`` advances it
     and remembers how many times it did. ``value()`` callers must serialise among themselves.
     """
 
-    __slots__ = ("_count", "_peeks", "hit")
+    __slots__ = ("_peeks", "counter")
 
     def __init__(self) -> None:
-        self._count = itertools.count()
-        self.hit: Callable[[], int] = self._count.__next__
+        self.counter = itertools.count()
         self._peeks = 0
 
+    def hit(self) -> None:
+        next(self.counter)
+
     def value(self) -> int:
-        current = next(self._count) - self._peeks
+        current = next(self.counter) - self._peeks
         self._peeks += 1
         return current
 
@@ -122,13 +126,16 @@ def _le(bound: float) -> str:
 # A connection out of the pool now: (when it was handed out, a frame to format if it leaks). A plain
 # tuple: building a frozen dataclass costs ~0.4 us, a tenth of the whole hook budget.
 Checkout = tuple[float, "FrameType | None"]
+# What ``Recorder.stamps`` holds for a pool entry: a ``Checkout`` while it is out of the pool, and the
+# recorder-clock time it was last returned, pinged or opened (a float) while it is idle.
+Stamp = Checkout | float
 
 
 @dataclass
 class Recorder:
     """Everything one instrumented pool records, and the few reads the collector needs.
 
-    Hot-path fields (``requested``, ``handed``, ``waits``, ``uses``, ``out``) are written without a
+    Hot-path fields (``requested``, ``handed``, ``waits``, ``uses``, ``stamps``) are written without a
     lock by pool hooks. The rare events (connects, closes, failures, leaks) take ``_lock``; so does
     every read. Each request ends as exactly one of ``handed`` or ``failures``, counted before the
     request is complete, so ``pending = requested - handed - failures`` read in that order (the
@@ -143,12 +150,10 @@ class Recorder:
     waits: Samples = field(default_factory=Samples)
     uses: Samples = field(default_factory=Samples)
     creates: Samples = field(default_factory=Samples)
-    # pool entry -> Checkout while checked out, for use time and leak detection.
-    out: dict[object, Checkout] = field(default_factory=dict)
-    # id(pool entry) -> recorder-clock time it was last returned, pinged or opened (housekeeping).
-    # Keyed by id, not the entry: a pool dropped by dispose() must still be collectable, and with it
-    # the connections returned to it afterwards.
-    idle_since: dict[int, float] = field(default_factory=dict)
+    # pool entry -> its Stamp: one dict read and one write per checkin, no id() call, no pop().
+    # A SQLAlchemy pool writes to a dict of its own (``stamps`` is the current pool's) so that a pool
+    # dropped by dispose() takes its entries with it when it is collected.
+    stamps: dict[object, Stamp] = field(default_factory=dict)
     leaked: set[object] = field(default_factory=set)
     failures: int = 0
     timeouts: int = 0
@@ -218,6 +223,11 @@ class Recorder:
 
     # -- scraping side ---------------------------------------------------------------------------
 
+    def idle_since(self, key: object) -> float | None:
+        """When a pool entry was last returned, pinged or opened; None if out or never seen."""
+        stamp = self.stamps.get(key)
+        return stamp if isinstance(stamp, float) else None
+
     def pending(self) -> int:
         """Callers inside a checkout now (waiting in the queue, connecting or pre-pinging)."""
         with self._lock:
@@ -232,8 +242,9 @@ class Recorder:
         if self.leak_threshold is None:
             return 0
         now = self.clock()
-        current = self.out.copy()  # one C call: atomic under the GIL while hooks write
-        held = [(key, c) for key, c in current.items() if now - c[0] > self.leak_threshold]
+        current = self.stamps.copy()  # one C call: atomic under the GIL while hooks write
+        out = {key: stamp for key, stamp in current.items() if isinstance(stamp, tuple)}
+        held = [(key, c) for key, c in out.items() if now - c[0] > self.leak_threshold]
         fresh: list[tuple[object, Checkout]] = []
         with self._lock:
             for key, checkout in held:
@@ -242,7 +253,7 @@ class Recorder:
                     self.leaks_total += 1
                     fresh.append((key, checkout))
             # Forget leaks whose connection went away without a checkin (detached, pool disposed).
-            self.leaked.intersection_update(current.keys())  # in place: hooks hold this set
+            self.leaked.intersection_update(out.keys())  # in place: hooks hold this set
             count = len(self.leaked)
         for _key, checkout in fresh:
             log.warning(

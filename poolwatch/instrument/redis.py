@@ -108,30 +108,31 @@ def instrument_redis(
 
 def _instrumented_class(base: type[redis.ConnectionPool], recorder: Recorder) -> type[redis.ConnectionPool]:
     clock = recorder.clock
-    requested = recorder.requested.hit
-    handed = recorder.handed.hit
+    count = next
+    requested = recorder.requested.counter
+    handed = recorder.handed.counter
     wait = recorder.waits.append
     use = recorder.uses.append
-    out = recorder.out
+    stamps = recorder.stamps
     leaked = recorder.leaked
-    idle_since = recorder.idle_since
     getframe = sys._getframe if recorder.leak_threshold is not None else None  # noqa: SLF001
     base_get = base.get_connection
     base_release = base.release
+    base_reset = base.reset
 
     def get_connection(self: redis.ConnectionPool, *args: Any, **kwargs: Any) -> Any:
         start = clock()
-        requested()
+        count(requested)
         try:
             connection = base_get(self, *args, **kwargs)
         except BaseException as exc:
             _failed(recorder, exc)
             raise
         now = clock()
-        handed()
+        count(handed)
         wait(now - start)
         try:
-            out[connection] = (now, getframe(1) if getframe is not None else None)
+            stamps[connection] = (now, getframe(1) if getframe is not None else None)
         except Exception as exc:
             recorder.internal_error(exc)
         return connection
@@ -139,18 +140,25 @@ def _instrumented_class(base: type[redis.ConnectionPool], recorder: Recorder) ->
     def release(self: redis.ConnectionPool, connection: Any) -> None:
         try:
             now = clock()
-            idle_since[id(connection)] = now
-            checkout = out.pop(connection, None)
-            if checkout is not None:
-                use(now - checkout[0])
-                if leaked:
-                    recorder.returned(connection, checkout)
+            checkout = stamps[connection]
+            stamps[connection] = now
+            use(now - checkout[0])  # type: ignore[index]
+            if leaked:
+                recorder.returned(connection, checkout)  # type: ignore[arg-type]
+        except KeyError:  # checked out before instrument_redis(): no use time to record
+            stamps[connection] = now
         except Exception as exc:
             recorder.internal_error(exc)
         base_release(self, connection)
 
+    def reset(self: redis.ConnectionPool) -> None:
+        base_reset(self)
+        stamps.clear()  # redis-py forgets its connections (after a fork): so does poolwatch
+
     return type(
-        base.__name__, (base,), {"get_connection": get_connection, "release": release, "_poolwatch": recorder}
+        base.__name__,
+        (base,),
+        {"get_connection": get_connection, "release": release, "reset": reset, "_poolwatch": recorder},
     )
 
 

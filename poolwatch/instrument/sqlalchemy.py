@@ -15,7 +15,6 @@ detach); those travel to recreated pools with the pool's dispatch. The private n
 
 from __future__ import annotations
 
-import operator
 import random
 import sys
 import threading
@@ -30,7 +29,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import Pool, QueuePool
 
 from poolwatch.instrument.collector import PoolState, collector_for
-from poolwatch.instrument.recorder import Recorder
+from poolwatch.instrument.recorder import Recorder, Stamp
 
 if TYPE_CHECKING:
     from collections import deque
@@ -60,11 +59,11 @@ class PoolInternals:
 
     # Hot path, chosen for cost (see the module docstring): ``checkout`` is what ``Pool.connect()``
     # does and ``return_conn`` what ``Pool._return_conn()`` does, so the hooks replace those frames
-    # instead of adding one each; ``record_of`` reads the pool entry behind a checked-out connection
-    # (the public ``.info`` property costs ~0.8 us); ``return_conn_name`` is the method every checkin
-    # ends in (``_ConnectionRecord.checkin``), hooked because the checkin event costs ~1 us.
+    # instead of adding one each; the hook reads the pool entry behind a checked-out connection as
+    # ``connection._connection_record`` (a slot; the public ``.info`` property costs ~0.8 us);
+    # ``return_conn_name`` is the method every checkin ends in (``_ConnectionRecord.checkin``),
+    # hooked because the checkin event costs ~1 us.
     checkout: Callable[[Pool], PoolProxiedConnection]
-    record_of: Callable[[PoolProxiedConnection], ConnectionPoolEntry]
     return_conn_name: str
     return_conn: Callable[[ConnectionPoolEntry], None]
     # Housekeeping and gauges. ``idle_records`` / ``mutex`` exist for the threaded QueuePool only.
@@ -91,7 +90,6 @@ def pool_internals(pool: QueuePool) -> PoolInternals:
     give_back = pool._do_return_conn  # noqa: SLF001
     return PoolInternals(
         checkout=_ConnectionFairy._checkout if plain_connect else pool_class.connect,  # noqa: SLF001
-        record_of=operator.attrgetter("_connection_record"),
         return_conn_name="_return_conn",
         return_conn=give_back if plain_return else MethodType(pool_class._return_conn, pool),  # noqa: SLF001
         idle_records=getattr(queue, "queue", None),  # type: ignore[arg-type]
@@ -199,9 +197,16 @@ def _patch(pool: QueuePool, recorder: Recorder) -> QueuePool:
     def recreate() -> QueuePool:
         return _patch(base.recreate(pool), recorder)
 
+    # This pool's own stamps (see Recorder.stamps); its idle connections are idle as of now.
+    idle: list[Any] = []
+    if internals.idle_records is not None:  # the threaded QueuePool; an async pool starts empty here
+        with internals.mutex:
+            idle = list(internals.idle_records)
+    stamps: dict[object, Stamp] = dict.fromkeys(idle, recorder.clock())
+    recorder.stamps = stamps
     vars(pool).update({
-        "connect": _connect_hook(pool, internals, recorder),
-        internals.return_conn_name: _checkin_hook(internals.return_conn, recorder),
+        "connect": _connect_hook(pool, internals, recorder, stamps),
+        internals.return_conn_name: _checkin_hook(internals.return_conn, recorder, stamps),
         "dispose": dispose,
         "recreate": recreate,
         "_poolwatch": recorder,
@@ -210,54 +215,54 @@ def _patch(pool: QueuePool, recorder: Recorder) -> QueuePool:
 
 
 def _connect_hook(
-    pool: Pool, internals: PoolInternals, recorder: Recorder
+    pool: Pool, internals: PoolInternals, recorder: Recorder, stamps: dict[object, Stamp]
 ) -> Callable[[], PoolProxiedConnection]:
     # Everything the hot path touches is bound to a local of this closure once, and the leak and
-    # no-leak variants are separate functions: every bytecode here is paid on every checkout.
+    # no-leak variants are separate functions: every bytecode here is paid on every checkout. The
+    # record is read as ``connection._connection_record`` (a slot: no call), pinned by a test.
     clock = recorder.clock
-    requested = recorder.requested.hit
-    handed = recorder.handed.hit
+    count = next
+    requested = recorder.requested.counter
+    handed = recorder.handed.counter
     wait = recorder.waits.append
-    out = recorder.out
     failed = recorder.checkout_failed
-    record_of = internals.record_of
     base_connect = internals.checkout
     getframe = sys._getframe  # noqa: SLF001
 
     def connect() -> PoolProxiedConnection:
         start = clock()
-        requested()
+        count(requested)
         try:
             connection = base_connect(pool)
         except BaseException as exc:
             failed(exc)
             raise
         now = clock()
-        handed()
+        count(handed)
         wait(now - start)
         try:
-            out[record_of(connection)] = (now, None)
+            stamps[connection._connection_record] = (now, None)  # noqa: SLF001
         except Exception as exc:
             recorder.internal_error(exc)
         return connection
 
     def connect_tracking_leaks() -> PoolProxiedConnection:
         start = clock()
-        requested()
+        count(requested)
         try:
             connection = base_connect(pool)
         except BaseException as exc:
             failed(exc)
             raise
         now = clock()
-        handed()
+        count(handed)
         wait(now - start)
         try:
             try:
                 frame = getframe(CALLER_DEPTH)
             except ValueError:  # a shallower entry point than Engine.connect()
                 frame = getframe(1)
-            out[record_of(connection)] = (now, frame)
+            stamps[connection._connection_record] = (now, frame)  # noqa: SLF001
         except Exception as exc:
             recorder.internal_error(exc)
         return connection
@@ -268,23 +273,22 @@ def _connect_hook(
 
 
 def _checkin_hook(
-    base_return: Callable[[ConnectionPoolEntry], None], recorder: Recorder
+    base_return: Callable[[ConnectionPoolEntry], None], recorder: Recorder, stamps: dict[object, Stamp]
 ) -> Callable[[ConnectionPoolEntry], None]:
     clock = recorder.clock
-    out_pop = recorder.out.pop
-    idle_since = recorder.idle_since
     use = recorder.uses.append
     leaked = recorder.leaked
 
     def return_conn(record: ConnectionPoolEntry) -> None:
         try:
             now = clock()
-            idle_since[id(record)] = now
-            checkout = out_pop(record, None)
-            if checkout is not None:
-                use(now - checkout[0])
-                if leaked:
-                    recorder.returned(record, checkout)
+            checkout = stamps[record]
+            stamps[record] = now
+            use(now - checkout[0])  # type: ignore[index]
+            if leaked:
+                recorder.returned(record, checkout)  # type: ignore[arg-type]
+        except KeyError:  # checked out before instrument(): no use time to record
+            stamps[record] = now
         except Exception as exc:
             recorder.internal_error(exc)
         base_return(record)
@@ -313,7 +317,6 @@ class _RareEvents:
             # The record is stamped just before the driver's connect; this listener runs right after
             # it (and after the dialect's own on-connect set-up).
             self._recorder.connected(max(0.0, time.time() - connected_at(record)))
-            self._recorder.idle_since[id(record)] = self._recorder.clock()
             record.info[LIFETIME_JITTER] = random.uniform(0.0, MAX_JITTER)  # noqa: S311 - not crypto
         except Exception as exc:
             self._recorder.internal_error(exc)
@@ -336,15 +339,18 @@ class _RareEvents:
 
     def on_close(self, _dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         try:
-            self._recorder.idle_since.pop(id(record), None)
+            # Forget an idle connection; one closed while checked out keeps its checkout time
+            # until it is returned (its use time is still counted then).
+            stamps = self._recorder.stamps
+            if not isinstance(stamps.get(record), tuple):
+                stamps.pop(record, None)
             self._recorder.close(_close_reason(record, self._engine()))
         except Exception as exc:
             self._recorder.internal_error(exc)
 
     def on_detach(self, _dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         try:
-            self._recorder.out.pop(record, None)
-            self._recorder.idle_since.pop(id(record), None)
+            self._recorder.stamps.pop(record, None)
         except Exception as exc:
             self._recorder.internal_error(exc)
 

@@ -92,14 +92,17 @@ def test_checkouts_sizes_and_histograms_follow_the_workload(make_engine, registr
 
 def test_overflow_gauge_and_overflow_close_on_checkin(make_engine, registry) -> None:
     engine, _ = make_engine(pool_size=1, max_overflow=2)
-    poolwatch.instrument(engine, name="o", registry=registry)
+    stamps = poolwatch.instrument(engine, name="o", registry=registry).recorder.stamps
     held = [engine.connect() for _ in range(3)]
     assert sample(registry, "pool_overflow", "o") == 2
+    assert len(stamps) == 3
     for connection in held:
         connection.close()
     assert sample(registry, "pool_overflow", "o") == 0
     assert sample(registry, "pool_closed_total", "o", reason="overflow") == 2
     assert sample(registry, "pool_connections", "o", state="idle") == 1
+    # Connections closed for good are forgotten: the one idle connection is all poolwatch keeps.
+    assert [type(stamp) for stamp in stamps.values()] == [float]
 
 
 def test_exhausted_pool_shows_pending_callers_and_counts_each_timeout(make_engine, registry) -> None:
@@ -169,6 +172,8 @@ def test_invalidation_and_recycle_are_counted_by_reason(make_engine, registry) -
     with engine.connect() as connection:
         connection.invalidate()
     assert sample(registry, "pool_closed_total", "r", reason="invalidated") == 1
+    # Closed while checked out, it still counts its use time when it comes back.
+    assert sample(registry, "pool_use_seconds_count", "r") == 1
     with engine.connect():
         pass
     time.sleep(1.1)  # pool_recycle is compared with time.time() inside SQLAlchemy
@@ -342,7 +347,7 @@ def test_private_sqlalchemy_api_matches_the_installed_version(make_engine) -> No
     assert "return _ConnectionFairy._checkout(self)" in inspect.getsource(Pool.connect)
     assert "self._do_return_conn(record)" in inspect.getsource(Pool._return_conn)
     fairy = pool.connect()
-    record = internals.record_of(fairy)
+    record = fairy._connection_record  # what the connect hook reads
     assert record.dbapi_connection is fairy.dbapi_connection
     fairy.close()
     assert list(internals.idle_records) == [record]
