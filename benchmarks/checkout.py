@@ -4,19 +4,19 @@
     .venv/bin/python benchmarks/checkout.py --url postgresql+psycopg2://user:pw@host/db
     .venv/bin/python benchmarks/checkout.py --instructions  # callgrind instruction counts (valgrind)
 
-The cycle is ``with engine.connect(): pass`` (QueuePool, psycopg2). Each variant runs in its own
-worker process (its own engine, its own interpreter state); the parent runs many short rounds,
-interleaving the variants in a shuffled order each round, so drift and noise from other processes on
-the machine hit every variant alike. It prints the median microseconds per cycle of each variant and
+The cycle is ``with engine.connect(): pass`` (QueuePool, psycopg2). Each variant runs in worker
+processes of its own (its own engine, its own interpreter state; ``--processes`` of them, default 4,
+taking rounds in turn); the parent runs many short rounds, interleaving the variants in a shuffled
+order each round, so drift and noise from other processes on the machine hit every variant alike. It prints the median microseconds per cycle of each variant and
 its ratio to bare, with the interquartile range of the per-round ratios.
 
 ``--instructions`` counts instructions instead of timing (valgrind's callgrind): the same total for
 the same code and inputs whatever else the machine is doing, so it resolves a few per cent where wall
 time on a shared machine cannot. Each variant runs under callgrind twice, for N and 3N cycles, with
 a fixed hash seed; the difference divided by 2N is the instructions per cycle, start-up cancelled.
-Object addresses (and so id()-keyed hashing) still differ from one process to the next, which moves
-a count by up to ~2 %: every variant is counted ``--repeat`` times (default 3), each repeat's ratio
-is taken to bare of the same repeat, and the median is reported with every per-repeat ratio.
+Counts can differ between set-ups (another server, other imports: up to ~2 % was seen), so every
+variant is counted ``--repeat`` times (default 3), each repeat's ratio is taken to bare of the same
+repeat, and the median is reported with every per-repeat ratio.
 It counts the checkout path alone (``loop``) and the checkout path plus one scrape (``run``), which
 is where poolwatch folds the samples its hooks recorded.
 """
@@ -134,6 +134,7 @@ def main() -> int:
     parser.add_argument(
         "--instructions", action="store_true", help="count instructions under callgrind instead of timing"
     )
+    parser.add_argument("--processes", type=int, default=4, help="worker processes per variant (timing)")
     parser.add_argument("--repeat", type=int, default=3, help="--instructions: count each variant N times")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="--instructions: parallel runs")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -153,13 +154,17 @@ def main() -> int:
 
 def run(args: argparse.Namespace, url: str) -> int:
     variants = (args.profile,) if args.profile else VARIANTS
+    processes = 1 if args.profile else args.processes
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, __file__, "--url", url, "--worker"]
     pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True, "cwd": ROOT, "env": env}
-    workers = {v: subprocess.Popen([*command, v], **pipes) for v in variants}
+    # Several processes per variant: one process's memory layout can make it a few per cent faster
+    # or slower for its whole life, which interleaving rounds does not average out; round r runs on
+    # process r % processes of every variant.
+    workers = {(v, k): subprocess.Popen([*command, v], **pipes) for v in variants for k in range(processes)}
 
-    def ask(variant: str, command: str, cycles: int) -> tuple[float, float, float]:
-        process = workers[variant]
+    def ask(worker: tuple[str, int], command: str, cycles: int) -> tuple[float, float, float]:
+        process = workers[worker]
         assert process.stdin is not None
         assert process.stdout is not None
         process.stdin.write(f"{command} {cycles}\n")
@@ -169,17 +174,17 @@ def run(args: argparse.Namespace, url: str) -> int:
 
     try:
         if args.profile:
-            ask(args.profile, "profile", args.cycles * 10)
+            ask((args.profile, 0), "profile", args.cycles * 10)
             return 0
-        for v in variants:  # warm-up round, not counted
-            ask(v, "run", args.cycles)
+        for worker in workers:  # warm-up round, not counted
+            ask(worker, "run", args.cycles)
         results: dict[str, dict[str, list[float]]] = {
             clock: {v: [] for v in variants} for clock in ("wall", "cpu", "scrape")
         }
-        for _ in range(args.rounds):
+        for round_number in range(args.rounds):
             order = list(variants)
             random.shuffle(order)
-            this_round = {v: ask(v, "run", args.cycles) for v in order}
+            this_round = {v: ask((v, round_number % processes), "run", args.cycles) for v in order}
             for v in variants:
                 results["wall"][v].append(this_round[v][0] / args.cycles)
                 results["cpu"][v].append(this_round[v][1] / args.cycles)
@@ -254,7 +259,8 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]])
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, Python {platform.python_version()}, "
         f"SQLAlchemy {sqlalchemy.__version__}, {os.cpu_count()} CPUs, "
-        f"{args.rounds} rounds x {args.cycles} cycles per variant, interleaved"
+        f"{args.rounds} rounds x {args.cycles} cycles per variant, interleaved, "
+        f"{args.processes} processes per variant"
     )
     summary: dict[str, dict[str, dict[str, float]]] = {}
     scrape = results.pop("scrape")
