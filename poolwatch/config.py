@@ -2,7 +2,8 @@
 
 This is the only module that reads the environment. Passwords are split out of URLs on load and kept
 as ``SecretStr``; everything printable (``repr``, ``poolwatch config``, errors) shows the URL without
-them (``urls.py``). Every validation failure becomes one ``ConfigError`` line naming the key path.
+them (``urls.py``). Every validation failure becomes one ``ConfigError`` line naming the key path
+(``config_errors.py``).
 """
 
 from __future__ import annotations
@@ -25,25 +26,22 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from poolwatch.config_errors import describe_validation_error
 from poolwatch.errors import ConfigError
-from poolwatch.urls import (
-    MASK,
-    check_url,
-    mask_url,
-    parse_listen,
-    postgres_url,
-    printable,
-    split_password,
-)
+from poolwatch.urls import MASK, check_url, mask_url, parse_listen, postgres_url, split_password
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Mapping
 
 Kind = Literal["postgres", "sqlite", "redis"]
 DEFAULT_LISTEN = "127.0.0.1:18187"
 
 Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$"
+# How a pattern mismatch reads in an error line; any other pattern is shown as it is.
+_PATTERN_MEANINGS = {
+    NAME_PATTERN: "letters, digits, '_', '.' or '-', starting with a letter or '_', at most 63",
+}
 # YAML gives lists; the frozen models keep tuples. strict=False here admits the list container only:
 # the items are still validated strictly (a name must be a string, a threshold a number).
 Names = Annotated[tuple[Annotated[str, Field(strict=True, min_length=1)], ...], Field(strict=False)]
@@ -412,71 +410,11 @@ def validate(data: Mapping[str, Any]) -> Settings:
     try:
         return Settings.model_validate(dict(data))
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, data)) from None
+        raise ConfigError(describe_validation_error(exc, data, _PATTERN_MEANINGS)) from None
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
-
-
-def describe_validation_error(exc: ValidationError, data: Mapping[str, Any]) -> str:
-    """The first validation failure as ``key.path: what is expected (got ...)``."""
-    errors = exc.errors(include_url=False)
-    error = errors[0]
-    path = _key_path(error["loc"], data)
-    message = _plain_message(error)
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{path}: {message}{more}" if path else f"{message}{more}"
-
-
-def _key_path(loc: Sequence[int | str], data: Mapping[str, Any]) -> str:
-    parts: list[str] = []
-    node: Any = data
-    for item in loc:
-        if isinstance(item, int):
-            parts[-1:] = [f"{parts[-1] if parts else ''}[{item}]"]
-            node = node[item] if isinstance(node, list | tuple) and item < len(node) else None
-            if isinstance(node, dict) and isinstance(node.get("name"), str) and len(parts) == 1:
-                parts[-1] += f"({printable(node['name'])[1:-1][:40]})"
-            continue
-        if item in {"function-after", "function-before", "function-wrap"} or "[" in item:
-            continue
-        # An unknown key is user text: quoted (so a newline in it cannot break the one line) unless plain.
-        parts.append(item if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", item) else printable(item))
-        node = node.get(item) if isinstance(node, dict) else None
-    return ".".join(parts)
-
-
-def _plain_message(error: Mapping[str, Any]) -> str:
-    kind = error["type"]
-    message = str(error["msg"])
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "string_pattern_mismatch":
-        pattern = str((error.get("ctx") or {}).get("pattern", ""))
-        message = (
-            "expected letters, digits, '_', '.' or '-', starting with a letter or '_', at most 63"
-            if pattern == NAME_PATTERN
-            else f"expected text matching {pattern}"
-        )
-    elif kind == "value_error":
-        message = message.removeprefix("Value error, ")
-    elif kind == "literal_error":
-        message = "expected " + message.removeprefix("Input should be ")
-    else:
-        message = message.replace("Input should be", "expected")
-    shown = "" if kind in {"value_error", "missing", "model_type"} else _got(error.get("input"))
-    if kind == "model_type":
-        message = f"expected a mapping{_got(error.get('input'))}"
-    return message[:1].lower() + message[1:] + shown
-
-
-def _got(value: Any) -> str:
-    if isinstance(value, dict | list):
-        return f" (got a {type(value).__name__})"
-    return f" (got {printable(value)})"
 
 
 def _read_environment(environ: Mapping[str, str] | None) -> Environment:
