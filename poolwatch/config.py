@@ -2,17 +2,16 @@
 
 This is the only module that reads the environment. Passwords are split out of URLs on load and kept
 as ``SecretStr``; everything printable (``repr``, ``poolwatch config``, errors) shows the URL without
-them. Every validation failure becomes one ``ConfigError`` line naming the key path.
+them (``urls.py``). Every validation failure becomes one ``ConfigError`` line naming the key path
+(``config_errors.py``).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -26,21 +25,23 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
+from poolwatch.config_errors import describe_validation_error
 from poolwatch.errors import ConfigError
+from poolwatch.urls import MASK, check_url, mask_url, parse_listen, postgres_url, split_password
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Mapping
 
 Kind = Literal["postgres", "sqlite", "redis"]
 DEFAULT_LISTEN = "127.0.0.1:18187"
-MASK = "***"
-_MAX_PORT = 65535
-_SHOWN_CHARS = 60  # of a rejected value, in an error line
 
 Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$"
+# How a pattern mismatch reads in an error line; any other pattern is shown as it is.
+_PATTERN_MEANINGS = {
+    NAME_PATTERN: "letters, digits, '_', '.' or '-', starting with a letter or '_', at most 63",
+}
 # YAML gives lists; the frozen models keep tuples. strict=False here admits the list container only:
 # the items are still validated strictly (a name must be a string, a threshold a number).
 Names = Annotated[tuple[Annotated[str, Field(strict=True, min_length=1)], ...], Field(strict=False)]
@@ -409,78 +410,11 @@ def validate(data: Mapping[str, Any]) -> Settings:
     try:
         return Settings.model_validate(dict(data))
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, data)) from None
+        raise ConfigError(describe_validation_error(exc, data, _PATTERN_MEANINGS)) from None
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
-
-
-def describe_validation_error(exc: ValidationError, data: Mapping[str, Any]) -> str:
-    """The first validation failure as ``key.path: what is expected (got ...)``."""
-    errors = exc.errors(include_url=False)
-    error = errors[0]
-    path = _key_path(error["loc"], data)
-    message = _plain_message(error)
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{path}: {message}{more}" if path else f"{message}{more}"
-
-
-def _key_path(loc: Sequence[int | str], data: Mapping[str, Any]) -> str:
-    parts: list[str] = []
-    node: Any = data
-    for item in loc:
-        if isinstance(item, int):
-            parts[-1:] = [f"{parts[-1] if parts else ''}[{item}]"]
-            node = node[item] if isinstance(node, list | tuple) and item < len(node) else None
-            if isinstance(node, dict) and isinstance(node.get("name"), str) and len(parts) == 1:
-                parts[-1] += f"({_printable(node['name'])[1:-1][:40]})"
-            continue
-        if item in {"function-after", "function-before", "function-wrap"} or "[" in item:
-            continue
-        # An unknown key is user text: quoted (so a newline in it cannot break the one line) unless plain.
-        parts.append(item if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", item) else _printable(item))
-        node = node.get(item) if isinstance(node, dict) else None
-    return ".".join(parts)
-
-
-def _plain_message(error: Mapping[str, Any]) -> str:
-    kind = error["type"]
-    message = str(error["msg"])
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "string_pattern_mismatch":
-        pattern = str((error.get("ctx") or {}).get("pattern", ""))
-        message = (
-            "expected letters, digits, '_', '.' or '-', starting with a letter or '_', at most 63"
-            if pattern == NAME_PATTERN
-            else f"expected text matching {pattern}"
-        )
-    elif kind == "value_error":
-        message = message.removeprefix("Value error, ")
-    elif kind == "literal_error":
-        message = "expected " + message.removeprefix("Input should be ")
-    else:
-        message = message.replace("Input should be", "expected")
-    shown = "" if kind in {"value_error", "missing", "model_type"} else _got(error.get("input"))
-    if kind == "model_type":
-        message = f"expected a mapping{_got(error.get('input'))}"
-    return message[:1].lower() + message[1:] + shown
-
-
-def _got(value: Any) -> str:
-    if isinstance(value, dict | list):
-        return f" (got a {type(value).__name__})"
-    return f" (got {_printable(value)})"
-
-
-def _printable(value: Any) -> str:
-    text = repr(value)
-    if "://" in text:  # a URL that failed validation may still carry a password
-        text = repr(mask_url(str(value), has_password=True)) if isinstance(value, str) else "<url>"
-    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
 
 
 def _read_environment(environ: Mapping[str, str] | None) -> Environment:
@@ -538,22 +472,10 @@ def _environment_targets(env: Environment) -> list[dict[str, Any]]:
         kind = "sqlite" if env.database_url.startswith("sqlite") else "postgres"
         targets.append({"name": kind, "kind": kind, "url": env.database_url})
     elif any((env.postgres_host, env.postgres_db, env.postgres_user, env.postgres_password)):
-        targets.append({"name": "postgres", "kind": "postgres", "url": _postgres_url(env)})
+        targets.append({"name": "postgres", "kind": "postgres", "url": postgres_url(env)})
     if env.redis_url:
         targets.append({"name": "redis", "kind": "redis", "url": env.redis_url})
     return targets
-
-
-def _postgres_url(env: Environment) -> str:
-    port = env.postgres_port or "5432"
-    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= _MAX_PORT:
-        raise ConfigError(f"POSTGRES_PORT: expected a port number 1-65535 (got {_printable(port)})")
-    user = quote(env.postgres_user or "postgres", safe="")
-    password = f":{quote(env.postgres_password, safe='')}" if env.postgres_password else ""
-    host = env.postgres_host or "localhost"
-    host = f"[{host}]" if ":" in host else host
-    database = quote(env.postgres_db or env.postgres_user or "postgres", safe="")
-    return f"postgresql+psycopg2://{user}{password}@{host}:{port}/{database}"
 
 
 def embedded_target(state_dir: str | None = None) -> dict[str, Any]:
@@ -577,115 +499,3 @@ def _read_password_file(path: str) -> str:
     if not password:
         raise ValueError(f"password_file {path} is empty")
     return password
-
-
-def split_password(url: str) -> tuple[str, str | None]:
-    """``scheme://user:pw@host/db`` -> (``scheme://user@host/db``, ``pw``). Percent-escapes kept."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url, None
-    if "@" not in parts.netloc:
-        return url, None
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, sep, password = userinfo.partition(":")
-    if not sep:
-        return url, None
-    from urllib.parse import unquote  # noqa: PLC0415 - only needed on this path
-
-    netloc = f"{user}@{hostport}" if user else hostport
-    return urlunsplit(parts._replace(netloc=netloc)), unquote(password)
-
-
-def mask_url(url: str, has_password: bool) -> str:
-    """The URL with ``***`` standing for its password (or for any password left in it)."""
-    bare, _ = split_password(url)
-    if not has_password:
-        return bare
-    parts = urlsplit(bare)
-    user, at, hostport = parts.netloc.rpartition("@")
-    netloc = f"{user}:{MASK}@{hostport}" if at else f":{MASK}@{parts.netloc}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-_SCHEMES: dict[str, tuple[str, ...]] = {
-    "postgres": ("postgresql", "postgresql+psycopg2", "postgres"),
-    "sqlite": ("sqlite", "sqlite+pysqlite"),
-    "redis": ("redis", "rediss", "unix"),
-}
-
-
-def check_url(kind: Kind, url: str) -> None:
-    """Reject a URL that cannot work for ``kind``, naming what is expected."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ValueError(f"url must look like {_SCHEMES[kind][0]}://..., got {_printable(url)}")
-    if scheme not in _SCHEMES[kind]:
-        allowed = ", ".join(f"{s}://" for s in _SCHEMES[kind])
-        raise ValueError(f"url scheme {scheme}:// does not fit kind {kind} (expected {allowed})")
-    if kind == "redis":
-        _check_redis_url(scheme, url)
-        return
-    try:
-        parsed = make_url(url.replace("postgres://", "postgresql://", 1))
-    except (ArgumentError, ValueError):
-        raise ValueError(f"url is not a valid {kind} URL: {_printable(url)}") from None
-    if kind == "postgres":
-        if not parsed.host and "host" not in parsed.query:
-            raise ValueError("url needs a host, as in postgresql+psycopg2://user@host:5432/db")
-        if rest.startswith("/") or not rest:
-            raise ValueError("url needs a host, as in postgresql+psycopg2://user@host:5432/db")
-        try:
-            port = parsed.port
-        except ValueError:
-            raise ValueError("url has an invalid port") from None
-        if port is not None and not 1 <= port <= _MAX_PORT:
-            raise ValueError(f"url has an invalid port {port} (expected 1-{_MAX_PORT})")
-
-
-def _check_redis_url(scheme: str, url: str) -> None:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"url has an invalid port: {_printable(url)}") from None
-    if scheme == "unix":
-        if not parts.path:
-            raise ValueError("a unix:// Redis URL needs a socket path")
-        return
-    if not parts.hostname:
-        raise ValueError("url needs a host, as in redis://host:6379/0")
-    if port == 0:
-        raise ValueError("url has an invalid port 0")
-    database = parts.path.lstrip("/")
-    if database and not database.isdigit():
-        raise ValueError(f"url database must be a number, as in redis://host:6379/0 (got {database!r})")
-
-
-def sqlalchemy_url(target: TargetSettings) -> Any:
-    """The ``sqlalchemy.engine.URL`` for a SQL target, with its password (never printed: the URL
-    object masks it in ``str()`` and ``repr()``)."""
-    url = make_url(target.url.replace("postgres://", "postgresql://", 1))
-    if url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg2")
-    if target.password is not None:
-        url = url.set(password=target.password.get_secret_value())
-    return url
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``:port`` -> (host, port). Port 0 asks for a free port."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > _MAX_PORT:
-        raise ValueError(f"expected host:port with a port 0-65535, got {_printable(value)}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{_printable(host)} is not an IPv6 address") from None
-    elif host == "":
-        host = "0.0.0.0"  # noqa: S104 - an explicit ":port" asks for every interface
-    elif not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", host):
-        raise ValueError(f"expected host:port, got {_printable(value)}")
-    return host, int(port_text)

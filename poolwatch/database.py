@@ -18,8 +18,9 @@ import redis
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from poolwatch.config import PoolSettings, TargetSettings, load_settings, sqlalchemy_url
+from poolwatch.config import PoolSettings, TargetSettings, load_settings
 from poolwatch.errors import ConfigError, translating
+from poolwatch.urls import sqlalchemy_url
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

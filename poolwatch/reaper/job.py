@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from poolwatch.config import sqlalchemy_url
 from poolwatch.database import engine_options
 from poolwatch.errors import first_line, translate, translating
 from poolwatch.reaper.audit import AUDIT_APPLICATION
@@ -22,6 +21,7 @@ from poolwatch.reaper.own import BACKENDS, OwnBackends
 from poolwatch.reaper.policy import Policy
 from poolwatch.reaper.postgres import PostgresReaper
 from poolwatch.reaper.redis import RedisReaper
+from poolwatch.urls import sqlalchemy_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable

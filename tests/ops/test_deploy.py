@@ -23,9 +23,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from poolwatch.config import DEFAULT_LISTEN, parse_listen, validate
+from poolwatch.config import DEFAULT_LISTEN, validate
 from poolwatch.daemon import Daemon
 from poolwatch.http import ROUTES
+from poolwatch.urls import parse_listen
 from tests.ops.tools import ROOT, RULES, SCRAPE_CONFIG, load_yaml, tool
 
 PORT = parse_listen(DEFAULT_LISTEN)[1]

@@ -9,16 +9,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from poolwatch.config import (
-    DEFAULT_LISTEN,
-    load_settings,
-    mask_url,
-    parse_listen,
-    split_password,
-    sqlalchemy_url,
-    validate,
-)
+from poolwatch.config import DEFAULT_LISTEN, load_settings, validate
 from poolwatch.errors import ConfigError
+from poolwatch.urls import mask_url, parse_listen, split_password, sqlalchemy_url
 
 if TYPE_CHECKING:
     from pathlib import Path

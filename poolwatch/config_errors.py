@@ -1,0 +1,74 @@
+"""How a configuration that fails validation is reported: one line naming the key path, no secrets."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from poolwatch.urls import printable
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from pydantic import ValidationError
+
+
+def describe_validation_error(
+    exc: ValidationError, data: Mapping[str, Any], pattern_meanings: Mapping[str, str]
+) -> str:
+    """The first validation failure as ``key.path: what is expected (got ...)``.
+
+    ``pattern_meanings`` says in words what a regular expression of the models accepts; a pattern not
+    in it is shown as it is."""
+    errors = exc.errors(include_url=False)
+    error = errors[0]
+    path = _key_path(error["loc"], data)
+    message = _plain_message(error, pattern_meanings)
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{path}: {message}{more}" if path else f"{message}{more}"
+
+
+def _key_path(loc: Sequence[int | str], data: Mapping[str, Any]) -> str:
+    parts: list[str] = []
+    node: Any = data
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{item}]"]
+            node = node[item] if isinstance(node, list | tuple) and item < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("name"), str) and len(parts) == 1:
+                parts[-1] += f"({printable(node['name'])[1:-1][:40]})"
+            continue
+        if item in {"function-after", "function-before", "function-wrap"} or "[" in item:
+            continue
+        # An unknown key is user text: quoted (so a newline in it cannot break the one line) unless plain.
+        parts.append(item if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", item) else printable(item))
+        node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def _plain_message(error: Mapping[str, Any], pattern_meanings: Mapping[str, str]) -> str:
+    kind = error["type"]
+    message = str(error["msg"])
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "string_pattern_mismatch":
+        pattern = str((error.get("ctx") or {}).get("pattern", ""))
+        message = f"expected {pattern_meanings.get(pattern, f'text matching {pattern}')}"
+    elif kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    elif kind == "literal_error":
+        message = "expected " + message.removeprefix("Input should be ")
+    else:
+        message = message.replace("Input should be", "expected")
+    shown = "" if kind in {"value_error", "missing", "model_type"} else _got(error.get("input"))
+    if kind == "model_type":
+        message = f"expected a mapping{_got(error.get('input'))}"
+    return message[:1].lower() + message[1:] + shown
+
+
+def _got(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return f" (got a {type(value).__name__})"
+    return f" (got {printable(value)})"
