@@ -93,7 +93,8 @@ def build_target(
 ) -> TargetRuntime:
     """The shared engine or client of a target (instrumented, with housekeeping), and its scheduled
     jobs. ``others`` are the other configured targets (their pools are counted by name in the
-    census); ``audit`` records reaper decisions (without one, they are only logged and counted)."""
+    census); ``audit`` records reaper decisions (without one, they are only logged and counted).
+    The probe is every other job's ``Backoff``: none logs in while it backs off after failed logins."""
     database: Database | None = None
     redis_db: RedisDatabase | None = None
     pool = target.pool
@@ -123,7 +124,9 @@ def build_target(
     if instrumentation is not None:
         housekeeper = Housekeeper(instrumentation, Policy.from_settings(pool))
         interval = pool.housekeeping_interval
-        jobs.append(HousekeepingJob(target.name, housekeeper, interval=interval, timeout=max(1.0, interval)))
+        jobs.append(HousekeepingJob(
+            target.name, housekeeper, interval=interval, timeout=max(1.0, interval), backoff=probe,
+        ))  # fmt: skip
     metrics.probe.add_target(target.name)
     runtime = TargetRuntime(target, probe, database, redis_db, jobs=jobs, instrumentation=instrumentation)
     _add_census_and_reaper(runtime, metrics, audit, others)
@@ -146,16 +149,18 @@ def _add_census_and_reaper(
     if take is not None and target.census.enabled:
         runtime.jobs.append(CensusJob(
             target.name, take, metrics.census,
-            interval=target.census.interval, timeout=target.census.timeout,
+            interval=target.census.interval, timeout=target.census.timeout, backoff=runtime.probe,
         ))  # fmt: skip
     if not target.reaper.enabled or take is None:
         return
     if audit is None:  # log and count only (`poolwatch check`, embedding without an audit table)
         audit = AuditLog(AuditSettings(), metrics.reaper)
     if runtime.redis is not None:
-        reaper = build_redis_reaper(target, runtime.redis.client, audit, metrics.reaper, others)
+        reaper = build_redis_reaper(
+            target, runtime.redis.client, audit, metrics.reaper, others, backoff=runtime.probe
+        )
     else:
-        reaper = build_postgres_reaper(target, audit, metrics.reaper, others=others)
+        reaper = build_postgres_reaper(target, audit, metrics.reaper, others=others, backoff=runtime.probe)
     runtime.jobs.append(reaper)
     runtime.closers.append(reaper.close)
 
