@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -370,6 +371,7 @@ def test_reload_to_enforce_is_refused_while_the_daemon_runs_without_an_audit_tab
 ):
     """The file now names an audit database and turns enforcement on; but the running audit log
     has no table and is only replaced by a restart: killing now would leave no audit row."""
+    caplog.set_level(logging.WARNING)  # whatever level an earlier test left the root logger at
     app = f"web-{uuid.uuid4().hex[:6]}"
     victim = sessions.open(app, user=world["web"], password="pw", database=world["orders"])
     base = {"http": {"listen": "127.0.0.1:0"}}
@@ -404,6 +406,7 @@ def test_reload_to_enforce_is_refused_while_the_daemon_runs_without_an_audit_tab
 
 
 def test_reloaded_reapers_record_in_the_running_audit_table_until_a_restart(pg, world, sessions, caplog):
+    caplog.set_level(logging.WARNING)  # whatever level an earlier test left the root logger at
     app = f"web-{uuid.uuid4().hex[:6]}"
 
     def config(table, max_per_run):
