@@ -154,6 +154,32 @@ def test_a_reaper_deferred_by_the_backoff_gives_up_its_lease(pg: PostgresServer)
         wait_for(lambda: _census_series(daemon, name) > 0, 10, "a census again")
 
 
+@pytest.mark.destructive
+def test_a_redis_reaper_deferred_by_the_backoff_stops_counting_on_its_lease(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    """Releasing a Redis lease is a command, which may need a login: the reaper only stops counting
+    on it (``reaper_leader`` 0) and lets the key lapse after its TTL."""
+    server = redis_factory(password="right-password")
+    name = "redis_changed_password"
+    # A reaper run failing its login would drop the lease by itself: every 3 s, with the password
+    # changed right after a run, the next one comes well after the probe's back-off has started.
+    reaper = {**OTHERS["reaper"], "interval": 3, "timeout": 1}
+    target = {"name": name, "kind": "redis", "url": server.url(), "probe": PROBE, **OTHERS, "reaper": reaper}
+    with running_daemon({"targets": [target]}) as daemon:
+        wait_for(lambda: metric(daemon, "poolwatch_reaper_leader", target=name) == 1, 10, "leader")
+        first = _last_success(daemon, "reaper", name)
+        wait_for(lambda: _last_success(daemon, "reaper", name) > first, 10, "a reaper run")
+        admin = server.client()
+        admin.config_set("requirepass", "changed-password")
+        admin.client_kill_filter(_type="normal", skipme=True)  # logged-in clients stay logged in
+        wait_for(lambda: metric(daemon, "poolwatch_probe_backoff_seconds", target=name) > 0, 10, "back-off")
+        wait_for(lambda: metric(daemon, "poolwatch_reaper_leader", target=name) == 0, 5, "lease let go")
+        admin.config_set("requirepass", "right-password")
+        # Again once the key has lapsed (its TTL: 2 x 3 + 1 s).
+        wait_for(lambda: metric(daemon, "poolwatch_reaper_leader", target=name) == 1, 30, "leader again")
+
+
 def _census_series(daemon: Daemon, name: str) -> int:
     return sum(
         1 for (sample, labels) in scrape(daemon)
