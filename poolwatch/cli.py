@@ -25,7 +25,7 @@ from poolwatch.errors import ConfigError, PoolwatchError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from poolwatch.config import Settings, TargetSettings
+    from poolwatch.config import LogSettings, Settings, TargetSettings
 
 EXIT_OK, EXIT_DOWN, EXIT_USAGE = 0, 1, 2
 
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from poolwatch.daemon import Daemon  # noqa: PLC0415 - keep `poolwatch config` light
-    from poolwatch.logs import setup_logging  # noqa: PLC0415
+    from poolwatch.logs import set_level_and_format, setup_logging  # noqa: PLC0415
 
     settings = load_settings(args.config, listen=args.listen)
     redactor = setup_logging(settings.log.level, settings.log.format, settings.secrets())
@@ -99,7 +99,10 @@ def _run(args: argparse.Namespace) -> int:
     def reload() -> Settings:
         return load_settings(args.config, listen=args.listen)
 
-    daemon = Daemon(settings, loader=reload, on_secrets=redactor.update)
+    def relog(log: LogSettings) -> None:
+        set_level_and_format(log.level, log.format)
+
+    daemon = Daemon(settings, loader=reload, on_secrets=redactor.update, on_log=relog)
     daemon.run()
     return EXIT_OK
 

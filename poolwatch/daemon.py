@@ -2,8 +2,11 @@
 
 SIGTERM and SIGINT stop the scheduler, dispose the engines, close the Redis clients and return, so
 ``poolwatch run`` exits 0 within a few seconds even while a target hangs. SIGHUP re-reads the
-configuration: a valid one replaces the targets (the HTTP listener stays), an invalid one is logged
-and the running configuration kept.
+configuration: a valid one replaces the changed targets and applies the log level and format; an
+invalid one is logged and the running configuration kept. The HTTP listener and the audit log keep
+the settings they started with (a WARNING says when those changed): swapping the audit log under
+running reapers could strand records still waiting in its spool, so a new one waits for a restart,
+and a reload that would leave an enforcing reaper without an audit table is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from poolwatch._version import __version__
 from poolwatch.census import postgres as pg_census
 from poolwatch.census import redis as redis_census
 from poolwatch.census.job import CensusJob
-from poolwatch.config import AuditSettings
+from poolwatch.config import AuditSettings, validate
 from poolwatch.database import Database, RedisDatabase
 from poolwatch.errors import PoolwatchError
 from poolwatch.housekeeping import Housekeeper, HousekeepingJob, Policy
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
     from threading import Thread
     from wsgiref.simple_server import WSGIServer
 
-    from poolwatch.config import Settings, TargetSettings
+    from poolwatch.config import LogSettings, Settings, TargetSettings
     from poolwatch.instrument import RedisInstrumentation, SQLAlchemyInstrumentation
     from poolwatch.jobs import Job
 
@@ -93,7 +96,8 @@ def build_target(
 ) -> TargetRuntime:
     """The shared engine or client of a target (instrumented, with housekeeping), and its scheduled
     jobs. ``others`` are the other configured targets (their pools are counted by name in the
-    census); ``audit`` records reaper decisions (without one, they are only logged and counted)."""
+    census); ``audit`` records reaper decisions (without one, they are only logged and counted).
+    The probe is every other job's ``Backoff``: none logs in while it backs off after failed logins."""
     database: Database | None = None
     redis_db: RedisDatabase | None = None
     pool = target.pool
@@ -123,7 +127,9 @@ def build_target(
     if instrumentation is not None:
         housekeeper = Housekeeper(instrumentation, Policy.from_settings(pool))
         interval = pool.housekeeping_interval
-        jobs.append(HousekeepingJob(target.name, housekeeper, interval=interval, timeout=max(1.0, interval)))
+        jobs.append(HousekeepingJob(
+            target.name, housekeeper, interval=interval, timeout=max(1.0, interval), backoff=probe,
+        ))  # fmt: skip
     metrics.probe.add_target(target.name)
     runtime = TargetRuntime(target, probe, database, redis_db, jobs=jobs, instrumentation=instrumentation)
     _add_census_and_reaper(runtime, metrics, audit, others)
@@ -146,16 +152,18 @@ def _add_census_and_reaper(
     if take is not None and target.census.enabled:
         runtime.jobs.append(CensusJob(
             target.name, take, metrics.census,
-            interval=target.census.interval, timeout=target.census.timeout,
+            interval=target.census.interval, timeout=target.census.timeout, backoff=runtime.probe,
         ))  # fmt: skip
     if not target.reaper.enabled or take is None:
         return
     if audit is None:  # log and count only (`poolwatch check`, embedding without an audit table)
         audit = AuditLog(AuditSettings(), metrics.reaper)
     if runtime.redis is not None:
-        reaper = build_redis_reaper(target, runtime.redis.client, audit, metrics.reaper, others)
+        reaper = build_redis_reaper(
+            target, runtime.redis.client, audit, metrics.reaper, others, backoff=runtime.probe
+        )
     else:
-        reaper = build_postgres_reaper(target, audit, metrics.reaper, others=others)
+        reaper = build_postgres_reaper(target, audit, metrics.reaper, others=others, backoff=runtime.probe)
     runtime.jobs.append(reaper)
     runtime.closers.append(reaper.close)
 
@@ -163,7 +171,8 @@ def _add_census_and_reaper(
 class Daemon:
     """poolwatch's long-running process, built from validated settings.
 
-    ``loader`` re-reads the configuration on SIGHUP; without one, SIGHUP is ignored.
+    ``loader`` re-reads the configuration on SIGHUP; without one, SIGHUP is ignored. ``on_secrets``
+    and ``on_log`` hand the reloaded secrets and log settings to whoever set logging up.
     """
 
     def __init__(
@@ -173,11 +182,13 @@ class Daemon:
         metrics: Metrics | None = None,
         loader: Callable[[], Settings] | None = None,
         on_secrets: Callable[[list[str]], None] | None = None,
+        on_log: Callable[[LogSettings], None] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
         self._loader = loader
         self._on_secrets = on_secrets
+        self._on_log = on_log
         self._scheduler = Scheduler(self.metrics.jobs, max_workers=max(16, 8 * len(settings.targets)))
         self.audit = AuditLog(settings.audit, self.metrics.reaper)
         self._targets: dict[str, TargetRuntime] = {}
@@ -270,18 +281,14 @@ class Daemon:
         self._scheduler.stop()
 
     def reload(self) -> None:
-        """Re-read the configuration; replace the targets if it is valid."""
-        if self._loader is None:
+        """Re-read the configuration; if it is valid, replace the changed targets and apply the log
+        settings. The HTTP listener and the audit log keep their settings until a restart."""
+        new = self._reread()
+        if new is None:
             return
-        try:
-            new = self._loader()
-        except PoolwatchError as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)  # noqa: TRY400
-            return
-        if new.http != self.settings.http:
-            log.warning("reload: http settings changed; they take effect after a restart")
-        if self._on_secrets is not None:
-            self._on_secrets(new.secrets() + self.settings.secrets())
+        if self._on_log is not None and new.log != self.settings.log:
+            self._on_log(new.log)
+            log.info("reload: logging at %s as %s", new.log.level, new.log.format)
         old = {t.name: t for t in self.settings.targets}
         fresh = {t.name: t for t in new.targets}
         for name, target in old.items():
@@ -293,8 +300,36 @@ class Daemon:
                     self._add_target(target)
                 except PoolwatchError as exc:
                     log.error("reload: target %s not started: %s", name, exc)  # noqa: TRY400
-        self.settings = new.model_copy(update={"http": self.settings.http})
+        self.settings = new
         log.info("configuration reloaded from %s", new.source)
+
+    def _reread(self) -> Settings | None:
+        """The configuration to run from now on: the file's, with the running http and audit
+        settings; None (logged) when there is none to reload or it is refused."""
+        if self._loader is None:
+            return None
+        try:
+            loaded = self._loader()
+        except PoolwatchError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)  # noqa: TRY400
+            return None
+        try:
+            # Validated again with what stays: an enforcing reaper needs an audit table, and the
+            # one it gets is the running audit log's, whatever the file now says.
+            new = validate({**dict(loaded), "http": self.settings.http, "audit": self.audit.settings})
+        except PoolwatchError as exc:
+            log.error(  # noqa: TRY400 - one line, no traceback
+                "reload refused, keeping the running configuration: %s (audit settings take effect "
+                "after a restart)", exc,
+            )  # fmt: skip
+            return None
+        if loaded.http != self.settings.http:
+            log.warning("reload: http settings changed; they take effect after a restart")
+        if loaded.audit != self.audit.settings:
+            log.warning("reload: audit settings changed; they take effect after a restart")
+        if self._on_secrets is not None:
+            self._on_secrets(loaded.secrets() + self.settings.secrets())
+        return new
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():

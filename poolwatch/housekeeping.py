@@ -41,6 +41,7 @@ from poolwatch.instrument.sqlalchemy import (
     connected_at,
     pool_internals,
 )
+from poolwatch.jobs import BACKING_OFF, NO_BACKOFF, Deferred
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from sqlalchemy.pool import ConnectionPoolEntry
 
     from poolwatch.config import PoolSettings
-    from poolwatch.jobs import Outcome
+    from poolwatch.jobs import Backoff, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -236,17 +237,29 @@ class Housekeeper:
 
 
 class HousekeepingJob:
-    """The daemon's scheduled housekeeping of one target's pool."""
+    """The daemon's scheduled housekeeping of one target's pool; ``backoff`` (the target's probe)
+    defers runs while logins to the target are held back (a refill to ``min_idle`` would log in)."""
 
     task = "housekeeping"
 
-    def __init__(self, target: str, housekeeper: Housekeeper, *, interval: float, timeout: float) -> None:
+    def __init__(
+        self,
+        target: str,
+        housekeeper: Housekeeper,
+        *,
+        interval: float,
+        timeout: float,
+        backoff: Backoff = NO_BACKOFF,
+    ) -> None:
         self.target = target
         self.interval = interval
         self.timeout = timeout
         self._housekeeper = housekeeper
+        self._backoff = backoff
 
     def run(self) -> None:
+        if self._backoff.backing_off:
+            raise Deferred(f"housekeeping of {self.target}: {BACKING_OFF}")
         report = self._housekeeper.run_once()
         if report.closed or report.opened:
             log.debug("housekeeping %s: %s", self.target, report)

@@ -7,6 +7,11 @@ going, the next run of the same job is not started (it would only pile up thread
 as skipped. A job may also decline a run by raising ``Deferred`` (a probe backing off after failed
 logins): that run is counted as skipped too, and not recorded. ``record()`` is called on the
 scheduler's worker with the outcome, never by a late run.
+
+While a target's probe backs off after failed logins, the target's other jobs defer their runs too
+(``Deferred`` before any connection is opened): a wrong password is then tried by the probe alone, at
+its spaced attempts, not by every job at its own interval (log noise, and a lockout or a fail2ban ban
+on the server). Each job is handed the probe as its ``Backoff``, an argument like any other.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from poolwatch.errors import CallTimeoutError
 
@@ -42,6 +47,22 @@ class Outcome:
     @property
     def deferred(self) -> bool:
         return isinstance(self.error, Deferred)
+
+
+class Backoff(Protocol):
+    """Whether logins to a target are held back now (``Probe`` after failed logins)."""
+
+    @property
+    def backing_off(self) -> bool: ...
+
+
+class _NeverBackingOff:
+    backing_off: Final = False
+
+
+NO_BACKOFF: Final[Backoff] = _NeverBackingOff()
+
+BACKING_OFF: Final = "deferred while the probe backs off after failed logins"
 
 
 class Job(Protocol):

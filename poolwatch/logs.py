@@ -78,17 +78,25 @@ def setup_logging(level: str = "INFO", fmt: str = "text", secrets: Iterable[str]
     handler = logging.StreamHandler(sys.stderr)
     redactor = RedactingFilter(secrets)
     handler.addFilter(redactor)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-        )
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
+    set_level_and_format(level, fmt)
+    return redactor
+
+
+def set_level_and_format(level: str, fmt: str) -> None:
+    """Apply ``log.level`` and ``log.format`` to the output ``setup_logging`` made; the daemon calls
+    it again on a SIGHUP reload. A record is formatted by one formatter, whichever another thread has
+    just set, so no line is ever half text, half JSON."""
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.setFormatter(formatter)
     root.setLevel(level)
     # APScheduler logs every run at INFO; its warnings (missed runs, max instances) are what matter.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLevelName(level)))
-    return redactor

@@ -7,7 +7,9 @@ stale connection is seen and counted by the pool, and the probe then succeeds on
 Authentication failures back off: after the second consecutive one the probe waits 2, 4, 8 ... times
 its interval between attempts, up to ``auth_backoff_max``; the runs in between are deferred (no
 connection attempt) and ``poolwatch_probe_backoff_seconds`` shows the current wait. Any other outcome
-ends the back-off, so a server coming back is seen within one interval.
+ends the back-off, so a server coming back is seen within one interval. While it lasts, the target's
+other jobs (census, housekeeping, reaper) defer their runs as well (``backing_off``): only the probe's
+spaced attempts log in.
 """
 
 from __future__ import annotations
@@ -95,6 +97,13 @@ class Probe:
         """The current wait between attempts after authentication failures; 0 when not backing off."""
         with self._lock:
             return self._backoff
+
+    @property
+    def backing_off(self) -> bool:
+        """True from the second failed login in a row until a probe ends otherwise (``Backoff``). It
+        stays true during the probe's own attempt, so that attempt is the only login to the target."""
+        with self._lock:
+            return self._backoff > 0
 
     def _update_backoff(self, reason: Reason | None) -> None:
         with self._lock:

@@ -24,6 +24,7 @@ from poolwatch.jobs import BoundedCall, Job, run_job
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from poolwatch.jobs import Outcome
     from poolwatch.metrics import JobMetrics
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,8 @@ class Scheduler:
         )
 
     def remove_target(self, target: str) -> None:
-        """Unschedule every job of ``target`` and drop its job series."""
+        """Unschedule every job of ``target`` and drop its job series. Once this returns, no outcome
+        of its jobs is recorded, not even of a run still going."""
         with self._lock:
             ids = [job_id for job_id in self._calls if job_id.split(":", 1)[1] == target]
             calls = [self._calls.pop(job_id) for job_id in ids]
@@ -91,8 +93,16 @@ class Scheduler:
         if self._stopped.is_set():
             return
         outcome = run_job(job, call, self._clock)
-        if self._stopped.is_set():
-            return
+        # A run can end after a reload removed (or rebuilt) its target, and remove_target() releases
+        # this wait at once (the outcome then even looks like a success): it must not bring the
+        # removed target's series back, or land in its successor's. Recording under the lock
+        # remove_target() takes means none is under way or still to come once that returns.
+        with self._lock:
+            if self._stopped.is_set() or self._calls.get(f"{job.task}:{job.target}") is not call:
+                return
+            self._record(job, outcome)
+
+    def _record(self, job: Job, outcome: Outcome) -> None:
         labels = (job.task, job.target)
         if outcome.deferred:
             self._metrics.skipped.labels(*labels).inc()

@@ -2,7 +2,8 @@
 
 A census that fails (or times out) withdraws the target's census series: a count from a server we
 can no longer see would be a guess. ``poolwatch_job_last_success_timestamp_seconds{task="census"}``
-says when the last good one was taken.
+says when the last good one was taken. While the target's probe backs off after failed logins the
+census is deferred (no connection) and its series are withdrawn the same way.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import threading
 from typing import TYPE_CHECKING
 
 from poolwatch.errors import first_line, translate
+from poolwatch.jobs import BACKING_OFF, NO_BACKOFF, Deferred
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from poolwatch.jobs import Outcome
+    from poolwatch.jobs import Backoff, Outcome
     from poolwatch.metrics import CensusMetrics
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,8 @@ Sample = tuple[str, tuple[str, ...], float]
 
 
 class CensusJob:
-    """A scheduled census of one target. ``take`` does the I/O and returns the samples to publish."""
+    """A scheduled census of one target. ``take`` does the I/O and returns the samples to publish;
+    ``backoff`` (the target's probe) defers runs while logins to the target are held back."""
 
     task = "census"
 
@@ -37,17 +40,25 @@ class CensusJob:
         *,
         interval: float,
         timeout: float,
+        backoff: Backoff = NO_BACKOFF,
     ) -> None:
         self.target = target
         self.interval = interval
         self.timeout = timeout
         self._take = take
         self._metrics = metrics
+        self._backoff = backoff
         self._lock = threading.Lock()
         self._samples: list[Sample] | None = None
         self._failing = False
 
     def run(self) -> None:
+        if self._backoff.backing_off:
+            # record() is not called for a deferred run, so the series are withdrawn here: a count
+            # from a server we cannot log in to would be a guess. (record() of the previous run has
+            # returned: the scheduler never overlaps two calls for one job.)
+            self._metrics.publish(self.target, ())
+            raise Deferred(f"census of {self.target}: {BACKING_OFF}")
         samples = self._take()
         with self._lock:
             self._samples = samples

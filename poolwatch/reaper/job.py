@@ -2,7 +2,10 @@
 
 Each run first delivers audit records waiting in the spool, then reaps (if this replica holds the
 lease), then delivers what this run recorded. An unreachable audit database never stops the reaper:
-records wait in the spool.
+records wait in the spool. While the target's probe backs off after failed logins, a run is deferred:
+it reads nothing, terminates nothing and delivers nothing, and gives its lease up without a login (a
+PostgreSQL reaper closes the lease session; a Redis lease lapses after its TTL), so that a replica
+that can log in takes over.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from poolwatch.database import engine_options
 from poolwatch.errors import first_line, translate, translating
+from poolwatch.jobs import BACKING_OFF, NO_BACKOFF, Deferred
 from poolwatch.reaper.audit import AUDIT_APPLICATION
 from poolwatch.reaper.lease import PostgresLease, RedisLease
 from poolwatch.reaper.own import BACKENDS, OwnBackends
@@ -30,7 +34,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
     from poolwatch.config import TargetSettings
-    from poolwatch.jobs import Outcome
+    from poolwatch.jobs import Backoff, Outcome
     from poolwatch.metrics import ReaperMetrics
     from poolwatch.reaper.audit import AuditLog
 
@@ -39,7 +43,8 @@ log = logging.getLogger(__name__)
 
 class ReaperJob:
     """A scheduled reaper of one target (task ``reaper``). ``reaper`` is the Postgres or Redis reaper
-    (kept for status and tests); ``reap`` runs it once."""
+    (kept for status and tests); ``reap`` runs it once; ``backoff`` (the target's probe) defers runs
+    while logins to the target are held back, and ``step_down`` then gives up the lease."""
 
     task = "reaper"
 
@@ -54,6 +59,8 @@ class ReaperJob:
         interval: float,
         timeout: float,
         close: Callable[[], None] = lambda: None,
+        backoff: Backoff = NO_BACKOFF,
+        step_down: Callable[[], None] = lambda: None,
     ) -> None:
         self.target = target
         self.interval = interval
@@ -63,9 +70,14 @@ class ReaperJob:
         self._audit = audit
         self._metrics = metrics
         self._close = close
+        self._backoff = backoff
+        self._step_down = step_down
         self._failing = ""
 
     def run(self) -> None:
+        if self._backoff.backing_off:
+            self._step_down()
+            raise Deferred(f"reaper of {self.target}: {BACKING_OFF}")
         self._audit.try_flush()
         try:
             self._reap()
@@ -111,6 +123,7 @@ def build_postgres_reaper(
     metrics: ReaperMetrics,
     own: OwnBackends = BACKENDS,
     others: Iterable[TargetSettings] = (),
+    backoff: Backoff = NO_BACKOFF,
 ) -> ReaperJob:
     engine = lease_engine(target)
 
@@ -137,6 +150,7 @@ def build_postgres_reaper(
     return ReaperJob(
         target.name, reaper, reap, audit, metrics,
         interval=target.reaper.interval, timeout=target.reaper.timeout, close=close,
+        backoff=backoff, step_down=lease.release,
     )  # fmt: skip
 
 
@@ -146,6 +160,7 @@ def build_redis_reaper(
     audit: AuditLog,
     metrics: ReaperMetrics,
     others: Iterable[TargetSettings] = (),
+    backoff: Backoff = NO_BACKOFF,
 ) -> ReaperJob:
     lease = RedisLease(target.name, client, metrics.leader, target.reaper.lease_ttl)
     policy = Policy.from_settings(target.reaper, protected=protected_names(target, others))
@@ -157,4 +172,5 @@ def build_redis_reaper(
     return ReaperJob(
         target.name, reaper, reaper.run, audit, metrics,
         interval=target.reaper.interval, timeout=target.reaper.timeout, close=lease.release,
+        backoff=backoff, step_down=lease.forget,
     )  # fmt: skip

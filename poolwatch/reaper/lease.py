@@ -188,6 +188,12 @@ class RedisLease:
         self._held = held
         self._leader.labels(self.target).set(1 if held else 0)
 
+    def forget(self) -> None:
+        """Stop counting on the lease without a round trip (one may need a login): the key lapses
+        after its TTL, and until then no replica, this one included, can take it."""
+        with self._lock:
+            self._set(held=False)
+
     def release(self) -> None:
         with self._lock:
             if self._held:

@@ -3,6 +3,7 @@ graceful shutdown, reload, and the CLI's exit codes."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -189,6 +190,46 @@ def test_sighup_reloads_targets_and_keeps_running_on_a_bad_file(
         run.process.send_signal(signal.SIGHUP)
         run.wait(lambda: "orders" not in run.up())
         assert run.stop() == 0
+
+
+def test_sighup_applies_log_settings_and_says_audit_settings_wait_for_a_restart(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "poolwatch.yaml"
+    config.write_text(yaml.safe_dump({"targets": [pg_target(pg)]}))
+    with DaemonProcess(["--config", str(config)], clean_env()) as run:
+        run.wait(lambda: run.up().get("orders") == 1)
+        assert not _http_debug_lines(run), "INFO: requests are not logged"
+        config.write_text(yaml.safe_dump({
+            "log": {"level": "DEBUG", "format": "json"},
+            "targets": [pg_target(pg)],
+            "audit": {"url": pg.url(), "table": "poolwatch_audit_after_restart"},
+        }))  # fmt: skip
+        run.process.send_signal(signal.SIGHUP)
+        run.wait(lambda: any("configuration reloaded" in line for line in run.lines), "reloaded")
+        warning = "reload: audit settings changed; they take effect after a restart"
+        assert sum(warning in line and "WARNING" in line for line in run.lines) == 1
+        reloaded = next(i for i, line in enumerate(run.lines) if "configuration reloaded" in line)
+        assert json.loads(run.lines[reloaded])["level"] == "info", "the new format from the reload on"
+        run.up()  # a request, logged at DEBUG
+        run.wait(lambda: bool(_http_debug_lines(run)), "a request logged at DEBUG")
+        assert all(json.loads(line)["level"] == "debug" for line in _http_debug_lines(run))
+
+        config.write_text(yaml.safe_dump({"log": {"level": "INFO"}, "targets": [pg_target(pg)]}))
+        run.process.send_signal(signal.SIGHUP)
+        run.wait(lambda: sum("configuration reloaded" in line for line in run.lines) == 2, "reloaded")
+        debug_lines = len(_http_debug_lines(run))
+        assert run.up() == {"orders": 1}
+        assert run.stop() == 0
+    assert len(_http_debug_lines(run)) == debug_lines, "INFO again: requests are not logged"
+    assert run.lines[-1].split()[1:3] == ["INFO", "poolwatch.daemon:"], "text again"
+    assert pg.password not in run.output()
+    assert "Traceback" not in run.output()
+
+
+def _http_debug_lines(run: DaemonProcess) -> list[str]:
+    """The DEBUG lines of the HTTP endpoint, one per request (in text or JSON)."""
+    return [line for line in run.lines if "poolwatch.http" in line and "http 127.0.0.1" in line]
 
 
 def test_check_exit_codes(pg: PostgresServer, redis_server: RedisServer, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -345,6 +346,98 @@ def test_runbook_dry_run_then_reload_to_enforce(pg, world, sessions):
         assert wait_for(lambda: not sessions.alive(victim))
         modes = {r[2] for r in audit_rows(pg, world, app)}
         assert modes == {"dry_run", "enforce"}
+    finally:
+        daemon.stop()
+        runner.join(10)
+
+
+def _reaper_runs_after(daemon, moment, runs=2):
+    """Wait until the reaper of "db" has succeeded ``runs`` times after ``moment`` (wall clock)."""
+    seen = set()
+
+    def ran():
+        last = daemon.metrics.registry.get_sample_value(
+            "poolwatch_job_last_success_timestamp_seconds", {"task": "reaper", "target": "db"}
+        )
+        if last is not None and last > moment:
+            seen.add(last)
+        return len(seen) >= runs
+
+    return wait_for(ran)
+
+
+def test_reload_to_enforce_is_refused_while_the_daemon_runs_without_an_audit_table(
+    pg, world, sessions, caplog
+):
+    """The file now names an audit database and turns enforcement on; but the running audit log
+    has no table and is only replaced by a restart: killing now would leave no audit row."""
+    caplog.set_level(logging.WARNING)  # whatever level an earlier test left the root logger at
+    app = f"web-{uuid.uuid4().hex[:6]}"
+    victim = sessions.open(app, user=world["web"], password="pw", database=world["orders"])
+    base = {"http": {"listen": "127.0.0.1:0"}}
+    dry = validate({**base, "targets": [target(pg, world, "db", app, dry_run=True)]})
+    enforce = validate(
+        {
+            **base,
+            "targets": [target(pg, world, "db", app, dry_run=False)],
+            "audit": audit_settings(pg, world, table="poolwatch_audit_refused"),
+        }
+    )
+    settings = {"now": dry}
+    daemon = Daemon(dry, metrics=Metrics(CollectorRegistry()), loader=lambda: settings["now"])
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    try:
+        assert wait_for(lambda: counter(daemon.metrics, target="db", reason="idle", mode="dry_run") >= 1)
+        settings["now"] = enforce
+        reloaded_at = time.time()
+        daemon.reload()
+        assert _reaper_runs_after(daemon, reloaded_at)
+        assert sessions.alive(victim)
+        assert counter(daemon.metrics, target="db", reason="idle", mode="enforce") == 0
+        assert daemon.settings.targets[0].reaper.dry_run
+        refused = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
+        assert len(refused) == 1, refused
+        assert "dry_run false needs audit.url" in refused[0]
+        assert "audit settings take effect after a restart" in refused[0]
+    finally:
+        daemon.stop()
+        runner.join(10)
+
+
+def test_reloaded_reapers_record_in_the_running_audit_table_until_a_restart(pg, world, sessions, caplog):
+    caplog.set_level(logging.WARNING)  # whatever level an earlier test left the root logger at
+    app = f"web-{uuid.uuid4().hex[:6]}"
+
+    def config(table, max_per_run):
+        return validate(
+            {
+                "http": {"listen": "127.0.0.1:0"},
+                "targets": [target(pg, world, "db", app, max_per_run=max_per_run)],
+                "audit": audit_settings(pg, world, table=table),
+            }
+        )
+
+    settings = {"now": config("poolwatch_audit", 20)}
+    daemon = Daemon(settings["now"], metrics=Metrics(CollectorRegistry()), loader=lambda: settings["now"])
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    try:
+        assert _reaper_runs_after(daemon, 0, runs=1)
+        # Another table, and a target changed too, so its reaper is built again during the reload.
+        settings["now"] = config("poolwatch_audit_elsewhere", 19)
+        reloaded_at = time.time()
+        daemon.reload()
+        assert _reaper_runs_after(daemon, reloaded_at, runs=1)
+        assert daemon.runtime("db").settings.reaper.max_per_run == 19
+        victim = sessions.open(app, user=world["web"], password="pw", database=world["orders"])
+        assert wait_for(lambda: not sessions.alive(victim))
+        assert wait_for(lambda: [r[0] for r in audit_rows(pg, world, app)] == [sessions.pid(victim)])
+        elsewhere = pg.execute("SELECT to_regclass('poolwatch_audit_elsewhere')", dbname=world["audit"])
+        assert elsewhere == [(None,)]
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert "reload: audit settings changed; they take effect after a restart" in warned
+        assert daemon.settings.audit.table == "poolwatch_audit"
     finally:
         daemon.stop()
         runner.join(10)

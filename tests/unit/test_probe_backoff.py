@@ -86,3 +86,34 @@ def test_any_other_outcome_ends_the_backoff(next_error: BaseException | None) ->
         clock.now += 1.0
         _tick(probe)
     assert len(attempts) == before + 3, "back to one attempt per interval"
+
+
+def test_backing_off_from_the_second_failed_login_through_the_retry_until_a_login_works() -> None:
+    """What the target's other jobs read: held back while the probe backs off, including while the
+    probe's own retry is under way (that retry is the only login), released once one works."""
+    clock = Clock()
+    error: list[BaseException | None] = [AuthenticationFailedError("t: denied", reason="auth")]
+    seen: list[bool] = []
+    probes: list[Probe] = []
+
+    def check() -> None:
+        seen.append(probes[0].backing_off)
+        if error[0] is not None:
+            raise error[0]
+
+    metrics = ProbeMetrics(CollectorRegistry())
+    metrics.add_target("t")
+    probe = Probe("t", check, metrics, interval=1.0, timeout=1.0, auth_backoff_max=8.0, clock=clock)
+    probes.append(probe)
+    _tick(probe)
+    assert not probe.backing_off, "one failed login may be a password being rotated"
+    clock.now += 1.0
+    _tick(probe)
+    assert probe.backing_off
+    clock.now += 1.0
+    _tick(probe)  # deferred: within the 2 s wait
+    clock.now += 1.0
+    error[0] = None
+    _tick(probe)
+    assert seen == [False, False, True]
+    assert not probe.backing_off

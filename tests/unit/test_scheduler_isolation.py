@@ -1,5 +1,6 @@
 """A tiny version of benchmarks/scale.py's hung-target check, on the real Scheduler with fake jobs:
-targets whose runs hang hold no other target's job back. Counts and order, never milliseconds."""
+targets whose runs hang hold no other target's job back, and a hung run of a target removed meanwhile
+records nothing. Counts and order, never milliseconds."""
 
 from __future__ import annotations
 
@@ -77,3 +78,30 @@ def test_hung_targets_do_not_hold_back_the_other_targets_jobs() -> None:
         scheduler.stop()
         runner.join(10)
     assert not runner.is_alive()
+
+
+def test_a_run_that_ends_after_its_target_was_removed_records_nothing() -> None:
+    """A reload removes a target while its probe hangs: when that run times out, its outcome must not
+    bring the removed target's series back (nor land in a rebuilt target's)."""
+    release = threading.Event()
+    registry = CollectorRegistry()
+    scheduler = Scheduler(JobMetrics(registry), max_workers=16)
+    removed, kept = FakeJob("removed", release), FakeJob("kept", release)
+    for job in (removed, kept):
+        job.timeout = 0.5  # each first run hangs, and times out after 0.5 s
+        scheduler.add(job)
+    runner = threading.Thread(target=scheduler.run, daemon=True)
+    runner.start()
+    try:
+        assert wait_until(lambda: removed.started >= 1 and kept.started >= 1)
+        scheduler.remove_target("removed")
+        # The kept target's hung run times out and is recorded; the removed one's ended alike.
+        assert wait_until(lambda: len(kept.outcomes) >= 2)
+        assert not removed.outcomes
+        labels = {"task": "probe", "target": "removed"}
+        for name in ("poolwatch_job_failures_total", "poolwatch_job_duration_seconds_count"):
+            assert registry.get_sample_value(name, labels) is None, name
+    finally:
+        release.set()
+        scheduler.stop()
+        runner.join(10)
