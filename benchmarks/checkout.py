@@ -7,8 +7,9 @@
 The cycle is ``with engine.connect(): pass`` (QueuePool, psycopg2). Each variant runs in worker
 processes of its own (its own engine, its own interpreter state; ``--processes`` of them, default 4,
 taking rounds in turn); the parent runs many short rounds, interleaving the variants in a shuffled
-order each round, so drift and noise from other processes on the machine hit every variant alike. It prints the median microseconds per cycle of each variant and
-its ratio to bare, with the interquartile range of the per-round ratios.
+order each round, so drift and noise from other processes on the machine hit every variant alike.
+It prints the median microseconds per cycle of each variant and its ratio to bare, with the
+interquartile range of the per-round ratios.
 
 ``--instructions`` counts instructions instead of timing (valgrind's callgrind): the same total for
 the same code and inputs whatever else the machine is doing, so it resolves a few per cent where wall

@@ -24,11 +24,18 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import make_url
 
 from poolwatch.config_errors import describe_validation_error
 from poolwatch.errors import ConfigError
-from poolwatch.urls import MASK, check_url, mask_url, parse_listen, postgres_url, split_password
+from poolwatch.urls import (
+    MASK,
+    check_url,
+    mask_url,
+    parse_listen,
+    postgres_url,
+    split_password,
+    sqlalchemy_url,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -290,12 +297,7 @@ class AuditSettings(_Model):
         """The audit database's ``sqlalchemy.engine.URL`` with its password (masked when printed)."""
         if self.url is None:
             raise ConfigError("audit.url is not configured")
-        url = make_url(self.url.replace("postgres://", "postgresql://", 1))
-        if url.drivername == "postgresql":
-            url = url.set(drivername="postgresql+psycopg2")
-        if self.password is not None:
-            url = url.set(password=self.password.get_secret_value())
-        return url
+        return sqlalchemy_url(self.url, self.password)
 
 
 class LogSettings(_Model):

@@ -62,13 +62,13 @@ def create_target_engine(target: TargetSettings) -> Engine:
         raise ConfigError(f"targets.{target.name}: a redis target has no SQL engine")
     if target.kind == "sqlite":
         _ensure_sqlite_directory(target)
-    return create_engine(sqlalchemy_url(target), **engine_options(target))
+    return create_engine(sqlalchemy_url(target.url, target.password), **engine_options(target))
 
 
 def _ensure_sqlite_directory(target: TargetSettings) -> None:
     from pathlib import Path  # noqa: PLC0415 - only the embedded default needs it
 
-    database = sqlalchemy_url(target).database
+    database = sqlalchemy_url(target.url, target.password).database
     if database and database != ":memory:" and not database.startswith("file:"):
         try:
             Path(database).parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,9 @@ from sqlalchemy.exc import ArgumentError
 from poolwatch.errors import ConfigError
 
 if TYPE_CHECKING:
-    from poolwatch.config import Environment, Kind, TargetSettings
+    from pydantic import SecretStr
+
+    from poolwatch.config import Environment, Kind
 
 MASK = "***"
 _MAX_PORT = 65535
@@ -101,15 +103,15 @@ def _check_redis_url(scheme: str, url: str) -> None:
         raise ValueError(f"url database must be a number, as in redis://host:6379/0 (got {database!r})")
 
 
-def sqlalchemy_url(target: TargetSettings) -> Any:
-    """The ``sqlalchemy.engine.URL`` for a SQL target, with its password (never printed: the URL
-    object masks it in ``str()`` and ``repr()``)."""
-    url = make_url(target.url.replace("postgres://", "postgresql://", 1))
-    if url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg2")
-    if target.password is not None:
-        url = url.set(password=target.password.get_secret_value())
-    return url
+def sqlalchemy_url(url: str, password: SecretStr | None) -> Any:
+    """The ``sqlalchemy.engine.URL`` of a SQL target or the audit database, with its password (never
+    printed: the URL object masks it in ``str()`` and ``repr()``)."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    if password is not None:
+        parsed = parsed.set(password=password.get_secret_value())
+    return parsed
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -108,7 +108,9 @@ def lease_engine(target: TargetSettings) -> Engine:
     connect_args["application_name"] = target.application_name
     timeout_ms = int(target.reaper.timeout * 1000)
     connect_args["options"] = f"-c statement_timeout={timeout_ms}"
-    return create_engine(sqlalchemy_url(target), poolclass=NullPool, connect_args=connect_args)
+    return create_engine(
+        sqlalchemy_url(target.url, target.password), poolclass=NullPool, connect_args=connect_args
+    )
 
 
 def protected_names(target: TargetSettings, others: Iterable[TargetSettings] = ()) -> list[str]:
