@@ -193,6 +193,7 @@ class Daemon:
         self.audit = AuditLog(settings.audit, self.metrics.reaper)
         self._targets: dict[str, TargetRuntime] = {}
         self._targets_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
         self._server: tuple[WSGIServer, Thread] | None = None
         self._started = threading.Event()
         self._stopped = threading.Event()
@@ -282,7 +283,14 @@ class Daemon:
 
     def reload(self) -> None:
         """Re-read the configuration; if it is valid, replace the changed targets and apply the log
-        settings. The HTTP listener and the audit log keep their settings until a restart."""
+        settings. The HTTP listener and the audit log keep their settings until a restart.
+
+        Every SIGHUP runs this on a thread of its own; reloads take turns (two at once would both
+        add, or both remove, the same target), and each one re-reads the file when its turn comes."""
+        with self._reload_lock:
+            self._reload()
+
+    def _reload(self) -> None:
         new = self._reread()
         if new is None:
             return

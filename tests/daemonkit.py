@@ -36,9 +36,10 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @contextlib.contextmanager
-def running_daemon(config: dict[str, Any]) -> Iterator[Daemon]:
+def running_daemon(config: dict[str, Any], **options: Any) -> Iterator[Daemon]:
+    """A started daemon running on a thread (``options`` go to ``Daemon``), stopped afterwards."""
     config = {**config, "http": {"listen": "127.0.0.1:0", **config.get("http", {})}}
-    daemon = Daemon(validate(config))
+    daemon = Daemon(validate(config), **options)
     daemon.start()
     thread = threading.Thread(target=daemon.run, name="test-daemon", daemon=True)
     thread.start()

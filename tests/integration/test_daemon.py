@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from poolwatch.config import validate
 from tests.daemonkit import DaemonProcess, clean_env, get, metric, poolwatch_command, running_daemon, wait_for
 from tests.servers import LOOPBACK, free_port
 
@@ -284,3 +285,43 @@ def test_config_command_masks_secrets_and_status_reads_a_running_daemon(
     )  # fmt: skip
     assert unreachable.returncode == 1
     assert unreachable.stderr.startswith("poolwatch: error: cannot reach the daemon")
+
+
+def test_two_sighups_at_once_reload_one_after_the_other(tmp_path: Path) -> None:
+    """Each SIGHUP starts a reload thread; two close together must not both add (or remove) the
+    same target: the second reload starts after the first one is done, and finds nothing to change."""
+
+    def sqlite(name: str) -> dict[str, Any]:
+        return {"name": name, "kind": "sqlite", "url": f"sqlite:///{tmp_path / name}.db"}
+
+    reloaded = validate({"http": {"listen": "127.0.0.1:0"}, "targets": [sqlite("a"), sqlite("b")]})
+    inside, most_inside, lock = 0, 0, threading.Lock()
+
+    def slow_loader() -> Any:
+        nonlocal inside, most_inside
+        with lock:
+            inside += 1
+            most_inside = max(most_inside, inside)
+        time.sleep(0.3)  # long enough for the other reload thread to arrive
+        with lock:
+            inside -= 1
+        return reloaded
+
+    errors: list[BaseException] = []
+    with running_daemon({"targets": [sqlite("a")]}, loader=slow_loader) as daemon:
+
+        def reload() -> None:
+            try:
+                daemon.reload()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=reload) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert errors == []
+        assert most_inside == 1, "two reloads ran at the same time"
+        assert sorted(t.name for t in daemon.settings.targets) == ["a", "b"]
+        assert daemon.runtime("b").settings.name == "b"
