@@ -219,10 +219,10 @@ class Housekeeper:
         recorder = instrumentation.recorder
         internals = redis_internals(pool)
         now = recorder.clock()
-        # redis-py takes this lock to hand out a free connection, so none can be handed out while it
-        # is held; disconnecting is a local socket close (redis-py's own disconnect() holds it too).
+        # While this lock is held no free connection can be handed out, so none is in use while it is
+        # disconnected here; disconnecting is a local socket close (redis-py's disconnect() holds it too).
         with internals.lock:
-            idle = [(since, c) for c in internals.free() if (since := recorder.idle_since(c)) is not None]
+            idle = [(since, c) for c in internals.idle() if (since := recorder.idle_since(c)) is not None]
             keep = len(idle)
             for since, connection in sorted(idle, key=operator.itemgetter(0)):
                 if keep <= self.policy.min_idle:

@@ -36,15 +36,27 @@ _EXHAUSTED_MESSAGES = ("no connection available", "too many connections")
 class RedisPoolInternals:
     """The private parts of a redis-py pool poolwatch reads, in one place."""
 
+    # The lock redis-py holds while it hands out a free connection: ConnectionPool's ``_lock``, and
+    # for BlockingConnectionPool its queue's mutex (its get_connection() never takes ``_lock``).
     lock: Any
+    # The free connections, read while ``lock`` is held (takes no lock itself).
+    idle: Callable[[], list[Any]]
     free: Callable[[], Any]
     in_use: Callable[[], Any]
 
 
 def pool_internals(pool: redis.ConnectionPool) -> RedisPoolInternals:
     """Every private attribute of redis-py poolwatch uses (tested against the installed version)."""
+    if isinstance(pool, redis.BlockingConnectionPool):
+        queue = pool.pool
+        lock = queue.mutex
+        idle: Callable[[], list[Any]] = lambda: [c for c in queue.queue if c is not None]  # noqa: E731
+    else:
+        lock = pool._lock  # noqa: SLF001
+        idle = lambda: list(pool._available_connections)  # noqa: E731, SLF001
     return RedisPoolInternals(
-        lock=pool._lock,  # noqa: SLF001
+        lock=lock,
+        idle=idle,
         free=pool._get_free_connections,  # noqa: SLF001
         in_use=pool._get_in_use_connections,  # noqa: SLF001
     )

@@ -130,18 +130,37 @@ def test_target_client_sets_its_client_name(redis_server) -> None:
     client.close()
 
 
+POOL_CLASSES = [redis.ConnectionPool, redis.BlockingConnectionPool]
+
+
 def test_private_redis_api_matches_the_installed_version(redis_server) -> None:
     """Pinned: poolwatch reads these private names; a redis-py upgrade must keep them or fail here."""
     assert int(redis.__version__.split(".")[0]) >= 5
-    for pool in (
-        redis.ConnectionPool(host=redis_server.host, port=redis_server.port),
-        redis.BlockingConnectionPool(host=redis_server.host, port=redis_server.port),
-    ):
+    for pool_class in POOL_CLASSES:
+        pool = pool_class(host=redis_server.host, port=redis_server.port, password=redis_server.password)
         internals = pool_internals(pool)
         connection = pool.get_connection()
         assert len(internals.in_use()) == 1
         pool.release(connection)
         assert list(internals.free()) == [connection]
         with internals.lock:
-            pass
+            assert internals.idle() == [connection]
         pool.disconnect()
+
+
+@pytest.mark.parametrize("pool_class", POOL_CLASSES)
+def test_housekeeping_lock_keeps_free_connections_from_being_handed_out(redis_server, pool_class) -> None:
+    """Housekeeping disconnects idle connections under ``lock``: no caller may take one meanwhile."""
+    pool = pool_class(host=redis_server.host, port=redis_server.port, password=redis_server.password)
+    pool.release(pool.get_connection())
+    internals = pool_internals(pool)
+    taken: list[object] = []
+    caller = threading.Thread(target=lambda: taken.append(pool.get_connection()))
+    with internals.lock:
+        caller.start()
+        caller.join(timeout=1.0)  # (a busy machine may not have run it yet: then this cannot fail)
+        assert caller.is_alive(), "a connection was handed out while housekeeping held the lock"
+    caller.join()
+    assert len(taken) == 1
+    pool.release(taken[0])  # type: ignore[arg-type]
+    pool.disconnect()
