@@ -234,7 +234,8 @@ class Housekeeper:
             report.count(reason)
 
         # While this lock is held no free connection can be handed out, so none is in use while it is
-        # disconnected here; disconnecting is a local socket close (redis-py's disconnect() holds it too).
+        # disconnected here; disconnecting is a local socket close, as ConnectionPool.disconnect()
+        # does under its lock too.
         with internals.lock:
             idle = internals.idle()
             if policy.max_lifetime is not None:

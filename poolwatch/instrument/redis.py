@@ -163,7 +163,7 @@ def _timed_connection_class(base: type[Any], recorder: Recorder) -> type[Any]:
     """
     clock = recorder.clock
     base_socket = base._connect  # noqa: SLF001
-    # redis-py >= 6 handshakes in on_connect_check_health() (on_connect() calls it); 5.x in on_connect().
+    # Newer redis-py handshakes in on_connect_check_health() (on_connect() calls it), older in on_connect().
     handshake_name = "on_connect_check_health" if hasattr(base, "on_connect_check_health") else "on_connect"
     base_handshake = getattr(base, handshake_name)
 
