@@ -15,6 +15,10 @@ is held for list operations only, never across I/O, so a caller is never blocked
 close. Leak detection and histogram folding also run here, so an application that is never scraped
 still gets leak warnings and bounded memory.
 
+redis-py pools get max lifetime and idle eviction: idle connections are disconnected in place under
+the lock redis-py hands connections out with (keepalive is redis-py's ``health_check_interval``, and
+a disconnected connection reconnects on its next checkout, so there is no refill).
+
 ``HousekeepingJob`` runs a pass on the daemon's scheduler; ``BackgroundHousekeeper`` is a small
 thread an application starts for its own engine. Async pools (AsyncAdaptedQueuePool) are only read,
 never maintained: their queue belongs to the event loop.
@@ -31,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.pool import QueuePool
 
-from poolwatch.instrument.redis import RedisInstrumentation
+from poolwatch.instrument.redis import RedisInstrumentation, opened
 from poolwatch.instrument.redis import pool_internals as redis_internals
 from poolwatch.instrument.sqlalchemy import (
     CLOSE_REASON,
@@ -210,29 +214,49 @@ class Housekeeper:
     # -- redis-py -----------------------------------------------------------------------------------
 
     def _redis_pass(self, instrumentation: RedisInstrumentation) -> Report:
-        """Idle eviction for redis-py (keepalive is redis-py's own ``health_check_interval``)."""
+        """Max lifetime and idle eviction for redis-py (keepalive is redis-py's ``health_check_interval``).
+
+        A retired connection is disconnected where it lies: it stays in the pool's free list and
+        redis-py reconnects it when it is next handed out, so there is no refill here.
+        """
         report = Report()
-        pool = instrumentation.pool
-        timeout = self.policy.idle_timeout
-        if pool is None or timeout is None:
+        pool, policy = instrumentation.pool, self.policy
+        if pool is None or (policy.idle_timeout is None and policy.max_lifetime is None):
             return report
         recorder = instrumentation.recorder
         internals = redis_internals(pool)
-        now = recorder.clock()
-        # redis-py takes this lock to hand out a free connection, so none can be handed out while it
-        # is held; disconnecting is a local socket close (redis-py's own disconnect() holds it too).
+        now = recorder.clock()  # connects are stamped on the recorder clock too (not ``wall``)
+
+        def retire(connection: Any, reason: str) -> None:
+            connection.disconnect()
+            recorder.stamps.pop(connection, None)  # no longer idle: reconnects on its next checkout
+            recorder.close(reason)
+            report.count(reason)
+
+        # While this lock is held no free connection can be handed out, so none is in use while it is
+        # disconnected here; disconnecting is a local socket close, as ConnectionPool.disconnect()
+        # does under its lock too.
         with internals.lock:
-            idle = [(since, c) for c in internals.free() if (since := recorder.idle_since(c)) is not None]
-            keep = len(idle)
-            for since, connection in sorted(idle, key=operator.itemgetter(0)):
-                if keep <= self.policy.min_idle:
-                    break
-                if now - since > timeout:
-                    connection.disconnect()
-                    del recorder.stamps[connection]
-                    recorder.close("idle_timeout")
-                    report.count("idle_timeout")
-                    keep -= 1
+            idle = internals.idle()
+            if policy.max_lifetime is not None:
+                for connection in idle:
+                    stamp = opened(connection)
+                    if (
+                        stamp is not None
+                        and internals.connected(connection)
+                        and now - stamp[0] > policy.max_lifetime * (1.0 - stamp[1])
+                    ):
+                        retire(connection, "max_lifetime")
+            if policy.idle_timeout is not None:
+                since_of = recorder.idle_since
+                stamped = [(since, c) for c in idle if (since := since_of(c)) is not None]
+                keep = len(stamped)
+                for since, connection in sorted(stamped, key=operator.itemgetter(0)):
+                    if keep <= policy.min_idle:
+                        break
+                    if now - since > policy.idle_timeout:
+                        retire(connection, "idle_timeout")
+                        keep -= 1
         return report
 
 

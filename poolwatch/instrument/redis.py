@@ -3,24 +3,31 @@
 As for SQLAlchemy, hooks record raw facts without a lock and the collector reads sizes at scrape
 time. Here the pool's class is swapped for a per-instrumentation subclass whose ``get_connection()``
 and ``release()`` wrap redis-py's: a class swap survives redis-py's ``reset()`` after a fork.
-redis-py opens the socket inside ``get_connection()``, so wait time includes connecting. The private
-parts read are in ``pool_internals()``, pinned by a test to the installed redis-py version.
+redis-py opens the socket inside ``get_connection()``, so wait time includes connecting.
+
+Connects are timed by the pool's ``connection_class``, replaced by a subclass that wraps the two
+methods redis-py calls only when it actually opens a connection: ``_connect()`` (the socket) and the
+handshake after it (AUTH, HELLO, SETNAME, SELECT). ``connect()`` itself runs on every checkout and
+returns at once when connected, so it is left alone. ``reset()`` keeps ``connection_class``.
+
+The private parts read are in ``pool_internals()``, pinned by a test to the installed redis-py version.
 """
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
 from poolwatch.instrument.collector import PoolState, collector_for
-from poolwatch.instrument.recorder import Recorder
+from poolwatch.instrument.recorder import MAX_JITTER, Recorder
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -30,24 +37,48 @@ if TYPE_CHECKING:
 # redis-py says "pool exhausted" with these (BlockingConnectionPool's wait timed out / the
 # ConnectionPool's max_connections reached).
 _EXHAUSTED_MESSAGES = ("no connection available", "too many connections")
+# Set on each connection poolwatch times: (recorder-clock time it last connected, its share of the
+# max-lifetime jitter). redis-py reconnects the same object after a disconnect: both are redrawn then.
+OPENED: Final = "_poolwatch_opened"
+_STARTED: Final = "_poolwatch_started"  # recorder-clock time the socket being opened was asked for
 
 
 @dataclass(frozen=True, slots=True)
 class RedisPoolInternals:
     """The private parts of a redis-py pool poolwatch reads, in one place."""
 
+    # The lock redis-py holds while it hands out a free connection: ConnectionPool's ``_lock``, and
+    # for BlockingConnectionPool its queue's mutex (its get_connection() never takes ``_lock``).
     lock: Any
+    # The free connections, read while ``lock`` is held (takes no lock itself).
+    idle: Callable[[], list[Any]]
     free: Callable[[], Any]
     in_use: Callable[[], Any]
+    connected: Callable[[Any], bool]
 
 
 def pool_internals(pool: redis.ConnectionPool) -> RedisPoolInternals:
     """Every private attribute of redis-py poolwatch uses (tested against the installed version)."""
+    if isinstance(pool, redis.BlockingConnectionPool):
+        queue = pool.pool
+        lock = queue.mutex
+        idle: Callable[[], list[Any]] = lambda: [c for c in queue.queue if c is not None]  # noqa: E731
+    else:
+        lock = pool._lock  # noqa: SLF001
+        idle = lambda: list(pool._available_connections)  # noqa: E731, SLF001
     return RedisPoolInternals(
-        lock=pool._lock,  # noqa: SLF001
+        lock=lock,
+        idle=idle,
         free=pool._get_free_connections,  # noqa: SLF001
         in_use=pool._get_in_use_connections,  # noqa: SLF001
+        connected=lambda connection: getattr(connection, "_sock", None) is not None,
     )
+
+
+def opened(connection: object) -> tuple[float, float] | None:
+    """When ``connection`` last connected (recorder clock) and its lifetime jitter; None if unknown."""
+    stamp = vars(connection).get(OPENED)
+    return stamp if isinstance(stamp, tuple) else None
 
 
 class RedisInstrumentation:
@@ -103,7 +134,74 @@ def instrument_redis(
     collector.add(name, instrumentation)
     instrumentation._registry_remove = lambda: collector.remove(name, instrumentation)  # noqa: SLF001
     pool.__class__ = _instrumented_class(type(pool), recorder)
+    _time_connects(pool, recorder)
     return instrumentation
+
+
+def _time_connects(pool: redis.ConnectionPool, recorder: Recorder) -> None:
+    """Time the pool's connects from now on, its existing connections' included.
+
+    A connection opened before ``instrument_redis()`` has no known open time: it ages from now.
+    """
+    base = pool.connection_class
+    timed = _timed_connection_class(base, recorder)
+    pool.connection_class = timed
+    internals = pool_internals(pool)
+    now = recorder.clock()
+    for connection in [*internals.free(), *internals.in_use()]:
+        if type(connection) is base:  # not a client-side-caching proxy, nor another class
+            connection.__class__ = timed  # same layout, methods only: safe on a live object
+            if internals.connected(connection):
+                vars(connection)[OPENED] = (now, random.uniform(0.0, MAX_JITTER))  # noqa: S311
+
+
+def _timed_connection_class(base: type[Any], recorder: Recorder) -> type[Any]:
+    """A subclass of ``base`` recording each actual connect's duration and time into ``recorder``.
+
+    Only poolwatch's own work is guarded: redis-py's errors pass through untouched (a failed connect
+    is counted once, as a connect error, by the checkout hook).
+    """
+    clock = recorder.clock
+    base_socket = base._connect  # noqa: SLF001
+    # Newer redis-py handshakes in on_connect_check_health() (on_connect() calls it), older in on_connect().
+    handshake_name = "on_connect_check_health" if hasattr(base, "on_connect_check_health") else "on_connect"
+    base_handshake = getattr(base, handshake_name)
+
+    def _connect(self: Any) -> Any:
+        try:
+            started: float | None = clock()
+        except Exception as exc:
+            recorder.internal_error(exc)
+            started = None
+        sock = base_socket(self)
+        self.__dict__[_STARTED] = started  # every redis-py connection has a __dict__
+        return sock
+
+    def handshake(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = base_handshake(self, *args, **kwargs)
+        finally:
+            started = self.__dict__.pop(_STARTED, None)
+        try:
+            now = clock()
+            if started is not None:
+                recorder.connected(now - started)
+            self.__dict__[OPENED] = (now, random.uniform(0.0, MAX_JITTER))  # noqa: S311 - not crypto
+        except Exception as exc:
+            recorder.internal_error(exc)
+        return result
+
+    return type(
+        base.__name__,
+        (base,),
+        {
+            "_connect": _connect,
+            handshake_name: handshake,
+            "__module__": base.__module__,  # the pool's repr names its connection class
+            "__qualname__": base.__qualname__,
+            "_poolwatch": recorder,
+        },
+    )
 
 
 def _instrumented_class(base: type[redis.ConnectionPool], recorder: Recorder) -> type[redis.ConnectionPool]:

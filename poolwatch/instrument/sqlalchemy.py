@@ -29,7 +29,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import Pool, QueuePool
 
 from poolwatch.instrument.collector import PoolState, collector_for
-from poolwatch.instrument.recorder import Recorder, Stamp
+from poolwatch.instrument.recorder import MAX_JITTER, Recorder, Stamp
 
 if TYPE_CHECKING:
     from collections import deque
@@ -48,7 +48,6 @@ CLOSE_REASON: Final = "poolwatch.close_reason"
 # checkout; a referenced frame that *returns* is copied off the stack and materialises its caller
 # (~0.3 us each), so the reference is taken past SQLAlchemy's frames, which return at once.
 CALLER_DEPTH: Final = 4
-MAX_JITTER: Final = 0.025  # max lifetime is shortened by up to 2.5 %, drawn per connection
 
 _closing = threading.local()  # .reason while poolwatch or dispose() closes connections on this thread
 

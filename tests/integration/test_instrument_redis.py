@@ -1,7 +1,9 @@
-"""poolwatch.instrument_redis on a real Redis: the same families as SQL pools, and idle eviction."""
+"""poolwatch.instrument_redis on a real Redis: the same families as SQL pools, connect timing, and
+idle eviction (max lifetime: test_housekeeping_redis.py)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from typing import TYPE_CHECKING
@@ -26,6 +28,23 @@ pytestmark = pytest.mark.integration
 
 def client_names(server: RedisServer) -> list[str]:
     return [c.get("name", "") for c in server.client().client_list()]
+
+
+def kill_clients(server: RedisServer, name: str) -> int:
+    """CLIENT KILL every connection named ``name`` (server side); how many there were."""
+    admin = server.client()
+    ids = [c["id"] for c in admin.client_list() if c.get("name") == name]
+    for client_id in ids:
+        admin.client_kill_filter(_id=client_id)
+    admin.close()
+    return len(ids)
+
+
+def unique_name() -> str:
+    return f"pw-{uuid.uuid4().hex[:8]}"
+
+
+POOL_CLASSES = [redis.ConnectionPool, redis.BlockingConnectionPool]
 
 
 def test_commands_count_checkouts_and_use(redis_server) -> None:
@@ -91,6 +110,7 @@ def test_connect_errors_by_reason_refused_and_auth(redis_factory) -> None:
     with pytest.raises(redis.ConnectionError):
         refused.ping()
     assert sample(registry, "pool_connect_errors_total", "refused", reason="refused") == 1
+    assert sample(registry, "pool_create_seconds_count", "refused") == 0
 
     server = redis_factory(password="right-" + uuid.uuid4().hex)
     wrong = redis.Redis(host=server.host, port=server.port, password="wrong")
@@ -98,6 +118,99 @@ def test_connect_errors_by_reason_refused_and_auth(redis_factory) -> None:
     with pytest.raises(redis.AuthenticationError):
         wrong.ping()
     assert sample(registry, "pool_connect_errors_total", "auth", reason="auth") == 1
+    # The socket opened, the handshake failed: a connect error, not a connection created.
+    assert sample(registry, "pool_create_seconds_count", "auth") == 0
+    assert sample(registry, "instrumentation_errors_total", "auth") == 0
+
+
+@pytest.mark.parametrize("pool_class", POOL_CLASSES)
+def test_create_histogram_counts_every_connection_opened_and_reopened(redis_server, pool_class) -> None:
+    registry = CollectorRegistry()
+    name = unique_name()
+    pool = pool_class(
+        host=redis_server.host, port=redis_server.port, password=redis_server.password,
+        client_name=name, max_connections=5,
+    )  # fmt: skip
+    poolwatch.instrument_redis(pool, name="cache", registry=registry)
+    client = redis.Redis(connection_pool=pool)
+
+    def creates() -> float:
+        return sample(registry, "pool_create_seconds_count", "cache")
+
+    held = [pool.get_connection() for _ in range(3)]
+    for connection in held:
+        pool.release(connection)
+    assert creates() == 3
+    for _ in range(5):
+        client.ping()
+    assert creates() == 3  # connected connections are reused, not reopened
+    assert sample(registry, "pool_create_seconds_sum", "cache") > 0  # a real duration was measured
+    assert kill_clients(redis_server, name) == 3
+    assert client.ping()  # one connection notices, reconnects
+    assert creates() == 4
+    held = [pool.get_connection() for _ in range(3)]  # the other two reconnect on checkout
+    for connection in held:
+        pool.release(connection)
+    assert creates() == 6
+    assert client_names(redis_server).count(name) == 3
+    assert sample(registry, "pool_connect_errors_total", "cache", reason="other") == 0
+    assert sample(registry, "instrumentation_errors_total", "cache") == 0
+    pool.disconnect()
+
+
+def test_connects_after_a_fork_are_timed_in_the_child(redis_server) -> None:
+    """redis-py's reset() in the child keeps the timed connection class: its new connection counts."""
+    registry = CollectorRegistry()
+    client = redis.Redis(host=redis_server.host, port=redis_server.port, password=redis_server.password)
+    poolwatch.instrument_redis(client, name="forked", registry=registry)
+    client.ping()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave without running pytest's teardown
+        try:
+            client.ping()
+            result = f"{sample(registry, 'pool_create_seconds_count', 'forked'):g}"
+        except BaseException as exc:
+            result = f"error {type(exc).__name__}: {exc}"
+        os.write(write_end, result.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        reported = pipe.read()
+    os.waitpid(pid, 0)
+    assert reported == "2"  # the parent's connection, then the child's own
+    assert sample(registry, "pool_create_seconds_count", "forked") == 1
+    client.close()
+
+
+def test_connections_opened_before_instrumenting_are_timed_from_their_next_connect(redis_server) -> None:
+    registry = CollectorRegistry()
+    name = unique_name()
+    client = redis.Redis(
+        host=redis_server.host, port=redis_server.port, password=redis_server.password, client_name=name
+    )
+    client.ping()
+    poolwatch.instrument_redis(client, name="early", registry=registry)
+    assert sample(registry, "pool_create_seconds_count", "early") == 0
+    assert kill_clients(redis_server, name) == 1
+    assert client.ping()
+    assert sample(registry, "pool_create_seconds_count", "early") == 1
+    client.close()
+
+
+def test_a_failing_connect_hook_is_counted_and_never_raised(redis_server) -> None:
+    registry = CollectorRegistry()
+    client = redis.Redis(host=redis_server.host, port=redis_server.port, password=redis_server.password)
+    instrumentation = poolwatch.instrument_redis(client, name="broken", registry=registry)
+
+    def broken(seconds: float) -> None:
+        raise RuntimeError("poolwatch bug")
+
+    instrumentation.recorder.connected = broken  # type: ignore[method-assign]
+    assert client.ping()
+    assert sample(registry, "instrumentation_errors_total", "broken") == 1
+    assert sample(registry, "pool_checkouts_total", "broken") == 1
+    client.close()
 
 
 def test_idle_eviction_disconnects_down_to_min_idle(redis_server) -> None:
@@ -133,15 +246,34 @@ def test_target_client_sets_its_client_name(redis_server) -> None:
 def test_private_redis_api_matches_the_installed_version(redis_server) -> None:
     """Pinned: poolwatch reads these private names; a redis-py upgrade must keep them or fail here."""
     assert int(redis.__version__.split(".")[0]) >= 5
-    for pool in (
-        redis.ConnectionPool(host=redis_server.host, port=redis_server.port),
-        redis.BlockingConnectionPool(host=redis_server.host, port=redis_server.port),
-    ):
+    for pool_class in POOL_CLASSES:
+        pool = pool_class(host=redis_server.host, port=redis_server.port, password=redis_server.password)
         internals = pool_internals(pool)
         connection = pool.get_connection()
         assert len(internals.in_use()) == 1
+        assert internals.connected(connection)
         pool.release(connection)
         assert list(internals.free()) == [connection]
         with internals.lock:
-            pass
+            assert internals.idle() == [connection]
+        connection.disconnect()
+        assert not internals.connected(connection)
         pool.disconnect()
+
+
+@pytest.mark.parametrize("pool_class", POOL_CLASSES)
+def test_housekeeping_lock_keeps_free_connections_from_being_handed_out(redis_server, pool_class) -> None:
+    """Housekeeping disconnects idle connections under ``lock``: no caller may take one meanwhile."""
+    pool = pool_class(host=redis_server.host, port=redis_server.port, password=redis_server.password)
+    pool.release(pool.get_connection())
+    internals = pool_internals(pool)
+    taken: list[object] = []
+    caller = threading.Thread(target=lambda: taken.append(pool.get_connection()))
+    with internals.lock:
+        caller.start()
+        caller.join(timeout=1.0)  # (a busy machine may not have run it yet: then this cannot fail)
+        assert caller.is_alive(), "a connection was handed out while housekeeping held the lock"
+    caller.join()
+    assert len(taken) == 1
+    pool.release(taken[0])  # type: ignore[arg-type]
+    pool.disconnect()
