@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from typing import TYPE_CHECKING
@@ -14,7 +13,7 @@ from sqlalchemy import create_engine, text
 import poolwatch
 from poolwatch.housekeeping import BackgroundHousekeeper, Housekeeper, Policy, start_housekeeping
 from poolwatch.instrument.sqlalchemy import LIFETIME_JITTER, MAX_JITTER, pool_internals
-from tests.poolmetrics import FakeClock, sample
+from tests.poolmetrics import FakeClock, churning, sample
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -152,26 +151,10 @@ def test_housekeeping_never_takes_a_connection_a_caller_waits_for(pg, pools) -> 
 def test_checkouts_keep_working_while_housekeeping_runs(pg, pools) -> None:
     pool = make(pg, pools, pool_size=3, max_overflow=2, pool_timeout=30)
     keeper = Housekeeper(pool.instrumentation, Policy(min_idle=1, idle_timeout=0.001, keepalive=0.001))
-    stop = threading.Event()
-    failures: list[BaseException] = []
-
-    def churn() -> None:
-        while not stop.is_set():
-            pool.clock.advance(1)
-            try:
-                keeper.run_once()
-            except BaseException as exc:
-                failures.append(exc)
-
-    background = threading.Thread(target=churn)
-    background.start()
-    try:
+    with churning(keeper, pool.clock) as failures:
         for _ in range(300):
             with pool.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
-    finally:
-        stop.set()
-        background.join()
     assert failures == []
     assert sample(pool.registry, "pool_checkouts_total", "hk") == 300
     assert sample(pool.registry, "pool_connections", "hk", state="used") == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +15,7 @@ import poolwatch
 from poolwatch.housekeeping import Housekeeper, Policy
 from poolwatch.instrument.recorder import MAX_JITTER
 from poolwatch.instrument.redis import opened, pool_internals
-from tests.poolmetrics import FakeClock, sample
+from tests.poolmetrics import FakeClock, churning, sample
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -170,25 +169,9 @@ def test_commands_keep_working_while_max_lifetime_and_idle_eviction_run(make) ->
     """Without redis-py's retries a connection disconnected while in use would fail its command."""
     pool = make(max_connections=3, retry=Retry(NoBackoff(), 0))
     keeper = Housekeeper(pool.instrumentation, Policy(idle_timeout=0.5, max_lifetime=1))
-    stop = threading.Event()
-    failures: list[BaseException] = []
-
-    def churn() -> None:
-        while not stop.is_set():
-            pool.clock.advance(1)
-            try:
-                keeper.run_once()
-            except BaseException as exc:
-                failures.append(exc)
-
-    background = threading.Thread(target=churn)
-    background.start()
-    try:
+    with churning(keeper, pool.clock) as failures:
         for _ in range(300):
             assert pool.client.ping()  # raises if housekeeping disconnected it meanwhile
-    finally:
-        stop.set()
-        background.join()
     assert failures == []
     assert pool.sample("pool_checkouts_total") == 300
     assert pool.sample("pool_connections", state="used") == 0
