@@ -47,14 +47,15 @@ def gone(pg, connections, timeout: float = 5.0) -> bool:
     return True
 
 
-def make_replica(pg, app, audit, **reaper):
+def make_replica(pg, app, audit, *, name="shared", url=None, **reaper):
+    """A PostgreSQL reaper job enforcing on ``app*`` sessions idle 0.3 s (``reaper`` overrides)."""
     settings = validate(
         {
             "targets": [
                 {
-                    "name": "shared",
+                    "name": name,
                     "kind": "postgres",
-                    "url": pg.url(),
+                    "url": url or pg.url(),
                     "reaper": {
                         "enabled": True,
                         "dry_run": False,
@@ -261,30 +262,10 @@ def test_least_privilege_role_from_deploy_sql(pg, audit_db):
     pg.create_role(f"{role}_app", "pw")
     victims = open_idle(pg, app, 1, user=f"{role}_app", password="pw")
     superuser = open_idle(pg, app, 1)
-    settings = validate(
-        {
-            "targets": [
-                {
-                    "name": "lp",
-                    "kind": "postgres",
-                    "url": pg.url(user=role, password="pw"),
-                    "reaper": {
-                        "enabled": True,
-                        "dry_run": False,
-                        "interval": 0.5,
-                        "timeout": 0.5,
-                        "idle_timeout": 0.3,
-                        "applications": [f"{app}*"],
-                        "allow_superusers": True,
-                    },
-                }
-            ],
-            "audit": {"url": pg.url(user=role, password="pw", database=audit_db)},
-        }
-    )
-    metrics = Metrics(CollectorRegistry())
-    log = AuditLog(settings.audit, metrics.reaper)
-    job = build_postgres_reaper(settings.targets[0], log, metrics.reaper, OwnBackends())
+    job, log, metrics = make_replica(
+        pg, app, {"url": pg.url(user=role, password="pw", database=audit_db)},
+        name="lp", url=pg.url(user=role, password="pw"), allow_superusers=True,
+    )  # fmt: skip
     try:
         time.sleep(0.4)
         job.run()
@@ -309,29 +290,10 @@ def test_sessions_hidden_from_a_role_without_pg_monitor_are_never_terminated(pg,
     app = f"hid-{uuid.uuid4().hex[:6]}"
     pg.create_role(f"{role}_app", "pw")
     hidden = open_idle(pg, app, 1, user=f"{role}_app", password="pw")
-    settings = validate(
-        {
-            "targets": [
-                {
-                    "name": "hid",
-                    "kind": "postgres",
-                    "url": pg.url(user=role, password="pw"),
-                    "reaper": {
-                        "enabled": True,
-                        "dry_run": False,
-                        "interval": 0.5,
-                        "timeout": 0.5,
-                        "idle_timeout": 0.3,
-                        "applications": ["*"],
-                    },
-                }
-            ],
-            "audit": {"url": pg.url(database=audit_db)},
-        }
-    )
-    metrics = Metrics(CollectorRegistry())
-    log = AuditLog(settings.audit, metrics.reaper)
-    job = build_postgres_reaper(settings.targets[0], log, metrics.reaper, OwnBackends())
+    job, log, metrics = make_replica(
+        pg, app, {"url": pg.url(database=audit_db)},
+        name="hid", url=pg.url(user=role, password="pw"), applications=["*"],
+    )  # fmt: skip
     try:
         time.sleep(0.4)
         job.run()
