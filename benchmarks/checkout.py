@@ -210,10 +210,27 @@ def instructions(args: argparse.Namespace, url: str) -> int:
 
     def collected(job: tuple[str, str, int, int]) -> int:
         variant, mode, cycles, _repeat = job
-        command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                   sys.executable, __file__, "--url", url, "--worker", variant]  # fmt: skip
-        done = subprocess.run(command, input=f"{mode} {cycles}\n", capture_output=True, text=True,
-                              env=env, cwd=ROOT, check=True, timeout=1800)  # fmt: skip
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            "--url",
+            url,
+            "--worker",
+            variant,
+        ]
+        done = subprocess.run(
+            command,
+            input=f"{mode} {cycles}\n",
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            check=True,
+            timeout=1800,
+        )
         match = re.search(r"Collected : (\d+)", done.stderr)
         assert match, done.stderr[-2000:]
         return int(match.group(1))
@@ -231,8 +248,10 @@ def instructions(args: argparse.Namespace, url: str) -> int:
         for m in modes
     }
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"# {stamp}, Python {platform.python_version()}, callgrind, {low} and {high} cycles per variant,"
-          f" {args.repeat} repeats, PYTHONHASHSEED=0")  # fmt: skip
+    print(
+        f"# {stamp}, Python {platform.python_version()}, callgrind, {low} and {high} cycles per variant,"
+        f" {args.repeat} repeats, PYTHONHASHSEED=0"
+    )
     summary: dict[str, dict[str, dict[str, object]]] = {}
     for mode, title in (("loop", "checkout path alone"), ("run", "checkout path plus one scrape")):
         print(f"\n{mode}: instructions per cycle, {title}; ratios to bare of the same repeat")

@@ -156,8 +156,11 @@ def start_poolwatch(config: dict[str, Any], workdir: Path, name: str = "poolwatc
     with logfile.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "poolwatch", "run", "--config", str(path)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=workdir,
+        )
     contender = Contender(name, process, port, logfile=logfile)
     try:
         wait_http(port, "/readyz", process=process)
@@ -178,8 +181,9 @@ def ensure_debian_packages(binaries: dict[str, str]) -> None:
     subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
     subprocess.run(
         [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-        check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-    )  # fmt: skip
+        check=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
 
 
 def start_process(

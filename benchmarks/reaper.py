@@ -46,15 +46,24 @@ POLL = 0.25
 
 def poolwatch_config(pg: Any, sessions: int) -> dict[str, Any]:
     return {
-        "targets": [{
-            "name": "pg", "kind": "postgres", "url": pg.url(),
-            "reaper": {
-                "enabled": True, "dry_run": False, "interval": 4.0, "timeout": 3.0,
-                "idle_timeout": 1.0, "applications": [APPLICATION], "max_per_run": sessions + 10,
-            },
-        }],
+        "targets": [
+            {
+                "name": "pg",
+                "kind": "postgres",
+                "url": pg.url(),
+                "reaper": {
+                    "enabled": True,
+                    "dry_run": False,
+                    "interval": 4.0,
+                    "timeout": 3.0,
+                    "idle_timeout": 1.0,
+                    "applications": [APPLICATION],
+                    "max_per_run": sessions + 10,
+                },
+            }
+        ],
         "audit": {"url": pg.url()},
-    }  # fmt: skip
+    }
 
 
 def open_idle_sessions(pg: Any, count: int, application: str = APPLICATION) -> list[Any]:

@@ -42,10 +42,15 @@ def targets_for(size: int, pg: Any, redis_server: Any, tick: float) -> list[dict
         "census": {"interval": tick, "timeout": timeout},
     }
     targets = [
-        {"name": f"db{i:03d}", "kind": "postgres", "url": pg.url(database=f"bench_{i:03d}"),
-         "pool": {"housekeeping_interval": tick}, **common}
+        {
+            "name": f"db{i:03d}",
+            "kind": "postgres",
+            "url": pg.url(database=f"bench_{i:03d}"),
+            "pool": {"housekeeping_interval": tick},
+            **common,
+        }
         for i in range(size)
-    ]  # fmt: skip
+    ]
     targets += [
         {"name": f"cache{i:02d}", "kind": "redis", "url": redis_server.url(db=i % 16), **common}
         for i in range(redis_targets(size))
@@ -120,11 +125,14 @@ def measure_hung(
     hole = harness.blackhole()
     try:
         if hung:
-            targets.append({
-                **targets[0], "name": "hung",
-                "url": f"postgresql+psycopg2://{pg.superuser}:{pg.password}@{harness.LOOPBACK}:"
-                       f"{hole.getsockname()[1]}/postgres",
-            })  # fmt: skip
+            targets.append(
+                {
+                    **targets[0],
+                    "name": "hung",
+                    "url": f"postgresql+psycopg2://{pg.superuser}:{pg.password}@{harness.LOOPBACK}:"
+                    f"{hole.getsockname()[1]}/postgres",
+                }
+            )
         contender = harness.start_poolwatch({"targets": targets}, workdir, name=f"poolwatch-hung-{hung}")
         try:
             wait_all_up(contender, len(healthy))
@@ -136,11 +144,12 @@ def measure_hung(
                 samples = harness.metrics(contender)
                 now = time.time()
                 ages = [
-                    now - harness.series_sum(
+                    now
+                    - harness.series_sum(
                         samples, "poolwatch_job_last_success_timestamp_seconds", task="probe", target=name
                     )
                     for name in healthy
-                ]  # fmt: skip
+                ]
                 worst = max(worst, *ages)
                 time.sleep(0.5)
             after = harness.metrics(contender)
@@ -192,8 +201,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(summary: dict[str, Any]) -> None:
     print(f"\nmachine: {summary['machine']}")
-    print(f"{summary['rounds']} rounds, tick {summary['tick_s']} s, window {summary['window_s']} s; "
-          "median [min-max] over rounds")  # fmt: skip
+    print(
+        f"{summary['rounds']} rounds, tick {summary['tick_s']} s, window {summary['window_s']} s; "
+        "median [min-max] over rounds"
+    )
     keys = ["p50_ms", "p99_ms", "cpu_ms_per_scrape", "cpu_ms_per_target_tick", "rss_mb", "threads", "samples"]
     print(f"{'SQL targets':>11} {'total':>5} " + " ".join(f"{k:>22}" for k in keys))
     for size, rounds in summary["sizes"].items():

@@ -44,16 +44,25 @@ def start_peers(pg: Any, redis_server: Any, workdir: Path) -> list[Contender]:
     dsn = f"postgresql://{pg.superuser}:{pg.password}@{pg.host}:{pg.port}/postgres?sslmode=disable"
     postgres_exporter = harness.start_process(
         "postgres_exporter",
-        ["prometheus-postgres-exporter", f"--web.listen-address={harness.LOOPBACK}:{pg_port}",
-         "--log.level=warn"],
-        pg_port, workdir, env={"DATA_SOURCE_NAME": dsn},
-    )  # fmt: skip
+        [
+            "prometheus-postgres-exporter",
+            f"--web.listen-address={harness.LOOPBACK}:{pg_port}",
+            "--log.level=warn",
+        ],
+        pg_port,
+        workdir,
+        env={"DATA_SOURCE_NAME": dsn},
+    )
     redis_exporter = harness.start_process(
         "redis_exporter",
-        ["prometheus-redis-exporter", f"-redis.addr=redis://{redis_server.host}:{redis_server.port}",
-         f"-web.listen-address={harness.LOOPBACK}:{redis_port}"],
-        redis_port, workdir,
-    )  # fmt: skip
+        [
+            "prometheus-redis-exporter",
+            f"-redis.addr=redis://{redis_server.host}:{redis_server.port}",
+            f"-web.listen-address={harness.LOOPBACK}:{redis_port}",
+        ],
+        redis_port,
+        workdir,
+    )
     return [postgres_exporter, redis_exporter]
 
 
@@ -184,8 +193,10 @@ def chart(summary: dict[str, Any]) -> list[Path]:
             ax.bar([x + i * width for x in range(len(metrics_shown))], values, width, label=f"vs {peer}")
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.axhline(0.25, color="red", linestyle="--", linewidth=0.8, label="latency target 0.25x")
-        ax.set_xticks([x + width * (len(peers) - 1) / 2 for x in range(len(metrics_shown))],
-                      ["p50 latency", "p99 latency", "CPU / scrape", "RSS"])  # fmt: skip
+        ax.set_xticks(
+            [x + width * (len(peers) - 1) / 2 for x in range(len(metrics_shown))],
+            ["p50 latency", "p99 latency", "CPU / scrape", "RSS"],
+        )
         ax.set_yscale("log")
         ax.set_ylabel("poolwatch / peer (log; < 1: poolwatch cheaper)")
         ax.set_title(f"poolwatch overhead relative to the Go exporters ({summary['machine']['date']})")

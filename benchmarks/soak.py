@@ -74,8 +74,9 @@ def soak(duration: float, every: float, pg: PostgresServer, redis_server: RedisS
     log = (tmp / "poolwatch.log").open("w")
     daemon = subprocess.Popen(
         [sys.executable, "-m", "poolwatch", "run", "-c", str(config), "--listen", f"127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     process = psutil.Process(daemon.pid)
     stop = threading.Event()
     counts = {"scrapes": 0, "scrape_errors": 0, "terminated": 0, "killed": 0, "restarts": 0}
@@ -124,8 +125,13 @@ def fetch(url: str) -> bool:
     return True
 
 
-def churn(pg: PostgresServer, redis_server: RedisServer, duration: float, stop: threading.Event,
-          counts: dict[str, int]) -> None:  # fmt: skip
+def churn(
+    pg: PostgresServer,
+    redis_server: RedisServer,
+    duration: float,
+    stop: threading.Event,
+    counts: dict[str, int],
+) -> None:
     """Every second: terminate the daemon's sessions or kill its Redis clients; six times per run,
     restart one of the servers."""
     restart_every = duration / 6
@@ -160,8 +166,9 @@ def attempt(action: Callable[[], object]) -> int:
     return result if isinstance(result, int) else 1
 
 
-def report(samples: list[tuple[float, float, int, int]], counts: dict[str, int], duration: float,
-           exit_code: int) -> int:  # fmt: skip
+def report(
+    samples: list[tuple[float, float, int, int]], counts: dict[str, int], duration: float, exit_code: int
+) -> int:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
     print(f"poolwatch soak: {duration:.0f} s on {machine}; Python {platform.python_version()}; {when}")
@@ -179,11 +186,15 @@ def report(samples: list[tuple[float, float, int, int]], counts: dict[str, int],
         ok = after <= before * RSS_GROWTH if allowed is None else after <= before + allowed
         limit = f"x{RSS_GROWTH}" if allowed is None else f"+{allowed}"
         verdicts.append(ok)
-        print(f"{name:8}: median second third {before:8.1f}, last third {after:8.1f} (allowed {limit}): "
-              f"{'ok' if ok else 'GROWTH'}")  # fmt: skip
+        print(
+            f"{name:8}: median second third {before:8.1f}, last third {after:8.1f} (allowed {limit}): "
+            f"{'ok' if ok else 'GROWTH'}"
+        )
     no_growth = all(verdicts) and exit_code == 0 and counts["scrape_errors"] == 0
-    print(f"daemon exit status {exit_code}; scrape errors {counts['scrape_errors']} of "
-          f"{counts['scrapes'] + counts['scrape_errors']}")  # fmt: skip
+    print(
+        f"daemon exit status {exit_code}; scrape errors {counts['scrape_errors']} of "
+        f"{counts['scrapes'] + counts['scrape_errors']}"
+    )
     for error in ERRORS[:5]:
         print(f"  scrape error: {error}")
     print("verdict:", "no growth after warm-up" if no_growth else "FAILED")

@@ -134,8 +134,13 @@ def check_target(target: TargetSettings) -> dict[str, Any]:
     from poolwatch.jobs import BoundedCall, run_job  # noqa: PLC0415
     from poolwatch.metrics import Metrics  # noqa: PLC0415
 
-    row: dict[str, Any] = {"target": target.name, "kind": target.kind, "up": False,
-                           "latency_ms": None, "error": ""}  # fmt: skip
+    row: dict[str, Any] = {
+        "target": target.name,
+        "kind": target.kind,
+        "up": False,
+        "latency_ms": None,
+        "error": "",
+    }
     try:
         runtime = build_target(target, Metrics())
     except PoolwatchError as exc:
@@ -156,10 +161,15 @@ def check_target(target: TargetSettings) -> dict[str, Any]:
 def format_table(rows: list[dict[str, Any]]) -> str:
     header = ("TARGET", "KIND", "UP", "LATENCY", "ERROR")
     lines = [
-        (r["target"], r["kind"], "yes" if r["up"] else "no",
-         "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f} ms", r["error"])
+        (
+            r["target"],
+            r["kind"],
+            "yes" if r["up"] else "no",
+            "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f} ms",
+            r["error"],
+        )
         for r in rows
-    ]  # fmt: skip
+    ]
     widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=False)]
     return "\n".join(
         "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
@@ -179,11 +189,15 @@ def _status(args: argparse.Namespace) -> int:
         print(f"poolwatch: error: cannot reach the daemon at {args.url}: {reason}", file=sys.stderr)
         return EXIT_DOWN
     rows = [
-        {"target": t["name"], "kind": t["kind"], "up": bool(t["up"]),
-         "latency_ms": None if t["latency_seconds"] is None else t["latency_seconds"] * 1000,
-         "error": t["error"]}
+        {
+            "target": t["name"],
+            "kind": t["kind"],
+            "up": bool(t["up"]),
+            "latency_ms": None if t["latency_seconds"] is None else t["latency_seconds"] * 1000,
+            "error": t["error"],
+        }
         for t in data.get("targets", [])
-    ]  # fmt: skip
+    ]
     print(format_table(rows))
     return EXIT_OK if all(row["up"] for row in rows) else EXIT_DOWN
 
@@ -207,16 +221,25 @@ def _audit(args: argparse.Namespace) -> int:
     else:
         print(format_audit(rows))
     if waiting:
-        print(f"poolwatch: {waiting} records wait in the local spool ({settings.audit.spool_path})",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"poolwatch: {waiting} records wait in the local spool ({settings.audit.spool_path})",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
 AUDIT_COLUMNS = (
-    ("decided_at", "DECIDED (UTC)"), ("target", "TARGET"), ("mode", "MODE"), ("reason", "REASON"),
-    ("pid", "PID"), ("username", "USER"), ("database", "DATABASE"), ("application", "APPLICATION"),
-    ("idle_seconds", "IDLE"), ("client_addr", "CLIENT"),
-)  # fmt: skip
+    ("decided_at", "DECIDED (UTC)"),
+    ("target", "TARGET"),
+    ("mode", "MODE"),
+    ("reason", "REASON"),
+    ("pid", "PID"),
+    ("username", "USER"),
+    ("database", "DATABASE"),
+    ("application", "APPLICATION"),
+    ("idle_seconds", "IDLE"),
+    ("client_addr", "CLIENT"),
+)
 
 
 def format_audit(rows: list[dict[str, Any]]) -> str:

@@ -113,23 +113,34 @@ def build_target(
         check = sql_check(database.engine)
         try:
             instrumentation = instrument(
-                database.engine, name=target.name, registry=metrics.registry,
+                database.engine,
+                name=target.name,
+                registry=metrics.registry,
                 leak_threshold=pool.leak_threshold,
-            )  # fmt: skip
+            )
         except TypeError as exc:  # an in-memory SQLite engine has no QueuePool
             log.warning("target %s: no pool metrics: %s", target.name, exc)
     probe = Probe(
-        target.name, check, metrics.probe,
-        interval=target.probe.interval, timeout=target.probe.timeout,
+        target.name,
+        check,
+        metrics.probe,
+        interval=target.probe.interval,
+        timeout=target.probe.timeout,
         auth_backoff_max=target.probe.auth_backoff_max,
-    )  # fmt: skip
+    )
     jobs: list[Job] = [probe]
     if instrumentation is not None:
         housekeeper = Housekeeper(instrumentation, Policy.from_settings(pool))
         interval = pool.housekeeping_interval
-        jobs.append(HousekeepingJob(
-            target.name, housekeeper, interval=interval, timeout=max(1.0, interval), backoff=probe,
-        ))  # fmt: skip
+        jobs.append(
+            HousekeepingJob(
+                target.name,
+                housekeeper,
+                interval=interval,
+                timeout=max(1.0, interval),
+                backoff=probe,
+            )
+        )
     metrics.probe.add_target(target.name)
     runtime = TargetRuntime(target, probe, database, redis_db, jobs=jobs, instrumentation=instrumentation)
     _add_census_and_reaper(runtime, metrics, audit, others)
@@ -139,7 +150,7 @@ def build_target(
 def _add_census_and_reaper(
     runtime: TargetRuntime, metrics: Metrics, audit: AuditLog | None, others: Iterable[TargetSettings]
 ) -> None:
-    """Issue 4: the census job, and the reaper job when enabled (postgres and redis targets)."""
+    """The census job, and the reaper job when enabled (postgres and redis targets)."""
     target = runtime.settings
     others = tuple(others)
     pools = pg_census.known_pools(target, others)
@@ -150,10 +161,16 @@ def _add_census_and_reaper(
     elif runtime.redis is not None:
         take = redis_census.census(target, runtime.redis.client, pools)
     if take is not None and target.census.enabled:
-        runtime.jobs.append(CensusJob(
-            target.name, take, metrics.census,
-            interval=target.census.interval, timeout=target.census.timeout, backoff=runtime.probe,
-        ))  # fmt: skip
+        runtime.jobs.append(
+            CensusJob(
+                target.name,
+                take,
+                metrics.census,
+                interval=target.census.interval,
+                timeout=target.census.timeout,
+                backoff=runtime.probe,
+            )
+        )
     if not target.reaper.enabled or take is None:
         return
     if audit is None:  # log and count only (`poolwatch check`, embedding without an audit table)
@@ -220,9 +237,12 @@ class Daemon:
             for name, hashed in self.settings.http.basic_auth_users.items()
         }
         endpoint = http.Endpoint(
-            self.metrics.registry, healthy=self.healthy, ready=self.ready,
-            status=self.status, basic_auth_users=users,
-        )  # fmt: skip
+            self.metrics.registry,
+            healthy=self.healthy,
+            ready=self.ready,
+            status=self.status,
+            basic_auth_users=users,
+        )
         self._server = http.serve(endpoint, self.settings.http)
         try:
             for target in self.settings.targets:
@@ -328,8 +348,9 @@ class Daemon:
         except PoolwatchError as exc:
             log.error(  # noqa: TRY400 - one line, no traceback
                 "reload refused, keeping the running configuration: %s (audit settings take effect "
-                "after a restart)", exc,
-            )  # fmt: skip
+                "after a restart)",
+                exc,
+            )
             return None
         if loaded.http != self.settings.http:
             log.warning("reload: http settings changed; they take effect after a restart")

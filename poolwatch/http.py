@@ -81,34 +81,46 @@ class Endpoint:
             return _plain(start_response, "404 Not Found", "not found\n")
         if method not in {"GET", "HEAD"}:
             return _plain(
-                start_response, "405 Method Not Allowed", "method not allowed\n",
+                start_response,
+                "405 Method Not Allowed",
+                "method not allowed\n",
                 [("Allow", "GET, HEAD")],
-            )  # fmt: skip
+            )
         if self._users and not self._authorized(environ.get("HTTP_AUTHORIZATION", "")):
             return _plain(
-                start_response, "401 Unauthorized", "unauthorized\n",
+                start_response,
+                "401 Unauthorized",
+                "unauthorized\n",
                 [("WWW-Authenticate", 'Basic realm="poolwatch", charset="UTF-8"')],
-            )  # fmt: skip
+            )
         if path == "/metrics":
             body = b"".join(self._metrics({**environ, "REQUEST_METHOD": "GET"}, start_response))
             # HEAD: the GET headers (prometheus_client's own app would answer 405), no body.
             return [] if method == "HEAD" else [body]
         if path == "/healthz":
             ok = self._healthy()
-            return _plain(start_response, "200 OK" if ok else "503 Service Unavailable",
-                          "ok\n" if ok else "scheduler not running\n")  # fmt: skip
+            return _plain(
+                start_response,
+                "200 OK" if ok else "503 Service Unavailable",
+                "ok\n" if ok else "scheduler not running\n",
+            )
         if path == "/readyz":
             ok = self._ready()
-            return _plain(start_response, "200 OK" if ok else "503 Service Unavailable",
-                          "ready\n" if ok else "starting\n")  # fmt: skip
+            return _plain(
+                start_response,
+                "200 OK" if ok else "503 Service Unavailable",
+                "ready\n" if ok else "starting\n",
+            )
         if path == "/status":
             body = json.dumps(self._status(), indent=2, default=str).encode()
-            start_response("200 OK", [("Content-Type", "application/json"),
-                                      ("Content-Length", str(len(body)))])  # fmt: skip
+            start_response(
+                "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+            )
             return [body]
         body = render_status_page(self._status()).encode()
-        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
-                                  ("Content-Length", str(len(body)))])  # fmt: skip
+        start_response(
+            "200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))]
+        )
         return [body]
 
     def _metrics(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -165,8 +177,10 @@ def _plain(
     headers: list[tuple[str, str]] | None = None,
 ) -> list[bytes]:
     body = text.encode()
-    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
-                             ("Content-Length", str(len(body))), *(headers or [])])  # fmt: skip
+    start_response(
+        status,
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), *(headers or [])],
+    )
     return [body]
 
 
@@ -178,21 +192,28 @@ def render_status_page(status: dict[str, Any]) -> str:
         state = "unknown" if up is None else ("up" if up else "DOWN")
         latency = target.get("latency_seconds")
         rows.append(
-            "<tr>" + "".join(
+            "<tr>"
+            + "".join(
                 f"<td>{html.escape(str(v))}</td>"
-                for v in (target["name"], target["kind"], target["url"], state,
-                          "" if latency is None else f"{latency * 1000:.2f} ms", target["error"])
-            ) + "</tr>"
-        )  # fmt: skip
+                for v in (
+                    target["name"],
+                    target["kind"],
+                    target["url"],
+                    state,
+                    "" if latency is None else f"{latency * 1000:.2f} ms",
+                    target["error"],
+                )
+            )
+            + "</tr>"
+        )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>poolwatch</title></head><body>"
         f"<h1>poolwatch {html.escape(str(status.get('version', '')))}</h1>"
         f"<p>Configuration: {html.escape(str(status.get('source', '')))}. "
         "<a href='/metrics'>/metrics</a> · <a href='/status'>/status</a></p>"
         "<table border='1' cellpadding='4'><tr><th>target</th><th>kind</th><th>url</th>"
-        "<th>state</th><th>last probe</th><th>error</th></tr>"
-        + "".join(rows) + "</table></body></html>"
-    )  # fmt: skip
+        "<th>state</th><th>last probe</th><th>error</th></tr>" + "".join(rows) + "</table></body></html>"
+    )
 
 
 class _RequestTooLargeError(OSError):
@@ -331,14 +352,24 @@ class _Server6(_Server):
 def serve(endpoint: Endpoint, settings: HttpSettings) -> tuple[WSGIServer, threading.Thread]:
     """Start serving on a daemon thread; return ``(server, thread)``. Stop with ``stop_server``."""
     host, port = settings.address
-    handler = type("Handler", (_Handler,), {
-        "timeout": settings.request_timeout, "tls_context": _tls_context(settings),
-        "max_request_bytes": settings.max_request_bytes,
-    })  # fmt: skip
+    handler = type(
+        "Handler",
+        (_Handler,),
+        {
+            "timeout": settings.request_timeout,
+            "tls_context": _tls_context(settings),
+            "max_request_bytes": settings.max_request_bytes,
+        },
+    )
     base = _Server6 if ":" in host else _Server
-    server_class = type("Server", (base,), {
-        "max_connections": settings.max_connections, "request_timeout": settings.request_timeout,
-    })  # fmt: skip
+    server_class = type(
+        "Server",
+        (base,),
+        {
+            "max_connections": settings.max_connections,
+            "request_timeout": settings.request_timeout,
+        },
+    )
     try:
         server: WSGIServer = make_server(host, port, endpoint, server_class, handler)
     except OSError as exc:

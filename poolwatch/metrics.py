@@ -26,9 +26,25 @@ NAMESPACE: Final = "poolwatch"
 # Sub-millisecond resolution at the low end (a pooled checkout takes ~20 us), up to 30 s at the top
 # (the default pool timeout); roughly x2.5 steps keep the bucket count, and so the series count, low.
 LATENCY_BUCKETS: Final = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-)  # fmt: skip
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 JOB_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 PROBE_FAILURE_REASONS: Final = (
@@ -47,22 +63,34 @@ class ProbeMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.up = Gauge(
-            "up", "1 if the last probe of the target succeeded, else 0.",
-            ["target"], namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            "up",
+            "1 if the last probe of the target succeeded, else 0.",
+            ["target"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.duration = Histogram(
-            "probe_duration_seconds", "Round trip of a probe: pooled checkout plus SELECT 1 or PING.",
-            ["target"], namespace=NAMESPACE, registry=registry, buckets=LATENCY_BUCKETS,
-        )  # fmt: skip
+            "probe_duration_seconds",
+            "Round trip of a probe: pooled checkout plus SELECT 1 or PING.",
+            ["target"],
+            namespace=NAMESPACE,
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        )
         self.failures = Counter(
-            "probe_failures", "Probes that failed, by reason.",
-            ["target", "reason"], namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            "probe_failures",
+            "Probes that failed, by reason.",
+            ["target", "reason"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.backoff = Gauge(
             "probe_backoff_seconds",
             "Seconds between probe attempts while backing off after authentication failures; 0 if not.",
-            ["target"], namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            ["target"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
 
     def add_target(self, target: str) -> None:
         self.up.labels(target).set(0)
@@ -87,22 +115,34 @@ class JobMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.duration = Histogram(
-            "job_duration_seconds", "Wall time of scheduled job runs.",
-            ["task", "target"], namespace=NAMESPACE, registry=registry, buckets=JOB_BUCKETS,
-        )  # fmt: skip
+            "job_duration_seconds",
+            "Wall time of scheduled job runs.",
+            ["task", "target"],
+            namespace=NAMESPACE,
+            registry=registry,
+            buckets=JOB_BUCKETS,
+        )
         self.failures = Counter(
-            "job_failures", "Scheduled job runs that raised or timed out.",
-            ["task", "target"], namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            "job_failures",
+            "Scheduled job runs that raised or timed out.",
+            ["task", "target"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.last_success = Gauge(
-            "job_last_success_timestamp_seconds", "Unix time of the last successful run of a job.",
-            ["task", "target"], namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            "job_last_success_timestamp_seconds",
+            "Unix time of the last successful run of a job.",
+            ["task", "target"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.skipped = Counter(
             "job_skipped",
             "Job runs not started: the previous run was still going, or the job is backing off.",
-            ["task", "target"], namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            ["task", "target"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
 
     def add_job(self, task: str, target: str) -> None:
         self.duration.labels(task, target)
@@ -120,11 +160,12 @@ class BuildMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.info = Gauge(
-            "build_info", "poolwatch build and runtime versions; always 1.",
-            ["version", "python_version", "sqlalchemy_version", "redis_py_version",
-             "apscheduler_version"],
-            namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            "build_info",
+            "poolwatch build and runtime versions; always 1.",
+            ["version", "python_version", "sqlalchemy_version", "redis_py_version", "apscheduler_version"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.info.labels(
             __version__,
             platform.python_version(),
@@ -143,37 +184,56 @@ class CensusMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.connections = Gauge(
-            "server_connections", "Server-side sessions by state, database, user and application "
+            "server_connections",
+            "Server-side sessions by state, database, user and application "
             "(values outside the configured names are folded into 'other').",
-            ["target", "state", "database", "user", "application"], namespace=NAMESPACE,
+            ["target", "state", "database", "user", "application"],
+            namespace=NAMESPACE,
             registry=registry,
-        )  # fmt: skip
+        )
         self.pool_connections = Gauge(
-            "server_pool_connections", "Server-side sessions of a known pool (by application_name / "
-            "client name), by state.",
-            ["target", "pool", "state"], namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            "server_pool_connections",
+            "Server-side sessions of a known pool (by application_name / client name), by state.",
+            ["target", "pool", "state"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.max_connections = Gauge(
-            "server_max_connections", "Sessions the server accepts from ordinary users "
+            "server_max_connections",
+            "Sessions the server accepts from ordinary users "
             "(max_connections less reserved slots; Redis maxclients).",
-            ["target"], namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            ["target"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.used_ratio = Gauge(
-            "server_connections_used_ratio", "Client sessions divided by server_max_connections.",
-            ["target"], namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            "server_connections_used_ratio",
+            "Client sessions divided by server_max_connections.",
+            ["target"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.oldest = Gauge(
-            "server_oldest_seconds", "Longest time a session has been in its current state, by state.",
-            ["target", "state"], namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            "server_oldest_seconds",
+            "Longest time a session has been in its current state, by state.",
+            ["target", "state"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.oldest_transaction = Gauge(
-            "server_oldest_transaction_seconds", "Age of the oldest open transaction (0 when none).",
-            ["target"], namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            "server_oldest_transaction_seconds",
+            "Age of the oldest open transaction (0 when none).",
+            ["target"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.idle_over = Gauge(
-            "server_idle_connections", "Sessions idle longer than each configured threshold.",
-            ["target", "idle_over"], namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            "server_idle_connections",
+            "Sessions idle longer than each configured threshold.",
+            ["target", "idle_over"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.families: dict[str, Gauge] = {
             "server_connections": self.connections,
             "server_pool_connections": self.pool_connections,
@@ -210,30 +270,44 @@ class ReaperMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.terminated = Counter(
-            "reaper_terminated", "Sessions terminated (mode=enforce) or that would have been "
-            "(mode=dry_run), by reason.",
-            ["target", "reason", "mode"], namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            "reaper_terminated",
+            "Sessions terminated (mode=enforce) or that would have been (mode=dry_run), by reason.",
+            ["target", "reason", "mode"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.errors = Counter(
-            "reaper_errors", "Reaper runs that failed, and terminations that raised.",
-            ["target"], namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            "reaper_errors",
+            "Reaper runs that failed, and terminations that raised.",
+            ["target"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.leader = Gauge(
-            "reaper_leader", "1 while this replica holds the target's reaper lease.",
-            ["target"], namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            "reaper_leader",
+            "1 while this replica holds the target's reaper lease.",
+            ["target"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.spooled = Gauge(
-            "audit_spooled_records", "Audit records waiting in the local spool for the audit database.",
-            namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            "audit_spooled_records",
+            "Audit records waiting in the local spool for the audit database.",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.dropped = Counter(
-            "audit_dropped_records", "Audit records dropped because the spool was full.",
-            namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            "audit_dropped_records",
+            "Audit records dropped because the spool was full.",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.written = Counter(
-            "audit_written", "Audit records written to the audit database.",
-            namespace=NAMESPACE, registry=registry,
-        )  # fmt: skip
+            "audit_written",
+            "Audit records written to the audit database.",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
 
     def add_target(self, target: str) -> None:
         for reason in REAPER_REASONS:

@@ -146,8 +146,13 @@ class Probe:
         with self._lock:
             last, error = self._last, self._last_error
         if last is None:
-            return {"up": None, "latency_seconds": None, "error": "", "checked_at": None,
-                    "backoff_seconds": 0.0}  # fmt: skip
+            return {
+                "up": None,
+                "latency_seconds": None,
+                "error": "",
+                "checked_at": None,
+                "backoff_seconds": 0.0,
+            }
         return {
             "up": last.ok,
             "latency_seconds": round(last.duration, 6),

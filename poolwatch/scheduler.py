@@ -54,9 +54,11 @@ class Scheduler:
         self._heartbeat = clock()
         self._stopped = threading.Event()
         self._scheduler.add_job(
-            self._beat, IntervalTrigger(seconds=HEARTBEAT_INTERVAL), id="heartbeat",
+            self._beat,
+            IntervalTrigger(seconds=HEARTBEAT_INTERVAL),
+            id="heartbeat",
             misfire_grace_time=None,
-        )  # fmt: skip
+        )
 
     def add(self, job: Job) -> None:
         """Schedule ``job`` every ``job.interval`` seconds, first run now."""

@@ -155,8 +155,12 @@ class DaemonProcess:
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
         self.process = subprocess.Popen(
             poolwatch_command("run", "--listen", "127.0.0.1:0", *args),
-            env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -117,29 +117,66 @@ class PostgresServer(_ServerProcess):
         pwfile.write_text(self.password + "\n")
         _chown_to_server_user(pwfile)
         result = subprocess.run(
-            [str(pg_bindir() / "initdb"), "-D", str(self.datadir), "-U", self.superuser,
-             "--pwfile", str(pwfile), "--auth-local=trust", "--auth-host=scram-sha-256",
-             "-E", "UTF8", "--locale=C", "--no-sync"],
-            check=False, capture_output=True, text=True, **_as_server_user(),
-        )  # fmt: skip
+            [
+                str(pg_bindir() / "initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                self.superuser,
+                "--pwfile",
+                str(pwfile),
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            **_as_server_user(),
+        )
         pwfile.unlink()
         if result.returncode != 0:
             raise RuntimeError(f"initdb failed: {result.stderr.strip()}")
 
     def start(self) -> PostgresServer:
         command = [
-            str(pg_bindir() / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
-            "-k", str(self.sockdir), "-c", f"listen_addresses={self.host}",
-            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-            "-c", "max_connections=300", "-c", "shared_buffers=32MB",
-            "-c", "log_min_messages=fatal", "-c", "logging_collector=off",
-        ]  # fmt: skip
+            str(pg_bindir() / "postgres"),
+            "-D",
+            str(self.datadir),
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.sockdir),
+            "-c",
+            f"listen_addresses={self.host}",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=300",
+            "-c",
+            "shared_buffers=32MB",
+            "-c",
+            "log_min_messages=fatal",
+            "-c",
+            "logging_collector=off",
+        ]
         self._executor = TCPExecutor(
-            command, host=self.host, port=self.port, timeout=60,
+            command,
+            host=self.host,
+            port=self.port,
+            timeout=60,
             stop_signal=signal.SIGINT,  # "fast" shutdown: SIGTERM would wait for every client
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             popen_kwargs={**_as_server_user(), "cwd": str(self.basedir)},
-        )  # fmt: skip
+        )
         self._executor.start()
         self._wait_ready()
         return self
@@ -245,16 +282,34 @@ class RedisServer(_ServerProcess):
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         command = [
-            binary, "--port", str(self.port), "--bind", self.host, "--save", "",
-            "--appendonly", "no", "--dir", str(self.basedir), "--daemonize", "no",
-            "--loglevel", "warning", "--logfile", str(self.basedir / "redis.log"),
-        ]  # fmt: skip
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.basedir),
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(self.basedir / "redis.log"),
+        ]
         if self.password:
             command += ["--requirepass", self.password]
         self._executor = TCPExecutor(
-            command, host=self.host, port=self.port, timeout=30,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            command,
+            host=self.host,
+            port=self.port,
+            timeout=30,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self._executor.start()
         return self
 

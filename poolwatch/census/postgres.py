@@ -84,8 +84,9 @@ def samples(
     oldest_transaction = 0.0
     for row in rows:
         state = row.state or UNKNOWN
-        by_labels[state, bounds.database(row.database), bounds.user(row.user),
-                  bounds.application(row.application)] += 1  # fmt: skip
+        by_labels[
+            state, bounds.database(row.database), bounds.user(row.user), bounds.application(row.application)
+        ] += 1
         if row.application is not None and row.application in pools:
             by_pool[pools[row.application], state] += 1
         if row.in_state is not None and state in oldest:

@@ -110,13 +110,21 @@ class PoolCollector(Collector):
         def per_reason(
             family: Metric, reasons: tuple[str, ...], counts: Callable[[Snapshot], dict[str, int]]
         ) -> Rows:
-            return Rows(family, ("pool", "reason"), [
-                ((name, reason), counts(snap).get(reason, 0)) for name, _, snap in pools for reason in reasons
-            ])  # fmt: skip
+            return Rows(
+                family,
+                ("pool", "reason"),
+                [
+                    ((name, reason), counts(snap).get(reason, 0))
+                    for name, _, snap in pools
+                    for reason in reasons
+                ],
+            )
 
-        yield Rows(spec.connections, ("pool", "state"), [
-            row for name, st in live for row in (((name, "idle"), st.idle), ((name, "used"), st.used))
-        ])  # fmt: skip
+        yield Rows(
+            spec.connections,
+            ("pool", "state"),
+            [row for name, st in live for row in (((name, "idle"), st.idle), ((name, "used"), st.used))],
+        )
         yield Rows(spec.max_connections, one, [((name,), st.max_connections) for name, st in live])
         yield Rows(spec.size, one, [((name,), st.size) for name, st in live])
         yield per_pool(spec.min_idle, lambda snap: snap.min_idle)

@@ -210,8 +210,10 @@ class Recorder:
                 log.error(
                     "pool %s: instrumentation hook failed (counted in "
                     "poolwatch_instrumentation_errors_total, logged once): %s: %s",
-                    self.name, type(exc).__name__, exc,
-                )  # fmt: skip
+                    self.name,
+                    type(exc).__name__,
+                    exc,
+                )
         except Exception:  # noqa: S110 - the last line of defence must not raise into the host
             pass
 
@@ -261,8 +263,11 @@ class Recorder:
         for _key, checkout in fresh:
             log.warning(
                 "pool %s: connection held for %.1fs (leak_threshold %gs); checked out at:\n%s",
-                self.name, now - checkout[0], self.leak_threshold, _stack(checkout[1]),
-            )  # fmt: skip
+                self.name,
+                now - checkout[0],
+                self.leak_threshold,
+                _stack(checkout[1]),
+            )
         return count
 
     def fold(self) -> None:

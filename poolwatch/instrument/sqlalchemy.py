@@ -203,13 +203,15 @@ def _patch(pool: QueuePool, recorder: Recorder) -> QueuePool:
             idle = list(internals.idle_records)
     stamps: dict[object, Stamp] = dict.fromkeys(idle, recorder.clock())
     recorder.stamps = stamps
-    vars(pool).update({
-        "connect": _connect_hook(pool, internals, recorder, stamps),
-        internals.return_conn_name: _checkin_hook(internals.return_conn, recorder, stamps),
-        "dispose": dispose,
-        "recreate": recreate,
-        "_poolwatch": recorder,
-    })  # fmt: skip
+    vars(pool).update(
+        {
+            "connect": _connect_hook(pool, internals, recorder, stamps),
+            internals.return_conn_name: _checkin_hook(internals.return_conn, recorder, stamps),
+            "dispose": dispose,
+            "recreate": recreate,
+            "_poolwatch": recorder,
+        }
+    )
     return pool
 
 

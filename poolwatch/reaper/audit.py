@@ -41,9 +41,23 @@ REPLICA: Final = f"{socket.gethostname()}:{os.getpid()}"
 AUDIT_APPLICATION: Final = "poolwatch-audit"
 
 COLUMNS: Final = (
-    "record_id", "target", "kind", "pid", "username", "database", "application", "client_addr",
-    "state", "idle_seconds", "query", "backend_start", "reason", "mode", "decided_at", "replica",
-)  # fmt: skip
+    "record_id",
+    "target",
+    "kind",
+    "pid",
+    "username",
+    "database",
+    "application",
+    "client_addr",
+    "state",
+    "idle_seconds",
+    "query",
+    "backend_start",
+    "reason",
+    "mode",
+    "decided_at",
+    "replica",
+)
 
 
 def schema_sql(table: str) -> list[str]:
@@ -154,12 +168,17 @@ class AuditLog:
         """Log, count and spool one decision. Never raises; the row is written by ``flush()``."""
         log.info(
             "reaper %s %s: %s %d user=%s database=%s application=%s idle=%.0fs (%s)",
-            record.target, "terminated" if record.mode == "enforce" else "would terminate",
-            "pid" if record.kind == "postgres" else "client", record.pid, record.username,
-            record.database, record.application, record.idle_seconds, record.reason,
-            extra={"event": "reaper_decision", **{k: v for k, v in record.as_dict().items()
-                                                   if k != "query"}},
-        )  # fmt: skip
+            record.target,
+            "terminated" if record.mode == "enforce" else "would terminate",
+            "pid" if record.kind == "postgres" else "client",
+            record.pid,
+            record.username,
+            record.database,
+            record.application,
+            record.idle_seconds,
+            record.reason,
+            extra={"event": "reaper_decision", **{k: v for k, v in record.as_dict().items() if k != "query"}},
+        )
         if self._metrics is not None:
             self._metrics.terminated.labels(record.target, record.reason, record.mode).inc()
         if self.spool is not None:

@@ -136,9 +136,14 @@ def build_postgres_reaper(
     lease = PostgresLease(target.name, connect, metrics.leader, own)
     policy = Policy.from_settings(target.reaper, protected=protected_names(target, others))
     reaper = PostgresReaper(
-        target.name, lease, policy, audit, own, dry_run=target.reaper.dry_run,
+        target.name,
+        lease,
+        policy,
+        audit,
+        own,
+        dry_run=target.reaper.dry_run,
         on_error=metrics.errors.labels(target.name).inc,
-    )  # fmt: skip
+    )
 
     def reap() -> int:
         with translating(target.name):
@@ -150,10 +155,17 @@ def build_postgres_reaper(
 
     metrics.add_target(target.name)
     return ReaperJob(
-        target.name, reaper, reap, audit, metrics,
-        interval=target.reaper.interval, timeout=target.reaper.timeout, close=close,
-        backoff=backoff, step_down=lease.release,
-    )  # fmt: skip
+        target.name,
+        reaper,
+        reap,
+        audit,
+        metrics,
+        interval=target.reaper.interval,
+        timeout=target.reaper.timeout,
+        close=close,
+        backoff=backoff,
+        step_down=lease.release,
+    )
 
 
 def build_redis_reaper(
@@ -167,12 +179,24 @@ def build_redis_reaper(
     lease = RedisLease(target.name, client, metrics.leader, target.reaper.lease_ttl)
     policy = Policy.from_settings(target.reaper, protected=protected_names(target, others))
     reaper = RedisReaper(
-        target.name, client, lease, policy, audit, dry_run=target.reaper.dry_run,
+        target.name,
+        client,
+        lease,
+        policy,
+        audit,
+        dry_run=target.reaper.dry_run,
         on_error=metrics.errors.labels(target.name).inc,
-    )  # fmt: skip
+    )
     metrics.add_target(target.name)
     return ReaperJob(
-        target.name, reaper, reaper.run, audit, metrics,
-        interval=target.reaper.interval, timeout=target.reaper.timeout, close=lease.release,
-        backoff=backoff, step_down=lease.forget,
-    )  # fmt: skip
+        target.name,
+        reaper,
+        reaper.run,
+        audit,
+        metrics,
+        interval=target.reaper.interval,
+        timeout=target.reaper.timeout,
+        close=lease.release,
+        backoff=backoff,
+        step_down=lease.forget,
+    )

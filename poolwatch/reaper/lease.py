@@ -75,12 +75,14 @@ class PostgresLease:
                 if self._connection is None:
                     self._open()
                 assert self._connection is not None
-                held = bool(self._connection.exec_driver_sql(
-                    # CASE, not OR: the lock must not be taken again (and stacked) while held.
-                    f"SELECT CASE WHEN {FENCE} THEN true "
-                    "ELSE pg_try_advisory_lock(%(lock_class)s, %(lock_key)s) END",
-                    self.params,
-                ).scalar_one())  # fmt: skip
+                held = bool(
+                    self._connection.exec_driver_sql(
+                        # CASE, not OR: the lock must not be taken again (and stacked) while held.
+                        f"SELECT CASE WHEN {FENCE} THEN true "
+                        "ELSE pg_try_advisory_lock(%(lock_class)s, %(lock_key)s) END",
+                        self.params,
+                    ).scalar_one()
+                )
             except Exception:
                 self._drop()
                 raise

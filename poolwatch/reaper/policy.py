@@ -191,10 +191,16 @@ def judge_redis(client: RedisClient, policy: Policy, own_ids: Collection[int]) -
     if timeout is None or client.idle < timeout:
         return None
     session = Session(
-        pid=client.id, backend_type=CLIENT_BACKEND, backend_start=None, user=client.user,
-        database=str(client.db), application=client.name, state=None, state_change=None,
+        pid=client.id,
+        backend_type=CLIENT_BACKEND,
+        backend_start=None,
+        user=client.user,
+        database=str(client.db),
+        application=client.name,
+        state=None,
+        state_change=None,
         superuser=False,
-    )  # fmt: skip
+    )
     if not matches_scope(session, policy):
         return None
     return RedisVictim(client, reason, client.idle)

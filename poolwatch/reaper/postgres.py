@@ -125,13 +125,18 @@ def terminate_all(
         return set(), set()
     sessions = [victim.session for victim in victims]
     params = {
-        "pids": [s.pid for s in sessions], "backend_starts": [s.backend_start for s in sessions],
-        "databases": [s.database for s in sessions], "users": [s.user for s in sessions],
-        "applications": [s.application for s in sessions], "reasons": [v.reason for v in victims],
+        "pids": [s.pid for s in sessions],
+        "backend_starts": [s.backend_start for s in sessions],
+        "databases": [s.database for s in sessions],
+        "users": [s.user for s in sessions],
+        "applications": [s.application for s in sessions],
+        "reasons": [v.reason for v in victims],
         "timeouts": [policy.timeout_for(v.reason) for v in victims],
-        "idle_in_transaction": sorted(IDLE_IN_TRANSACTION), "own": sorted(own_pids),
-        "allow_superusers": policy.allow_superusers, **lease_params,
-    }  # fmt: skip
+        "idle_in_transaction": sorted(IDLE_IN_TRANSACTION),
+        "own": sorted(own_pids),
+        "allow_superusers": policy.allow_superusers,
+        **lease_params,
+    }
     rows = connection.exec_driver_sql(TERMINATE_SQL, params).all()
     return {int(row[0]) for row in rows if row[1]}, {int(row[0]) for row in rows if not row[2]}
 
@@ -169,9 +174,11 @@ class PostgresReaper:
         if self.dry_run:
             everyone = choose_victims(sessions, replace(self.policy, max_per_run=len(sessions)), now, own)
             victims, self._recorded = unrecorded(
-                everyone, lambda v: (v.session.pid, v.session.backend_start), self._recorded,
+                everyone,
+                lambda v: (v.session.pid, v.session.backend_start),
+                self._recorded,
                 self.policy.max_per_run,
-            )  # fmt: skip
+            )
         else:
             victims = choose_victims(sessions, self.policy, now, own)
         if not self.dry_run:
@@ -196,11 +203,16 @@ class PostgresReaper:
         for victim in victims:
             if victim.session.pid in refused:
                 self._on_error()
-                log.warning("reaper %s: not allowed to terminate pid %d (a superuser's session, or "
-                            "no pg_signal_backend)", self.target, victim.session.pid)  # fmt: skip
+                log.warning(
+                    "reaper %s: not allowed to terminate pid %d (a superuser's session, or "
+                    "no pg_signal_backend)",
+                    self.target,
+                    victim.session.pid,
+                )
             elif victim.session.pid not in killed:
-                log.info("reaper %s: pid %d changed before the kill; left alone",
-                         self.target, victim.session.pid)  # fmt: skip
+                log.info(
+                    "reaper %s: pid %d changed before the kill; left alone", self.target, victim.session.pid
+                )
         return [victim for victim in victims if victim.session.pid in killed]
 
     def _terminate(self, connection: Connection, victim: Victim, own: frozenset[int]) -> bool:
@@ -211,20 +223,31 @@ class PostgresReaper:
                 raise
             # Refused for this one session (say, permission denied): count it, go on with the rest.
             self._on_error()
-            log.warning("reaper %s: terminating pid %d failed: %s",
-                        self.target, victim.session.pid, first_line(exc.orig or exc))  # fmt: skip
+            log.warning(
+                "reaper %s: terminating pid %d failed: %s",
+                self.target,
+                victim.session.pid,
+                first_line(exc.orig or exc),
+            )
             return False
         if not killed:
-            log.info("reaper %s: pid %d changed before the kill; left alone",
-                     self.target, victim.session.pid)  # fmt: skip
+            log.info("reaper %s: pid %d changed before the kill; left alone", self.target, victim.session.pid)
         return killed
 
     def _record(self, victim: Victim) -> AuditRecord:
         session = victim.session
         return AuditRecord.make(
-            target=self.target, kind="postgres", pid=session.pid, username=session.user,
-            database=session.database, application=session.application,
-            client_addr=session.client_addr, state=session.state, idle_seconds=victim.idle_seconds,
-            query=session.query, backend_start=session.backend_start, reason=victim.reason,
+            target=self.target,
+            kind="postgres",
+            pid=session.pid,
+            username=session.user,
+            database=session.database,
+            application=session.application,
+            client_addr=session.client_addr,
+            state=session.state,
+            idle_seconds=victim.idle_seconds,
+            query=session.query,
+            backend_start=session.backend_start,
+            reason=victim.reason,
             mode="dry_run" if self.dry_run else "enforce",
-        )  # fmt: skip
+        )

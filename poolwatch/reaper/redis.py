@@ -32,8 +32,12 @@ log = logging.getLogger(__name__)
 
 # CLIENT KILL TYPE values; a MONITOR client is of type normal.
 KILL_TYPE: Final[dict[RedisKind, str]] = {
-    "normal": "normal", "pubsub": "pubsub", "replica": "replica", "monitor": "normal", "master": "master",
-}  # fmt: skip
+    "normal": "normal",
+    "pubsub": "pubsub",
+    "replica": "replica",
+    "monitor": "normal",
+    "master": "master",
+}
 
 
 class RedisReaper:
@@ -72,8 +76,10 @@ class RedisReaper:
                 everyone = replace(self.policy, max_per_run=len(clients))
                 victims, self._recorded = unrecorded(
                     choose_redis_victims(clients, everyone, {int(own_id)}),
-                    lambda v: (v.client.id, v.client.addr), self._recorded, self.policy.max_per_run,
-                )  # fmt: skip
+                    lambda v: (v.client.id, v.client.addr),
+                    self._recorded,
+                    self.policy.max_per_run,
+                )
             else:
                 victims = choose_redis_victims(clients, self.policy, {int(own_id)})
             done = 0
@@ -113,8 +119,17 @@ class RedisReaper:
     def _record(self, victim: RedisVictim) -> AuditRecord:
         client = victim.client
         return AuditRecord.make(
-            target=self.target, kind="redis", pid=client.id, username=client.user,
-            database=str(client.db), application=client.name, client_addr=client.addr,
-            state=client.kind, idle_seconds=victim.idle_seconds, query=None, backend_start=None,
-            reason=victim.reason, mode="dry_run" if self.dry_run else "enforce",
-        )  # fmt: skip
+            target=self.target,
+            kind="redis",
+            pid=client.id,
+            username=client.user,
+            database=str(client.db),
+            application=client.name,
+            client_addr=client.addr,
+            state=client.kind,
+            idle_seconds=victim.idle_seconds,
+            query=None,
+            backend_start=None,
+            reason=victim.reason,
+            mode="dry_run" if self.dry_run else "enforce",
+        )

@@ -97,9 +97,8 @@ class Prometheus:
     def alerts(self, name: str, **labels: str) -> list[dict[str, Any]]:
         found = get_json(f"{self.base_url}/api/v1/alerts")["data"]["alerts"]
         return [
-            a for a in found
-            if a["labels"]["alertname"] == name and labels.items() <= a["labels"].items()
-        ]  # fmt: skip
+            a for a in found if a["labels"]["alertname"] == name and labels.items() <= a["labels"].items()
+        ]
 
 
 def start(command: list[str], **kwargs: Any) -> subprocess.Popen[str]:
@@ -127,15 +126,25 @@ def stack(pg: PostgresServer, tmp_path: Path) -> Iterator[dict[str, Any]]:
         config = {
             "http": {"listen": f"127.0.0.1:{daemon_port}"},
             "log": {"level": "WARNING"},
-            "targets": [{
-                "name": "pg", "kind": "postgres", "url": pg.url(),
-                "pool": {"size": 2, "max_overflow": 0, "timeout": 2},
-                "probe": {"interval": 1, "timeout": 1},
-                "census": {"interval": 1, "timeout": 1},
-                "reaper": {"enabled": True, "dry_run": True, "interval": 1, "timeout": 1,
-                           "idle_in_transaction_timeout": 2, "users": [WORKLOAD_ROLE]},
-            }],
-        }  # fmt: skip
+            "targets": [
+                {
+                    "name": "pg",
+                    "kind": "postgres",
+                    "url": pg.url(),
+                    "pool": {"size": 2, "max_overflow": 0, "timeout": 2},
+                    "probe": {"interval": 1, "timeout": 1},
+                    "census": {"interval": 1, "timeout": 1},
+                    "reaper": {
+                        "enabled": True,
+                        "dry_run": True,
+                        "interval": 1,
+                        "timeout": 1,
+                        "idle_in_transaction_timeout": 2,
+                        "users": [WORKLOAD_ROLE],
+                    },
+                }
+            ],
+        }
         (tmp_path / "poolwatch.yaml").write_text(yaml.safe_dump(config))
         daemon = start(
             [sys.executable, "-m", "poolwatch", "run", "--config", str(tmp_path / "poolwatch.yaml")]
@@ -146,9 +155,16 @@ def stack(pg: PostgresServer, tmp_path: Path) -> Iterator[dict[str, Any]]:
 
         app_port = free_port()
         app = start(
-            [sys.executable, "-m", "tests.e2e.workload", pg.url(WORKLOAD_ROLE, WORKLOAD_PASSWORD), str(app_port)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "tests.e2e.workload",
+                pg.url(WORKLOAD_ROLE, WORKLOAD_PASSWORD),
+                str(app_port),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         processes.append(app)
         assert app.stdout is not None
         assert app.stdout.readline().strip() == "ready"
@@ -165,13 +181,16 @@ def stack(pg: PostgresServer, tmp_path: Path) -> Iterator[dict[str, Any]]:
         }
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config))
         prometheus = start(
-            [tool("prometheus", "the Debian prometheus package"),
-             f"--config.file={tmp_path / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{prometheus_port}",
-             "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                tool("prometheus", "the Debian prometheus package"),
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         processes.append(prometheus)
         api = Prometheus(f"http://127.0.0.1:{prometheus_port}")
         wait_for("Prometheus ready", lambda: get_json_status(api.base_url + "/-/ready") == 200, 60)
@@ -271,6 +290,9 @@ def test_compressed_rules_keep_the_shipped_logic(tmp_path):
     (tmp_path / "rules.yml").write_text(compress(RULES.read_text(encoding="utf-8")))
     result = subprocess.run(
         [tool("promtool", "the Debian prometheus package"), "check", "rules", str(tmp_path / "rules.yml")],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

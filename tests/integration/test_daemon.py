@@ -123,10 +123,13 @@ def test_a_hanging_target_times_out_and_does_not_delay_the_others(
     pg: PostgresServer, silent: SilentServer
 ) -> None:
     hung = {
-        "name": "hung", "kind": "postgres", "url": f"postgresql://u@{LOOPBACK}:{silent.port}/x",
+        "name": "hung",
+        "kind": "postgres",
+        "url": f"postgresql://u@{LOOPBACK}:{silent.port}/x",
         # libpq connect timeout far longer than the probe timeout: only our own deadline helps.
-        "pool": {"connect_timeout": 60}, "probe": {"interval": 0.5, "timeout": 0.4},
-    }  # fmt: skip
+        "pool": {"connect_timeout": 60},
+        "probe": {"interval": 0.5, "timeout": 0.4},
+    }
     with running_daemon({"targets": [hung, pg_target(pg)]}) as daemon:
         wait_for(
             lambda: metric(daemon, "poolwatch_probe_failures_total", target="hung", reason="timeout") >= 2
@@ -147,8 +150,13 @@ def test_a_hanging_target_times_out_and_does_not_delay_the_others(
 def test_sigterm_stops_within_a_few_seconds_even_with_a_hung_target(
     pg: PostgresServer, silent: SilentServer, tmp_path: Path
 ) -> None:
-    hung = {"name": "hung", "kind": "postgres", "url": f"postgresql://u@{LOOPBACK}:{silent.port}/x",
-            "pool": {"connect_timeout": 60}, "probe": {"interval": 5, "timeout": 5}}  # fmt: skip
+    hung = {
+        "name": "hung",
+        "kind": "postgres",
+        "url": f"postgresql://u@{LOOPBACK}:{silent.port}/x",
+        "pool": {"connect_timeout": 60},
+        "probe": {"interval": 5, "timeout": 5},
+    }
     config = tmp_path / "poolwatch.yaml"
     config.write_text(yaml.safe_dump({"targets": [hung, pg_target(pg)]}))
     with DaemonProcess(["--config", str(config)], clean_env()) as run:
@@ -201,11 +209,15 @@ def test_sighup_applies_log_settings_and_says_audit_settings_wait_for_a_restart(
     with DaemonProcess(["--config", str(config)], clean_env()) as run:
         run.wait(lambda: run.up().get("orders") == 1)
         assert not _http_debug_lines(run), "INFO: requests are not logged"
-        config.write_text(yaml.safe_dump({
-            "log": {"level": "DEBUG", "format": "json"},
-            "targets": [pg_target(pg)],
-            "audit": {"url": pg.url(), "table": "poolwatch_audit_after_restart"},
-        }))  # fmt: skip
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "log": {"level": "DEBUG", "format": "json"},
+                    "targets": [pg_target(pg)],
+                    "audit": {"url": pg.url(), "table": "poolwatch_audit_after_restart"},
+                }
+            )
+        )
         run.process.send_signal(signal.SIGHUP)
         run.wait(lambda: any("configuration reloaded" in line for line in run.lines), "reloaded")
         warning = "reload: audit settings changed; they take effect after a restart"
@@ -236,8 +248,14 @@ def _http_debug_lines(run: DaemonProcess) -> list[str]:
 def test_check_exit_codes(pg: PostgresServer, redis_server: RedisServer, tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump({"targets": [pg_target(pg), redis_target(redis_server)]}))
-    result = subprocess.run(poolwatch_command("check", "-c", str(good)), env=clean_env(),
-                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    result = subprocess.run(
+        poolwatch_command("check", "-c", str(good)),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["TARGET", "KIND", "UP", "LATENCY", "ERROR"]
@@ -246,8 +264,14 @@ def test_check_exit_codes(pg: PostgresServer, redis_server: RedisServer, tmp_pat
     down = {"name": "gone", "kind": "postgres", "url": f"postgresql://u@{LOOPBACK}:{free_port()}/x"}
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"targets": [pg_target(pg), down]}))
-    result = subprocess.run(poolwatch_command("check", "-c", str(bad)), env=clean_env(),
-                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    result = subprocess.run(
+        poolwatch_command("check", "-c", str(bad)),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 1
     gone = next(line for line in result.stdout.splitlines() if line.startswith("gone"))
     assert "no" in gone.split()
@@ -255,8 +279,14 @@ def test_check_exit_codes(pg: PostgresServer, redis_server: RedisServer, tmp_pat
 
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump({"targets": [{**pg_target(pg), "pool": {"size": -1}}]}))
-    result = subprocess.run(poolwatch_command("check", "-c", str(broken)), env=clean_env(),
-                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    result = subprocess.run(
+        poolwatch_command("check", "-c", str(broken)),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("poolwatch: error: targets[0](orders).pool.size:")
@@ -267,22 +297,38 @@ def test_config_command_masks_secrets_and_status_reads_a_running_daemon(
 ) -> None:
     config = tmp_path / "poolwatch.yaml"
     config.write_text(yaml.safe_dump({"targets": [pg_target(pg)]}))
-    shown = subprocess.run(poolwatch_command("config", "-c", str(config)), env=clean_env(),
-                           capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    shown = subprocess.run(
+        poolwatch_command("config", "-c", str(config)),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert pg.password not in shown.stdout
     assert ":***@" in shown.stdout
     with DaemonProcess(["--config", str(config)], clean_env()) as run:
         run.wait(lambda: 1 in run.up().values(), "a target up")
-        status = subprocess.run(poolwatch_command("status", "--url", run.url), env=clean_env(),
-                                capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        status = subprocess.run(
+            poolwatch_command("status", "--url", run.url),
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert status.returncode == 0, status.stderr
         assert "orders" in status.stdout
         assert pg.password not in status.stdout
         assert run.stop() == 0
     unreachable = subprocess.run(
         poolwatch_command("status", "--url", f"http://{LOOPBACK}:{free_port()}"),
-        env=clean_env(), capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert unreachable.returncode == 1
     assert unreachable.stderr.startswith("poolwatch: error: cannot reach the daemon")
 

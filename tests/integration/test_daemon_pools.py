@@ -13,12 +13,18 @@ pytestmark = pytest.mark.integration
 
 
 def test_build_target_instruments_the_engine_and_adds_housekeeping(pg) -> None:
-    settings = validate({
-        "targets": [{
-            "name": "orders", "kind": "postgres", "url": pg.url(),
-            "pool": {"size": 2, "min_idle": 1, "housekeeping_interval": 0.5, "leak_threshold": 5},
-        }]
-    })  # fmt: skip
+    settings = validate(
+        {
+            "targets": [
+                {
+                    "name": "orders",
+                    "kind": "postgres",
+                    "url": pg.url(),
+                    "pool": {"size": 2, "min_idle": 1, "housekeeping_interval": 0.5, "leak_threshold": 5},
+                }
+            ]
+        }
+    )
     metrics = Metrics()
     runtime = build_target(settings.targets[0], metrics)
     try:

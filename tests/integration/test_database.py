@@ -171,9 +171,17 @@ def test_wrong_password_is_authentication_failed(pg: PostgresServer) -> None:
 
 def test_target_engine_uses_the_pool_settings_and_application_name(pg: PostgresServer) -> None:
     settings = validate(
-        {"targets": [{"name": "orders", "kind": "postgres", "url": pg.url(),
-                      "pool": {"size": 3, "max_overflow": 1, "application_name": "orders-api"}}]}
-    )  # fmt: skip
+        {
+            "targets": [
+                {
+                    "name": "orders",
+                    "kind": "postgres",
+                    "url": pg.url(),
+                    "pool": {"size": 3, "max_overflow": 1, "application_name": "orders-api"},
+                }
+            ]
+        }
+    )
     engine = create_target_engine(settings.targets[0])
     try:
         with engine.connect() as connection:

@@ -35,20 +35,34 @@ def test_audit_database_down_while_the_reaper_acts_loses_nothing(
     role = f"app_{uuid.uuid4().hex[:6]}"
     pg.create_role(role, "pw")
     config = {
-        "targets": [{
-            "name": "reaped", "kind": "postgres", "url": pg.url(),
-            "probe": {"interval": 0.5, "timeout": 0.5},
-            "reaper": {"enabled": True, "dry_run": False, "interval": 1, "timeout": 1,
-                       "idle_timeout": 0.3, "applications": [f"{app}*"]},
-        }],
-        "audit": {"url": audit_server.url(), "spool_path": str(tmp_path / "spool.jsonl"),
-                  "connect_timeout": 2},
-    }  # fmt: skip
+        "targets": [
+            {
+                "name": "reaped",
+                "kind": "postgres",
+                "url": pg.url(),
+                "probe": {"interval": 0.5, "timeout": 0.5},
+                "reaper": {
+                    "enabled": True,
+                    "dry_run": False,
+                    "interval": 1,
+                    "timeout": 1,
+                    "idle_timeout": 0.3,
+                    "applications": [f"{app}*"],
+                },
+            }
+        ],
+        "audit": {
+            "url": audit_server.url(),
+            "spool_path": str(tmp_path / "spool.jsonl"),
+            "connect_timeout": 2,
+        },
+    }
     with running_daemon(config) as daemon, Scraper(f"{daemon.base_url}/metrics") as scraper:
         wait_for(
             lambda: bool(audit_server.execute("SELECT to_regclass('poolwatch_audit')")[0][0]),
-            15, "the audit table created by the first reaper run",
-        )  # fmt: skip
+            15,
+            "the audit table created by the first reaper run",
+        )
         audit_server.stop()
 
         connections = []  # kept referenced: a collected connection would close itself, not be reaped

@@ -30,9 +30,14 @@ PROBE = {"interval": INTERVAL, "timeout": INTERVAL, "auth_backoff_max": BACKOFF_
 OTHERS = {
     "pool": {"min_idle": 1, "housekeeping_interval": INTERVAL},
     "census": {"interval": INTERVAL, "timeout": INTERVAL},
-    "reaper": {"enabled": True, "interval": INTERVAL, "timeout": INTERVAL, "idle_timeout": 3600,
-               "applications": ["nobody-*"]},
-}  # fmt: skip
+    "reaper": {
+        "enabled": True,
+        "interval": INTERVAL,
+        "timeout": INTERVAL,
+        "idle_timeout": 3600,
+        "applications": ["nobody-*"],
+    },
+}
 DEFERRED = ("census", "housekeeping", "reaper")
 
 
@@ -103,14 +108,19 @@ def test_wrong_redis_password_backs_off(redis_factory: Callable[..., RedisServer
 def test_backoff_ends_when_the_login_works_again(pg: PostgresServer) -> None:
     pg.create_role("rotated_user", "old-password")
     name = "rotated"
-    target = {"name": name, "kind": "postgres",
-              "url": f"postgresql+psycopg2://rotated_user:new-password@{pg.host}:{pg.port}/postgres",
-              "probe": PROBE, **OTHERS}  # fmt: skip
+    target = {
+        "name": name,
+        "kind": "postgres",
+        "url": f"postgresql+psycopg2://rotated_user:new-password@{pg.host}:{pg.port}/postgres",
+        "probe": PROBE,
+        **OTHERS,
+    }
     with running_daemon({"targets": [target]}) as daemon:
         wait_for(
             lambda: value(scrape(daemon), "poolwatch_probe_backoff_seconds", target=name) == BACKOFF_MAX,
-            10, "backing off at the cap",
-        )  # fmt: skip
+            10,
+            "backing off at the cap",
+        )
         before = {task: _last_success(daemon, task, name) for task in DEFERRED}
         assert before["census"] == before["reaper"] == 0  # (a failed refill does not fail housekeeping)
         pg.execute("ALTER ROLE rotated_user PASSWORD 'new-password'")
@@ -129,9 +139,13 @@ def test_a_reaper_deferred_by_the_backoff_gives_up_its_lease(pg: PostgresServer)
     replica that can log in takes over; and the census series, now unknown, are withdrawn."""
     pg.create_role("lease_user", "right-password")
     name = "lease_changed_password"
-    target = {"name": name, "kind": "postgres",
-              "url": f"postgresql+psycopg2://lease_user:right-password@{pg.host}:{pg.port}/postgres",
-              "probe": PROBE, **OTHERS}  # fmt: skip
+    target = {
+        "name": name,
+        "kind": "postgres",
+        "url": f"postgresql+psycopg2://lease_user:right-password@{pg.host}:{pg.port}/postgres",
+        "probe": PROBE,
+        **OTHERS,
+    }
     with running_daemon({"targets": [target]}) as daemon:
         wait_for(lambda: metric(daemon, "poolwatch_reaper_leader", target=name) == 1, 10, "leader")
         wait_for(lambda: _census_series(daemon, name) > 0, 10, "a census")
@@ -143,8 +157,9 @@ def test_a_reaper_deferred_by_the_backoff_gives_up_its_lease(pg: PostgresServer)
         # Every session of the pool ends, the lease's stays: the probe has to log in again.
         pg.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE usename = 'lease_user' AND pid <> %s", (lease_pid,),
-        )  # fmt: skip
+            "WHERE usename = 'lease_user' AND pid <> %s",
+            (lease_pid,),
+        )
         wait_for(lambda: metric(daemon, "poolwatch_probe_backoff_seconds", target=name) > 0, 10, "back-off")
         wait_for(lambda: metric(daemon, "poolwatch_reaper_leader", target=name) == 0, 5, "lease given up")
         assert pg.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (lease_pid,)) == [(0,)]
@@ -182,9 +197,10 @@ def test_a_redis_reaper_deferred_by_the_backoff_stops_counting_on_its_lease(
 
 def _census_series(daemon: Daemon, name: str) -> int:
     return sum(
-        1 for (sample, labels) in scrape(daemon)
+        1
+        for (sample, labels) in scrape(daemon)
         if sample == "poolwatch_server_connections" and ("target", name) in labels
-    )  # fmt: skip
+    )
 
 
 def _last_success(daemon: Daemon, task: str, name: str) -> float:

@@ -37,17 +37,35 @@ def test_hung_and_slow_targets_time_out_on_schedule_without_delaying_others(
         TcpProxy((redis_server.host, redis_server.port), mode="slow", delay=0.25) as slow_redis,
     ):
         hung = {"interval": 0.5, "timeout": timeout}
-        config = {"targets": [
-            {"name": "hung_pg", "kind": "postgres", "probe": hung,
-             "url": f"postgresql+psycopg2://postgres@{hung_pg.address}/postgres"},
-            {"name": "hung_redis", "kind": "redis", "probe": hung,
-             "url": f"redis://{hung_redis.address}/0"},
-            # Slower than the probe timeout on connect (several round trips), well within it after.
-            {"name": "slow_redis", "kind": "redis", "probe": {"interval": 1, "timeout": 1},
-             "url": f"redis://{slow_redis.address}/0"},
-            {"name": "healthy", "kind": "postgres", "url": pg.url(),
-             "probe": {"interval": 0.25, "timeout": 0.25}},
-        ]}  # fmt: skip
+        config = {
+            "targets": [
+                {
+                    "name": "hung_pg",
+                    "kind": "postgres",
+                    "probe": hung,
+                    "url": f"postgresql+psycopg2://postgres@{hung_pg.address}/postgres",
+                },
+                {
+                    "name": "hung_redis",
+                    "kind": "redis",
+                    "probe": hung,
+                    "url": f"redis://{hung_redis.address}/0",
+                },
+                # Slower than the probe timeout on connect (several round trips), well within it after.
+                {
+                    "name": "slow_redis",
+                    "kind": "redis",
+                    "probe": {"interval": 1, "timeout": 1},
+                    "url": f"redis://{slow_redis.address}/0",
+                },
+                {
+                    "name": "healthy",
+                    "kind": "postgres",
+                    "url": pg.url(),
+                    "probe": {"interval": 0.25, "timeout": 0.25},
+                },
+            ]
+        }
         with running_daemon(config) as daemon, Scraper(f"{daemon.base_url}/metrics") as scraper:
             wait_for(lambda: metric(daemon, "poolwatch_up", target="healthy") == 1, 10, "healthy up")
             before = _count(daemon, "healthy")
@@ -79,8 +97,7 @@ def test_hung_and_slow_targets_time_out_on_schedule_without_delaying_others(
 def test_postgres_connection_cut_mid_query(pg: PostgresServer) -> None:
     with TcpProxy((pg.host, pg.port)) as proxy:
         url = pg.url().replace(f"{pg.host}:{pg.port}", proxy.address)
-        target = {"name": "cut", "kind": "postgres", "url": url,
-                  "probe": {"interval": 0.5, "timeout": 0.5}}  # fmt: skip
+        target = {"name": "cut", "kind": "postgres", "url": url, "probe": {"interval": 0.5, "timeout": 0.5}}
         with (
             running_daemon({"targets": [target]}) as daemon,
             Scraper(f"{daemon.base_url}/metrics") as scraper,
@@ -123,8 +140,12 @@ def test_postgres_connection_cut_mid_query(pg: PostgresServer) -> None:
 
 def test_redis_connection_cut_mid_command(redis_server: RedisServer) -> None:
     with TcpProxy((redis_server.host, redis_server.port)) as proxy:
-        target = {"name": "rcut", "kind": "redis", "url": f"redis://{proxy.address}/0",
-                  "probe": {"interval": 0.5, "timeout": 0.5}}  # fmt: skip
+        target = {
+            "name": "rcut",
+            "kind": "redis",
+            "url": f"redis://{proxy.address}/0",
+            "probe": {"interval": 0.5, "timeout": 0.5},
+        }
         with (
             running_daemon({"targets": [target]}) as daemon,
             Scraper(f"{daemon.base_url}/metrics") as scraper,
@@ -161,20 +182,31 @@ def test_redis_connection_cut_mid_command(redis_server: RedisServer) -> None:
 
 
 def test_host_name_that_does_not_resolve() -> None:
-    config = {"targets": [
-        {"name": "nodns_pg", "kind": "postgres", "probe": {"interval": 0.5, "timeout": 0.5},
-         "url": "postgresql+psycopg2://app@poolwatch-no-such-host.invalid:5432/app"},
-        {"name": "nodns_redis", "kind": "redis", "probe": {"interval": 0.5, "timeout": 0.5},
-         "url": "redis://poolwatch-no-such-host.invalid:6379/0"},
-    ]}  # fmt: skip
+    config = {
+        "targets": [
+            {
+                "name": "nodns_pg",
+                "kind": "postgres",
+                "probe": {"interval": 0.5, "timeout": 0.5},
+                "url": "postgresql+psycopg2://app@poolwatch-no-such-host.invalid:5432/app",
+            },
+            {
+                "name": "nodns_redis",
+                "kind": "redis",
+                "probe": {"interval": 0.5, "timeout": 0.5},
+                "url": "redis://poolwatch-no-such-host.invalid:6379/0",
+            },
+        ]
+    }
     with running_daemon(config) as daemon, Scraper(f"{daemon.base_url}/metrics") as scraper:
         for name in ("nodns_pg", "nodns_redis"):
             wait_for(
-                lambda name=name: metric(
-                    daemon, "poolwatch_probe_failures_total", target=name, reason="dns"
-                ) >= 2,
-                5, f"{name}: dns failures counted",
-            )  # fmt: skip
+                lambda name=name: (
+                    metric(daemon, "poolwatch_probe_failures_total", target=name, reason="dns") >= 2
+                ),
+                5,
+                f"{name}: dns failures counted",
+            )
             assert metric(daemon, "poolwatch_up", target=name) == 0
         status = {t["name"]: t for t in daemon.status()["targets"]}
         assert "poolwatch-no-such-host.invalid" in status["nodns_pg"]["error"]

@@ -31,10 +31,12 @@ SLACK = 1.5
 
 def _pg_target(name: str, url: str, size: int = 3) -> dict[str, object]:
     return {
-        "name": name, "kind": "postgres", "url": url,
+        "name": name,
+        "kind": "postgres",
+        "url": url,
         "pool": {"size": size, "max_overflow": 0, "timeout": 5},
         "probe": {"interval": INTERVAL, "timeout": INTERVAL},
-    }  # fmt: skip
+    }
 
 
 def _fill_pool(database: Database, size: int) -> None:
@@ -170,9 +172,11 @@ def test_redis_stopped_and_restarted_recovers_within_one_interval(
 ) -> None:
     server = redis_factory()
     target = {
-        "name": "cache", "kind": "redis", "url": server.url(),
+        "name": "cache",
+        "kind": "redis",
+        "url": server.url(),
         "probe": {"interval": INTERVAL, "timeout": INTERVAL},
-    }  # fmt: skip
+    }
     with running_daemon({"targets": [target]}) as daemon:
         with Scraper(f"{daemon.base_url}/metrics") as scraper:
             wait_for(_up(daemon, "cache"), 10, "redis up at start")

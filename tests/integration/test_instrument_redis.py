@@ -65,9 +65,12 @@ def test_commands_count_checkouts_and_use(redis_server) -> None:
 def test_blocking_pool_exhaustion_counts_timeouts_and_pending(redis_server) -> None:
     registry = CollectorRegistry()
     pool = redis.BlockingConnectionPool(
-        host=redis_server.host, port=redis_server.port, password=redis_server.password,
-        max_connections=1, timeout=0.5,
-    )  # fmt: skip
+        host=redis_server.host,
+        port=redis_server.port,
+        password=redis_server.password,
+        max_connections=1,
+        timeout=0.5,
+    )
     poolwatch.instrument_redis(pool, name="blocking", registry=registry)
     held = pool.get_connection()
     errors: list[BaseException] = []
@@ -128,9 +131,12 @@ def test_create_histogram_counts_every_connection_opened_and_reopened(redis_serv
     registry = CollectorRegistry()
     name = unique_name()
     pool = pool_class(
-        host=redis_server.host, port=redis_server.port, password=redis_server.password,
-        client_name=name, max_connections=5,
-    )  # fmt: skip
+        host=redis_server.host,
+        port=redis_server.port,
+        password=redis_server.password,
+        client_name=name,
+        max_connections=5,
+    )
     poolwatch.instrument_redis(pool, name="cache", registry=registry)
     client = redis.Redis(connection_pool=pool)
 

@@ -263,9 +263,13 @@ def test_least_privilege_role_from_deploy_sql(pg, audit_db):
     victims = open_idle(pg, app, 1, user=f"{role}_app", password="pw")
     superuser = open_idle(pg, app, 1)
     job, log, metrics = make_replica(
-        pg, app, {"url": pg.url(user=role, password="pw", database=audit_db)},
-        name="lp", url=pg.url(user=role, password="pw"), allow_superusers=True,
-    )  # fmt: skip
+        pg,
+        app,
+        {"url": pg.url(user=role, password="pw", database=audit_db)},
+        name="lp",
+        url=pg.url(user=role, password="pw"),
+        allow_superusers=True,
+    )
     try:
         time.sleep(0.4)
         job.run()
@@ -291,9 +295,13 @@ def test_sessions_hidden_from_a_role_without_pg_monitor_are_never_terminated(pg,
     pg.create_role(f"{role}_app", "pw")
     hidden = open_idle(pg, app, 1, user=f"{role}_app", password="pw")
     job, log, metrics = make_replica(
-        pg, app, {"url": pg.url(database=audit_db)},
-        name="hid", url=pg.url(user=role, password="pw"), applications=["*"],
-    )  # fmt: skip
+        pg,
+        app,
+        {"url": pg.url(database=audit_db)},
+        name="hid",
+        url=pg.url(user=role, password="pw"),
+        applications=["*"],
+    )
     try:
         time.sleep(0.4)
         job.run()

@@ -44,8 +44,14 @@ def _free_port() -> int:
 
 
 def _cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "poolwatch", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "poolwatch", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _fetch(url: str) -> str:
@@ -61,8 +67,11 @@ def _run_daemon_and_collect(args: list[str], env: dict[str, str], port: int, fai
     page a few times, stop it with SIGTERM; return every text it produced."""
     process = subprocess.Popen(
         [sys.executable, "-m", "poolwatch", "run", *args, "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     texts: list[str] = []
     base = f"http://127.0.0.1:{port}"
     try:
@@ -125,16 +134,23 @@ def test_no_password_in_any_output_with_a_configuration_file(
         "log": {"level": "DEBUG"},
         "targets": [
             {"name": "in_url", "kind": "postgres", "url": pg_url("secret_url", in_url)},
-            {"name": "in_file", "kind": "postgres", "url": f"postgresql://secret_file@{pg.host}:{pg.port}/postgres",
-             "password_file": str(tmp_path / "pw")},
+            {
+                "name": "in_file",
+                "kind": "postgres",
+                "url": f"postgresql://secret_file@{pg.host}:{pg.port}/postgres",
+                "password_file": str(tmp_path / "pw"),
+            },
             {"name": "redis", "kind": "redis", "url": redis_url(redis_pw)},
             {"name": "wrong", "kind": "postgres", "url": pg_url("secret_url", wrong)},
             {"name": "wrong_redis", "kind": "redis", "url": redis_url(wrong)},
-            {"name": "refused", "kind": "postgres",
-             "url": pg_url("u", unreachable, f"127.0.0.1:{dead_port}")},
+            {
+                "name": "refused",
+                "kind": "postgres",
+                "url": pg_url("u", unreachable, f"127.0.0.1:{dead_port}"),
+            },
             {"name": "nodns", "kind": "redis", "url": redis_url(nodns, "poolwatch-secret.invalid:6379")},
         ],
-    }  # fmt: skip
+    }
     for target in config["targets"]:
         target["probe"] = {"interval": 0.5, "timeout": 0.5}
     path = tmp_path / "poolwatch.yaml"
@@ -163,15 +179,23 @@ def test_no_password_in_any_output_with_the_environment(
     pg.create_role("secret_env", pg_pw)
     redis = redis_factory(password=redis_pw)
     env = {
-        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "POOLWATCH_LOG_LEVEL": "DEBUG",
-        "POSTGRES_USER": "secret_env", "POSTGRES_PASSWORD": pg_pw, "POSTGRES_HOST": pg.host,
-        "POSTGRES_PORT": str(pg.port), "POSTGRES_DB": "postgres",
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "POOLWATCH_LOG_LEVEL": "DEBUG",
+        "POSTGRES_USER": "secret_env",
+        "POSTGRES_PASSWORD": pg_pw,
+        "POSTGRES_HOST": pg.host,
+        "POSTGRES_PORT": str(pg.port),
+        "POSTGRES_DB": "postgres",
         "REDIS_URL": f"redis://:{quote(redis_pw, safe='')}@{redis.host}:{redis.port}/0",
-    }  # fmt: skip
+    }
     texts = _run_daemon_and_collect([], env, _free_port(), failing=[])
     # And failing: the same passwords against servers that reject them or are not there.
-    wrong_env = {**env, "POSTGRES_USER": "nobody_here", "REDIS_URL": env["REDIS_URL"].replace(
-        f"{redis.host}:{redis.port}", f"127.0.0.1:{_free_port()}")}  # fmt: skip
+    wrong_env = {
+        **env,
+        "POSTGRES_USER": "nobody_here",
+        "REDIS_URL": env["REDIS_URL"].replace(f"{redis.host}:{redis.port}", f"127.0.0.1:{_free_port()}"),
+    }
     texts += _run_daemon_and_collect([], wrong_env, _free_port(), failing=["postgres", "redis"])
     for command in (["config"], ["check"]):
         for environment in (env, wrong_env):

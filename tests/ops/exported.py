@@ -49,15 +49,25 @@ def _collect(registry: CollectorRegistry) -> set[str]:
 
 
 def _daemon_names(state_dir: Path) -> set[str]:
-    settings = validate({
-        "targets": [
-            {"name": "sql", "kind": "sqlite", "url": f"sqlite:///{state_dir / 'names.db'}"},
-            {"name": "pg", "kind": "postgres", "url": "postgresql+psycopg2://names@127.0.0.1:9/names",
-             "reaper": {"enabled": True, "dry_run": True, "idle_in_transaction_timeout": 60,
-                        "users": ["names"]}},
-            {"name": "kv", "kind": "redis", "url": "redis://127.0.0.1:9/0"},
-        ],
-    })  # fmt: skip
+    settings = validate(
+        {
+            "targets": [
+                {"name": "sql", "kind": "sqlite", "url": f"sqlite:///{state_dir / 'names.db'}"},
+                {
+                    "name": "pg",
+                    "kind": "postgres",
+                    "url": "postgresql+psycopg2://names@127.0.0.1:9/names",
+                    "reaper": {
+                        "enabled": True,
+                        "dry_run": True,
+                        "idle_in_transaction_timeout": 60,
+                        "users": ["names"],
+                    },
+                },
+                {"name": "kv", "kind": "redis", "url": "redis://127.0.0.1:9/0"},
+            ],
+        }
+    )
     metrics = Metrics(CollectorRegistry())
     runtimes = [build_target(target, metrics) for target in settings.targets]
     try:

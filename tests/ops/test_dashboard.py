@@ -9,7 +9,7 @@ from tests.ops.tools import ROOT, load_yaml
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
-# What the dashboard must show (issue 5): each entry is a metric some panel query must use.
+# What the dashboard must show: each entry is a metric some panel query must use.
 REQUIRED = {
     "pool used/idle": "poolwatch_pool_connections",
     "pool max": "poolwatch_pool_max_connections",

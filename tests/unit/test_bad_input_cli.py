@@ -210,8 +210,13 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Compl
     environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), **env}
     return subprocess.run(
         [sys.executable, "-m", "poolwatch", *args],
-        capture_output=True, text=True, env=environment, cwd=cwd, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
 
 
 def _prepare(case: Case, tmp: Path, busy: int) -> tuple[list[str], dict[str, str]]:

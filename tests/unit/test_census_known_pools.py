@@ -23,9 +23,17 @@ def test_a_postgres_census_counts_pools_of_its_own_server_and_database_only() ->
 
 def test_configured_applications_are_always_counted() -> None:
     (only,) = validate(
-        {"targets": [{"name": "o", "kind": "postgres", "url": "postgresql://u@db/o",
-                      "census": {"applications": ["web"]}}]}
-    ).targets  # fmt: skip
+        {
+            "targets": [
+                {
+                    "name": "o",
+                    "kind": "postgres",
+                    "url": "postgresql://u@db/o",
+                    "census": {"applications": ["web"]},
+                }
+            ]
+        }
+    ).targets
     assert known_pools(only) == {"web": "web", "poolwatch-o": "o"}
 
 

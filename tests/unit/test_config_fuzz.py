@@ -79,25 +79,45 @@ values = st.recursive(
 )
 sections = st.dictionaries(st.sampled_from(FIELD_NAMES), values, max_size=5)
 targets = st.fixed_dictionaries(
-    {"name": st.sampled_from(["a", "b", "orders", "x y", ""]) | scalars,
-     "kind": st.sampled_from(["postgres", "redis", "sqlite", "mysql"]) | scalars,
-     "url": st.sampled_from(URLS) | scalars},
-    optional={"pool": sections | values, "probe": sections | values, "census": sections,
-              "reaper": sections, "password_file": st.sampled_from(SAFE_PATHS),
-              "password": st.just(PLANTED) | scalars},
-)  # fmt: skip
+    {
+        "name": st.sampled_from(["a", "b", "orders", "x y", ""]) | scalars,
+        "kind": st.sampled_from(["postgres", "redis", "sqlite", "mysql"]) | scalars,
+        "url": st.sampled_from(URLS) | scalars,
+    },
+    optional={
+        "pool": sections | values,
+        "probe": sections | values,
+        "census": sections,
+        "reaper": sections,
+        "password_file": st.sampled_from(SAFE_PATHS),
+        "password": st.just(PLANTED) | scalars,
+    },
+)
 configs = st.fixed_dictionaries(
     {},
-    optional={"http": sections | values, "log": sections | values,
-              "targets": st.lists(targets | values, max_size=3) | values,
-              "audit": st.fixed_dictionaries({}, optional={"url": st.sampled_from(URLS),
-                                                           "password_file": st.sampled_from(SAFE_PATHS)})
-              | sections},
-) | st.dictionaries(keys, values, max_size=4)  # fmt: skip
+    optional={
+        "http": sections | values,
+        "log": sections | values,
+        "targets": st.lists(targets | values, max_size=3) | values,
+        "audit": st.fixed_dictionaries(
+            {}, optional={"url": st.sampled_from(URLS), "password_file": st.sampled_from(SAFE_PATHS)}
+        )
+        | sections,
+    },
+) | st.dictionaries(keys, values, max_size=4)
 
-ENV_NAMES = ["POOLWATCH_LISTEN", "POOLWATCH_LOG_LEVEL", "POOLWATCH_STATE_DIR", "DATABASE_URL",
-             "REDIS_URL", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_HOST", "POSTGRES_PORT",
-             "POSTGRES_DB"]  # fmt: skip
+ENV_NAMES = [
+    "POOLWATCH_LISTEN",
+    "POOLWATCH_LOG_LEVEL",
+    "POOLWATCH_STATE_DIR",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_HOST",
+    "POSTGRES_PORT",
+    "POSTGRES_DB",
+]
 env_text = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=30)
 # A planted password goes only where a password belongs (and into POOLWATCH_LISTEN, a plausible slip):
 # a URL given as POSTGRES_USER is a strange user name, not a secret, and is shown as such.

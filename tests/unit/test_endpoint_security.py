@@ -36,27 +36,73 @@ def _openssl(*args: str, cwd: Path) -> None:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA."""
     tmp = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "2", "-subj", "/CN=poolwatch test CA", cwd=tmp)  # fmt: skip
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=poolwatch test CA",
+        cwd=tmp,
+    )
     for name, extension in (
         ("server", "subjectAltName=IP:127.0.0.1"),
         ("client", "extendedKeyUsage=clientAuth"),
     ):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN=poolwatch test {name}", cwd=tmp)  # fmt: skip
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN=poolwatch test {name}",
+            cwd=tmp,
+        )
         (tmp / f"{name}.ext").write_text(extension + "\n")
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext",
-                 cwd=tmp)  # fmt: skip
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=tmp,
+        )
     return tmp
 
 
 def _config(tmp: Path, http: dict[str, Any]) -> dict[str, Any]:
     return {
         "http": http,
-        "targets": [{"name": "embedded", "kind": "sqlite", "url": f"sqlite:///{tmp}/e.db",
-                     "probe": {"interval": 1, "timeout": 1}}],
-    }  # fmt: skip
+        "targets": [
+            {
+                "name": "embedded",
+                "kind": "sqlite",
+                "url": f"sqlite:///{tmp}/e.db",
+                "probe": {"interval": 1, "timeout": 1},
+            }
+        ],
+    }
 
 
 def _client_context(pki: Path, *, client_cert: bool = False) -> ssl.SSLContext:
@@ -71,8 +117,9 @@ def _auth(user: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-def _request(daemon: Daemon, path: str, headers: dict[str, str] | None = None,
-             context: ssl.SSLContext | None = None) -> tuple[int, str, Any]:  # fmt: skip
+def _request(
+    daemon: Daemon, path: str, headers: dict[str, str] | None = None, context: ssl.SSLContext | None = None
+) -> tuple[int, str, Any]:
     request = urllib.request.Request(f"{daemon.base_url}{path}", headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=10, context=context) as response:
@@ -98,8 +145,11 @@ def test_tls_serves_metrics_to_a_verifying_https_client(pki: Path, tmp_path: Pat
 
 
 def test_client_certificates_are_required_when_a_client_ca_is_set(pki: Path, tmp_path: Path) -> None:
-    tls = {"cert_file": str(pki / "server.crt"), "key_file": str(pki / "server.key"),
-           "client_ca_file": str(pki / "ca.crt")}  # fmt: skip
+    tls = {
+        "cert_file": str(pki / "server.crt"),
+        "key_file": str(pki / "server.key"),
+        "client_ca_file": str(pki / "ca.crt"),
+    }
     with running_daemon(_config(tmp_path, {"tls": tls})) as daemon:
         with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
             _request(daemon, "/metrics", context=_client_context(pki))
@@ -135,9 +185,19 @@ def test_basic_auth_lets_the_right_password_in(authed: Daemon, path: str) -> Non
         {"Authorization": "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode()},
         {"Authorization": "Basic " + base64.b64encode(PASSWORD.encode()).decode()},
     ],
-    ids=["none", "wrong-password", "unknown-user", "longer-password", "empty-password", "over-72-bytes",
-         "not-base64", "bearer", "not-utf8", "no-colon"],
-)  # fmt: skip
+    ids=[
+        "none",
+        "wrong-password",
+        "unknown-user",
+        "longer-password",
+        "empty-password",
+        "over-72-bytes",
+        "not-base64",
+        "bearer",
+        "not-utf8",
+        "no-colon",
+    ],
+)
 def test_basic_auth_refuses_everything_else(authed: Daemon, headers: dict[str, str]) -> None:
     status, body, response_headers = _request(authed, "/metrics", headers)
     assert status == 401
@@ -152,10 +212,23 @@ def test_tls_and_basic_auth_together_with_curl(pki: Path, tmp_path: Path) -> Non
 
         def curl(*args: str) -> str:
             result = subprocess.run(
-                ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(pki / "ca.crt"),
-                 *args, f"{daemon.base_url}/metrics"],
-                capture_output=True, text=True, timeout=30, check=False,
-            )  # fmt: skip
+                [
+                    "curl",
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--cacert",
+                    str(pki / "ca.crt"),
+                    *args,
+                    f"{daemon.base_url}/metrics",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
             return result.stdout
 
         assert curl() == "401"

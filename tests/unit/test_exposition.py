@@ -124,9 +124,12 @@ def call(endpoint: Endpoint, accept: str, encoding: str = "") -> tuple[str, dict
         seen["status"], seen["headers"] = status, dict(headers)
 
     environ = {
-        "PATH_INFO": "/metrics", "REQUEST_METHOD": "GET", "QUERY_STRING": "",
-        "HTTP_ACCEPT": accept, "HTTP_ACCEPT_ENCODING": encoding,
-    }  # fmt: skip
+        "PATH_INFO": "/metrics",
+        "REQUEST_METHOD": "GET",
+        "QUERY_STRING": "",
+        "HTTP_ACCEPT": accept,
+        "HTTP_ACCEPT_ENCODING": encoding,
+    }
     body = b"".join(endpoint(environ, start_response))
     return str(seen["status"]), seen["headers"], body  # type: ignore[return-value]
 

@@ -29,9 +29,15 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     tmp: Path = tmp_path_factory.mktemp("http")
     config = {
         "http": {"request_timeout": REQUEST_TIMEOUT, "max_connections": MAX_CONNECTIONS},
-        "targets": [{"name": "embedded", "kind": "sqlite", "url": f"sqlite:///{tmp}/e.db",
-                     "probe": {"interval": 0.5, "timeout": 0.5}}],
-    }  # fmt: skip
+        "targets": [
+            {
+                "name": "embedded",
+                "kind": "sqlite",
+                "url": f"sqlite:///{tmp}/e.db",
+                "probe": {"interval": 0.5, "timeout": 0.5},
+            }
+        ],
+    }
     with running_daemon(config) as running:
         yield running
 
@@ -65,8 +71,9 @@ def _server_threads() -> int:
     return sum(1 for thread in threading.enumerate() if thread.name.startswith("Thread-"))
 
 
-@pytest.mark.parametrize("path", ["/metricsx", "/metrics/", "/../etc/passwd", "/" + "a" * 4000,
-                                  "/status.json", "/%00"])  # fmt: skip
+@pytest.mark.parametrize(
+    "path", ["/metricsx", "/metrics/", "/../etc/passwd", "/" + "a" * 4000, "/status.json", "/%00"]
+)
 def test_unknown_paths_are_404(daemon: Daemon, path: str) -> None:
     status, _ = get(f"{daemon.base_url}{path}")
     assert status == 404

@@ -90,8 +90,9 @@ def test_redacting_filter_hides_secrets_and_their_quoted_form() -> None:
 
 
 def test_json_formatter_writes_one_object_per_line() -> None:
-    record = logging.makeLogRecord({"msg": "hello %s", "args": ("x",), "levelname": "INFO",
-                                    "name": "poolwatch", "target": "orders"})  # fmt: skip
+    record = logging.makeLogRecord(
+        {"msg": "hello %s", "args": ("x",), "levelname": "INFO", "name": "poolwatch", "target": "orders"}
+    )
     data = json.loads(JsonFormatter().format(record))
     assert data["message"] == "hello x"
     assert data["target"] == "orders"
@@ -115,8 +116,9 @@ def call(
 def endpoint(**kwargs: Any) -> Endpoint:
     registry = CollectorRegistry()
     Counter("things", "Things.", registry=registry).inc()
-    return Endpoint(registry, healthy=lambda: True, ready=lambda: False,
-                    status=lambda: {"targets": []}, **kwargs)  # fmt: skip
+    return Endpoint(
+        registry, healthy=lambda: True, ready=lambda: False, status=lambda: {"targets": []}, **kwargs
+    )
 
 
 def test_endpoint_routes_and_refuses_unknown_paths_and_methods() -> None:
@@ -147,8 +149,20 @@ def test_basic_auth_accepts_the_bcrypt_password_only() -> None:
 
 
 def test_status_page_escapes_everything() -> None:
-    page = render_status_page({"targets": [{"name": "<b>", "kind": "postgres", "url": "u",
-                                            "up": False, "latency_seconds": None, "error": "<script>"}]})  # fmt: skip
+    page = render_status_page(
+        {
+            "targets": [
+                {
+                    "name": "<b>",
+                    "kind": "postgres",
+                    "url": "u",
+                    "up": False,
+                    "latency_seconds": None,
+                    "error": "<script>",
+                }
+            ]
+        }
+    )
     assert "<script>" not in page
     assert "&lt;script&gt;" in page
 

@@ -33,10 +33,12 @@ def test_an_enabled_reaper_needs_a_timeout():
 def test_enforcing_needs_an_audit_database():
     with pytest.raises(ConfigError, match=r"targets\.db\.reaper: dry_run false needs audit\.url"):
         validate({"targets": [target(enabled=True, dry_run=False, idle_timeout=60, users=["web"])]})
-    settings = validate({
-        "targets": [target(enabled=True, dry_run=False, idle_timeout=60, users=["web"])],
-        "audit": {"url": "postgresql://audit:s3cret@db:5432/audit"},
-    })  # fmt: skip
+    settings = validate(
+        {
+            "targets": [target(enabled=True, dry_run=False, idle_timeout=60, users=["web"])],
+            "audit": {"url": "postgresql://audit:s3cret@db:5432/audit"},
+        }
+    )
     assert settings.audit.display_url() == "postgresql://audit:***@db:5432/audit"
     assert "s3cret" in settings.secrets()
     assert settings.audit.sqlalchemy_url().password == "s3cret"
