@@ -260,7 +260,7 @@ def test_private_redis_api_matches_the_installed_version(redis_server) -> None:
         assert internals.connected(connection)
         pool.release(connection)
         assert list(internals.free()) == [connection]
-        with internals.lock:
+        with internals.lock():
             assert internals.idle() == [connection]
         connection.disconnect()
         assert not internals.connected(connection)
@@ -275,7 +275,7 @@ def test_housekeeping_lock_keeps_free_connections_from_being_handed_out(redis_se
     internals = pool_internals(pool)
     taken: list[object] = []
     caller = threading.Thread(target=lambda: taken.append(pool.get_connection()))
-    with internals.lock:
+    with internals.lock():
         caller.start()
         caller.join(timeout=1.0)  # (a busy machine may not have run it yet: then this cannot fail)
         assert caller.is_alive(), "a connection was handed out while housekeeping held the lock"
