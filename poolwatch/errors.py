@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 from typing import TYPE_CHECKING, Final, Literal
 
-import redis.exceptions as redis_exc
 import sqlalchemy.exc as sa_exc
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from types import ModuleType
+
+    import redis.exceptions as redis_exc
 
 Reason = Literal["auth", "refused", "timeout", "dns", "reset", "pool_timeout", "other"]
 
@@ -57,12 +60,20 @@ _MESSAGE_REASONS: Final[tuple[tuple[str, Reason], ...]] = (
 # Checked in order: SQLAlchemy's pool TimeoutError is not the builtin TimeoutError.
 _TYPE_REASONS: Final[tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Reason], ...]] = (
     (sa_exc.TimeoutError, "pool_timeout"),
-    ((TimeoutError, redis_exc.TimeoutError), "timeout"),
-    (redis_exc.AuthenticationError, "auth"),
+    (TimeoutError, "timeout"),
     (socket.gaierror, "dns"),
     (ConnectionRefusedError, "refused"),
     ((ConnectionResetError, BrokenPipeError), "reset"),
 )
+
+
+def _redis_exceptions() -> ModuleType | None:
+    """redis-py's exceptions module once anything imported redis-py, else None.
+
+    Not imported here: an application that only instruments SQLAlchemy does not load redis-py, and
+    an error of a library that was never imported cannot occur.
+    """
+    return sys.modules.get("redis.exceptions")
 
 
 class PoolwatchError(Exception):
@@ -135,6 +146,12 @@ def reason_of(exc: BaseException) -> Reason:
     """Why a connection attempt or a probe failed, as a bounded metric label value."""
     if isinstance(exc, PoolwatchError):
         return exc.reason
+    redis_exc = _redis_exceptions()
+    if redis_exc is not None and not isinstance(exc, sa_exc.TimeoutError):
+        if isinstance(exc, redis_exc.TimeoutError):
+            return "timeout"
+        if isinstance(exc, redis_exc.AuthenticationError):
+            return "auth"
     for types, reason in _TYPE_REASONS:
         if isinstance(exc, types):
             return reason
@@ -155,7 +172,8 @@ def translate(exc: BaseException, *, target: str = "") -> PoolwatchError | None:
     prefix = f"{target}: " if target else ""
     if isinstance(exc, sa_exc.TimeoutError):
         return PoolExhaustedError(f"{prefix}pool exhausted: {first_line(exc)}", reason="pool_timeout")
-    if isinstance(exc, redis_exc.RedisError):
+    redis_exc = _redis_exceptions()
+    if redis_exc is not None and isinstance(exc, redis_exc.RedisError):
         return _translate_redis(exc, prefix)
     if isinstance(exc, sa_exc.DBAPIError):
         return _translate_dbapi(exc, prefix)
@@ -184,6 +202,8 @@ def _translate_dbapi(exc: sa_exc.DBAPIError, prefix: str) -> PoolwatchError:
 
 
 def _translate_redis(exc: redis_exc.RedisError, prefix: str) -> PoolwatchError:
+    import redis.exceptions as redis_exc  # noqa: PLC0415 - loaded already: exc is one of its errors
+
     message = f"{prefix}{first_line(exc)}"
     if isinstance(exc, redis_exc.AuthenticationError):
         return AuthenticationFailedError(message, reason="auth")
