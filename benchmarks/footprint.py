@@ -11,8 +11,9 @@ Each round starts one fresh interpreter per variant, in a shuffled order:
   detection, before the checkout.
 
 Each reports the wall and CPU time of its imports and instrumentation and its resident set size at
-the end (``VmRSS``); on a loaded machine the CPU times are the figures to read. The figures are the medians of the per-round differences
-poolwatch - baseline, so drift and load from other processes hit both alike. ``poolwatch --version``
+the end (``VmRSS``); on a loaded machine the CPU times are the figures to read. The figures are the
+medians of the per-round differences poolwatch - baseline, so drift and load from other processes hit
+both alike. ``poolwatch --version``
 is timed as a whole process (start-up included) in the same rounds.
 """
 

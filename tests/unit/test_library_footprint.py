@@ -67,7 +67,9 @@ def test_a_missing_daemon_dependency_is_one_line_naming_the_install() -> None:
         from poolwatch.launcher import main
         sys.exit(main(["config"]))
     """
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(blocker)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(blocker)], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 2
     assert done.stderr == (
         "poolwatch: the daemon needs pydantic, which is not installed: pip install 'poolwatch[daemon]'\n"
@@ -88,7 +90,9 @@ def test_a_lazy_name_whose_dependency_is_missing_says_what_to_install() -> None:
         except ModuleNotFoundError as exc:
             print(exc)
     """
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, check=False
+    )
     assert done.stdout.strip() == (
         "poolwatch.instrument_redis needs redis, which is not installed: pip install 'poolwatch[redis]'"
     )
