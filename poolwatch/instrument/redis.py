@@ -64,25 +64,49 @@ class RedisPoolInternals:
 def pool_internals(pool: redis.ConnectionPool) -> RedisPoolInternals:
     """Every private attribute of redis-py poolwatch uses (pinned by a test)."""
     if isinstance(pool, redis.BlockingConnectionPool):
-        lock: Callable[[], Any] = lambda: pool.pool.mutex  # noqa: E731
-        idle: Callable[[], list[Any]] = lambda: [c for c in pool.pool.queue if c is not None]  # noqa: E731
-    else:
-        lock = lambda: pool._lock  # noqa: E731
-        idle = lambda: list(pool._available_connections)  # noqa: E731
+        blocking = pool
+
+        def idle() -> list[Any]:
+            return [c for c in blocking.pool.queue if c is not None]
+
+        def in_use() -> list[Any]:
+            free = {id(c) for c in idle()}
+            return [c for c in blocking._connections if id(c) not in free]
+
+        return RedisPoolInternals(
+            lock=lambda: blocking.pool.mutex,
+            idle=idle,
+            free=idle,
+            in_use=in_use,
+            connected=_connected,
+        )
     return RedisPoolInternals(
-        lock=lock,
-        idle=idle,
-        free=pool._get_free_connections,
-        in_use=pool._get_in_use_connections,
-        connected=lambda connection: getattr(connection, "_sock", None) is not None,
+        lock=lambda: pool._lock,
+        idle=lambda: list(pool._available_connections),
+        free=lambda: list(pool._available_connections),
+        in_use=lambda: list(pool._in_use_connections),
+        connected=_connected,
     )
+
+
+def _connected(connection: Any) -> bool:
+    return getattr(connection, "_sock", None) is not None
+
+
+def _register_connect_callback(connection: Any, callback: Callable[[Any], None]) -> None:
+    """redis-py's connect callback (public since 5.1; ``_register_connect_callback`` in 5.0)."""
+    register = getattr(connection, "register_connect_callback", None)
+    if register is None:
+        register = connection._register_connect_callback
+    register(callback)
 
 
 def _times_connects(connection_class: type[Any]) -> bool:
     """Whether connections of this class can be timed: redis-py's socket step and connect callback."""
-    return callable(getattr(connection_class, "_connect", None)) and callable(
-        getattr(connection_class, "register_connect_callback", None)
+    register = getattr(connection_class, "register_connect_callback", None) or getattr(
+        connection_class, "_register_connect_callback", None
     )
+    return callable(getattr(connection_class, "_connect", None)) and callable(register)
 
 
 class RedisInstrumentation:
@@ -150,7 +174,7 @@ class RedisInstrumentation:
             return type(target)._connect(target)
 
         vars(connection)["_connect"] = _connect
-        connection.register_connect_callback(self._on_connect)
+        _register_connect_callback(connection, self._on_connect)
         if connected_now:  # opened before instrument_redis(): it ages from now
             with self._lock:
                 self._opened[connection] = (clock(), random.uniform(0.0, MAX_JITTER))  # noqa: S311

@@ -36,6 +36,7 @@ LIBRARY_PRIVATE = frozenset(
         "_sock",
         "_connect",
         "_connect_callbacks",
+        "_register_connect_callback",
         "on_connect_check_health",
         "_created_connections",
         "_connections",
