@@ -203,8 +203,10 @@ def instrument_redis(
     """Export the metrics of a redis-py client's (or pool's) connection pool on ``registry``.
 
     Everything is checked before anything changes: a ``TypeError`` / ``ValueError`` leaves the pool
-    as it was (not a redis-py pool, a connection class redis-py's connect steps are missing from,
-    instrumented already, the name taken on this registry, a bad ``leak_threshold``).
+    as it was (not a redis-py pool, instrumented already, the name taken on this registry, a bad
+    ``leak_threshold``). Connections of a class without redis-py's connect steps (``_connect()`` and
+    the connect callback: a test double, say) are counted like any other but their connects are not
+    timed.
     """
     pool = client_or_pool.connection_pool if isinstance(client_or_pool, redis.Redis) else client_or_pool
     if not isinstance(pool, redis.ConnectionPool):
@@ -215,11 +217,6 @@ def instrument_redis(
         raise ValueError(f"poolwatch.instrument_redis({name!r}): this pool is already instrumented")
     if leak_threshold is not None and not leak_threshold > 0:
         raise ValueError(f"poolwatch.instrument_redis({name!r}): leak_threshold must be > 0")
-    if not _times_connects(pool.connection_class):
-        raise TypeError(
-            f"poolwatch.instrument_redis({name!r}): connection class {pool.connection_class.__name__} "
-            "has no _connect() / register_connect_callback(): not a redis-py connection"
-        )
     collector = collector_for(registry)
     recorder = Recorder(name, leak_threshold=leak_threshold, clock=clock)
     instrumentation = RedisInstrumentation(pool, name, recorder)

@@ -122,20 +122,50 @@ def test_a_refused_instrument_redis_leaves_the_pool_as_it_was(redis_server) -> N
         poolwatch.instrument_redis(pool, name="fresh", registry=registry, leak_threshold=-1)
     assert pool_state(pool) == before
 
-    class NotAConnection:
-        def __init__(self, **_kwargs: Any) -> None:
-            pass
-
-    odd = redis.ConnectionPool(connection_class=NotAConnection)
-    odd_before = pool_state(odd)
-    with pytest.raises(TypeError, match="NotAConnection has no _connect"):
-        poolwatch.instrument_redis(odd, name="odd", registry=registry)
-    assert pool_state(odd) == odd_before
-    with pytest.raises(TypeError, match="NotAConnection has no _connect"):  # the same error, not "already"
-        poolwatch.instrument_redis(odd, name="odd", registry=registry)
     poolwatch.instrument_redis(pool, name="fresh", registry=registry)
     assert redis.Redis(connection_pool=pool).ping()
     assert sample(registry, "pool_checkouts_total", "fresh") == 1
+    pool.disconnect()
+
+
+class UntimedConnection(redis.Connection):
+    """A connection class without redis-py's connect callback (a test double, say)."""
+
+    register_connect_callback = None  # type: ignore[assignment]
+
+
+def test_a_pool_whose_connections_cannot_be_timed_is_still_counted(redis_server) -> None:
+    registry = CollectorRegistry()
+    pool = redis.ConnectionPool(
+        connection_class=UntimedConnection,
+        host=redis_server.host,
+        port=redis_server.port,
+        password=redis_server.password,
+    )
+    poolwatch.instrument_redis(pool, name="untimed", registry=registry)
+    assert redis.Redis(connection_pool=pool).ping()
+    assert sample(registry, "pool_checkouts_total", "untimed") == 1
+    assert sample(registry, "pool_create_seconds_count", "untimed") == 0
+    assert sample(registry, "instrumentation_errors_total", "untimed") == 0
+    pool.disconnect()
+
+
+def test_a_failure_while_hooking_undoes_everything(redis_server, monkeypatch) -> None:
+    from poolwatch.instrument import redis as adapter
+
+    registry = CollectorRegistry()
+    pool = make_pool(redis_server, redis.ConnectionPool)
+    before = pool_state(pool)
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("hooking failed")
+
+    monkeypatch.setattr(adapter, "_hook", broken)
+    with pytest.raises(RuntimeError, match="hooking failed"):
+        poolwatch.instrument_redis(pool, name="half", registry=registry)
+    assert pool_state(pool) == before
+    monkeypatch.undo()
+    poolwatch.instrument_redis(pool, name="half", registry=registry)  # the name was given back
     pool.disconnect()
 
 

@@ -1,0 +1,105 @@
+"""A pytest plugin for another project's test suite: instrument every pool that suite builds.
+
+Loaded with ``-p poolwatch_everywhere`` (this directory on PYTHONPATH) into SQLAlchemy's or redis-py's
+own tests. Every QueuePool (engines' and those built directly, AsyncAdaptedQueuePool included) and
+every redis-py ConnectionPool / BlockingConnectionPool is instrumented as soon as its constructor
+returns, with leak detection on, on one registry that a thread scrapes (both exposition paths) for
+the whole run. At the end it writes what it saw to ``$POOLWATCH_CONFORMANCE_REPORT`` (JSON): pools
+instrumented, pools it could not instrument (with why) and poolwatch's internal errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import threading
+import weakref
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+import poolwatch
+from poolwatch.exposition import Renderer
+
+LEAK_THRESHOLD = 5.0  # seconds: leak detection runs on every scrape; few tests hold a connection longer
+
+_registry = CollectorRegistry()
+_names = itertools.count()
+_recorders: list[Any] = []
+_refused: list[str] = []
+_depth = threading.local()  # constructors under way on this thread: instrument when the outermost ends
+_stop = threading.Event()
+_scrapes = itertools.count()
+_scrape_errors: list[str] = []
+
+
+def _instrument(pool: Any, how: Any) -> None:
+    name = f"pool-{next(_names)}"
+    try:
+        handle = how(pool, name=name, registry=_registry, leak_threshold=LEAK_THRESHOLD)
+    except Exception as exc:
+        _refused.append(f"{type(pool).__name__}: {type(exc).__name__}: {exc}")
+        return
+    _recorders.append(handle.recorder)
+    weakref.finalize(pool, handle.remove)  # a dropped pool leaves the registry
+
+
+def _wrap_init(cls: type, how: Any, *, skip: Any = None) -> None:
+    original = cls.__init__  # type: ignore[misc]
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+        _depth.n = getattr(_depth, "n", 0) + 1
+        try:
+            original(self, *args, **kwargs)
+        finally:
+            _depth.n -= 1
+        if _depth.n == 0 and (skip is None or not skip(self, kwargs)):
+            _instrument(self, how)
+
+    __init__.__wrapped__ = original  # type: ignore[attr-defined]
+    cls.__init__ = __init__  # type: ignore[misc]
+
+
+def _scrape() -> None:
+    renderer = Renderer(_registry)
+    try:
+        while not _stop.wait(0.005):
+            generate_latest(_registry)
+            renderer.render()
+            next(_scrapes)
+    except Exception as exc:  # reported: a scrape must never fail
+        _scrape_errors.append(f"{type(exc).__name__}: {exc}")
+
+
+def pytest_configure(config: Any) -> None:
+    with contextlib.suppress(ImportError):
+        from sqlalchemy.pool import QueuePool
+
+        # A pool that engine.dispose() recreates (Pool.recreate passes the old pool's dispatch) is
+        # hooked by the instrumentation of the pool it replaces.
+        _wrap_init(QueuePool, poolwatch.instrument, skip=lambda _pool, kwargs: kwargs.get("_dispatch"))
+    with contextlib.suppress(ImportError):
+        import redis
+
+        for cls in (redis.ConnectionPool, redis.BlockingConnectionPool):
+            _wrap_init(cls, poolwatch.instrument_redis)
+    threading.Thread(target=_scrape, name="poolwatch-conformance-scraper", daemon=True).start()
+
+
+def pytest_unconfigure(config: Any) -> None:
+    _stop.set()
+    path = os.environ.get("POOLWATCH_CONFORMANCE_REPORT")
+    if not path:
+        return
+    report = {
+        "instrumented": len(_recorders),
+        "refused": _refused,
+        "internal_errors": sum(recorder.internal_errors for recorder in _recorders),
+        "checkouts": sum(recorder.handed.value() for recorder in _recorders),
+        "scrapes": next(_scrapes),
+        "scrape_errors": _scrape_errors[:20],
+    }
+    with open(path, "w") as out:  # noqa: PTH123
+        json.dump(report, out)
