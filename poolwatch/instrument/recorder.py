@@ -30,7 +30,6 @@ from poolwatch.metrics import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
-    from types import FrameType
 
 log = logging.getLogger("poolwatch.instrument")
 
@@ -167,41 +166,26 @@ class Ledger:
 
 
 def capture_origin(depth: int) -> Origin:
-    """``ORIGIN_FRAMES`` frames of the caller from ``depth`` frames above this one, as an ``Origin``.
+    """Up to ``ORIGIN_FRAMES`` frames of the caller, from ``depth`` frames above this one's caller.
 
-    Unrolled: every attribute read here is paid on every checkout with leak detection on. A shallower
-    stack than expected (no frame at ``depth``, or fewer frames above it) takes the general path.
+    Unrolled, with no exception on the way (a top of stack ends the tuple early): every attribute
+    read here is paid on every checkout with leak detection on. Frame objects are only looked at,
+    never kept.
     """
     try:
         f0 = getframe(depth + 1)
-        f1 = f0.f_back
-        f2 = f1.f_back  # type: ignore[union-attr]
-        f3 = f2.f_back  # type: ignore[union-attr]
-        origin = (
-            f0.f_code,
-            f0.f_lasti,
-            f1.f_code,  # type: ignore[union-attr]
-            f1.f_lasti,  # type: ignore[union-attr]
-            f2.f_code,  # type: ignore[union-attr]
-            f2.f_lasti,  # type: ignore[union-attr]
-            f3.f_code,  # type: ignore[union-attr]
-            f3.f_lasti,  # type: ignore[union-attr]
-        )
-    except (ValueError, AttributeError):
-        return _walk(getframe(1), depth)
-    return origin
-
-
-def _walk(frame: FrameType | None, depth: int) -> Origin:
-    for _ in range(depth):
-        if frame is None or frame.f_back is None:
-            break
-        frame = frame.f_back
-    spots: list[object] = []
-    while frame is not None and len(spots) < 2 * ORIGIN_FRAMES:
-        spots += (frame.f_code, frame.f_lasti)
-        frame = frame.f_back
-    return tuple(spots)
+    except ValueError:  # a shallower stack than expected: start at the caller
+        f0 = getframe(1)
+    f1 = f0.f_back
+    if f1 is None:
+        return (f0.f_code, f0.f_lasti)
+    f2 = f1.f_back
+    if f2 is None:
+        return (f0.f_code, f0.f_lasti, f1.f_code, f1.f_lasti)
+    f3 = f2.f_back
+    if f3 is None:
+        return (f0.f_code, f0.f_lasti, f1.f_code, f1.f_lasti, f2.f_code, f2.f_lasti)
+    return (f0.f_code, f0.f_lasti, f1.f_code, f1.f_lasti, f2.f_code, f2.f_lasti, f3.f_code, f3.f_lasti)
 
 
 def format_origin(origin: Origin | None) -> str:

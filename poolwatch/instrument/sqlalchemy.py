@@ -4,9 +4,11 @@ Wait time runs from the request to the connection handed out, but SQLAlchemy has
 requested" event (``checkout`` fires after queueing, connecting and pre-ping), and dispatching its
 ``checkin`` event alone costs ~1 us of a ~15 us cycle. So the pool's ``connect()`` and
 ``_return_conn()`` are shadowed by hooks set as instance attributes on the pool (its class, and so
-``type(pool)``, stays what it was). Each hook looks the pool class's method up when it is called and
-calls it, so a method patched on the class later is honoured. ``recreate()`` is hooked as well, so
-the pool ``engine.dispose()`` builds is hooked before the engine uses it.
+``type(pool)``, stays what it was). Each hook does what the method it shadows does, one call into
+SQLAlchemy looked up when the hook runs, so no frame is added to the cycle; if the pool's class
+overrides that method, or it was patched since, the hook calls it instead: a later patch is
+honoured. ``recreate()`` is hooked as well, so the pool ``engine.dispose()`` builds is hooked before
+the engine uses it.
 
 Rarer facts come from public pool events (connect, invalidate, close, detach), registered on the pool
 and carried by SQLAlchemy to the pools it recreates. Per-connection facts (a lifetime jitter, why a
@@ -29,6 +31,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import Pool, QueuePool
+from sqlalchemy.pool.base import _ConnectionFairy
 
 from poolwatch.instrument.collector import PoolState, collector_for
 from poolwatch.instrument.recorder import MAX_JITTER, Ledger, Recorder, capture_origin
@@ -293,7 +296,9 @@ def _hook(pool: QueuePool, instrumentation: SQLAlchemyInstrumentation) -> QueueP
     return pool
 
 
-def _connect_hook(pool: Pool, recorder: Recorder, ledger: Ledger) -> Callable[[], PoolProxiedConnection]:
+def _connect_hook(  # noqa: PLR0915 - unrolled on purpose: each local saves a lookup per checkout
+    pool: Pool, recorder: Recorder, ledger: Ledger
+) -> Callable[[], PoolProxiedConnection]:
     # Everything the hot path touches is bound to a local of this closure once, and the leak and
     # no-leak variants are separate functions: every bytecode here is paid on every checkout. The
     # pool's own connect() is looked up on its class at each call, so a later patch is honoured.
@@ -306,12 +311,19 @@ def _connect_hook(pool: Pool, recorder: Recorder, ledger: Ledger) -> Callable[[]
     internal = recorder.internal_error
     checked_out = ledger.checked_out
     origins = ledger.origins
+    plain_connect = Pool.connect
+    fairy = _ConnectionFairy
 
     def connect() -> PoolProxiedConnection:
         start = clock()
         count(requested)
         try:
-            connection = type(pool).connect(pool)
+            # What Pool.connect() does, without its frame; a class that overrides it, or a later
+            # patch of it, is called instead (both looked up now).
+            if type(pool).connect is plain_connect:
+                connection: PoolProxiedConnection = fairy._checkout(pool)
+            else:
+                connection = type(pool).connect(pool)
         except BaseException as exc:
             failed(exc, start, timed_out=isinstance(exc, PoolTimeoutError))
             raise
@@ -328,7 +340,10 @@ def _connect_hook(pool: Pool, recorder: Recorder, ledger: Ledger) -> Callable[[]
         start = clock()
         count(requested)
         try:
-            connection = type(pool).connect(pool)
+            if type(pool).connect is plain_connect:
+                connection: PoolProxiedConnection = fairy._checkout(pool)
+            else:
+                connection = type(pool).connect(pool)
         except BaseException as exc:
             failed(exc, start, timed_out=isinstance(exc, PoolTimeoutError))
             raise
@@ -357,6 +372,7 @@ def _return_hook(pool: Pool, recorder: Recorder, ledger: Ledger) -> Callable[[Co
     idle_since = ledger.idle_since
     forget_origin = ledger.origins.pop
     tracking = recorder.leak_threshold is not None
+    plain_return = Pool._return_conn
 
     def return_conn(record: ConnectionPoolEntry) -> None:
         try:
@@ -371,7 +387,11 @@ def _return_hook(pool: Pool, recorder: Recorder, ledger: Ledger) -> Callable[[Co
                         recorder.returned(record, started)
         except Exception as exc:
             internal(exc)
-        type(pool)._return_conn(pool, record)
+        # What Pool._return_conn() does, without its frame (unless overridden or patched since).
+        if type(pool)._return_conn is plain_return:
+            pool._do_return_conn(record)
+        else:
+            type(pool)._return_conn(pool, record)
 
     return return_conn
 
