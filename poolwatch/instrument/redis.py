@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 # redis-py says "pool exhausted" with these (BlockingConnectionPool's wait timed out / the
 # ConnectionPool's max_connections reached).
 _EXHAUSTED_MESSAGES = ("no connection available", "too many connections")
-# The instance attribute that marks an instrumented pool and holds what its hooks share.
+# The attribute of the pool's get_connection hook that marks the pool as instrumented: the pool's own
+# __dict__ gets no key but the names of the methods it shadows.
 ATTACHED: Final = "_poolwatch"
 _HOOKED: Final = ("get_connection", "release", "make_connection", "reset")
 
@@ -213,7 +214,7 @@ def instrument_redis(
         raise TypeError(
             f"poolwatch.instrument_redis({name!r}): {type(pool).__name__} is not a ConnectionPool"
         )
-    if vars(pool).get(ATTACHED) is not None:
+    if getattr(vars(pool).get("get_connection"), ATTACHED, None) is not None:
         raise ValueError(f"poolwatch.instrument_redis({name!r}): this pool is already instrumented")
     if leak_threshold is not None and not leak_threshold > 0:
         raise ValueError(f"poolwatch.instrument_redis({name!r}): leak_threshold must be > 0")
@@ -225,7 +226,7 @@ def instrument_redis(
     try:
         _hook(pool, instrumentation)
     except BaseException:
-        for hooked in (ATTACHED, *_HOOKED):
+        for hooked in _HOOKED:
             vars(pool).pop(hooked, None)
         instrumentation.remove()
         raise
@@ -262,6 +263,7 @@ def _hook(pool: redis.ConnectionPool, instrumentation: RedisInstrumentation) -> 
         _watch(instrumentation, connection)
     get_connection, release = _checkout_hooks(ref, recorder, ledger)
     get_connection.__doc__ = type(pool).get_connection.__doc__
+    setattr(get_connection, ATTACHED, ledger)
     release.__doc__ = type(pool).release.__doc__
     vars(pool).update(
         {
@@ -269,7 +271,6 @@ def _hook(pool: redis.ConnectionPool, instrumentation: RedisInstrumentation) -> 
             "release": release,
             "make_connection": make_connection,
             "reset": reset,
-            ATTACHED: ledger,
         }
     )
     recorder.adopt(ledger)

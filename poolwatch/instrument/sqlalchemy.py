@@ -48,8 +48,10 @@ if TYPE_CHECKING:
 # The application's frame, seen from the connect hook: hook < Engine.raw_connection <
 # Connection.__init__ < Engine.connect < application.
 CALLER_DEPTH: Final = 4
-# The instance attribute that marks an instrumented pool and holds what its hooks share.
+# The attribute of the pool's connect hook that holds what the hooks share (and marks the pool as
+# instrumented): the pool's own __dict__ gets no key but the names of the methods it shadows.
 ATTACHED: Final = "_poolwatch"
+_HOOKED: Final = ("connect", "_return_conn", "dispose", "recreate")
 _EVENTS: Final = ("connect", "invalidate", "soft_invalidate", "close", "detach")
 
 _closing = threading.local()  # .reason while dispose() closes connections on this thread
@@ -245,7 +247,7 @@ def instrument(
         for name_ in _EVENTS:
             if event.contains(pool, name_, getattr(listeners, f"on_{name_}")):
                 event.remove(pool, name_, getattr(listeners, f"on_{name_}"))
-        for hooked in (ATTACHED, "connect", "_return_conn", "dispose", "recreate"):
+        for hooked in _HOOKED:
             vars(pool).pop(hooked, None)
         instrumentation.remove()
         raise
@@ -253,7 +255,8 @@ def instrument(
 
 
 def _attached(pool: object) -> _Attached | None:
-    attached = vars(pool).get(ATTACHED) if pool is not None else None
+    hook = vars(pool).get("connect") if pool is not None else None
+    attached = getattr(hook, ATTACHED, None)
     return attached if isinstance(attached, _Attached) else None
 
 
@@ -283,13 +286,14 @@ def _hook(pool: QueuePool, instrumentation: SQLAlchemyInstrumentation) -> QueueP
         new = type(pool).recreate(pool)
         return _hook(new, instrumentation) if isinstance(new, QueuePool) else new
 
+    connect = _connect_hook(pool, recorder, ledger)
+    setattr(connect, ATTACHED, _Attached(instrumentation, internals, ledger))
     vars(pool).update(
         {
-            "connect": _connect_hook(pool, recorder, ledger),
+            "connect": connect,
             "_return_conn": _return_hook(pool, recorder, ledger),
             "dispose": dispose,
             "recreate": recreate,
-            ATTACHED: _Attached(instrumentation, internals, ledger),
         }
     )
     recorder.adopt(ledger)

@@ -11,6 +11,7 @@ instrumented, pools it could not instrument (with why) and poolwatch's internal 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import json
 import os
@@ -47,19 +48,69 @@ def _instrument(pool: Any, how: Any) -> None:
 
 
 def _wrap_init(cls: type, how: Any, *, skip: Any = None) -> None:
+    """Instrument each instance of ``cls`` when its outermost constructor returns.
+
+    The wrapper keeps the constructor's parameter list: SQLAlchemy's create_engine() reads it to
+    know which keyword arguments the pool class takes.
+    """
     original = cls.__init__  # type: ignore[misc]
 
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
-        _depth.n = getattr(_depth, "n", 0) + 1
-        try:
-            original(self, *args, **kwargs)
-        finally:
-            _depth.n -= 1
-        if _depth.n == 0 and (skip is None or not skip(self, kwargs)):
-            _instrument(self, how)
+    def after(pool: Any, kwargs: dict[str, Any]) -> None:
+        _depth.n -= 1
+        if _depth.n == 0 and (skip is None or not skip(pool, kwargs)):
+            _instrument(pool, how)
 
-    __init__.__wrapped__ = original  # type: ignore[attr-defined]
-    cls.__init__ = __init__  # type: ignore[misc]
+    def enter() -> None:
+        _depth.n = getattr(_depth, "n", 0) + 1
+
+    def failed() -> None:
+        _depth.n -= 1
+
+    namespace: dict[str, Any] = {"_original": original, "_after": after, "_enter": enter, "_failed": failed}
+    params, passed = [], []
+    star = False
+    for index, parameter in enumerate(inspect.signature(original).parameters.values()):
+        default = ""
+        if parameter.default is not parameter.empty:
+            namespace[f"_default{index}"] = parameter.default
+            default = f"=_default{index}"
+        name = parameter.name
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            params.append(f"*{name}")
+            passed.append(f"*{name}")
+            star = True
+        elif parameter.kind is parameter.VAR_KEYWORD:
+            params.append(f"**{name}")
+            passed.append(f"**{name}")
+        elif parameter.kind is parameter.KEYWORD_ONLY:
+            if not star:
+                params.append("*")
+                star = True
+            params.append(f"{name}{default}")
+            passed.append(f"{name}={name}")
+        else:
+            params.append(f"{name}{default}")
+            passed.append(name)
+    names = [p.name for p in inspect.signature(original).parameters.values()]
+    keywords = (
+        names[-1]
+        if inspect.signature(original).parameters[names[-1]].kind is inspect.Parameter.VAR_KEYWORD
+        else None
+    )
+    source = (
+        f"def __init__({', '.join(params)}):\n"
+        f"    _enter()\n"
+        f"    try:\n"
+        f"        _original({', '.join(passed)})\n"
+        f"    except BaseException:\n"
+        f"        _failed()\n"
+        f"        raise\n"
+        f"    _after({names[0]}, {keywords or '{}'})\n"
+    )
+    exec(source, namespace)  # a test harness building a signature-preserving wrapper
+    wrapper = namespace["__init__"]
+    wrapper.__wrapped__ = original
+    cls.__init__ = wrapper  # type: ignore[misc]
 
 
 def _scrape() -> None:

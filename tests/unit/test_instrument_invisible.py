@@ -103,6 +103,16 @@ def test_the_pool_keeps_its_class_and_methods_patched_later_are_called(engines, 
     assert sample(registry, "pool_checkouts_total", "same") == 1
 
 
+def test_the_pool_gains_no_attribute_but_the_methods_it_shadows(engines, creator) -> None:
+    engine = make_engine(engines, creator)
+    before = set(vars(engine.pool))
+    poolwatch.instrument(engine, name="attrs", registry=CollectorRegistry())
+    added = set(vars(engine.pool)) - before
+    assert added <= set(dir(QueuePool))
+    engine.dispose()
+    assert set(vars(engine.pool)) - before <= set(dir(QueuePool))  # the recreated pool too
+
+
 def dropped_connection(engine: Engine) -> None:
     """Check a connection out and drop it unclosed, the way a buggy request handler does."""
     connection = engine.connect()
@@ -219,9 +229,10 @@ def test_a_refused_instrument_leaves_the_engine_as_it_was(engines, creator) -> N
     with pytest.raises(ValueError, match="already instrumented"):
         poolwatch.instrument(taken, name="again", registry=registry)
     null = create_engine("sqlite://", creator=creator, poolclass=NullPool)
+    null_before = dict(vars(null.pool))
     with pytest.raises(TypeError, match="not a QueuePool"):
         poolwatch.instrument(null, name="null", registry=registry)
-    assert "_poolwatch" not in vars(null.pool)
+    assert vars(null.pool) == null_before
     # Once refused, the same engine can still be instrumented: nothing was left half done.
     poolwatch.instrument(engine, name="fresh", registry=registry)
     with engine.connect():
