@@ -1,0 +1,369 @@
+"""The status page at / and the JSON document at /status, both rendered from the status document.
+
+The page is one self-contained HTML document: no external script, style sheet, font or image (the
+daemon runs in closed networks), readable without JavaScript, light or dark by the reader's
+``prefers-color-scheme``. A few lines of script refresh it in place (``?refresh=N`` seconds, 0 for
+never; without script a ``<noscript>`` meta refresh does it), and a Content-Security-Policy allows
+exactly that script and style block. Sparklines are inline SVG; each one's points are cached until its
+samples or the step it ends in change, so a page costs little more than string joins. Every value from
+the document is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import html
+import json
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qs
+
+from poolwatch.assess import duration
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from poolwatch.status import CensusDoc, DecisionDoc, JobDoc, PoolDoc, ReaperDoc, StatusDoc, TargetDoc
+
+StartResponse = Any
+DEFAULT_REFRESH: Final = 10
+MAX_REFRESH: Final = 3600
+SHOWN_DECISIONS: Final = 3
+SPARK_WIDTH, SPARK_HEIGHT = 160, 28
+
+STYLE: Final = """
+:root{color-scheme:light dark;--bg:#fff;--fg:#1b1f24;--muted:#57606a;--card:#f6f8fa;--line:#d0d7de;
+--critical:#b3261e;--warning:#8a5300;--ok:#1a7f37;--unknown:#57606a;--spark:#0969da}
+@media (prefers-color-scheme:dark){:root{--bg:#0d1117;--fg:#e6edf3;--muted:#9da7b3;--card:#161b22;
+--line:#30363d;--critical:#ff7b72;--warning:#e3b341;--ok:#56d364;--unknown:#9da7b3;--spark:#79c0ff}}
+*{box-sizing:border-box}
+body{margin:0;padding:1rem 1.25rem;background:var(--bg);color:var(--fg);
+font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
+h1{font-size:1.25rem;margin:0}h2{font-size:1.05rem;margin:0;display:flex;gap:.5rem;align-items:center}
+a{color:var(--spark)}
+body>header{display:flex;flex-wrap:wrap;gap:.25rem 1rem;align-items:baseline;margin-bottom:.75rem}
+.meta,.where{color:var(--muted);margin:0;font-size:.85rem}.where{overflow-wrap:anywhere}
+.counts{margin:0;font-weight:600}
+main{display:grid;gap:.75rem;grid-template-columns:repeat(auto-fill,minmax(min(100%,34rem),1fr))}
+article{background:var(--card);border:1px solid var(--line);border-left:.4rem solid var(--unknown);
+border-radius:6px;padding:.6rem .8rem}
+article[data-health=critical]{border-left-color:var(--critical)}
+article[data-health=warning]{border-left-color:var(--warning)}article[data-health=ok]{border-left-color:var(--ok)}
+.badge{font-size:.7rem;text-transform:uppercase;letter-spacing:.04em;padding:.05rem .4rem;
+border-radius:3px;border:1px solid currentColor}
+.critical{color:var(--critical)}.warning{color:var(--warning)}.ok{color:var(--ok)}
+.unknown{color:var(--unknown)}
+ul.problems{margin:.35rem 0;padding-left:1.1rem;font-weight:600}ul.problems li{overflow-wrap:anywhere}
+dl{display:grid;grid-template-columns:4.5rem 1fr;gap:.15rem .5rem;margin:.4rem 0 0}
+dt{color:var(--muted)}dd{margin:0;overflow-wrap:anywhere}dd ul{margin:0;padding-left:1rem}
+meter{width:5rem;height:.8rem;vertical-align:middle}
+.trends{display:flex;flex-wrap:wrap;gap:.25rem 1rem;margin:.5rem 0 0}
+figure{margin:0}figcaption{font-size:.75rem;color:var(--muted)}
+svg{display:block;color:var(--spark)}svg .limit{stroke:var(--muted);stroke-dasharray:3 3}
+svg circle{fill:currentColor}
+#stale{color:var(--critical);font-weight:600;margin:0}
+"""
+
+SCRIPT: Final = """
+(function(){const every=Number(document.body.dataset.refresh)*1000;if(!(every>0))return;
+const stale=document.getElementById("stale");
+setInterval(async function(){try{const r=await fetch(location.href,{cache:"no-store"});
+if(!r.ok)throw new Error("HTTP "+r.status);
+const d=new DOMParser().parseFromString(await r.text(),"text/html");
+for(const s of ["body>header","main"])document.querySelector(s).replaceWith(d.querySelector(s));
+document.title=d.title;stale.hidden=true}catch(e){stale.hidden=false;
+stale.textContent="Not refreshed at "+new Date().toLocaleTimeString()+": "+e.message}},every)})();
+"""
+
+
+def _sha256(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+CONTENT_SECURITY_POLICY: Final = (
+    f"default-src 'none'; style-src {_sha256(STYLE)}; script-src {_sha256(SCRIPT)}; "
+    "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def respond(
+    environ: dict[str, Any], start_response: StartResponse, status: Callable[[], StatusDoc]
+) -> list[bytes]:
+    """Answer GET or HEAD for ``/`` (the page) or ``/status`` (the JSON document)."""
+    doc = status()
+    headers = [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")]
+    if environ.get("PATH_INFO") == "/status":
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        headers.append(("Content-Type", "application/json"))
+    else:
+        body = render(doc, refresh=refresh_seconds(environ.get("QUERY_STRING", ""))).encode()
+        headers += [
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+            ("Referrer-Policy", "no-referrer"),
+        ]
+    headers.append(("Content-Length", str(len(body))))
+    start_response("200 OK", headers)
+    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+
+def refresh_seconds(query: str) -> int:
+    """``refresh=N`` from the query string: 0 (never) to ``MAX_REFRESH``; anything else the default."""
+    values = parse_qs(query).get("refresh", [])
+    text = values[0] if values else ""
+    return int(text) if text.isdigit() and int(text) <= MAX_REFRESH else DEFAULT_REFRESH
+
+
+def render(doc: StatusDoc, *, refresh: int = DEFAULT_REFRESH) -> str:
+    """The whole page."""
+    now = doc["generated_at"]
+    counts = doc["counts"]
+    shown = [f'<span class="{k}">{n} {k}</span>' for k, n in counts.items() if n]
+    summary = " · ".join(shown) or "no targets"
+    title_counts = ", ".join(f"{n} {k}" for k, n in counts.items() if n and k in {"critical", "warning"})
+    title = f"poolwatch: {title_counts or 'all ok'}"
+    noscript = f'<noscript><meta http-equiv="refresh" content="{refresh}"></noscript>' if refresh else ""
+    every = f" · refreshes every {refresh}s" if refresh else ""
+    head = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f'<meta name="color-scheme" content="light dark"><title>{_e(title)}</title>'
+        f'<link rel="icon" href="data:,">{noscript}<style>{STYLE}</style></head>'
+        f'<body data-refresh="{refresh}"><header><h1>poolwatch</h1>'
+        f'<p class="counts">{summary} <span class="meta">of {len(doc["targets"])} targets</span></p>'
+        f'<p class="meta">{_e(doc["version"])} · configuration: {_e(doc["source"])} · '
+        f"as of {_clock(now)}{every} · "
+        '<a href="/status">JSON</a> · <a href="/metrics">metrics</a></p>'
+        '<p id="stale" role="status" hidden></p></header><main>'
+    )
+    parts = [head]
+    parts.extend(_target(target, now) for target in doc["targets"])
+    parts.append(f"</main><script>{SCRIPT}</script></body></html>")
+    return "".join(parts)
+
+
+def _target(target: TargetDoc, now: float) -> str:
+    health = target["health"]
+    problems = "".join(
+        f'<li class="{p["severity"]}" data-kind="{p["kind"]}">{_e(p["text"])}</li>'
+        for p in target["problems"]
+    )
+    rows = [("Probe", _probe(target, now))]
+    if target["pool"] is not None:
+        rows.append(("Pool", _pool(target["pool"])))
+    if target["census"] is not None:
+        rows.append(("Server", _census(target["census"])))
+    if target["reaper"] is not None:
+        rows.append(("Reaper", _reaper(target["reaper"], now)))
+    rows.append(("Jobs", _jobs(target["jobs"], now)))
+    details = "".join(f"<dt>{name}</dt><dd>{body}</dd>" for name, body in rows)
+    return (
+        f'<article data-target="{_e(target["name"])}" data-health="{health}">'
+        f'<header><h2><span class="badge {health}">{health}</span> {_e(target["name"])}</h2>'
+        f'<p class="where">{_e(target["kind"])} · {_e(target["url"])}</p></header>'
+        + (f'<ul class="problems">{problems}</ul>' if problems else "")
+        + f"<dl>{details}</dl>{_trends(target, now)}</article>"
+    )
+
+
+def _probe(target: TargetDoc, now: float) -> str:
+    up, since, checked = target["up"], target["since"], target["checked_at"]
+    if up is None or checked is None:
+        return "not probed yet"
+    state = '<span class="ok">up</span>' if up else '<span class="critical">down</span>'
+    text = state + (f" since {_clock(since)} ({_ago(now, since)})" if since is not None else "")
+    latency = target["latency_seconds"]
+    took = f", {latency * 1000:.1f} ms" if up and latency is not None else ""
+    text += f" · checked {_ago(now, checked)} ago{took}"
+    if not up and target["error"] and not any(p["kind"] == "down" for p in target["problems"]):
+        text += f"<br>{_e(target['error'])}"
+    return text
+
+
+def _pool(pool: PoolDoc) -> str:
+    limit = pool["max"]
+    meter = (
+        f'<meter min="0" max="{limit}" value="{pool["used"]}" low="{limit * 0.5:g}" '
+        f'high="{limit * 0.8:g}" optimum="0" title="{pool["used"]} of {limit} in use"></meter> '
+        if limit
+        else ""
+    )
+    waiting = pool["pending"]
+    text = (
+        f'{meter}<span data-field="used">{pool["used"]}</span> used · {pool["idle"]} idle · '
+        f"max {'unbounded' if limit is None else limit} · overflow {pool['overflow']} · "
+        + (f'<strong class="critical">{waiting} waiting</strong>' if waiting else "0 waiting")
+    )
+    recent = [
+        f'<span data-field="{field}">{n}</span> {what}'
+        for field, what, n in (
+            ("timeouts", "checkout timeouts", pool["timeouts_recent"]),
+            ("leaks", "leaks", pool["leaks_recent"]),
+        )
+        if n
+    ]
+    text += "<br>" + (
+        " · ".join(recent) + " in the last 5m" if recent else "no timeouts or leaks in the last 5m"
+    )
+    if pool["leaked"]:
+        text += f' · <strong class="warning">{pool["leaked"]} held past leak_threshold now</strong>'
+    if pool["timeouts_total"] or pool["leaks_total"]:
+        text += f" (since start: {pool['timeouts_total']} timeouts, {pool['leaks_total']} leaks)"
+    return text
+
+
+def _census(census: CensusDoc) -> str:
+    limit, ratio = census["max_connections"], census["used_ratio"]
+    share = f" ({_percent(ratio)} of {limit})" if limit and ratio is not None else ""
+    states = ", ".join(f"{n} {_e(state)}" for state, n in sorted(census["by_state"].items()) if n)
+    text = f'<span data-field="sessions">{census["sessions"]}</span> sessions{share}'
+    text += f": {states}" if states else ""
+    oldest = census["oldest_idle_in_transaction"]
+    if oldest is not None and oldest["idle_seconds"] is not None:
+        who = ", ".join(
+            f"{label} {_e(str(value))}"
+            for label, value in (
+                ("pid", oldest["pid"]),
+                ("user", oldest["user"]),
+                ("application", oldest["application"] or "''"),
+                ("database", oldest["database"]),
+            )
+            if value is not None
+        )
+        text += f"<br>oldest idle in transaction: {duration(oldest['idle_seconds'])} ({who})"
+    return text
+
+
+def _reaper(reaper: ReaperDoc, now: float) -> str:
+    mode = "dry run" if reaper["mode"] == "dry_run" else "enforcing"
+    lease = "lease held" if reaper["lease_held"] else "lease not held (another replica decides)"
+    limits = [
+        f"{label} over {duration(seconds)}"
+        for label, seconds in (
+            ("idle", reaper["idle_timeout_seconds"]),
+            ("idle in transaction", reaper["idle_in_transaction_timeout_seconds"]),
+        )
+        if seconds is not None
+    ]
+    text = f"{mode}, {lease} · terminates {', '.join(limits)}"
+    if reaper["mode"] == "dry_run":
+        total = reaper["candidates_total"]
+        text += f"<br>would terminate now: {total}" + _decisions(reaper["candidates"], now)
+    latest = reaper["latest"]
+    verb = "recorded" if reaper["mode"] == "dry_run" else "terminated"
+    text += f"<br>last {verb}: " + (_decisions(latest, now) if latest else "none since start")
+    return text
+
+
+def _decisions(decisions: list[DecisionDoc], now: float) -> str:
+    items = "".join(
+        f"<li>pid {d['pid']} {_e(d['user'] or '?')} / {_e(d['application'] or '-')} "
+        f"({_e(d['database'] or '?')}): {_e(d['reason'].replace('_', ' '))} for "
+        f"{duration(d['idle_seconds'])}{_decided(d, now)}</li>"
+        for d in decisions[:SHOWN_DECISIONS]
+    )
+    more = len(decisions) - SHOWN_DECISIONS
+    return f"<ul>{items}</ul>" + (f"and {more} more (see /status)" if more > 0 else "") if items else ""
+
+
+def _decided(decision: DecisionDoc, now: float) -> str:
+    try:
+        at = datetime.fromisoformat(decision["decided_at"]).timestamp()
+    except ValueError:
+        return ""
+    return f", {_ago(now, at)} ago"
+
+
+def _jobs(jobs: Iterable[JobDoc], now: float) -> str:
+    shown = []
+    for job in jobs:
+        success = job["last_success"]
+        last = "never succeeded" if success is None else f"ok {_ago(now, success)} ago"
+        if job["failing_for"]:
+            n = job["failing_for"]
+            shown.append(f'<span class="warning">{job["task"]} failing ({n} in a row; {last})</span>')
+        else:
+            failed = f" ({job['failures']} failed since start)" if job["failures"] else ""
+            shown.append(f"{job['task']} {last}{failed}")
+    return " · ".join(shown) or "none"
+
+
+def _trends(target: TargetDoc, now: float) -> str:
+    """Sparklines over the history window, or since the first sample when the history is shorter."""
+    trend = target["trend"]
+    step = trend["step_seconds"]
+    end = (now // step + 1) * step  # the step grid: points stay cached for a whole step
+    firsts = [series[0] for series in (trend["at"], trend["sessions_at"]) if series]
+    if not firsts:
+        return ""
+    start = max(end - trend["window_seconds"], min(firsts) - step)
+    pool = target["pool"]
+    figures = []
+    if trend["at"]:
+        limit = None if pool is None else pool["max"]
+        figures.append(_spark("in use", trend["at"], trend["used"], start, end, limit))
+        figures.append(_spark("waiting", trend["at"], trend["pending"], start, end, None))
+    if trend["sessions_at"]:
+        figures.append(_spark("server sessions", trend["sessions_at"], trend["sessions"], start, end, None))
+    return f'<div class="trends">{"".join(figures)}</div>'
+
+
+def _spark(
+    label: str, at: list[float], values: list[float], start: float, end: float, limit: int | None
+) -> str:
+    peak = max(values)
+    top = max(peak, float(limit or 0), 1.0)
+    caption = f"{label}: {values[-1]:g} now, peak {peak:g}" + (f" of {limit}" if limit else "")
+    return (
+        f'<figure><svg width="{SPARK_WIDTH}" height="{SPARK_HEIGHT}" viewBox="0 0 {SPARK_WIDTH} '
+        f'{SPARK_HEIGHT}" role="img" aria-label="{_e(caption)}, last {duration(end - start)}">'
+        + (
+            f'<line class="limit" x1="0" y1="1" x2="{SPARK_WIDTH}" y2="1"/>'
+            if limit and limit >= peak
+            else ""
+        )
+        + _points(tuple(at), tuple(values), start, end, top)
+        + f"</svg><figcaption>{_e(caption)} · last {duration(end - start)}</figcaption></figure>"
+    )
+
+
+@functools.lru_cache(maxsize=2048)
+def _points(at: tuple[float, ...], values: tuple[float, ...], start: float, end: float, top: float) -> str:
+    """The line (and a dot on the newest value) of one sparkline; cached: the same samples in the
+    same step give the same drawing."""
+    x_scale = SPARK_WIDTH / (end - start)
+    y_scale = (SPARK_HEIGHT - 4) / top
+    points = [
+        (f"{(t - start) * x_scale:.1f}", f"{SPARK_HEIGHT - 2 - v * y_scale:.1f}")
+        for t, v in zip(at, values, strict=True)
+        if t >= start
+    ]
+    if not points:
+        return ""
+    x, y = points[-1]
+    line = " ".join(f"{x},{y}" for x, y in points)
+    return (
+        f'<polyline fill="none" stroke="currentColor" stroke-width="1.5" points="{line}"/>'
+        f'<circle cx="{x}" cy="{y}" r="2"/>'
+    )
+
+
+def _clock(at: float) -> str:
+    """Unix time as a UTC clock time in a ``<time>`` element with the full date."""
+    full = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+    return f'<time datetime="{full}">{full[11:19]} UTC</time>'
+
+
+def _percent(ratio: float) -> str:
+    return "under 1%" if 0 < ratio < 0.01 else f"{ratio:.0%}"  # noqa: PLR2004
+
+
+def _ago(now: float, then: float) -> str:
+    return duration(max(0.0, now - then))
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
