@@ -154,7 +154,7 @@ def rank(target: TargetDoc) -> tuple[int, int, str]:
 
 
 def duration(seconds: float) -> str:
-    """``3725`` -> ``1h 2m``, ``62`` -> ``1m 2s``, ``4.2`` -> ``4.2s``, ``0.25`` -> ``0.25s``."""
+    """``3725`` -> ``1h 2m``, ``3600`` -> ``1h``, ``62`` -> ``1m 02s``, ``4.2`` -> ``4.2s``."""
     seconds = max(0.0, seconds)
     if seconds < 10 and seconds != int(seconds):  # noqa: PLR2004 - a fraction only for a few seconds
         return f"{seconds:.2g}s"
@@ -163,9 +163,9 @@ def duration(seconds: float) -> str:
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     if days:
-        return f"{days}d {hours}h"
+        return f"{days}d {hours}h" if hours else f"{days}d"
     if hours:
-        return f"{hours}h {minutes}m"
+        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
     if minutes:
-        return f"{minutes}m {secs:02d}s"
+        return f"{minutes}m {secs:02d}s" if secs else f"{minutes}m"
     return f"{secs}s"

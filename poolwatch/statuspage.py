@@ -60,9 +60,11 @@ ul.problems{margin:.35rem 0;padding-left:1.1rem;font-weight:600}ul.problems li{o
 dl{display:grid;grid-template-columns:4.5rem 1fr;gap:.15rem .5rem;margin:.4rem 0 0}
 dt{color:var(--muted)}dd{margin:0;overflow-wrap:anywhere}dd ul{margin:0;padding-left:1rem}
 meter{width:5rem;height:.8rem;vertical-align:middle}
-.trends{display:flex;flex-wrap:wrap;gap:.25rem 1rem;margin:.5rem 0 0}
-figure{margin:0}figcaption{font-size:.75rem;color:var(--muted)}
-svg{display:block;color:var(--spark)}svg .limit{stroke:var(--muted);stroke-dasharray:3 3}
+.trends{display:flex;flex-wrap:wrap;align-items:end;gap:.25rem .75rem;margin:.5rem 0 0}
+.trends>p{margin:0;font-size:.75rem;color:var(--muted);width:100%}
+figure{margin:0;width:160px}figcaption{font-size:.75rem;color:var(--muted);white-space:nowrap}
+svg{display:block;color:var(--spark);background:var(--bg);border:1px solid var(--line);border-radius:3px}
+svg .limit{stroke:var(--muted);stroke-dasharray:3 3}
 svg circle{fill:currentColor}
 #stale{color:var(--critical);font-weight:600;margin:0}
 """
@@ -308,7 +310,7 @@ def _trends(target: TargetDoc, now: float) -> str:
         figures.append(_spark("waiting", trend["at"], trend["pending"], start, end, None))
     if trend["sessions_at"]:
         figures.append(_spark("server sessions", trend["sessions_at"], trend["sessions"], start, end, None))
-    return f'<div class="trends">{"".join(figures)}</div>'
+    return f'<div class="trends"><p>last {duration(end - start)}</p>{"".join(figures)}</div>'
 
 
 def _spark(
