@@ -202,8 +202,8 @@ def _pool(pool: PoolDoc) -> str:
     recent = [
         f'<span data-field="{field}">{n}</span> {what}'
         for field, what, n in (
-            ("timeouts", "checkout timeouts", pool["timeouts_recent"]),
-            ("leaks", "leaks", pool["leaks_recent"]),
+            ("timeouts", "checkout timeout" + _s(pool["timeouts_recent"]), pool["timeouts_recent"]),
+            ("leaks", "leak" + _s(pool["leaks_recent"]), pool["leaks_recent"]),
         )
         if n
     ]
@@ -250,14 +250,15 @@ def _reaper(reaper: ReaperDoc, now: float) -> str:
         )
         if seconds is not None
     ]
-    text = f"{mode}, {lease} · terminates {', '.join(limits)}"
+    parts = [f"{mode}, {lease} · terminates {', '.join(limits)}"]
     if reaper["mode"] == "dry_run":
-        total = reaper["candidates_total"]
-        text += f"<br>would terminate now: {total}" + _decisions(reaper["candidates"], now)
+        parts.append(
+            f"would terminate now: {reaper['candidates_total']}" + _decisions(reaper["candidates"], now)
+        )
     latest = reaper["latest"]
     verb = "recorded" if reaper["mode"] == "dry_run" else "terminated"
-    text += f"<br>last {verb}: " + (_decisions(latest, now) if latest else "none since start")
-    return text
+    parts.append(f"last {verb}: " + (_decisions(latest, now) if latest else "none since start"))
+    return "".join(f"<div>{part}</div>" for part in parts)
 
 
 def _decisions(decisions: list[DecisionDoc], now: float) -> str:
@@ -318,17 +319,15 @@ def _spark(
 ) -> str:
     peak = max(values)
     top = max(peak, float(limit or 0), 1.0)
-    caption = f"{label}: {values[-1]:g} now, peak {peak:g}" + (f" of {limit}" if limit else "")
+    caption = f"{label} {values[-1]:g}, peak {peak:g}" + (f" of {limit}" if limit else "")
+    limit_line = (
+        f'<line class="limit" x1="0" y1="2" x2="{SPARK_WIDTH}" y2="2"/>' if limit and limit >= peak else ""
+    )
     return (
-        f'<figure><svg width="{SPARK_WIDTH}" height="{SPARK_HEIGHT}" viewBox="0 0 {SPARK_WIDTH} '
-        f'{SPARK_HEIGHT}" role="img" aria-label="{_e(caption)}, last {duration(end - start)}">'
-        + (
-            f'<line class="limit" x1="0" y1="1" x2="{SPARK_WIDTH}" y2="1"/>'
-            if limit and limit >= peak
-            else ""
-        )
-        + _points(tuple(at), tuple(values), start, end, top)
-        + f"</svg><figcaption>{_e(caption)} · last {duration(end - start)}</figcaption></figure>"
+        f"<figure><figcaption>{_e(caption)}</figcaption>"
+        f'<svg width="{SPARK_WIDTH}" height="{SPARK_HEIGHT}" viewBox="0 0 {SPARK_WIDTH} {SPARK_HEIGHT}" '
+        f'role="img" aria-label="{_e(caption)}, last {duration(end - start)}">{limit_line}'
+        f"{_points(tuple(at), tuple(values), start, end, top)}</svg></figure>"
     )
 
 
@@ -357,6 +356,10 @@ def _clock(at: float) -> str:
     """Unix time as a UTC clock time in a ``<time>`` element with the full date."""
     full = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
     return f'<time datetime="{full}">{full[11:19]} UTC</time>'
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
 
 
 def _percent(ratio: float) -> str:

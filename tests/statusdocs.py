@@ -99,8 +99,8 @@ def target(name: str = "orders", **changes: Any) -> TargetDoc:
 def document(*targets: TargetDoc) -> StatusDoc:
     """A whole document; each target's health is recomputed from its problems, and sorted."""
     docs = []
-    for t in targets:
-        t = copy.deepcopy(t)
+    for given in targets:
+        t = copy.deepcopy(given)
         t["health"] = health(t)
         docs.append(t)
     docs.sort(key=rank)
