@@ -338,10 +338,10 @@ def pool_doc(sources: Sources, trend: Trend, now: float) -> PoolDoc | None:
 
 
 def _increase(at: list[float], totals: list[float], now_total: int, since: float) -> int:
-    """How much a running total grew since ``since``: from the last sample before it to its value
+    """How much a running total grew since ``since``: from the last sample at or before it to its value
     now; from 0 when the history starts later (a pool's totals start at 0 when it is built). A drop
     means the total restarted from 0 (the target was rebuilt by a reload)."""
-    start = bisect.bisect_left(at, since)
+    start = bisect.bisect_right(at, since)
     values = [*totals[start - 1 :]] if start else [0.0, *totals]
     values.append(float(now_total))
     if values == sorted(values):  # the usual case, checked in C

@@ -32,7 +32,7 @@ StartResponse = Any
 DEFAULT_REFRESH: Final = 10
 MAX_REFRESH: Final = 3600
 SHOWN_DECISIONS: Final = 3
-SPARK_WIDTH, SPARK_HEIGHT = 160, 28
+SPARK_HEIGHT: Final = 28  # viewBox units; the width is one unit per history step
 
 STYLE: Final = """
 :root{color-scheme:light dark;--bg:#fff;--fg:#1b1f24;--muted:#57606a;--card:#f6f8fa;--line:#d0d7de;
@@ -63,9 +63,11 @@ meter{width:5rem;height:.8rem;vertical-align:middle}
 .trends{display:flex;flex-wrap:wrap;align-items:end;gap:.25rem .75rem;margin:.5rem 0 0}
 .trends>p{margin:0;font-size:.75rem;color:var(--muted);width:100%}
 figure{margin:0;width:160px}figcaption{font-size:.75rem;color:var(--muted);white-space:nowrap}
-svg{display:block;color:var(--spark);background:var(--bg);border:1px solid var(--line);border-radius:3px}
-svg .limit{stroke:var(--muted);stroke-dasharray:3 3}
-svg circle{fill:currentColor}
+svg{display:block;width:160px;height:28px;color:var(--spark);background:var(--bg);
+border:1px solid var(--line);border-radius:3px}
+svg path{fill:none;stroke:currentColor;stroke-width:1.5;stroke-linejoin:round;
+vector-effect:non-scaling-stroke}
+svg .dot{stroke-width:4;stroke-linecap:round}svg .limit{stroke:var(--muted);stroke-dasharray:3 3}
 #stale{color:var(--critical);font-weight:600;margin:0}
 """
 
@@ -307,49 +309,61 @@ def _trends(target: TargetDoc, now: float) -> str:
     figures = []
     if trend["at"]:
         limit = None if pool is None else pool["max"]
-        figures.append(_spark("in use", trend["at"], trend["used"], start, end, limit))
-        figures.append(_spark("waiting", trend["at"], trend["pending"], start, end, None))
+        figures.append(_spark("in use", trend["at"], trend["used"], start, end, step, limit))
+        figures.append(_spark("waiting", trend["at"], trend["pending"], start, end, step, None))
     if trend["sessions_at"]:
-        figures.append(_spark("server sessions", trend["sessions_at"], trend["sessions"], start, end, None))
+        figures.append(
+            _spark("server sessions", trend["sessions_at"], trend["sessions"], start, end, step, None)
+        )
     return f'<div class="trends"><p>last {duration(end - start)}</p>{"".join(figures)}</div>'
 
 
 def _spark(
-    label: str, at: list[float], values: list[float], start: float, end: float, limit: int | None
+    label: str, at: list[float], values: list[float], start: float, end: float, step: float, limit: int | None
 ) -> str:
     peak = max(values)
     top = max(peak, float(limit or 0), 1.0)
     caption = f"{label} {values[-1]:g}, peak {peak:g}" + (f" of {limit}" if limit else "")
-    limit_line = (
-        f'<line class="limit" x1="0" y1="2" x2="{SPARK_WIDTH}" y2="2"/>' if limit and limit >= peak else ""
-    )
+    width = max(1, round((end - start) / step))
+    limit_line = f'<path class="limit" d="M0 1H{width}"/>' if limit and limit >= peak else ""
     return (
-        f"<figure><figcaption>{_e(caption)}</figcaption>"
-        f'<svg width="{SPARK_WIDTH}" height="{SPARK_HEIGHT}" viewBox="0 0 {SPARK_WIDTH} {SPARK_HEIGHT}" '
-        f'role="img" aria-label="{_e(caption)}, last {duration(end - start)}">{limit_line}'
-        f"{_points(tuple(at), tuple(values), start, end, top)}</svg></figure>"
+        f'<figure><figcaption>{_e(caption)}</figcaption><svg viewBox="0 0 {width} {SPARK_HEIGHT}" '
+        f'preserveAspectRatio="none" role="img" aria-label="{_e(caption)}, last {duration(end - start)}">'
+        f"{limit_line}{_path(tuple(at), tuple(values), start, step, top)}</svg></figure>"
     )
 
 
 @functools.lru_cache(maxsize=2048)
-def _points(at: tuple[float, ...], values: tuple[float, ...], start: float, end: float, top: float) -> str:
-    """The line (and a dot on the newest value) of one sparkline; cached: the same samples in the
-    same step give the same drawing."""
-    x_scale = SPARK_WIDTH / (end - start)
-    y_scale = (SPARK_HEIGHT - 4) / top
+def _path(at: tuple[float, ...], values: tuple[float, ...], start: float, step: float, top: float) -> str:
+    """The line of one sparkline, one unit per step across and ``SPARK_HEIGHT`` units up, in
+    relative moves (a few bytes a point), and a dot on the newest value. Cached: the same samples in
+    the same step give the same drawing."""
+    scale = (SPARK_HEIGHT - 3) / top
     points = [
-        (f"{(t - start) * x_scale:.1f}", f"{SPARK_HEIGHT - 2 - v * y_scale:.1f}")
+        (round((t - start) / step), round(SPARK_HEIGHT - 1.5 - v * scale))
         for t, v in zip(at, values, strict=True)
         if t >= start
     ]
     if not points:
         return ""
-    x, y = points[-1]
-    line = " ".join(f"{x},{y}" for x, y in points)
-    return (
-        f'<polyline fill="none" stroke="currentColor" stroke-width="1.5" points="{line}"/>'
-        f'<circle cx="{x}" cy="{y}" r="2"/>'
-    )
+    x, y = points[0]
+    path = [f"M{x} {y}"]
+    flat = 0  # a run of level moves becomes one "h"
+    line = False  # inside an "l" list: the next move needs no letter
+    for next_x, next_y in points[1:]:
+        dx, dy = next_x - x, next_y - y
+        x, y = next_x, next_y
+        if dy == 0:
+            flat += dx
+            continue
+        if flat:
+            path.append(f"h{flat}")
+            flat, line = 0, False
+        path.append(f"{' ' if line else 'l'}{dx} {dy}" if dy > 0 else f"{' ' if line else 'l'}{dx}{dy}")
+        line = True
+    if flat:
+        path.append(f"h{flat}")
+    return f'<path d="{"".join(path)}"/><path class="dot" d="M{x} {y}h0"/>'
 
 
 def _clock(at: float) -> str:

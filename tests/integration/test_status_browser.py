@@ -61,6 +61,14 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         driver.quit()
 
 
+READ_CARDS = """
+return [...document.querySelectorAll("main > article")].map(card => ({
+  target: card.dataset.target, health: card.dataset.health, text: card.innerText,
+  kinds: [...card.querySelectorAll(".problems li")].map(li => li.dataset.kind)}));
+"""
+READ_TIMEOUTS = 'return document.querySelector("[data-target=orders] [data-field=timeouts]").textContent'
+
+
 def _hold(engine: Engine, count: int) -> list[Connection]:
     """Check ``count`` connections out of the daemon's own pool (its probe may hold one briefly)."""
     held: list[Connection] = []
@@ -112,8 +120,6 @@ def _config(pg: PostgresServer, redis: RedisServer) -> dict[str, Any]:
 def test_the_page_shows_targets_worst_first_without_console_errors_and_refreshes(
     pg: PostgresServer, redis_server: RedisServer, browser: Any
 ) -> None:
-    from selenium.webdriver.common.by import By
-
     pg.execute("DROP ROLE IF EXISTS report_user")
     pg.create_role("report_user", "report-pw")
     # An ordinary role's idle session: what the dry-run reaper would terminate.
@@ -142,33 +148,18 @@ def test_the_page_shows_targets_worst_first_without_console_errors_and_refreshes
         try:
             wait_for(worst_first, 30, "billing down, orders exhausted, inventory leaking, cache ok")
             browser.get(f"{daemon.base_url}/?refresh=1")
-            cards = browser.find_elements(By.CSS_SELECTOR, "main > article")
-            assert [c.get_attribute("data-target") for c in cards] == [
-                "billing",
-                "orders",
-                "inventory",
-                "cache",
-            ]
-            assert [c.get_attribute("data-health") for c in cards] == [
-                "critical",
-                "critical",
-                "warning",
-                "ok",
-            ]
-            kinds = [
-                [li.get_attribute("data-kind") for li in c.find_elements(By.CSS_SELECTOR, ".problems li")]
-                for c in cards
-            ]
-            assert kinds[0][0] == "down"
-            assert kinds[1][0] == "exhausted"
-            assert kinds[2] == ["leaks"]
-            assert kinds[3] == []
-            assert "report-job" in cards[2].text, "the reaper's candidate is named"
+            # Read in one script call: the page replaces its content every second.
+            cards = browser.execute_script(READ_CARDS)
+            assert [c["target"] for c in cards] == ["billing", "orders", "inventory", "cache"]
+            assert [c["health"] for c in cards] == ["critical", "critical", "warning", "ok"]
+            assert cards[0]["kinds"][0] == "down"
+            assert cards[1]["kinds"][0] == "exhausted"
+            assert cards[2]["kinds"] == ["leaks"]
+            assert cards[3]["kinds"] == []
+            assert "report-job" in cards[2]["text"], "the reaper's candidate is named"
 
             def timeouts() -> int:
-                return int(
-                    browser.find_element(By.CSS_SELECTOR, "[data-target=orders] [data-field=timeouts]").text
-                )
+                return int(browser.execute_script(READ_TIMEOUTS))
 
             first = timeouts()
             # The script replaces the page's content in place (no navigation): new values appear.
