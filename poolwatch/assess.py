@@ -155,9 +155,10 @@ def rank(target: TargetDoc) -> tuple[int, int, str]:
 
 def duration(seconds: float) -> str:
     """``3725`` -> ``1h 2m``, ``3600`` -> ``1h``, ``62`` -> ``1m 02s``, ``4.2`` -> ``4.2s``."""
-    seconds = max(0.0, seconds)
-    if seconds < 10 and seconds != int(seconds):  # noqa: PLR2004 - a fraction only for a few seconds
-        return f"{seconds:.2g}s"
+    if seconds < 60:  # noqa: PLR2004 - the common case first
+        if seconds <= 0:
+            return "0s"
+        return f"{seconds:.2g}s" if seconds < 10 and seconds != int(seconds) else f"{int(seconds)}s"  # noqa: PLR2004
     whole = int(seconds)
     days, rest = divmod(whole, 86400)
     hours, rest = divmod(rest, 3600)

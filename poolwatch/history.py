@@ -79,19 +79,23 @@ class History:
         self._lock = threading.Lock()
         self._pool = Ring(len(POOL_COLUMNS), slots, step)
         self._sessions = Ring(len(SESSION_COLUMNS), slots, step)
+        self._trend: Trend | None = None  # the last copy, until the next sample
 
     def add_pool(self, at: float, used: int, pending: int, timeouts: int, leaks: int) -> None:
         """A pool sample at Unix time ``at`` (kept to a tenth of a second)."""
         row = (round(at, 1), used, pending, timeouts, leaks)
         with self._lock:
             self._pool.add(row, (False, True, True, False, False))
+            self._trend = None
 
     def add_sessions(self, at: float, sessions: int) -> None:
         with self._lock:
             self._sessions.add((round(at, 1), sessions), (False, True))
+            self._trend = None
 
     def trend(self) -> Trend:
+        """A copy of the history, shared by every reader until the next sample: do not modify it."""
         with self._lock:
-            pool = self._pool.columns()
-            sessions = self._sessions.columns()
-        return Trend(*pool, *sessions)
+            if self._trend is None:
+                self._trend = Trend(*self._pool.columns(), *self._sessions.columns())
+            return self._trend

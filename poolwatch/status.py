@@ -19,6 +19,7 @@ from poolwatch.assess import RECENT, Severity, assess, health, rank
 from poolwatch.census.job import CensusJob
 from poolwatch.census.postgres import PostgresCensus
 from poolwatch.history import History
+from poolwatch.memo import IdentityCache
 from poolwatch.reaper.job import ReaperJob
 
 if TYPE_CHECKING:
@@ -359,13 +360,22 @@ def reaper_doc(job: ReaperJob, decisions: list[AuditRecord]) -> ReaperDoc:
         "idle_timeout_seconds": policy.idle_timeout,
         "idle_in_transaction_timeout_seconds": policy.idle_in_transaction_timeout,
         "max_per_run": policy.max_per_run,
-        "latest": [decision_doc(record) for record in decisions],
-        "candidates": [decision_doc(record) for record in candidates.first],
+        "latest": decision_docs(decisions),
+        "candidates": decision_docs(candidates.first),
         "candidates_total": candidates.total,
     }
 
 
-def decision_doc(record: AuditRecord) -> DecisionDoc:
+def decision_docs(records: Sequence[AuditRecord]) -> list[DecisionDoc]:
+    """Decisions as the status shows them, made once per list of records (the same records come back
+    every request; the list is shared by every document, which must not change it)."""
+    return _DECISIONS.get(tuple(records), (), lambda: [_decision_doc(record) for record in records])
+
+
+_DECISIONS: IdentityCache[list[DecisionDoc]] = IdentityCache()
+
+
+def _decision_doc(record: AuditRecord) -> DecisionDoc:
     # Never the query text: it may hold literals (a password in ALTER ROLE, say).
     return {
         "decided_at": record.decided_at,

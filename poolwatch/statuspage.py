@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import html
 import json
 import time
 from datetime import datetime
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
 
 from poolwatch.assess import duration
+from poolwatch.memo import IdentityCache
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -264,22 +264,35 @@ def _reaper(reaper: ReaperDoc, now: float) -> str:
 
 
 def _decisions(decisions: list[DecisionDoc], now: float) -> str:
-    items = "".join(
-        f"<li>pid {d['pid']} {_e(d['user'] or '?')} / {_e(d['application'] or '-')} "
-        f"({_e(d['database'] or '?')}): {_e(d['reason'].replace('_', ' '))} for "
-        f"{duration(d['idle_seconds'])}{_decided(d, now)}</li>"
-        for d in decisions[:SHOWN_DECISIONS]
-    )
+    items = "".join(f"<li>{_who(d)}{_decided(d, now)}</li>" for d in decisions[:SHOWN_DECISIONS])
     more = len(decisions) - SHOWN_DECISIONS
     return f"<ul>{items}</ul>" + (f"and {more} more (see /status)" if more > 0 else "") if items else ""
 
 
+_WHO: IdentityCache[str] = IdentityCache()
+
+
+def _who(d: DecisionDoc) -> str:
+    """Who, why, how long: the part of a decision's line that does not age (cached per decision)."""
+
+    def make() -> str:
+        who = f"{_e(d['user'] or '?')} / {_e(d['application'] or '-')} ({_e(d['database'] or '?')})"
+        return f"pid {d['pid']} {who}: {_e(d['reason'].replace('_', ' '))} for {duration(d['idle_seconds'])}"
+
+    return _WHO.get((d,), (), make)
+
+
 def _decided(decision: DecisionDoc, now: float) -> str:
+    at = _unix_time(decision["decided_at"])
+    return "" if at is None else f", {_ago(now, at)} ago"
+
+
+@functools.lru_cache(maxsize=4096)
+def _unix_time(iso: str) -> float | None:
     try:
-        at = datetime.fromisoformat(decision["decided_at"]).timestamp()
+        return datetime.fromisoformat(iso).timestamp()
     except ValueError:
-        return ""
-    return f", {_ago(now, at)} ago"
+        return None
 
 
 def _jobs(jobs: Iterable[JobDoc], now: float) -> str:
@@ -321,23 +334,31 @@ def _trends(target: TargetDoc, now: float) -> str:
 def _spark(
     label: str, at: list[float], values: list[float], start: float, end: float, step: float, limit: int | None
 ) -> str:
-    peak = max(values)
-    top = max(peak, float(limit or 0), 1.0)
-    caption = f"{label} {values[-1]:g}, peak {peak:g}" + (f" of {limit}" if limit else "")
-    width = max(1, round((end - start) / step))
-    limit_line = f'<path class="limit" d="M0 1H{width}"/>' if limit and limit >= peak else ""
-    return (
-        f'<figure><figcaption>{_e(caption)}</figcaption><svg viewBox="0 0 {width} {SPARK_HEIGHT}" '
-        f'preserveAspectRatio="none" role="img" aria-label="{_e(caption)}, last {duration(end - start)}">'
-        f"{limit_line}{_path(tuple(at), tuple(values), start, step, top)}</svg></figure>"
-    )
+    """One captioned sparkline; cached by ``_FIGURES``: the same sample lists (shared until the next
+    sample) in the same step draw the same figure."""
+
+    def make() -> str:
+        peak = max(values)
+        top = max(peak, float(limit or 0), 1.0)
+        caption = f"{label} {values[-1]:g}, peak {peak:g}" + (f" of {limit}" if limit else "")
+        width = max(1, round((end - start) / step))
+        limit_line = f'<path class="limit" d="M0 1H{width}"/>' if limit and limit >= peak else ""
+        return (
+            # The caption is numbers and a fixed label: nothing to escape.
+            f'<figure><figcaption>{caption}</figcaption><svg viewBox="0 0 {width} {SPARK_HEIGHT}" '
+            f'preserveAspectRatio="none" role="img" aria-label="{caption}, last {duration(end - start)}">'
+            f"{limit_line}{_path(at, values, start, step, top)}</svg></figure>"
+        )
+
+    return _FIGURES.get((at, values), (label, start, end, step, limit), make)
 
 
-@functools.lru_cache(maxsize=2048)
-def _path(at: tuple[float, ...], values: tuple[float, ...], start: float, step: float, top: float) -> str:
+_FIGURES: IdentityCache[str] = IdentityCache()
+
+
+def _path(at: list[float], values: list[float], start: float, step: float, top: float) -> str:
     """The line of one sparkline, one unit per step across and ``SPARK_HEIGHT`` units up, in
-    relative moves (a few bytes a point), and a dot on the newest value. Cached: the same samples in
-    the same step give the same drawing."""
+    relative moves (a few bytes a point), and a dot on the newest value."""
     scale = (SPARK_HEIGHT - 3) / top
     points = [
         (round((t - start) / step), round(SPARK_HEIGHT - 1.5 - v * scale))
@@ -384,5 +405,9 @@ def _ago(now: float, then: float) -> str:
     return duration(max(0.0, now - then))
 
 
+_ESCAPES: Final = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"})
+
+
 def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
+    """``html.escape(text, quote=True)`` in one C call."""
+    return str(text).translate(_ESCAPES)
