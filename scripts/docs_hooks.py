@@ -96,5 +96,8 @@ def _anchors(links: Iterable[AnchorLink]) -> set[str]:
 def on_post_build(config: MkDocsConfig) -> None:  # noqa: ARG001
     missing = [name for name in parts() if name not in _shown]
     twice = sorted({name for name in _shown if _shown.count(name) > 1})
-    if missing or twice:
-        raise PluginError(f"generated parts shown nowhere: {missing}; shown twice: {twice}")
+    if missing:
+        lines = ", ".join(f"'<!-- generated: {name} -->'" for name in missing)
+        raise PluginError(f"generated parts shown on no page: put {lines} on a line of its page")
+    if twice:
+        raise PluginError(f"generated parts shown on more than one page: {', '.join(twice)}")
