@@ -8,7 +8,9 @@ candidates and decisions, job statistics, and 15 minutes of trend samples. Then 
 in a rotating order: building the document, rendering the page from it (sparklines cached, as
 between two samples), rendering it with the sparkline cache emptied (right after every target got a
 sample), and serialising the JSON; and a whole ``GET /`` through the WSGI endpoint. Medians over the
-rounds, wall time and the thread's CPU time (less disturbed by other processes on a shared machine).
+rounds, wall time and the thread's CPU time (less disturbed by other processes on a shared machine),
+and the same for a fixed pure-Python reference loop, so that runs on differently loaded machines
+compare by their ratio to it. Prints the results as JSON.
 
     python -m benchmarks.status_page [--targets 100] [--rounds 300]
 """
@@ -25,7 +27,6 @@ import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.harness import RESULTS
 from poolwatch import statuspage
 from poolwatch.census import postgres as pg_census
 from poolwatch.census import redis as redis_census
@@ -180,16 +181,31 @@ def main() -> None:
             "render_uncached": render_cold,
             "json": lambda: json.dumps(doc, separators=(",", ":")),
             "get_page": get_page,
+            "reference": lambda: sum(i * i for i in range(100_000)),
         }
         names = [args.only] if args.only else list(contenders)
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
         for round_ in range(args.rounds):
             for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
                 samples[name].append(_timed(contenders[name]))
+        reference = samples.get("reference")
         results = {
             name: {
                 "wall_ms_median": round(statistics.median(w for w, _ in values) * 1000, 3),
                 "cpu_ms_median": round(statistics.median(c for _, c in values) * 1000, 3),
+                # CPU time over the reference loop's in the same round: comparable across machines.
+                **(
+                    {
+                        "cpu_ratio_to_reference": round(
+                            statistics.median(
+                                c / r for (_, c), (_, r) in zip(values, reference, strict=True)
+                            ),
+                            3,
+                        )
+                    }
+                    if reference
+                    else {}
+                ),
             }
             for name, values in samples.items()
         }
@@ -207,9 +223,6 @@ def main() -> None:
         "history_bytes_per_target": BYTES,
         "results": results,
     }
-    if not args.only:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "status_page.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 

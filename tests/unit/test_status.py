@@ -222,3 +222,17 @@ def test_the_status_command_refuses_a_password_file_it_cannot_read(tmp_path: Any
     assert err.startswith("poolwatch: error: --password-file ")
     assert err.count("\n") == 1
     assert sys.stdout is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [("http://ops:s3cret-pw@127.0.0.1:{port}", 1), ("http://ops:s3cret-pw@127.0.0.1:x", 2)],
+)
+def test_the_status_command_never_echoes_credentials_from_its_url(url: str, code: int, capsys: Any) -> None:
+    from poolwatch.cli import main
+
+    assert main(["status", "--url", url.format(port=free_port())]) == code
+    captured = capsys.readouterr()
+    assert captured.err.startswith("poolwatch: error: ")
+    assert captured.err.count("\n") == 1
+    assert "s3cret-pw" not in captured.err + captured.out
