@@ -85,7 +85,7 @@ def _fill(daemon: Daemon, now: float) -> None:
         for step in range(SLOTS):
             at = now - 900 + 10 * step
             tracker.history.add_pool(
-                at, used=(index + step) % 12, pending=step % 3 == 0, timeouts=step // 30, leaks=0
+                at, used=(index + step) % 12, pending=int(step % 3 == 0), timeouts=0, leaks=0
             )
             tracker.history.add_sessions(at, 40 + (step * 7) % 20)
         for job in runtime.jobs:

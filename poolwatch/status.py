@@ -281,7 +281,7 @@ def target_doc(sources: Sources, now: float) -> TargetDoc:
     doc: TargetDoc = {
         "name": settings.name,
         "kind": settings.kind,
-        "url": settings.display_url(),
+        "url": _URLS.get((settings,), (), settings.display_url),
         "health": "ok",
         "problems": [],
         "up": probe.up,
@@ -294,7 +294,7 @@ def target_doc(sources: Sources, now: float) -> TargetDoc:
         "pool": pool_doc(sources, trend, now),
         "census": census,
         "reaper": reaper,
-        "jobs": [job_doc(task, stats) for task, stats in sorted(sources.stats.items())],
+        "jobs": [_cached_job_doc(task, stats) for task, stats in sorted(sources.stats.items())],
         "trend": {
             "window_seconds": sources.tracker.history.window,
             "step_seconds": sources.tracker.history.step,
@@ -351,12 +351,23 @@ def _increase(at: list[float], totals: list[float], now_total: int, since: float
 
 
 def reaper_doc(job: ReaperJob, decisions: list[AuditRecord]) -> ReaperDoc:
+    """The reaper's part, made again only when its decisions, candidates or lease change (the same
+    dict is shared by every document until then, which must not change it)."""
+    reaper = job.reaper
+    candidates, held = reaper.candidates, reaper.lease.held
+    return _REAPERS.get((job, candidates, *decisions), (held,), lambda: _reaper_doc(job, decisions, held))
+
+
+_REAPERS: IdentityCache[ReaperDoc] = IdentityCache()
+
+
+def _reaper_doc(job: ReaperJob, decisions: list[AuditRecord], held: bool) -> ReaperDoc:
     reaper = job.reaper
     policy = reaper.policy
     candidates = reaper.candidates
     return {
         "mode": "dry_run" if reaper.dry_run else "enforce",
-        "lease_held": reaper.lease.held,
+        "lease_held": held,
         "idle_timeout_seconds": policy.idle_timeout,
         "idle_in_transaction_timeout_seconds": policy.idle_in_transaction_timeout,
         "max_per_run": policy.max_per_run,
@@ -388,6 +399,15 @@ def _decision_doc(record: AuditRecord) -> DecisionDoc:
         "client_addr": record.client_addr,
         "idle_seconds": round(record.idle_seconds, 3),
     }
+
+
+_JOBS: IdentityCache[JobDoc] = IdentityCache()
+_URLS: IdentityCache[str] = IdentityCache()  # per (frozen) target settings: parsing a URL is not free
+
+
+def _cached_job_doc(task: str, stats: JobStats) -> JobDoc:
+    """Made once per ``JobStats`` (the scheduler makes a new one after each run)."""
+    return _JOBS.get((stats,), (task,), lambda: job_doc(task, stats))
 
 
 def job_doc(task: str, stats: JobStats) -> JobDoc:

@@ -158,10 +158,12 @@ def _target(target: TargetDoc, now: float) -> str:
     rows = [("Probe", _probe(target, now))]
     if target["pool"] is not None:
         rows.append(("Pool", _pool(target["pool"])))
-    if target["census"] is not None:
-        rows.append(("Server", _census(target["census"])))
-    if target["reaper"] is not None:
-        rows.append(("Reaper", _reaper(target["reaper"], now)))
+    census, reaper = target["census"], target["reaper"]
+    # Both parts are shared between documents until they change, and do not age: made once each.
+    if census is not None:
+        rows.append(("Server", _PARTS.get((census,), (), lambda: _census(census))))
+    if reaper is not None:
+        rows.append(("Reaper", _PARTS.get((reaper,), (), lambda: _reaper(reaper))))
     rows.append(("Jobs", _jobs(target["jobs"], now)))
     details = "".join(f"<dt>{name}</dt><dd>{body}</dd>" for name, body in rows)
     return (
@@ -241,7 +243,10 @@ def _census(census: CensusDoc) -> str:
     return text
 
 
-def _reaper(reaper: ReaperDoc, now: float) -> str:
+_PARTS: IdentityCache[str] = IdentityCache()
+
+
+def _reaper(reaper: ReaperDoc) -> str:
     mode = "dry run" if reaper["mode"] == "dry_run" else "enforcing"
     lease = "lease held" if reaper["lease_held"] else "lease not held (another replica decides)"
     limits = [
@@ -254,37 +259,27 @@ def _reaper(reaper: ReaperDoc, now: float) -> str:
     ]
     parts = [f"{mode}, {lease} · terminates {', '.join(limits)}"]
     if reaper["mode"] == "dry_run":
-        parts.append(
-            f"would terminate now: {reaper['candidates_total']}" + _decisions(reaper["candidates"], now)
-        )
+        parts.append(f"would terminate now: {reaper['candidates_total']}" + _decisions(reaper["candidates"]))
     latest = reaper["latest"]
     verb = "recorded" if reaper["mode"] == "dry_run" else "terminated"
-    parts.append(f"last {verb}: " + (_decisions(latest, now) if latest else "none since start"))
+    parts.append(f"last {verb}: " + (_decisions(latest) if latest else "none since start"))
     return "".join(f"<div>{part}</div>" for part in parts)
 
 
-def _decisions(decisions: list[DecisionDoc], now: float) -> str:
-    items = "".join(f"<li>{_who(d)}{_decided(d, now)}</li>" for d in decisions[:SHOWN_DECISIONS])
+def _decisions(decisions: list[DecisionDoc]) -> str:
+    items = "".join(f"<li>{_who(d)}{_decided(d)}</li>" for d in decisions[:SHOWN_DECISIONS])
     more = len(decisions) - SHOWN_DECISIONS
     return f"<ul>{items}</ul>" + (f"and {more} more (see /status)" if more > 0 else "") if items else ""
 
 
-_WHO: IdentityCache[str] = IdentityCache()
-
-
 def _who(d: DecisionDoc) -> str:
-    """Who, why, how long: the part of a decision's line that does not age (cached per decision)."""
-
-    def make() -> str:
-        who = f"{_e(d['user'] or '?')} / {_e(d['application'] or '-')} ({_e(d['database'] or '?')})"
-        return f"pid {d['pid']} {who}: {_e(d['reason'].replace('_', ' '))} for {duration(d['idle_seconds'])}"
-
-    return _WHO.get((d,), (), make)
+    who = f"{_e(d['user'] or '?')} / {_e(d['application'] or '-')} ({_e(d['database'] or '?')})"
+    return f"pid {d['pid']} {who}: {_e(d['reason'].replace('_', ' '))} for {duration(d['idle_seconds'])}"
 
 
-def _decided(decision: DecisionDoc, now: float) -> str:
+def _decided(decision: DecisionDoc) -> str:
     at = _unix_time(decision["decided_at"])
-    return "" if at is None else f", {_ago(now, at)} ago"
+    return "" if at is None else f", at {_clock(at)}"
 
 
 @functools.lru_cache(maxsize=4096)
