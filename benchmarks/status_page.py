@@ -35,7 +35,7 @@ from poolwatch.config import validate
 from poolwatch.daemon import Daemon
 from poolwatch.history import BYTES, SLOTS
 from poolwatch.jobs import Outcome
-from poolwatch.memo import IdentityCache
+from poolwatch.memo import SlotCache
 from poolwatch.reaper.audit import AuditRecord, Candidates
 from poolwatch.reaper.job import ReaperJob
 from tests.servers import free_port
@@ -169,7 +169,7 @@ def main() -> None:
 
         def render_cold() -> None:
             # As right after every target got a sample: no sparkline cached (the others' cache kept).
-            warm, statuspage._FIGURES = statuspage._FIGURES, IdentityCache()
+            warm, statuspage._FIGURES = statuspage._FIGURES, SlotCache()
             try:
                 statuspage.render(doc)
             finally:

@@ -1,8 +1,10 @@
-"""A cache keyed by the identity of values that never change once made (frozen records, shared lists).
+"""One remembered value per slot (a target's part of the status), made again when its inputs change.
 
-Hashing a 91-sample list or a 16-field record on every request costs more than what it saves; an
-``id()`` costs nothing. Each entry keeps its key objects alive, so an id cannot be reused by another
-object while its entry exists; the cache is emptied when it reaches ``size`` entries.
+The inputs are compared with ``==`` on a tuple, which takes the identity shortcut first: the frozen
+records and shared sample lists the status is built from come back as the very same objects until
+they change, so a check costs a few pointer comparisons, not a hash of 91 samples or 16 fields.
+Memory is one entry per slot (a few per target); the whole cache is emptied if it ever holds
+``size`` slots (targets renamed by reloads, one after another).
 """
 
 from __future__ import annotations
@@ -16,24 +18,23 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class IdentityCache(Generic[T]):
-    """``get(objects, extra, make)``: ``make()``'s result for these very objects and ``extra``."""
+class SlotCache(Generic[T]):
+    """``get(slot, inputs, make)``: the value last made for ``slot`` if its inputs are the same."""
 
-    def __init__(self, size: int = 8192) -> None:
+    def __init__(self, size: int = 100_000) -> None:
         self._size = size
-        self._entries: dict[tuple[Hashable, ...], tuple[tuple[object, ...], T]] = {}
+        self._entries: dict[Hashable, tuple[tuple[object, ...], T]] = {}
         self._lock = threading.Lock()
 
-    def get(self, objects: tuple[object, ...], extra: tuple[Hashable, ...], make: Callable[[], T]) -> T:
-        key = (*map(id, objects), *extra)
-        entry = self._entries.get(key)
-        if entry is not None and all(a is b for a, b in zip(entry[0], objects, strict=True)):
+    def get(self, slot: Hashable, inputs: tuple[object, ...], make: Callable[[], T]) -> T:
+        entry = self._entries.get(slot)
+        if entry is not None and entry[0] == inputs:
             return entry[1]
         value = make()
         with self._lock:
             if len(self._entries) >= self._size:
                 self._entries.clear()
-            self._entries[key] = (objects, value)
+            self._entries[slot] = (inputs, value)
         return value
 
     def clear(self) -> None:

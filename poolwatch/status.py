@@ -19,7 +19,7 @@ from poolwatch.assess import RECENT, Severity, assess, health, rank
 from poolwatch.census.job import CensusJob
 from poolwatch.census.postgres import PostgresCensus
 from poolwatch.history import History
-from poolwatch.memo import IdentityCache
+from poolwatch.memo import SlotCache
 from poolwatch.reaper.job import ReaperJob
 
 if TYPE_CHECKING:
@@ -277,11 +277,11 @@ def target_doc(sources: Sources, now: float) -> TargetDoc:
         if isinstance(job, CensusJob):
             census = sources.tracker.census(job)
         elif isinstance(job, ReaperJob):
-            reaper = reaper_doc(job, sources.decisions)
+            reaper = reaper_doc(settings.name, job, sources.decisions)
     doc: TargetDoc = {
         "name": settings.name,
         "kind": settings.kind,
-        "url": _URLS.get((settings,), (), settings.display_url),
+        "url": _URLS.get(settings.name, (settings,), settings.display_url),
         "health": "ok",
         "problems": [],
         "up": probe.up,
@@ -294,7 +294,9 @@ def target_doc(sources: Sources, now: float) -> TargetDoc:
         "pool": pool_doc(sources, trend, now),
         "census": census,
         "reaper": reaper,
-        "jobs": [_cached_job_doc(task, stats) for task, stats in sorted(sources.stats.items())],
+        "jobs": [
+            _cached_job_doc(settings.name, task, stats) for task, stats in sorted(sources.stats.items())
+        ],
         "trend": {
             "window_seconds": sources.tracker.history.window,
             "step_seconds": sources.tracker.history.step,
@@ -350,15 +352,16 @@ def _increase(at: list[float], totals: list[float], now_total: int, since: float
     return int(sum(b - a if b >= a else b for a, b in itertools.pairwise(values)))
 
 
-def reaper_doc(job: ReaperJob, decisions: list[AuditRecord]) -> ReaperDoc:
+def reaper_doc(target: str, job: ReaperJob, decisions: list[AuditRecord]) -> ReaperDoc:
     """The reaper's part, made again only when its decisions, candidates or lease change (the same
     dict is shared by every document until then, which must not change it)."""
     reaper = job.reaper
     candidates, held = reaper.candidates, reaper.lease.held
-    return _REAPERS.get((job, candidates, *decisions), (held,), lambda: _reaper_doc(job, decisions, held))
+    inputs = (job, candidates, held, *decisions)
+    return _REAPERS.get(target, inputs, lambda: _reaper_doc(job, decisions, held))
 
 
-_REAPERS: IdentityCache[ReaperDoc] = IdentityCache()
+_REAPERS: SlotCache[ReaperDoc] = SlotCache()
 
 
 def _reaper_doc(job: ReaperJob, decisions: list[AuditRecord], held: bool) -> ReaperDoc:
@@ -371,22 +374,13 @@ def _reaper_doc(job: ReaperJob, decisions: list[AuditRecord], held: bool) -> Rea
         "idle_timeout_seconds": policy.idle_timeout,
         "idle_in_transaction_timeout_seconds": policy.idle_in_transaction_timeout,
         "max_per_run": policy.max_per_run,
-        "latest": decision_docs(decisions),
-        "candidates": decision_docs(candidates.first),
+        "latest": [decision_doc(record) for record in decisions],
+        "candidates": [decision_doc(record) for record in candidates.first],
         "candidates_total": candidates.total,
     }
 
 
-def decision_docs(records: Sequence[AuditRecord]) -> list[DecisionDoc]:
-    """Decisions as the status shows them, made once per list of records (the same records come back
-    every request; the list is shared by every document, which must not change it)."""
-    return _DECISIONS.get(tuple(records), (), lambda: [_decision_doc(record) for record in records])
-
-
-_DECISIONS: IdentityCache[list[DecisionDoc]] = IdentityCache()
-
-
-def _decision_doc(record: AuditRecord) -> DecisionDoc:
+def decision_doc(record: AuditRecord) -> DecisionDoc:
     # Never the query text: it may hold literals (a password in ALTER ROLE, say).
     return {
         "decided_at": record.decided_at,
@@ -401,13 +395,13 @@ def _decision_doc(record: AuditRecord) -> DecisionDoc:
     }
 
 
-_JOBS: IdentityCache[JobDoc] = IdentityCache()
-_URLS: IdentityCache[str] = IdentityCache()  # per (frozen) target settings: parsing a URL is not free
+_JOBS: SlotCache[JobDoc] = SlotCache()
+_URLS: SlotCache[str] = SlotCache()  # per target's (frozen) settings: parsing a URL is not free
 
 
-def _cached_job_doc(task: str, stats: JobStats) -> JobDoc:
+def _cached_job_doc(target: str, task: str, stats: JobStats) -> JobDoc:
     """Made once per ``JobStats`` (the scheduler makes a new one after each run)."""
-    return _JOBS.get((stats,), (task,), lambda: job_doc(task, stats))
+    return _JOBS.get((target, task), (stats,), lambda: job_doc(task, stats))
 
 
 def job_doc(task: str, stats: JobStats) -> JobDoc:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
 
 from poolwatch.assess import duration
-from poolwatch.memo import IdentityCache
+from poolwatch.memo import SlotCache
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -158,12 +158,12 @@ def _target(target: TargetDoc, now: float) -> str:
     rows = [("Probe", _probe(target, now))]
     if target["pool"] is not None:
         rows.append(("Pool", _pool(target["pool"])))
-    census, reaper = target["census"], target["reaper"]
+    name, census, reaper = target["name"], target["census"], target["reaper"]
     # Both parts are shared between documents until they change, and do not age: made once each.
     if census is not None:
-        rows.append(("Server", _PARTS.get((census,), (), lambda: _census(census))))
+        rows.append(("Server", _PARTS.get((name, "census"), (census,), lambda: _census(census))))
     if reaper is not None:
-        rows.append(("Reaper", _PARTS.get((reaper,), (), lambda: _reaper(reaper))))
+        rows.append(("Reaper", _PARTS.get((name, "reaper"), (reaper,), lambda: _reaper(reaper))))
     rows.append(("Jobs", _jobs(target["jobs"], now)))
     details = "".join(f"<dt>{name}</dt><dd>{body}</dd>" for name, body in rows)
     return (
@@ -243,7 +243,7 @@ def _census(census: CensusDoc) -> str:
     return text
 
 
-_PARTS: IdentityCache[str] = IdentityCache()
+_PARTS: SlotCache[str] = SlotCache()
 
 
 def _reaper(reaper: ReaperDoc) -> str:
@@ -313,24 +313,30 @@ def _trends(target: TargetDoc, now: float) -> str:
     if not firsts:
         return ""
     start = max(end - trend["window_seconds"], min(firsts) - step)
-    pool = target["pool"]
+    name, pool = target["name"], target["pool"]
     figures = []
     if trend["at"]:
         limit = None if pool is None else pool["max"]
-        figures.append(_spark("in use", trend["at"], trend["used"], start, end, step, limit))
-        figures.append(_spark("waiting", trend["at"], trend["pending"], start, end, step, None))
+        figures.append(_spark(name, "in use", trend["at"], trend["used"], (start, end, step), limit))
+        figures.append(_spark(name, "waiting", trend["at"], trend["pending"], (start, end, step), None))
     if trend["sessions_at"]:
         figures.append(
-            _spark("server sessions", trend["sessions_at"], trend["sessions"], start, end, step, None)
+            _spark(name, "server sessions", trend["sessions_at"], trend["sessions"], (start, end, step), None)
         )
     return f'<div class="trends"><p>last {duration(end - start)}</p>{"".join(figures)}</div>'
 
 
 def _spark(
-    label: str, at: list[float], values: list[float], start: float, end: float, step: float, limit: int | None
+    target: str,
+    label: str,
+    at: list[float],
+    values: list[float],
+    span: tuple[float, float, float],
+    limit: int | None,
 ) -> str:
-    """One captioned sparkline; cached by ``_FIGURES``: the same sample lists (shared until the next
-    sample) in the same step draw the same figure."""
+    """One captioned sparkline over ``span`` (start, end, step); cached by ``_FIGURES``: the same
+    sample lists (shared until the next sample) in the same step draw the same figure."""
+    start, end, step = span
 
     def make() -> str:
         peak = max(values)
@@ -345,10 +351,10 @@ def _spark(
             f"{limit_line}{_path(at, values, start, step, top)}</svg></figure>"
         )
 
-    return _FIGURES.get((at, values), (label, start, end, step, limit), make)
+    return _FIGURES.get((target, label), (at, values, span, limit), make)
 
 
-_FIGURES: IdentityCache[str] = IdentityCache()
+_FIGURES: SlotCache[str] = SlotCache()
 
 
 def _path(at: list[float], values: list[float], start: float, step: float, top: float) -> str:
