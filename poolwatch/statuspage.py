@@ -165,7 +165,7 @@ def _target(target: TargetDoc, now: float) -> str:
     if reaper is not None:
         rows.append(("Reaper", _PARTS.get((name, "reaper"), (reaper,), lambda: _reaper(reaper))))
     rows.append(("Jobs", _jobs(target["jobs"], now)))
-    details = "".join(f"<dt>{name}</dt><dd>{body}</dd>" for name, body in rows)
+    details = "".join(f"<dt>{title}</dt><dd>{body}</dd>" for title, body in rows)
     return (
         f'<article data-target="{_e(target["name"])}" data-health="{health}">'
         f'<header><h2><span class="badge {health}">{health}</span> {_e(target["name"])}</h2>'
