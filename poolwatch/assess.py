@@ -158,7 +158,7 @@ def duration(seconds: float) -> str:
     if seconds < 60:  # noqa: PLR2004 - the common case first
         if seconds <= 0:
             return "0s"
-        return f"{seconds:.2g}s" if seconds < 10 and seconds != int(seconds) else f"{int(seconds)}s"  # noqa: PLR2004
+        return f"{seconds:.1f}s" if seconds < 10 and seconds != int(seconds) else f"{int(seconds)}s"  # noqa: PLR2004
     whole = int(seconds)
     days, rest = divmod(whole, 86400)
     hours, rest = divmod(rest, 3600)
