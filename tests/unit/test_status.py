@@ -137,7 +137,8 @@ def test_targets_sort_worst_first_then_by_kind_then_by_name() -> None:
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [
-        (0.25, "0.25s"),
+        (0.00095, "0.0s"),
+        (0.26, "0.3s"),
         (4.2, "4.2s"),
         (42, "42s"),
         (62, "1m 02s"),
