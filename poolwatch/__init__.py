@@ -4,28 +4,20 @@ As a library: ``instrument(engine, name=...)`` / ``instrument_redis(client, name
 metrics; ``Database`` / ``session_scope()`` / ``get_session()`` give the safe session lifecycle;
 as a daemon: ``poolwatch run --config poolwatch.yaml``.
 
-Importing poolwatch loads SQLAlchemy's pool and prometheus_client only: the session helpers (and the
-settings they read), ``instrument_redis`` (and redis-py) load on first use (PEP 562), so a worker
-process that only instruments its engine pays for nothing the daemon needs.
+Every public name loads on first use (PEP 562): ``instrument`` loads SQLAlchemy's pool and
+prometheus_client, ``instrument_redis`` redis-py, the session helpers the settings they read, so a
+worker process that only instruments its engine pays for nothing the daemon needs, and
+``poolwatch --version`` for nothing at all.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any, Final
 
 from poolwatch._version import __version__
-from poolwatch.errors import (
-    AuthenticationFailedError,
-    ConfigError,
-    DatabaseUnavailableError,
-    PoolExhaustedError,
-    PoolwatchError,
-    QueryFailedError,
-    SessionError,
-    TransactionFailedError,
-)
-from poolwatch.instrument import instrument
 
 if TYPE_CHECKING:
     from poolwatch.database import (
@@ -38,18 +30,44 @@ if TYPE_CHECKING:
         get_session,
         session_scope,
     )
+    from poolwatch.errors import (
+        AuthenticationFailedError,
+        ConfigError,
+        DatabaseUnavailableError,
+        PoolExhaustedError,
+        PoolwatchError,
+        QueryFailedError,
+        SessionError,
+        TransactionFailedError,
+    )
     from poolwatch.instrument.redis import instrument_redis
+    from poolwatch.instrument.sqlalchemy import instrument
 
+_ERRORS: Final = (
+    "AuthenticationFailedError",
+    "ConfigError",
+    "DatabaseUnavailableError",
+    "PoolExhaustedError",
+    "PoolwatchError",
+    "QueryFailedError",
+    "SessionError",
+    "TransactionFailedError",
+)
+_SESSIONS: Final = (
+    "Database",
+    "RedisDatabase",
+    "dispose_defaults",
+    "get_database",
+    "get_redis",
+    "get_redis_database",
+    "get_session",
+    "session_scope",
+)
 # Public name -> the module that defines it, imported when the name is first used.
 _LAZY: Final = {
-    "Database": "poolwatch.database",
-    "RedisDatabase": "poolwatch.database",
-    "dispose_defaults": "poolwatch.database",
-    "get_database": "poolwatch.database",
-    "get_redis": "poolwatch.database",
-    "get_redis_database": "poolwatch.database",
-    "get_session": "poolwatch.database",
-    "session_scope": "poolwatch.database",
+    **dict.fromkeys(_ERRORS, "poolwatch.errors"),
+    **dict.fromkeys(_SESSIONS, "poolwatch.database"),
+    "instrument": "poolwatch.instrument.sqlalchemy",
     "instrument_redis": "poolwatch.instrument.redis",
 }
 # What to install when a lazily loaded name needs a package the plain install does not bring.
@@ -66,9 +84,9 @@ def __getattr__(name: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        hint = INSTALL_HINT.get(module_name, "pip install poolwatch")
         raise ModuleNotFoundError(
-            f"poolwatch.{name} needs {exc.name}, which is not installed: {INSTALL_HINT[module_name]}",
-            name=exc.name,
+            f"poolwatch.{name} needs {exc.name}, which is not installed: {hint}", name=exc.name
         ) from exc
     value = getattr(module, name)
     globals()[name] = value  # later lookups skip __getattr__
@@ -78,6 +96,18 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
 
+
+class _Package(types.ModuleType):
+    """``poolwatch.instrument`` is the function, also once its subpackage of the same name is imported
+    (the import system sets each loaded subpackage as an attribute of its parent)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "instrument" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "AuthenticationFailedError",

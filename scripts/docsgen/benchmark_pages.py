@@ -282,9 +282,30 @@ def _checkout_time(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _footprint(data: dict[str, Any]) -> list[str]:
+    base, extra = data["baseline"], data["poolwatch_over_baseline"]
+    return [
+        f"**Conditions:** {_conditions(data['header'])}.",
+        "",
+        f"**Command:** `{data['command']}`",
+        "",
+        *_head("measure", "baseline", "poolwatch adds (median)", "interquartile range"),
+        f"| resident memory | {base['rss_mb']:g} MB | {extra['rss_mb']:g} MB "
+        f"| {extra['rss_mb_iqr'][0]:g} to {extra['rss_mb_iqr'][1]:g} MB |",
+        f"| import and instrument, CPU time | {_ms(base['import_cpu_ms'])} | {_ms(extra['import_cpu_ms'])} "
+        f"| {_ms(extra['import_cpu_ms_iqr'][0])} to {_ms(extra['import_cpu_ms_iqr'][1])} |",
+        f"| import and instrument, wall time | {_ms(base['import_ms'])} | {_ms(extra['import_ms'])} "
+        f"| {_ms(extra['import_ms_iqr'][0])} to {_ms(extra['import_ms_iqr'][1])} |",
+        "",
+        f"Baseline: {base['what']}. poolwatch: {extra['what']}. `poolwatch --version`, a whole process: "
+        f"{_ms(data['cli_version_ms'])} wall, {_ms(data['cli_version_cpu_ms'])} CPU.",
+    ]
+
+
 RENDERERS: Final[dict[str, Callable[[dict[str, Any]], list[str]]]] = {
     "checkout_instructions": _checkout_instructions,
     "checkout_time": _checkout_time,
+    "footprint": _footprint,
     "reaper": _reaper,
     "scale": _scale,
     "scrape": _scrape,

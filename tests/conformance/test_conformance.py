@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -107,10 +108,17 @@ def run_suite(
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_DIR), env.get("PYTHONPATH")]))
         plugin = ["-p", "poolwatch_everywhere"]
     # -s (no user site): SQLAlchemy's conftest then tests the installed package, not the sdist's lib/.
-    command = [sys.executable, *(["-s"] if no_user_site else []), "-m", "pytest", *files]
-    command += ["-p", "no:cacheprovider", *plugin, f"--junitxml={junit}", "-q", "-o", "addopts=", *args]
+    command = [sys.executable, *(["-s"] if no_user_site else []), "-m", "pytest"]
+    command += [str(where / file) for file in files]
+    command += [f"--rootdir={where}", "-c", str(where / "pyproject.toml"), "-p", "no:cacheprovider", *plugin]
+    command += [f"--junitxml={junit}", "-q", "-o", "addopts=", *args]
+    # Each run in a directory of its own: the suites write files in the working directory (SQLite's
+    # attached schema databases), and the plain and the instrumented run go side by side.
+    workdir = results.with_suffix(".cwd")
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir()
     done = subprocess.run(
-        command, cwd=where, env=env, capture_output=True, text=True, timeout=1500, check=False
+        command, cwd=workdir, env=env, capture_output=True, text=True, timeout=1500, check=False
     )
     assert junit.exists(), done.stdout[-3000:] + done.stderr[-3000:]
     outcomes = {}
