@@ -124,6 +124,9 @@ def test_exhausted_pool_shows_pending_callers_and_counts_each_timeout(make_engin
     holder.close()
     assert len(errors) == 2
     assert sample(registry, "pool_timeouts_total", "busy") == 2
+    # The two timed-out checkouts waited a second each: the wait histogram (and its alert) sees them.
+    assert sample(registry, "pool_wait_seconds_count", "busy") == 3
+    assert sample(registry, "pool_wait_seconds_bucket", "busy", le="0.5") == 1
     assert sample(registry, "pool_pending_requests", "busy") == 0
     assert sample(registry, "pool_checkouts_total", "busy") == 1
     for reason in ("auth", "refused", "other"):

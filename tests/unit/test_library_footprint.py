@@ -33,6 +33,19 @@ def test_import_and_instrument_load_no_daemon_module_and_no_redis() -> None:
     assert "poolwatch" in loaded
 
 
+def test_instrument_stays_the_function_when_its_subpackage_is_imported() -> None:
+    loaded = loaded_after(
+        """
+        import poolwatch.instrument.sqlalchemy
+        import poolwatch
+        assert callable(poolwatch.instrument), poolwatch.instrument
+        from poolwatch import instrument
+        assert instrument is poolwatch.instrument
+        """
+    )
+    assert "sqlalchemy" in loaded
+
+
 def test_instrument_redis_loads_redis_and_still_no_daemon_module() -> None:
     loaded = loaded_after(
         """
