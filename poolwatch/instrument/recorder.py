@@ -185,6 +185,19 @@ def capture_origin(depth: int) -> Origin:
     return (f0.f_code, f0.f_lasti, f1.f_code, f1.f_lasti, f2.f_code, f2.f_lasti)
 
 
+def capture_origin_outside(package_dir: str) -> Origin:
+    """Like ``capture_origin``, from the first frame of the caller whose code is not under
+    ``package_dir`` (a library's own frames between the hook and the application vary by call path)."""
+    frame = getframe(2)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package_dir):
+        frame = frame.f_back
+    spots: list[object] = []
+    while frame is not None and len(spots) < 2 * ORIGIN_FRAMES:
+        spots += (frame.f_code, frame.f_lasti)
+        frame = frame.f_back  # type: ignore[assignment]
+    return tuple(spots)
+
+
 def format_origin(origin: Origin | None) -> str:
     """The frames of an ``Origin``, innermost last, as ``traceback`` prints them."""
     if not origin:

@@ -17,11 +17,13 @@ successful handshake. Every private name of redis-py poolwatch reads is read in 
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import redis
@@ -29,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
 from poolwatch.instrument.collector import PoolState, collector_for
-from poolwatch.instrument.recorder import MAX_JITTER, Ledger, Recorder, capture_origin
+from poolwatch.instrument.recorder import MAX_JITTER, Ledger, Recorder, capture_origin_outside
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 # redis-py says "pool exhausted" with these (BlockingConnectionPool's wait timed out / the
 # ConnectionPool's max_connections reached).
 _EXHAUSTED_MESSAGES = ("no connection available", "too many connections")
+# redis-py's own frames (client, pipeline, PubSub) between a checkout and the application are skipped.
+_REDIS_DIR: Final = str(Path(redis.__file__).parent) + os.sep
 # The attribute of the pool's get_connection hook that marks the pool as instrumented: the pool's own
 # __dict__ gets no key but the names of the methods it shadows.
 ATTACHED: Final = "_poolwatch"
@@ -317,7 +321,7 @@ def _checkout_hooks(
         wait(now - start)
         try:
             if tracking:
-                origins[connection] = capture_origin(1)
+                origins[connection] = capture_origin_outside(_REDIS_DIR)
             checked_out[connection] = now
         except Exception as exc:
             internal(exc)

@@ -186,3 +186,23 @@ def test_a_failed_connect_and_a_failed_reconnect_are_no_internal_errors(redis_fa
     assert sample(registry, "instrumentation_errors_total", "down") == 0
     assert sample(registry, "pool_pending_requests", "down") == 0
     pool.disconnect()
+
+
+def test_a_leak_warning_shows_the_application_line_that_checked_out(redis_server, caplog) -> None:
+    from tests.poolmetrics import FakeClock
+
+    clock = FakeClock()
+    registry = CollectorRegistry()
+    client = redis.Redis(host=redis_server.host, port=redis_server.port, password=redis_server.password)
+    poolwatch.instrument_redis(client, name="where", registry=registry, leak_threshold=1, clock=clock)
+    caplog.set_level("WARNING", logger="poolwatch.instrument")
+    pubsub = client.pubsub()
+    pubsub.subscribe("news")  # this line must head the leak warning's stack
+    clock.advance(2)
+    assert sample(registry, "pool_leaked_connections", "where") == 1
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    last = warning.rstrip().splitlines()[-2:]
+    assert "in test_a_leak_warning_shows_the_application_line_that_checked_out" in last[0]
+    assert 'pubsub.subscribe("news")  # this line must head' in last[1]
+    pubsub.close()
+    client.close()
