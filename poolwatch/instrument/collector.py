@@ -53,7 +53,9 @@ class PoolCollector(Collector):
 
     def __init__(self) -> None:
         self._pools: dict[str, PoolSource] = {}
-        self._lock = threading.Lock()
+        # Reentrant: a garbage-collector finalizer that removes a dropped pool (weakref.finalize(pool,
+        # handle.remove)) can run on a scraping thread while it holds this lock.
+        self._lock = threading.RLock()
 
     def add(self, name: str, source: PoolSource) -> None:
         with self._lock:
@@ -95,7 +97,7 @@ class PoolCollector(Collector):
 
     def _read(self) -> list[tuple[str, PoolState | None, Snapshot]]:
         with self._lock:
-            pools = list(self._pools.items())
+            pools = list(self._pools.copy().items())  # a finalizer may remove one meanwhile
         read = []
         for name, source in pools:
             try:

@@ -250,7 +250,10 @@ class Recorder:
     min_idle: int = 0
     _logged_internal: bool = False
     _ledger: Callable[[], Ledger | None] = lambda: None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Reentrant: the garbage collector can run a finalizer on a thread that holds this lock (a scrape
+    # allocates while folding), and SQLAlchemy returns a dropped connection from one: the checkin and
+    # close it records take this lock again.
+    _lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
     def ledger(self) -> Ledger:

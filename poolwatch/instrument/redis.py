@@ -126,7 +126,7 @@ class RedisInstrumentation:
         self._starts: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         # connection -> (recorder-clock time it last connected, its share of the max-lifetime jitter)
         self._opened: weakref.WeakKeyDictionary[Any, tuple[float, float]] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()  # WeakKeyDictionary writes from several threads
+        self._lock = threading.RLock()  # WeakKeyDictionary writes from several threads (and finalizers)
         self._registry_remove: Callable[[], None] | None = None
 
     @property

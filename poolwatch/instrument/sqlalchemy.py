@@ -128,7 +128,7 @@ class SQLAlchemyInstrumentation:
         self.recorder = recorder
         self._target = weakref.ref(target)
         self._facts: weakref.WeakKeyDictionary[ConnectionPoolEntry, _Facts] = weakref.WeakKeyDictionary()
-        self._facts_lock = threading.Lock()
+        self._facts_lock = threading.RLock()  # reentrant: a dropped connection's finalizer closes it
         self._registry_remove: Callable[[], None] | None = None
 
     @property

@@ -111,7 +111,8 @@ def run_suite(
     command = [sys.executable, *(["-s"] if no_user_site else []), "-m", "pytest"]
     command += [str(where / file) for file in files]
     command += [f"--rootdir={where}", "-c", str(where / "pyproject.toml"), "-p", "no:cacheprovider", *plugin]
-    command += [f"--junitxml={junit}", "-q", "-o", "addopts=", *args]
+    # A hung test fails (with every thread's stack) instead of holding the gate until its timeout.
+    command += [f"--junitxml={junit}", "-q", "-o", "addopts=", "-o", "timeout=120", *args]
     # Each run in a directory of its own: the suites write files in the working directory (SQLite's
     # attached schema databases), and the plain and the instrumented run go side by side.
     workdir = results.with_suffix(".cwd")
