@@ -284,21 +284,24 @@ def _checkout_time(data: dict[str, Any]) -> list[str]:
 
 def _footprint(data: dict[str, Any]) -> list[str]:
     base, extra = data["baseline"], data["poolwatch_over_baseline"]
+
+    def row(measure: str, key: str, unit: Callable[[float], str]) -> str:
+        low, high = extra[f"{key}_iqr"]
+        return f"| {measure} | {unit(base[key])} | {unit(extra[key])} | {unit(low)} to {unit(high)} |"
+
+    version = f"{_ms(data['cli_version_ms'])} wall, {_ms(data['cli_version_cpu_ms'])} CPU"
+    what = f"Baseline: {base['what']}. poolwatch: {extra['what']}."
     return [
         f"**Conditions:** {_conditions(data['header'])}.",
         "",
         f"**Command:** `{data['command']}`",
         "",
         *_head("measure", "baseline", "poolwatch adds (median)", "interquartile range"),
-        f"| resident memory | {base['rss_mb']:g} MB | {extra['rss_mb']:g} MB "
-        f"| {extra['rss_mb_iqr'][0]:g} to {extra['rss_mb_iqr'][1]:g} MB |",
-        f"| import and instrument, CPU time | {_ms(base['import_cpu_ms'])} | {_ms(extra['import_cpu_ms'])} "
-        f"| {_ms(extra['import_cpu_ms_iqr'][0])} to {_ms(extra['import_cpu_ms_iqr'][1])} |",
-        f"| import and instrument, wall time | {_ms(base['import_ms'])} | {_ms(extra['import_ms'])} "
-        f"| {_ms(extra['import_ms_iqr'][0])} to {_ms(extra['import_ms_iqr'][1])} |",
+        row("resident memory", "rss_mb", lambda mb: f"{mb:g} MB"),
+        row("import and instrument, CPU time", "import_cpu_ms", _ms),
+        row("import and instrument, wall time", "import_ms", _ms),
         "",
-        f"Baseline: {base['what']}. poolwatch: {extra['what']}. `poolwatch --version`, a whole process: "
-        f"{_ms(data['cli_version_ms'])} wall, {_ms(data['cli_version_cpu_ms'])} CPU.",
+        f"{what} `poolwatch --version`, a whole process: {version}.",
     ]
 
 

@@ -48,7 +48,7 @@ def test_removing_a_pool_while_its_collector_is_locked_on_the_same_thread() -> N
             collector.remove("p", source)  # weakref.finalize(pool, handle.remove)
 
     assert finishes(finalizer_during_a_scrape)
-    assert list(collector.rows())[0].rows == []
+    assert next(iter(collector.rows())).rows == []
 
 
 def test_a_checkin_while_the_recorder_is_locked_on_the_same_thread() -> None:
