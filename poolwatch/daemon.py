@@ -25,7 +25,7 @@ from poolwatch.census.job import CensusJob
 from poolwatch.config import AuditSettings, validate
 from poolwatch.database import Database, RedisDatabase
 from poolwatch.errors import PoolwatchError
-from poolwatch.housekeeping import Housekeeper, HousekeepingJob, Policy
+from poolwatch.housekeeping import Housekeeper, HousekeepingJob, HousekeepingPolicy
 from poolwatch.instrument import instrument, instrument_redis
 from poolwatch.metrics import Metrics
 from poolwatch.probe import Probe, redis_check, sql_check
@@ -130,7 +130,7 @@ def build_target(
     )
     jobs: list[Job] = [probe]
     if instrumentation is not None:
-        housekeeper = Housekeeper(instrumentation, Policy.from_settings(pool))
+        housekeeper = Housekeeper(instrumentation, HousekeepingPolicy.from_settings(pool))
         interval = pool.housekeeping_interval
         jobs.append(
             HousekeepingJob(

@@ -13,7 +13,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from poolwatch.errors import first_line, translate
-from poolwatch.jobs import BACKING_OFF, NO_BACKOFF, Deferred
+from poolwatch.jobs import NO_BACKOFF, TargetJob
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 Sample = tuple[str, tuple[str, ...], float]
 
 
-class CensusJob:
+class CensusJob(TargetJob):
     """A scheduled census of one target. ``take`` does the I/O and returns the samples to publish;
     ``backoff`` (the target's probe) defers runs while logins to the target are held back."""
 
@@ -42,23 +42,18 @@ class CensusJob:
         timeout: float,
         backoff: Backoff = NO_BACKOFF,
     ) -> None:
-        self.target = target
-        self.interval = interval
-        self.timeout = timeout
+        super().__init__(target, interval=interval, timeout=timeout, backoff=backoff)
         self._take = take
         self._metrics = metrics
-        self._backoff = backoff
         self._lock = threading.Lock()
         self._samples: list[Sample] | None = None
         self._failing = False
 
     def run(self) -> None:
-        if self._backoff.backing_off:
-            # record() is not called for a deferred run, so the series are withdrawn here: a count
-            # from a server we cannot log in to would be a guess. (record() of the previous run has
-            # returned: the scheduler never overlaps two calls for one job.)
-            self._metrics.publish(self.target, ())
-            raise Deferred(f"census of {self.target}: {BACKING_OFF}")
+        # record() is not called for a deferred run, so the series are withdrawn here: a count from a
+        # server we cannot log in to would be a guess. (record() of the previous run has returned:
+        # the scheduler never overlaps two calls for one job.)
+        self.defer_while_backing_off(before=lambda: self._metrics.publish(self.target, ()))
         samples = self._take()
         with self._lock:
             self._samples = samples
