@@ -17,12 +17,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.pool import QueuePool
+
 from poolwatch import http
 from poolwatch._version import __version__
 from poolwatch.census import postgres as pg_census
 from poolwatch.census import redis as redis_census
 from poolwatch.census.job import CensusJob
-from poolwatch.config import AuditSettings, validate
+from poolwatch.config import EMBEDDED_SOURCE, AuditSettings, validate
 from poolwatch.database import Database, RedisDatabase
 from poolwatch.errors import PoolwatchError
 from poolwatch.housekeeping import Housekeeper, HousekeepingJob, HousekeepingPolicy
@@ -111,15 +113,19 @@ def build_target(
     else:
         database = Database.from_target(target)
         check = sql_check(database.engine)
-        try:
+        if isinstance(database.engine.pool, QueuePool):
             instrumentation = instrument(
                 database.engine,
                 name=target.name,
                 registry=metrics.registry,
                 leak_threshold=pool.leak_threshold,
             )
-        except TypeError as exc:  # an in-memory SQLite engine has no QueuePool
-            log.warning("target %s: no pool metrics: %s", target.name, exc)
+        else:
+            # Validation refuses in-memory SQLite, whose engine gets a SingletonThreadPool or a
+            # StaticPool; should another pool class appear, the target is still probed.
+            log.warning(
+                "target %s: no pool metrics for a %s", target.name, type(database.engine.pool).__name__
+            )
     probe = Probe(
         target.name,
         check,
@@ -257,7 +263,7 @@ class Daemon:
 
     def _banner(self) -> str:
         where = f"{self.base_url}/metrics"
-        if self.settings.source == "embedded SQLite default":
+        if self.settings.source == EMBEDDED_SOURCE:
             (target,) = self.settings.targets
             return (
                 f"poolwatch {__version__}: no configuration given, monitoring the embedded SQLite "
