@@ -1,0 +1,78 @@
+"""The library's module-level helpers with and without configuration: no DATABASE_URL is an error
+naming the variables looked for, never a local SQLite file; SQLite is used when asked for. No
+servers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+from sqlalchemy import text
+
+import poolwatch
+from poolwatch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+VARIABLES = (
+    "POOLWATCH_CONFIG",
+    "POOLWATCH_STATE_DIR",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_HOST",
+    "POSTGRES_PORT",
+    "POSTGRES_DB",
+    "DB_HOST",
+    "DB_PORT",
+    "DB_USER",
+    "DB_PASSWORD",
+    "DB_NAME",
+)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty environment (for poolwatch's variables) and an empty home directory."""
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    poolwatch.dispose_defaults()
+    yield tmp_path
+    poolwatch.dispose_defaults()
+
+
+def test_without_a_database_url_the_helpers_raise_naming_the_variables(home: Path) -> None:
+    with pytest.raises(ConfigError) as caught, poolwatch.session_scope():
+        pass
+    message = str(caught.value)
+    assert message.startswith("no database configured: set DATABASE_URL")
+    assert "POSTGRES_HOST" in message
+    assert "POOLWATCH_CONFIG" in message
+    with pytest.raises(ConfigError, match="no database configured"):
+        next(poolwatch.get_session())
+    with pytest.raises(ConfigError, match=r"^no Redis configured: set REDIS_URL"):
+        next(poolwatch.get_redis())
+    assert list(home.rglob("*")) == [], "nothing was written on the way"
+
+
+def test_the_seed_variables_are_named_as_not_read(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_HOST", "db")
+    monkeypatch.setenv("DB_NAME", "orders")
+    with pytest.raises(ConfigError, match=r"^DB_HOST, DB_NAME: not read by poolwatch; set DATABASE_URL"):
+        poolwatch.get_database()
+    assert list(home.rglob("*")) == []
+
+
+def test_sqlite_is_used_when_asked_for(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{home}/app.db")
+    with poolwatch.session_scope() as session:
+        assert session.execute(text("SELECT 1")).scalar_one() == 1
+    assert (home / "app.db").exists()
+    explicit = poolwatch.Database.from_url(f"sqlite:///{home}/other.db")
+    with explicit.session_scope() as session:
+        assert session.execute(text("SELECT 2")).scalar_one() == 2
+    explicit.dispose()
