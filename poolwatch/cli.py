@@ -2,25 +2,21 @@
 
 Every error a user can cause ends as one line on stderr and exit status 2 (configuration) or 1
 (a target down, the daemon unreachable); never a traceback.
+
+Each subcommand imports what it needs when it runs: ``--version`` and ``--help`` load argparse and
+nothing else, ``config`` no scheduler, HTTP server or database driver.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
+import contextlib
 import logging
+import os
 import sys
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from poolwatch._version import __version__
-from poolwatch.config import DEFAULT_LISTEN, load_settings
-from poolwatch.errors import ConfigError, PoolwatchError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -28,6 +24,7 @@ if TYPE_CHECKING:
     from poolwatch.config import LogSettings, Settings, TargetSettings
 
 EXIT_OK, EXIT_DOWN, EXIT_USAGE = 0, 1, 2
+DEFAULT_LISTEN = "127.0.0.1:18187"  # config.DEFAULT_LISTEN, repeated so that --help loads no pydantic
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +66,8 @@ def _positive_int(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from poolwatch.errors import ConfigError, PoolwatchError  # noqa: PLC0415 - see the module docstring
+
     try:
         if args.command == "run":
             return _run(args)
@@ -90,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from poolwatch.daemon import Daemon  # noqa: PLC0415 - keep `poolwatch config` light
+    from poolwatch.config import load_settings  # noqa: PLC0415
+    from poolwatch.daemon import Daemon  # noqa: PLC0415
     from poolwatch.logs import set_level_and_format, setup_logging  # noqa: PLC0415
 
     settings = load_settings(args.config, listen=args.listen)
@@ -108,6 +108,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
+    import yaml  # noqa: PLC0415
+
+    from poolwatch.config import load_settings  # noqa: PLC0415
+
     settings = load_settings(args.config, listen=args.listen)
     print(f"# poolwatch {__version__}; targets from {settings.source}")
     print(yaml.safe_dump(settings.public_dict(), sort_keys=False), end="")
@@ -115,6 +119,10 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    from poolwatch.config import load_settings  # noqa: PLC0415
     from poolwatch.logs import setup_logging  # noqa: PLC0415
 
     settings = load_settings(args.config)
@@ -131,6 +139,7 @@ def _check(args: argparse.Namespace) -> int:
 def check_target(target: TargetSettings) -> dict[str, Any]:
     """Probe one target once, within its probe timeout, and dispose what was opened."""
     from poolwatch.daemon import build_target  # noqa: PLC0415
+    from poolwatch.errors import PoolwatchError  # noqa: PLC0415
     from poolwatch.jobs import BoundedCall, run_job  # noqa: PLC0415
     from poolwatch.metrics import Metrics  # noqa: PLC0415
 
@@ -178,6 +187,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    from poolwatch.errors import ConfigError  # noqa: PLC0415
+
     url = args.url.rstrip("/") + "/status"
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"--url: expected http:// or https://, got {args.url!r}")
@@ -203,6 +218,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from poolwatch.config import load_settings  # noqa: PLC0415
+    from poolwatch.errors import ConfigError  # noqa: PLC0415
     from poolwatch.logs import setup_logging  # noqa: PLC0415
     from poolwatch.reaper.audit import AuditLog  # noqa: PLC0415
 
@@ -243,6 +262,8 @@ AUDIT_COLUMNS = (
 
 
 def format_audit(rows: list[dict[str, Any]]) -> str:
+    import datetime as dt  # noqa: PLC0415
+
     def cell(key: str, value: Any) -> str:
         if value is None:
             return "-"
@@ -262,4 +283,12 @@ def format_audit(rows: list[dict[str, Any]]) -> str:
 
 def entry() -> None:
     logging.raiseExceptions = False
-    sys.exit(main())
+    code = main()
+    # Everything the command opened is closed by now. The interpreter's own teardown would then
+    # collect every object SQLAlchemy, pydantic and APScheduler made, one by one, for nothing: 0.3 s
+    # on an idle machine, 1-2 s on a loaded one, between "poolwatch stopped" and the exit.
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: `poolwatch config | head -1`
+            stream.flush()
+    os._exit(code)
