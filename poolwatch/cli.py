@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
+import json
 import logging
 import os
 import sys
@@ -66,7 +68,7 @@ def _positive_int(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from poolwatch.errors import ConfigError, PoolwatchError  # noqa: PLC0415 - see the module docstring
+    from poolwatch.errors import ConfigError, PoolwatchError
 
     try:
         if args.command == "run":
@@ -89,9 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from poolwatch.config import load_settings  # noqa: PLC0415
-    from poolwatch.daemon import Daemon  # noqa: PLC0415
-    from poolwatch.logs import set_level_and_format, setup_logging  # noqa: PLC0415
+    from poolwatch.config import load_settings
+    from poolwatch.daemon import Daemon
+    from poolwatch.logs import set_level_and_format, setup_logging
 
     settings = load_settings(args.config, listen=args.listen)
     redactor = setup_logging(settings.log.level, settings.log.format, settings.secrets())
@@ -108,9 +110,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    import yaml  # noqa: PLC0415
+    import yaml
 
-    from poolwatch.config import load_settings  # noqa: PLC0415
+    from poolwatch.config import load_settings
 
     settings = load_settings(args.config, listen=args.listen)
     print(f"# poolwatch {__version__}; targets from {settings.source}")
@@ -119,11 +121,10 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    import json  # noqa: PLC0415
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+    from concurrent.futures import ThreadPoolExecutor
 
-    from poolwatch.config import load_settings  # noqa: PLC0415
-    from poolwatch.logs import setup_logging  # noqa: PLC0415
+    from poolwatch.config import load_settings
+    from poolwatch.logs import setup_logging
 
     settings = load_settings(args.config)
     setup_logging("ERROR", "text", settings.secrets())
@@ -138,10 +139,10 @@ def _check(args: argparse.Namespace) -> int:
 
 def check_target(target: TargetSettings) -> dict[str, Any]:
     """Probe one target once, within its probe timeout, and dispose what was opened."""
-    from poolwatch.daemon import build_target  # noqa: PLC0415
-    from poolwatch.errors import PoolwatchError  # noqa: PLC0415
-    from poolwatch.jobs import BoundedCall, run_job  # noqa: PLC0415
-    from poolwatch.metrics import Metrics  # noqa: PLC0415
+    from poolwatch.daemon import build_target
+    from poolwatch.errors import PoolwatchError
+    from poolwatch.jobs import BoundedCall, run_job
+    from poolwatch.metrics import Metrics
 
     row: dict[str, Any] = {
         "target": target.name,
@@ -187,11 +188,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    import json  # noqa: PLC0415
-    import urllib.error  # noqa: PLC0415
-    import urllib.request  # noqa: PLC0415
+    import urllib.error
+    import urllib.request
 
-    from poolwatch.errors import ConfigError  # noqa: PLC0415
+    from poolwatch.errors import ConfigError
 
     url = args.url.rstrip("/") + "/status"
     if not url.startswith(("http://", "https://")):
@@ -218,12 +218,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    import json  # noqa: PLC0415
-
-    from poolwatch.config import load_settings  # noqa: PLC0415
-    from poolwatch.errors import ConfigError  # noqa: PLC0415
-    from poolwatch.logs import setup_logging  # noqa: PLC0415
-    from poolwatch.reaper.audit import AuditLog  # noqa: PLC0415
+    from poolwatch.config import load_settings
+    from poolwatch.errors import ConfigError
+    from poolwatch.logs import setup_logging
+    from poolwatch.reaper.audit import AuditLog
 
     settings = load_settings(args.config)
     setup_logging("ERROR", "text", settings.secrets())
@@ -262,8 +260,6 @@ AUDIT_COLUMNS = (
 
 
 def format_audit(rows: list[dict[str, Any]]) -> str:
-    import datetime as dt  # noqa: PLC0415
-
     def cell(key: str, value: Any) -> str:
         if value is None:
             return "-"

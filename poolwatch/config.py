@@ -441,7 +441,8 @@ def load_settings(
     if listen is not None:
         _override(data, "http", "listen", listen)
     data["source"] = source
-    return validate(data, state_dir=str(state_directory(env)))
+    state_dir = state_directory(env)
+    return validate(data, state_dir=None if state_dir is None else str(state_dir))
 
 
 def library_target(kinds: Collection[str], *, environ: Mapping[str, str] | None = None) -> TargetSettings:
@@ -519,11 +520,22 @@ def postgres_url(env: Environment) -> str:
     return f"postgresql+psycopg2://{user}{password}@{host}:{port}/{database}"
 
 
-def state_directory(env: Environment) -> Path:
-    """Where poolwatch keeps its own files: ``POOLWATCH_STATE_DIR``, else ~/.local/state/poolwatch."""
-    return Path(env.state_dir) if env.state_dir else Path.home() / ".local" / "state" / "poolwatch"
+def state_directory(env: Environment) -> Path | None:
+    """Where poolwatch keeps its own files: ``POOLWATCH_STATE_DIR``, else ~/.local/state/poolwatch;
+    None for a user without a home directory (a container's arbitrary uid with no ``HOME``)."""
+    if env.state_dir:
+        return Path(env.state_dir)
+    try:
+        return Path.home() / ".local" / "state" / "poolwatch"
+    except RuntimeError:
+        return None
 
 
 def embedded_target(env: Environment) -> dict[str, Any]:
     """The SQLite database poolwatch watches when nothing else is configured."""
-    return {"name": "embedded", "kind": "sqlite", "url": f"sqlite:///{state_directory(env) / 'embedded.db'}"}
+    directory = state_directory(env)
+    if directory is None:
+        raise ConfigError(
+            "no configuration, and no home directory for the embedded database: set POOLWATCH_STATE_DIR"
+        )
+    return {"name": "embedded", "kind": "sqlite", "url": f"sqlite:///{directory / 'embedded.db'}"}

@@ -26,13 +26,31 @@ MAX_VALUES: Final = 100_000
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 
 
-class FileRefusedError(Exception):
-    """A file that is not read: too large, or not a regular file or pipe. The message says why."""
+class UnreadableFileError(Exception):
+    """A file that cannot be read, or is not: the message says why, as in "<file> is a directory"."""
+
+
+def read_text(path: str, limit: int) -> str:
+    """The UTF-8 text of ``path``, at most ``limit`` bytes of it; ``UnreadableFileError`` for a file
+    that is missing, unreadable, larger, not text, or neither a regular file nor a pipe."""
+    try:
+        return read_bounded(path, limit).decode("utf-8")
+    except FileNotFoundError:
+        reason = "does not exist"
+    except IsADirectoryError:
+        reason = "is a directory"
+    except PermissionError:
+        reason = "is not readable (permission denied)"
+    except UnicodeDecodeError:
+        reason = "is not UTF-8 text"
+    except OSError as exc:
+        reason = f"cannot be read ({exc.strerror or type(exc).__name__})"
+    raise UnreadableFileError(reason)
 
 
 def read_bounded(path: str, limit: int) -> bytes:
-    """The bytes of ``path``, at most ``limit``; ``FileRefusedError`` for a larger file or one that is
-    neither a regular file nor a pipe. ``OSError`` (not found, permission denied, ...) passes."""
+    """The bytes of ``path``, at most ``limit``. ``UnreadableFileError`` for a larger file or one that
+    is neither a regular file nor a pipe; ``OSError`` (not found, permission denied, ...) passes."""
     # O_NONBLOCK: opening a FIFO nobody writes to must not block; the mode is checked on the open
     # descriptor (not the path), so the file checked is the file read.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -41,7 +59,7 @@ def read_bounded(path: str, limit: int) -> bytes:
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(path)
         if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
-            raise FileRefusedError(f"is not a regular file ({_file_type(mode)})")
+            raise UnreadableFileError(f"is not a regular file ({_file_type(mode)})")
         os.set_blocking(fd, True)  # a pipe's writer may not have written yet
         chunks: list[bytes] = []
         size = 0
@@ -54,26 +72,16 @@ def read_bounded(path: str, limit: int) -> bytes:
     finally:
         os.close(fd)
     if size > limit:
-        raise FileRefusedError(f"is larger than {_size(limit)}, the limit for this file")
+        raise UnreadableFileError(f"is larger than {_size(limit)}, the limit for this file")
     return b"".join(chunks)
 
 
 def read_yaml(path: str) -> dict[str, Any]:
     """The top-level mapping of a YAML configuration file; any problem is one ConfigError line."""
     try:
-        text = read_bounded(path, MAX_CONFIG_BYTES).decode("utf-8")
-    except FileRefusedError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a YAML file") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: permission denied reading the configuration file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        text = read_text(path, MAX_CONFIG_BYTES)
+    except UnreadableFileError as exc:
+        raise ConfigError(f"{path}: the configuration file {exc}") from None
     data = _load(path, text)
     if data is None:
         raise ConfigError(f"{path}: the configuration file is empty")
@@ -86,18 +94,9 @@ def read_password_file(path: str) -> str:
     """The password in ``path`` without its trailing newline; a problem is a ``ValueError`` (the
     validation names the key path)."""
     try:
-        text = read_bounded(path, MAX_PASSWORD_BYTES).decode("utf-8")
-    except FileRefusedError as exc:
+        password = read_text(path, MAX_PASSWORD_BYTES).rstrip("\r\n")
+    except UnreadableFileError as exc:
         raise ValueError(f"password_file {path} {exc}") from None
-    except FileNotFoundError:
-        raise ValueError(f"password_file {path} does not exist") from None
-    except PermissionError:
-        raise ValueError(f"password_file {path} is not readable (permission denied)") from None
-    except IsADirectoryError:
-        raise ValueError(f"password_file {path} is a directory") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"password_file {path} cannot be read ({type(exc).__name__})") from None
-    password = text.rstrip("\r\n")
     if not password:
         raise ValueError(f"password_file {path} is empty")
     return password

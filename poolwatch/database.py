@@ -107,6 +107,15 @@ def create_target_redis(target: TargetSettings) -> redis.Redis:
     return client
 
 
+def select_one(engine: Engine) -> None:
+    """``SELECT 1`` on a connection checked out of ``engine``'s pool: a ping that goes where the
+    application's queries go (a stale pooled connection is replaced by pre-ping first)."""
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SELECT 1").scalar()
+        # Nothing to keep: end the implicit transaction here so the pool's reset is free.
+        connection.rollback()
+
+
 class Database:
     """One shared SQLAlchemy engine and the session lifecycle around it.
 
@@ -144,9 +153,7 @@ class Database:
         return health.check(self._select_one, self._ping_call, usage, timeout=timeout, saturation=saturation)
 
     def _select_one(self) -> None:
-        with self.engine.connect() as connection:
-            connection.exec_driver_sql("SELECT 1").scalar()
-            connection.rollback()
+        select_one(self.engine)
 
     @contextlib.contextmanager
     def session_scope(self) -> Iterator[Session]:

@@ -22,9 +22,9 @@ _SHOWN_CHARS: Final = 60  # of a rejected value, in an error line
 _DISTINCTIVE_ANY: Final = 16
 _DISTINCTIVE_MIXED: Final = 6
 
-# scheme://user:PASSWORD@host: the password runs to the last "@" before a space or quote, as
-# urlsplit() reads it (a raw "@" in a password is ambiguous, and masking too much leaks nothing).
-_URL_PASSWORD: Final = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*:)[^\s'\"]*(?=@)")
+# scheme://user:PASSWORD@host: the password runs to the last "@" before a space or "/", as urlsplit()
+# reads the netloc (a raw "@" or quote may be in it; masking too much leaks nothing).
+_URL_PASSWORD: Final = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*:)[^\s/]*(?=@)")
 _SENSITIVE_KEYS: Final = (
     r"password|passwd|pwd|secret|client_secret|token|access_token|refresh_token|api_?key|"
     r"access_?key|secret_?key|private_?key|requirepass|masterauth|credentials?"
@@ -73,6 +73,8 @@ def mask_url(url: str, has_password: bool) -> str:
 
 def printable(value: Any) -> str:
     """A rejected value as an error line may show it: its repr, masked, at most 60 characters."""
+    if isinstance(value, str) and split_password(value)[1] is not None:
+        value = mask_url(value, has_password=True)
     text = mask_text(repr(value))
     return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
 

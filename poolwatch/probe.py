@@ -14,11 +14,13 @@ spaced attempts log in.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from typing import TYPE_CHECKING
 
+from poolwatch.database import select_one
 from poolwatch.errors import Reason, first_line, reason_of, translate
 from poolwatch.jobs import TargetJob
 
@@ -35,13 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def sql_check(engine: Engine) -> Callable[[], None]:
-    def check() -> None:
-        with engine.connect() as connection:
-            connection.exec_driver_sql("SELECT 1").scalar()
-            # Nothing to keep: end the implicit transaction here so the pool's reset is free.
-            connection.rollback()
-
-    return check
+    return functools.partial(select_one, engine)
 
 
 def redis_check(client: redis.Redis) -> Callable[[], None]:

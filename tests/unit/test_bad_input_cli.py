@@ -49,8 +49,13 @@ CASES = [
     Case("top-level-list", "- a\n- b\n", "expected a mapping at the top level, got list"),
     Case("top-level-scalar", "hello\n", "expected a mapping at the top level, got str"),
     Case("not-utf8", b"\xff\xfe\x00targets", "not UTF-8 text"),
-    Case("missing-file", None, "configuration file not found", args=("-c", "{tmp}/absent.yaml")),
-    Case("dev-zero", None, "/dev/zero: is not a regular file (a character device)", args=("-c", "/dev/zero")),
+    Case("missing-file", None, "the configuration file does not exist", args=("-c", "{tmp}/absent.yaml")),
+    Case(
+        "dev-zero",
+        None,
+        "/dev/zero: the configuration file is not a regular file (a character device)",
+        args=("-c", "/dev/zero"),
+    ),
     Case("too-large", "#" * (1 << 20) + "\n", "is larger than 1 MiB, the limit for this file"),
     Case("nested-500-levels", "x: " + "[" * 500 + "]" * 500 + "\n", "nested deeper than 64 levels"),
     Case(
@@ -181,7 +186,7 @@ CASES = [
     Case(
         "password-file-binary",
         _target(', password_file: "{tmp}/binary"'),
-        "cannot be read (UnicodeDecodeError)",
+        "password_file {tmp}/binary is not UTF-8 text",
     ),
     # The endpoint
     Case("http-null", "http: null\n", "http: expected a mapping"),
@@ -219,7 +224,7 @@ CASES = [
     Case(
         "env-config-missing",
         None,
-        "configuration file not found",
+        "the configuration file does not exist",
         env={"POOLWATCH_CONFIG": "{tmp}/absent.yaml"},
     ),
     Case(

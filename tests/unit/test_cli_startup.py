@@ -21,7 +21,7 @@ PACKAGE = Path(cli.__file__).parent
 # Loaded by none of the light commands: the daemon's and the drivers' libraries.
 HEAVY = ("sqlalchemy", "redis", "psycopg2", "apscheduler", "prometheus_client", "bcrypt", "wsgiref")
 # `--version` and `--help` load no more than argparse does: not even the configuration's libraries.
-CONFIGURATION = ("pydantic", "yaml", "urllib.request", "json", "concurrent.futures")
+CONFIGURATION = ("pydantic", "yaml", "urllib.request", "concurrent.futures")
 
 
 def modules_loaded_by(argv: list[str], tmp_path: Path) -> set[str]:

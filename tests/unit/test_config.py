@@ -248,7 +248,7 @@ def test_unusable_files_are_one_line(tmp_path: Path, text: str, pattern: str) ->
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"configuration file not found"):
+    with pytest.raises(ConfigError, match=r"the configuration file does not exist"):
         load_settings(str(tmp_path / "nope.yaml"), environ={})
 
 
@@ -458,3 +458,18 @@ def test_the_library_never_falls_back_to_the_embedded_database(tmp_path: Path) -
         ("postgres", "sqlite"), environ={"DATABASE_URL": f"sqlite:///{tmp_path}/app.db"}
     )
     assert explicit.kind == "sqlite"
+
+
+def test_a_user_without_a_home_directory_needs_the_state_directory_only_for_the_embedded_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A container's arbitrary uid has no passwd entry, and maybe no HOME.
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr("pathlib.Path.home", no_home)
+    assert load_settings(environ={"REDIS_URL": "redis://cache:6379/0"}).targets[0].name == "redis"
+    with pytest.raises(
+        ConfigError, match=r"no home directory for the embedded database: set POOLWATCH_STATE_DIR$"
+    ):
+        load_settings(environ={})

@@ -33,7 +33,7 @@ def test_a_file_larger_than_the_cap_is_refused_without_reading_it_all(tmp_path: 
     path.write_text("# padding\n" * (MAX_CONFIG_BYTES // 10 + 1))
     with pytest.raises(ConfigError) as caught:
         load(path)
-    assert one_line(caught) == f"{path}: is larger than 1 MiB, the limit for this file"
+    assert one_line(caught) == f"{path}: the configuration file is larger than 1 MiB, the limit for this file"
 
 
 def test_a_file_at_the_cap_is_read(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_a_file_at_the_cap_is_read(tmp_path: Path) -> None:
 def test_dev_zero_is_refused_at_once() -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings("/dev/zero", environ={})
-    assert one_line(caught) == "/dev/zero: is not a regular file (a character device)"
+    assert one_line(caught) == "/dev/zero: the configuration file is not a regular file (a character device)"
 
 
 def test_a_password_file_on_a_device_or_too_large_is_refused(tmp_path: Path) -> None:

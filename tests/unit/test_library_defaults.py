@@ -4,34 +4,21 @@ servers."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import text
 
 import poolwatch
+from poolwatch.config import Environment
 from poolwatch.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-VARIABLES = (
-    "POOLWATCH_CONFIG",
-    "POOLWATCH_STATE_DIR",
-    "DATABASE_URL",
-    "REDIS_URL",
-    "POSTGRES_USER",
-    "POSTGRES_PASSWORD",
-    "POSTGRES_HOST",
-    "POSTGRES_PORT",
-    "POSTGRES_DB",
-    "DB_HOST",
-    "DB_PORT",
-    "DB_USER",
-    "DB_PASSWORD",
-    "DB_NAME",
-)
+VARIABLES = [f.metadata["variable"] for f in fields(Environment)]
 
 
 @pytest.fixture

@@ -85,6 +85,14 @@ def test_which_secrets_are_distinctive(secret: str, expected: bool) -> None:
     assert distinctive(secret) is expected
 
 
+@pytest.mark.parametrize("password", ["ab'cd", 'ab"cd', "p@ss", "a:b"])
+def test_a_url_password_with_quotes_colons_or_at_signs_is_masked_whole(password: str) -> None:
+    line = f"connect to {'redis://:' + password + '@cache:6379/0'!r} failed"
+    masked = Redactor()(line)
+    assert password not in masked
+    assert ":***@cache:6379/0" in masked
+
+
 def test_masking_keeps_what_is_around_a_secret() -> None:
     assert mask_text("url=postgresql://u:pw@h/db next") == f"url=postgresql://u:{MASK}@h/db next"
     assert mask_text("password_file /x, passwords: 3") == "password_file /x, passwords: 3"
