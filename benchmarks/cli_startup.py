@@ -7,8 +7,8 @@
 DIR``); both are run through the same bootstrap, which imports ``poolwatch`` from the directory named,
 so the two differ in their code only. Each round runs every contender once, in a rotating order; the
 figures are medians over rounds of wall time and of the child's CPU time (user + system, from
-``wait4``), and of the ratio to ``python -c pass`` measured in the same round; "package __init__
-skipped" runs the command line without ``poolwatch/__init__.py`` (what ``cli.py`` itself loads). The
+``wait4``), and of the ratio to ``python -c pass`` measured in the same round; "cli.py alone" runs
+the command line without ``poolwatch/__init__.py`` (what ``cli.py`` itself loads). The
 ``run`` contender
 starts the daemon on the embedded SQLite database, waits until its target is up, sends SIGTERM and
 times SIGTERM to exit and the "poolwatch stopped" line to exit. It needs no servers.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -111,6 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--compare", metavar="DIR", help="a directory holding another poolwatch package")
+    parser.add_argument("--compare-name", default="compared", help="how the results name that version")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="poolwatch-cli-"))
     for name, text in CONFIGS.items():
@@ -121,7 +123,7 @@ def main() -> None:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp), "POOLWATCH_STATE_DIR": str(tmp)}
     trees = {"this checkout": str(HERE)}
     if args.compare:
-        trees["compared"] = str(Path(args.compare).resolve())
+        trees[args.compare_name] = str(Path(args.compare).resolve())
     contenders: list[tuple[str, list[str]]] = [("python -c pass", [sys.executable, "-c", "pass"])]
     for tree, root in trees.items():
         prefix = [sys.executable, "-c", BOOT, root]
@@ -131,7 +133,7 @@ def main() -> None:
         ]
         contenders.append((f"{tree}: run, SIGTERM to exit", [*prefix]))
         contenders += [
-            (f"{tree}: {name}, package __init__ skipped", [*prefix, "--skip-package-init", *argv])
+            (f"{tree}: {name} (cli.py alone)", [*prefix, "--skip-package-init", *argv])
             for name, argv in (
                 ("--version", ["--version"]),
                 ("config (redis)", ["config", "-c", f"{tmp}/redis.yaml"]),
@@ -167,7 +169,7 @@ def main() -> None:
             print(f"{'  (of which after poolwatch stopped)':58} {tail:>22}")
     results: dict[str, Any] = {
         "benchmark": "cli_startup",
-        "command": " ".join(["python -m benchmarks.cli_startup", *sys.argv[1:]]),
+        "command": shlex.join([".venv/bin/python", "-m", "benchmarks.cli_startup", *sys.argv[1:]]),
         "machine": machine(),
         "rounds": args.rounds,
         "contenders": {
