@@ -40,7 +40,7 @@ from poolwatch.urls import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping
+    from collections.abc import Mapping
 
 Kind = Literal["postgres", "sqlite", "redis"]
 DEFAULT_LISTEN = "127.0.0.1:18187"
@@ -388,6 +388,9 @@ class Environment:
     postgres_host: str | None = _variable("POSTGRES_HOST")
     postgres_port: str | None = _variable("POSTGRES_PORT")
     postgres_db: str | None = _variable("POSTGRES_DB")
+    http_user: str | None = _variable("POOLWATCH_HTTP_USER")  # poolwatch status
+    http_password: str | None = _variable("POOLWATCH_HTTP_PASSWORD")
+    no_color: str | None = _variable("NO_COLOR")
     # Read only to say that they are not used (see _environment_targets): never part of a URL.
     db_host: str | None = _variable("DB_HOST")
     db_port: str | None = _variable("DB_PORT")
@@ -445,21 +448,6 @@ def load_settings(
     return validate(data, state_dir=None if state_dir is None else str(state_dir))
 
 
-def library_target(kinds: Collection[str], *, environ: Mapping[str, str] | None = None) -> TargetSettings:
-    """The target ``poolwatch.session_scope()`` or ``get_redis()`` uses: the first of ``kinds`` in
-    the ``POOLWATCH_CONFIG`` file or the environment. Never the embedded SQLite database: a service
-    whose ``DATABASE_URL`` is missing must fail, not write its data into a local file."""
-    for target in load_settings(environ=environ, embedded=False).targets:
-        if target.kind in kinds:
-            return target
-    if "redis" in kinds:
-        raise ConfigError("no Redis configured: set REDIS_URL (redis://host:6379/0) or POOLWATCH_CONFIG")
-    raise ConfigError(
-        "no database configured: set DATABASE_URL (postgresql://user@host/db, or sqlite:///path for "
-        f"SQLite), or {POSTGRES_VARIABLES}, or POOLWATCH_CONFIG"
-    )
-
-
 def validate(data: Mapping[str, Any], *, state_dir: str | None = None) -> Settings:
     """Validate a configuration mapping; any failure is one ConfigError line. A SQLite target's
     directory must exist, unless it is ``state_dir`` (created when the engine is)."""
@@ -483,9 +471,14 @@ def _read_yaml(path: str) -> dict[str, Any]:
 def _override(data: dict[str, Any], section: str, key: str, value: str) -> None:
     """Set ``section.key`` over what the file says (the environment and flags win)."""
     data.setdefault(section, {})
-    if not isinstance(data[section], dict):
-        raise ConfigError(f"{section}: expected a mapping (got a {type(data[section]).__name__})")
+    require_mapping(data[section], section)
     data[section] = {**data[section], key: value}
+
+
+def require_mapping(value: Any, path: str) -> None:
+    """A ConfigError unless ``value`` (the section at ``path``) is a mapping."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a mapping (got a {type(value).__name__})")
 
 
 def _environment_targets(env: Environment) -> list[dict[str, Any]]:

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import create_engine
 
 from poolwatch import health
-from poolwatch.config import PoolSettings, TargetSettings, library_target
+from poolwatch.config import POSTGRES_VARIABLES, PoolSettings, TargetSettings, load_settings
 from poolwatch.errors import ConfigError, translating
 from poolwatch.jobs import BoundedCall
 from poolwatch.urls import sqlalchemy_url
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Collection, Iterator, Mapping
 
     import redis
     from sqlalchemy.engine import Engine
@@ -242,6 +242,21 @@ class RedisDatabase:
         return f"RedisDatabase(name={self.name!r}, server={where!r})"
 
 
+def default_target(kinds: Collection[str], *, environ: Mapping[str, str] | None = None) -> TargetSettings:
+    """The target ``poolwatch.session_scope()`` or ``get_redis()`` uses: the first of ``kinds`` in
+    the ``POOLWATCH_CONFIG`` file or the environment. Never the embedded SQLite database: a service
+    whose ``DATABASE_URL`` is missing must fail, not write its data into a local file."""
+    for target in load_settings(environ=environ, embedded=False).targets:
+        if target.kind in kinds:
+            return target
+    if "redis" in kinds:
+        raise ConfigError("no Redis configured: set REDIS_URL (redis://host:6379/0) or POOLWATCH_CONFIG")
+    raise ConfigError(
+        "no database configured: set DATABASE_URL (postgresql://user@host/db, or sqlite:///path for "
+        f"SQLite), or {POSTGRES_VARIABLES}, or POOLWATCH_CONFIG"
+    )
+
+
 class _Defaults:
     """The process-wide default Database and RedisDatabase, built on first use from the
     environment (``DATABASE_URL`` / ``POSTGRES_*``, ``REDIS_URL``, ``POOLWATCH_CONFIG``) under a lock."""
@@ -255,14 +270,14 @@ class _Defaults:
         if self._database is None:
             with self._lock:
                 if self._database is None:
-                    self._database = Database.from_target(library_target(("postgres", "sqlite")))
+                    self._database = Database.from_target(default_target(("postgres", "sqlite")))
         return self._database
 
     def redis(self) -> RedisDatabase:
         if self._redis is None:
             with self._lock:
                 if self._redis is None:
-                    self._redis = RedisDatabase.from_target(library_target(("redis",)))
+                    self._redis = RedisDatabase.from_target(default_target(("redis",)))
         return self._redis
 
     def reset(self) -> None:

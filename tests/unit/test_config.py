@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from poolwatch.config import DEFAULT_LISTEN, library_target, load_settings, validate
+from poolwatch.config import DEFAULT_LISTEN, load_settings, validate
 from poolwatch.errors import ConfigError
 from poolwatch.masking import mask_url, split_password
 from poolwatch.urls import parse_listen, sqlalchemy_url
@@ -444,20 +444,6 @@ def test_the_seed_db_variables_are_refused_naming_the_ones_read() -> None:
 def test_db_variables_next_to_the_ones_read_are_left_alone() -> None:
     env = {"DATABASE_URL": "postgresql://app@db/orders", "DB_PASSWORD": "x"}
     assert [t.name for t in load_settings(environ=env).targets] == ["postgres"]
-
-
-def test_the_library_never_falls_back_to_the_embedded_database(tmp_path: Path) -> None:
-    env = {"POOLWATCH_STATE_DIR": str(tmp_path)}
-    with pytest.raises(ConfigError) as caught:
-        library_target(("postgres", "sqlite"), environ=env)
-    assert str(caught.value).startswith("no database configured: set DATABASE_URL")
-    assert "POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB" in str(caught.value)
-    with pytest.raises(ConfigError, match=r"^no Redis configured: set REDIS_URL"):
-        library_target(("redis",), environ=env)
-    explicit = library_target(
-        ("postgres", "sqlite"), environ={"DATABASE_URL": f"sqlite:///{tmp_path}/app.db"}
-    )
-    assert explicit.kind == "sqlite"
 
 
 def test_a_user_without_a_home_directory_needs_the_state_directory_only_for_the_embedded_default(

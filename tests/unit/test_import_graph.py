@@ -1,5 +1,6 @@
-"""Imports flow one way: no module of poolwatch imports, even for types only, one that imports it
-back; only config.py reads the environment. Read from the source, no imports run."""
+"""Imports flow one way: no module of poolwatch imports one that imports it back (the configuration
+modules not even for types); only config.py reads the environment. Read from the source, no imports
+run."""
 
 from __future__ import annotations
 
@@ -16,12 +17,27 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _graph() -> dict[str, set[str]]:
+def _type_only(tree: ast.Module) -> set[int]:
+    """The ids of the import statements under ``if TYPE_CHECKING:``."""
+    return {
+        id(statement)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        for statement in node.body
+    }
+
+
+def _graph(*, types: bool) -> dict[str, set[str]]:
+    """Which poolwatch modules each module imports; ``types``: those under TYPE_CHECKING as well."""
     modules = {_module(path): path for path in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         imported: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        skipped = set() if types else _type_only(tree)
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
             if isinstance(node, ast.ImportFrom) and node.module:
                 imported |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
             elif isinstance(node, ast.Import):
@@ -54,13 +70,23 @@ def _cycle(graph: dict[str, set[str]]) -> list[str]:
 
 
 def test_no_module_imports_one_that_imports_it_back() -> None:
-    graph = _graph()
+    graph = _graph(types=False)
     assert graph["poolwatch.config"], "the graph was read"
     assert _cycle(graph) == []
 
 
+CONFIGURATION = ("config", "config_errors", "config_file", "urls", "masking", "errors", "client_config")
+
+
+def test_the_configuration_modules_import_no_circle_even_for_types() -> None:
+    graph = _graph(types=True)
+    names = {f"poolwatch.{name}" for name in CONFIGURATION} & graph.keys()
+    assert "poolwatch.config" in names
+    assert _cycle({name: graph[name] & names for name in names}) == []
+
+
 def test_the_configuration_modules_depend_downwards() -> None:
-    graph = _graph()
+    graph = _graph(types=True)
     assert graph["poolwatch.masking"] == set()
     assert "poolwatch.config" not in graph["poolwatch.urls"] | graph["poolwatch.config_errors"]
 

@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 import poolwatch
 from poolwatch.config import Environment
+from poolwatch.database import default_target
 from poolwatch.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -63,3 +64,17 @@ def test_sqlite_is_used_when_asked_for(home: Path, monkeypatch: pytest.MonkeyPat
     with explicit.session_scope() as session:
         assert session.execute(text("SELECT 2")).scalar_one() == 2
     explicit.dispose()
+
+
+def test_the_library_never_falls_back_to_the_embedded_database(tmp_path: Path) -> None:
+    env = {"POOLWATCH_STATE_DIR": str(tmp_path)}
+    with pytest.raises(ConfigError) as caught:
+        default_target(("postgres", "sqlite"), environ=env)
+    assert str(caught.value).startswith("no database configured: set DATABASE_URL")
+    assert "POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"^no Redis configured: set REDIS_URL"):
+        default_target(("redis",), environ=env)
+    explicit = default_target(
+        ("postgres", "sqlite"), environ={"DATABASE_URL": f"sqlite:///{tmp_path}/app.db"}
+    )
+    assert explicit.kind == "sqlite"
