@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     )
     from poolwatch.errors import (
         AuthenticationFailedError,
+        CallTimeoutError,
         ConfigError,
         DatabaseUnavailableError,
         PoolExhaustedError,
@@ -40,11 +41,13 @@ if TYPE_CHECKING:
         SessionError,
         TransactionFailedError,
     )
+    from poolwatch.health import Health
     from poolwatch.instrument.redis import instrument_redis
     from poolwatch.instrument.sqlalchemy import instrument
 
 _ERRORS: Final = (
     "AuthenticationFailedError",
+    "CallTimeoutError",
     "ConfigError",
     "DatabaseUnavailableError",
     "PoolExhaustedError",
@@ -67,12 +70,14 @@ _SESSIONS: Final = (
 _LAZY: Final = {
     **dict.fromkeys(_ERRORS, "poolwatch.errors"),
     **dict.fromkeys(_SESSIONS, "poolwatch.database"),
+    "Health": "poolwatch.health",
     "instrument": "poolwatch.instrument.sqlalchemy",
     "instrument_redis": "poolwatch.instrument.redis",
 }
 # What to install when a lazily loaded name needs a package the plain install does not bring.
 INSTALL_HINT: Final = {
     "poolwatch.database": "pip install 'poolwatch[daemon]'",
+    "poolwatch.health": "pip install 'poolwatch[daemon]'",
     "poolwatch.instrument.redis": "pip install 'poolwatch[redis]'",
 }
 
@@ -111,9 +116,11 @@ sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "AuthenticationFailedError",
+    "CallTimeoutError",
     "ConfigError",
     "Database",
     "DatabaseUnavailableError",
+    "Health",
     "PoolExhaustedError",
     "PoolwatchError",
     "QueryFailedError",

@@ -16,7 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import NullPool, QueuePool
 
 import poolwatch
-from poolwatch.housekeeping import Housekeeper, Policy
+from poolwatch.housekeeping import Housekeeper, HousekeepingPolicy
 from tests.poolmetrics import sample
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def test_connection_info_is_left_to_the_application(engines, creator) -> None:
     registry = CollectorRegistry()
     engine = make_engine(engines, creator, pool_size=2)
     instrumentation = poolwatch.instrument(engine, name="info", registry=registry, leak_threshold=60)
-    keeper = Housekeeper(instrumentation, Policy(max_lifetime=3600, keepalive=0.0))
+    keeper = Housekeeper(instrumentation, HousekeepingPolicy(max_lifetime=3600, keepalive=0.0))
     with engine.connect() as connection:
         assert connection.info == {}
         connection.connection.invalidate(soft=True)  # a soft invalidation tags the close reason

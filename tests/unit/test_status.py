@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from poolwatch.assess import KINDS, assess, duration, rank
-from poolwatch.config import client_settings, validate
+from poolwatch.client_config import client_settings
+from poolwatch.config import validate
 from poolwatch.errors import ConfigError
 from poolwatch.history import BYTES, SLOTS, History
 from poolwatch.status import _increase
@@ -223,6 +224,17 @@ def test_the_status_command_refuses_a_password_file_it_cannot_read(tmp_path: Any
     assert err.startswith("poolwatch: error: --password-file ")
     assert err.count("\n") == 1
     assert sys.stdout is not None
+
+
+@pytest.mark.timeout(20)
+def test_the_status_command_reads_a_bounded_password_file(capsys: Any) -> None:
+    from poolwatch.cli import main
+
+    # /dev/zero has no line end: an unbounded readline() never returns.
+    assert main(["status", "--url", "http://127.0.0.1:1", "--password-file", "/dev/zero"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("poolwatch: error: --password-file /dev/zero: ")
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize(
