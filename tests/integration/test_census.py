@@ -61,7 +61,7 @@ def test_postgres_census_counts_sessions_by_state_and_bounded_labels(pg, app_ses
                     "census": {
                         "interval": 1,
                         "timeout": 1,
-                        "applications": [app],
+                        "applications": [app, "other"],
                         "idle_thresholds": [0.5, 3600],
                     },
                 }
@@ -71,7 +71,8 @@ def test_postgres_census_counts_sessions_by_state_and_bounded_labels(pg, app_ses
     for _ in range(3):
         app_sessions(app)
     app_sessions(app, "idle in transaction")
-    app_sessions("some-request-id-1234")  # not configured: folded into "other"
+    app_sessions("some-request-id-1234")  # not configured: folded into the empty value
+    app_sessions("other")  # configured, and named like a fold value could be: its own series
     metrics = Metrics()
     runtime = build_target(settings.targets[0], metrics)
     try:
@@ -82,7 +83,8 @@ def test_postgres_census_counts_sessions_by_state_and_bounded_labels(pg, app_ses
         assert (
             value(metrics, "server_connections", state="idle in transaction", application=app, **labels) == 1
         )
-        assert value(metrics, "server_connections", state="idle", application="other", **labels) >= 1
+        assert value(metrics, "server_connections", state="idle", application="", **labels) >= 1
+        assert value(metrics, "server_connections", state="idle", application="other", **labels) == 1
         assert (
             value(metrics, "server_connections", state="idle", application="some-request-id-1234", **labels)
             is None
@@ -185,7 +187,7 @@ def test_redis_census_counts_clients_and_idle_thresholds(redis_server):
         census_once(runtime, metrics)
         labels = {"target": "rc", "database": "", "user": ""}
         assert value(metrics, "server_connections", state="connected", application=name, **labels) == 3
-        assert value(metrics, "server_connections", state="pubsub", application="other", **labels) == 1
+        assert value(metrics, "server_connections", state="pubsub", application="", **labels) == 1
         assert value(metrics, "server_pool_connections", target="rc", pool=name, state="connected") == 3
         assert value(metrics, "server_max_connections", target="rc") == 10000
         assert value(metrics, "server_idle_connections", target="rc", idle_over="1") >= 4
