@@ -4,9 +4,10 @@ forgotten, as a structured log line, a counter, and a row in an audit table.
 Rows go to a PostgreSQL database the configuration names (``audit.url``). The table and a
 schema-version table are created when missing (under an advisory lock, so replicas starting together
 do not race) or accepted when an operator created them from deploy/sql. Every record goes first into
-a bounded spool (on disk with ``audit.spool_path``) and leaves it only once its row is committed; an
-audit database that is down just makes records wait. Each record carries a UUID and the insert skips
-UUIDs already present, so a commit whose acknowledgement was lost is not written twice.
+a bounded spool (an append-only SQLite store with ``audit.spool_path``, see ``spool``) and leaves it
+only once its row is committed; an audit database that is down just makes records wait. Each
+record carries a UUID and the insert skips UUIDs already present, so a commit whose acknowledgement
+was lost is not written twice.
 """
 
 from __future__ import annotations
@@ -137,7 +138,9 @@ class AuditLog:
         metrics: ReaperMetrics | None = None,
         *,
         engine: Engine | None = None,
+        read_only: bool = False,
     ) -> None:
+        """``read_only``: only look at the spool (``poolwatch audit``), never create or change it."""
         self.settings = settings
         self.table = settings.table
         self._metrics = metrics
@@ -148,7 +151,9 @@ class AuditLog:
         self._failing = False
         self.spool: Spool | None = None
         if settings.url is not None:
-            self.spool = Spool(settings.spool_max, settings.spool_path, on_drop=self._dropped)
+            self.spool = Spool(
+                settings.spool_max, settings.spool_path, on_drop=self._dropped, read_only=read_only
+            )
             self._set_spooled()
 
     @property
@@ -294,6 +299,8 @@ class AuditLog:
             if self._engine is not None:
                 self._engine.dispose()
                 self._engine = None
+        if self.spool is not None:
+            self.spool.close()
 
 
 def _schema_version(connection: Connection, table: str) -> int | None:

@@ -53,7 +53,7 @@ def test_audit_database_down_while_the_reaper_acts_loses_nothing(
         ],
         "audit": {
             "url": audit_server.url(),
-            "spool_path": str(tmp_path / "spool.jsonl"),
+            "spool_path": str(tmp_path / "spool.db"),
             "connect_timeout": 2,
         },
     }
