@@ -115,7 +115,9 @@ class AuditRecord:
     record_id: str = ""
 
     @classmethod
-    def make(cls, **fields: Any) -> AuditRecord:
+    def make(cls, *, record_id: str | None = None, **fields: Any) -> AuditRecord:
+        """A record decided now (unless ``decided_at`` says when), with a fresh UUID unless a
+        ``record_id`` is given."""
         fields.setdefault("decided_at", dt.datetime.now(dt.timezone.utc).isoformat())
         query = fields.get("query")
         if isinstance(query, str) and len(query) > QUERY_CHARS:
@@ -123,7 +125,7 @@ class AuditRecord:
         backend_start = fields.get("backend_start")
         if isinstance(backend_start, dt.datetime):
             fields["backend_start"] = backend_start.isoformat()
-        return cls(**fields, record_id=str(uuid.uuid4()))
+        return cls(**fields, record_id=record_id or str(uuid.uuid4()))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
