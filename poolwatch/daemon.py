@@ -353,8 +353,13 @@ class Daemon:
 
         Every SIGHUP runs this on a thread of its own; reloads take turns (two at once would both
         add, or both remove, the same target), and each one re-reads the file when its turn comes."""
-        with self._reload_lock:
+        if not self._reload_lock.acquire(blocking=False):
+            log.debug("reload: waiting for the reload under way to finish")
+            self._reload_lock.acquire()
+        try:
             self._reload()
+        finally:
+            self._reload_lock.release()
 
     def _reload(self) -> None:
         new = self._reread()

@@ -103,6 +103,7 @@ class Scheduler:
         # remove_target() takes means none is under way or still to come once that returns.
         with self._lock:
             if self._stopped.is_set() or self._calls.get(f"{job.task}:{job.target}") is not call:
+                log.debug("%s:%s: outcome of a run of a removed job dropped", job.task, job.target)
                 return
             self._record(job, outcome)
 
