@@ -22,6 +22,7 @@ from poolwatch.reaper.audit import AuditLog, schema_sql
 from poolwatch.reaper.job import build_postgres_reaper
 from poolwatch.reaper.own import OwnBackends
 from tests.daemonkit import wait_for
+from tests.idle import wait_pg_idle
 
 pytestmark = pytest.mark.integration
 
@@ -52,21 +53,9 @@ def gone(pg, connections, timeout: float = 5.0) -> bool:
     return True
 
 
-def wait_idle(pg, connections, seconds: float = 0.3, timeout: float = 10.0) -> None:
-    """Until every connection's session has been idle ``seconds`` by the server's clock (the idle
-    timeout of ``make_replica``'s reaper): polled, not slept."""
-    pids = [c.info.backend_pid for c in connections]
-    deadline = time.monotonic() + timeout
-    while True:
-        (idle,) = pg.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s) AND state = 'idle'"
-            " AND state_change < now() - make_interval(secs => %s)",
-            (pids, seconds),
-        )[0]
-        if idle == len(pids):
-            return
-        assert time.monotonic() < deadline, f"{len(pids) - idle} sessions not idle {seconds}s"
-        time.sleep(0.02)
+def wait_idle(pg, connections, seconds: float = 0.3) -> None:
+    """Until every connection's session has been idle past ``make_replica``'s idle timeout."""
+    wait_pg_idle(pg, [c.info.backend_pid for c in connections], seconds)
 
 
 def make_replica(pg, app, audit, *, name="shared", url=None, **reaper):
