@@ -8,13 +8,14 @@ measuring per append: wall time (dominated by the fsync of each commit), CPU tim
 and bytes handed to ``write()`` (``wchar`` in /proc/self/io). The appended records are removed
 again at the end of the round, so every round sees the same size. Reports medians over rounds and,
 per round, each size's figures divided by the smallest size's (flat = 1.0 means O(1) appends).
-Writes benchmarks/results/spool.json.
+Prints its figures and the machine's load; keeps no results file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -110,7 +111,9 @@ def main() -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     smallest = sizes[0]
-    results: dict[str, Any] = {"machine": info, "appends_per_round": args.appends, "sizes": {}}
+    print(f"\n{info['cpus']} CPUs ({info['cpu_model']}), Python {info['python']}, {info['date']}")
+    end_load = os.getloadavg()[0]
+    print(f"load average (1 min): {info['loadavg_1m_at_start']} at the start, {end_load:.2f} at the end")
     heading = ("records waiting", "wall ms", "cpu us", "bytes", "ratio: wall, cpu, bytes")
     print("\n{:>16} {:>22} {:>22} {:>22} {:>26}".format(*heading))
     for size in sizes:
@@ -118,17 +121,11 @@ def main() -> int:
         ratios = {
             key: median([r[size][key] / r[smallest][key] for r in rounds if r[smallest][key]]) for key in per
         }
-        results["sizes"][str(size)] = {
-            **{key: median(values) for key, values in per.items()},
-            **{f"{key}_ratio_to_{smallest}": ratio for key, ratio in ratios.items()},
-        }
         print(
             f"{size:>16} {spread(per['wall_ms']):>22} {spread(per['cpu_us']):>22} "
             f"{spread(per['bytes']):>22} "
             f"{ratios['wall_ms']:>8.2f} {ratios['cpu_us']:>8.2f} {ratios['bytes']:>8.2f}"
         )
-    path = harness.save_results("spool", results)
-    print(f"\nwritten to {path}")
     return 0
 
 
