@@ -202,8 +202,13 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
         records, _bad = _read_json_lines(path)
         _insert(db, records)
         return db
+    # Without a write-ahead log (no daemon has the store open) the file is all there is: opened as
+    # immutable, SQLite creates no -wal and -shm files, which would belong to this user and could
+    # keep the daemon's user from opening the store.
+    wal, _shm = _sidecars(path)
+    mode = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
     db = sqlite3.connect(
-        f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT, check_same_thread=False
+        f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=BUSY_TIMEOUT, check_same_thread=False
     )
     try:
         db.execute("SELECT count(*) FROM records").fetchone()

@@ -173,6 +173,14 @@ def test_a_read_only_spool_creates_migrates_and_trims_nothing(tmp_path):
     before = old.read_text()
     assert len(Spool(2, str(old), read_only=True)) == 3  # above the bound, and left as it is
     assert old.read_text() == before
+    closed = tmp_path / "closed.db"
+    writer = Spool(10, str(closed))
+    writer.push(record(0))
+    writer.close()  # the last connection folds its write-ahead log back and removes it
+    reader = Spool(10, str(closed), read_only=True)
+    assert len(reader) == 1
+    reader.close()
+    assert sorted(p.name for p in tmp_path.glob("closed.db*")) == ["closed.db"]  # no -wal, -shm left
     live = tmp_path / "live.db"
     daemon = Spool(10, str(live))
     daemon.push(record(0))
