@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from poolwatch.config import LogSettings, Settings, TargetSettings
     from poolwatch.instrument import RedisInstrumentation, SQLAlchemyInstrumentation
+    from poolwatch.instrument.recorder import Recorder
     from poolwatch.jobs import Job
 
 log = logging.getLogger(__name__)
@@ -102,10 +103,12 @@ def build_target(
     *,
     audit: AuditLog | None = None,
     others: Iterable[TargetSettings] = (),
+    counts_from: Recorder | None = None,
 ) -> TargetRuntime:
     """The shared engine or client of a target (instrumented, with housekeeping), and its scheduled
     jobs. ``others`` are the other configured targets (their pools are counted by name in the
-    census); ``audit`` records reaper decisions (without one, they are only logged and counted).
+    census); ``audit`` records reaper decisions (without one, they are only logged and counted);
+    ``counts_from``, the pool recorder of the runtime this one replaces, whose counts go on.
     The probe is every other job's ``Backoff``: none logs in while it backs off after failed logins."""
     database: Database | None = None
     redis_db: RedisDatabase | None = None
@@ -115,7 +118,11 @@ def build_target(
         redis_db = RedisDatabase.from_target(target)
         check = redis_check(redis_db.client)
         instrumentation = instrument_redis(
-            redis_db.client, name=target.name, registry=metrics.registry, leak_threshold=pool.leak_threshold
+            redis_db.client,
+            name=target.name,
+            registry=metrics.registry,
+            leak_threshold=pool.leak_threshold,
+            counts_from=counts_from,
         )
     else:
         database = Database.from_target(target)
@@ -126,6 +133,7 @@ def build_target(
                 name=target.name,
                 registry=metrics.registry,
                 leak_threshold=pool.leak_threshold,
+                counts_from=counts_from,
             )
         except TypeError as exc:  # an in-memory SQLite engine has no QueuePool
             log.warning("target %s: no pool metrics: %s", target.name, exc)
@@ -287,9 +295,14 @@ class Daemon:
         """Build and schedule a target of the ``configured`` ones; ``previous``, the runtime it
         replaces, hands its pool counters on."""
         others = [t for t in configured if t.name != target.name]
-        runtime = build_target(target, self.metrics, audit=self.audit, others=others)
-        if previous is not None and previous.instrumentation and runtime.instrumentation:
-            runtime.instrumentation.recorder.carry(previous.instrumentation.recorder)
+        old_pool = previous.instrumentation if previous is not None else None
+        runtime = build_target(
+            target,
+            self.metrics,
+            audit=self.audit,
+            others=others,
+            counts_from=old_pool.recorder if old_pool is not None else None,
+        )
         with self._targets_lock:
             self._targets[target.name] = runtime
         for job in runtime.jobs:
