@@ -64,7 +64,12 @@ def test_a_reload_that_rebuilds_targets_keeps_their_counters_counting(
             {"name": "orders", "kind": "postgres", "url": pg.url(), "probe": probe, "reaper": reaper},
             {"name": "down", "kind": "postgres", "url": refused, "probe": probe},
             # Unchanged, but its census knows the pools on its server, "leaving" among them.
-            {"name": "cache", "kind": "redis", "url": redis_server.url(), "probe": {"interval": 0.3, "timeout": 0.3}},
+            {
+                "name": "cache",
+                "kind": "redis",
+                "url": redis_server.url(),
+                "probe": {"interval": 0.3, "timeout": 0.3},
+            },
         ]
         if leaving:
             targets.append({"name": "leaving", "kind": "redis", "url": redis_server.url(), "probe": probe})
