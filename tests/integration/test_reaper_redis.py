@@ -104,7 +104,9 @@ def test_idle_named_clients_are_killed_and_the_rest_survive(pg, redis_server, cl
         name: client_id(c)
         for name, c in {"victim": victim, "other": other_name, "unnamed": unnamed, "busy": busy}.items()
     }
-    job, database, metrics = reaper(redis_server, prefix, audit_url, dry_run=False)
+    # 3 s, not 1: the busy client, pinged every 0.2 s by a thread, must not look idle when that
+    # thread gets no CPU for a second on a loaded machine.
+    job, database, metrics = reaper(redis_server, prefix, audit_url, dry_run=False, idle_timeout=3)
     stop = threading.Event()
 
     def keep_busy():
@@ -116,7 +118,7 @@ def test_idle_named_clients_are_killed_and_the_rest_survive(pg, redis_server, cl
     pinger.start()
     try:
         database.client.ping()  # poolwatch's own pooled connection, named like the victims
-        wait_redis_idle(redis_server, [ids["victim"], ids["other"], ids["unnamed"]], 1)
+        wait_redis_idle(redis_server, [ids["victim"], ids["other"], ids["unnamed"]], 3)
         job.run()
         present = clients.ids()
         assert ids["victim"] not in present
