@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from poolwatch.reaper.audit import AuditLog
     from poolwatch.reaper.lease import PostgresLease
     from poolwatch.reaper.own import OwnBackends
-    from poolwatch.reaper.policy import Policy, Victim
+    from poolwatch.reaper.policy import ReaperPolicy, Victim
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def snapshot(connection: Connection) -> tuple[dt.datetime, list[Session]]:
 def terminate(
     connection: Connection,
     victim: Victim,
-    policy: Policy,
+    policy: ReaperPolicy,
     own_pids: frozenset[int],
     lease_params: dict[str, int],
 ) -> bool:
@@ -116,7 +116,7 @@ def terminate(
 def terminate_all(
     connection: Connection,
     victims: Sequence[Victim],
-    policy: Policy,
+    policy: ReaperPolicy,
     own_pids: frozenset[int],
     lease_params: dict[str, int],
 ) -> tuple[set[int], set[int]]:
@@ -162,7 +162,7 @@ class PostgresReaper:
         self,
         target: str,
         lease: PostgresLease,
-        policy: Policy,
+        policy: ReaperPolicy,
         audit: AuditLog,
         own: OwnBackends,
         *,
