@@ -271,8 +271,10 @@ class Daemon:
         )
         self._server = http.serve(endpoint, self.settings.http)
         try:
-            for target in self.settings.targets:
-                self._add_target(target, self.settings.targets)
+            # A SIGHUP arriving meanwhile reloads after the targets are built, not between them.
+            with self._reload_lock:
+                for target in self.settings.targets:
+                    self._add_target(target, self.settings.targets)
         except BaseException:
             self._close()
             raise
@@ -356,10 +358,13 @@ class Daemon:
             self.metrics.reaper.remove_target(name)
 
     def run(self) -> None:
-        """Start if needed, then run jobs in the foreground until SIGTERM/SIGINT or ``stop()``."""
+        """Start if needed, then run jobs in the foreground until SIGTERM/SIGINT or ``stop()``.
+
+        The handlers go in before start-up: once the banner says the daemon runs, a SIGTERM stops
+        it cleanly (exit 0) instead of killing it with the signal's default action."""
+        self._install_signal_handlers()
         if not self._started.is_set():
             self.start()
-        self._install_signal_handlers()
         try:
             self._scheduler.run()
         finally:
@@ -375,9 +380,10 @@ class Daemon:
         settings. The HTTP listener and the audit log keep their settings until a restart.
 
         Every SIGHUP runs this on a thread of its own; reloads take turns (two at once would both
-        add, or both remove, the same target), and each one re-reads the file when its turn comes."""
+        add, or both remove, the same target), and each one re-reads the file when its turn comes;
+        one during start-up waits for the targets to be built."""
         if not self._reload_lock.acquire(blocking=False):
-            log.debug("reload: waiting for the reload under way to finish")
+            log.debug("reload: waiting for the reload (or start-up) under way to finish")
             self._reload_lock.acquire()
         try:
             self._reload()

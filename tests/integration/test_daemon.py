@@ -379,7 +379,7 @@ def test_two_sighups_at_once_reload_one_after_the_other(
         return reloaded
 
     def second_arrived() -> bool:
-        waiting = "reload: waiting for the reload under way to finish"
+        waiting = "reload: waiting for the reload (or start-up) under way to finish"
         return most_inside == 2 or any(r.getMessage() == waiting for r in caplog.records)
 
     caplog.set_level(logging.DEBUG, logger="poolwatch.daemon")
