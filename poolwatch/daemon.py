@@ -37,9 +37,9 @@ from poolwatch.scheduler import Scheduler
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from threading import Thread
-    from wsgiref.simple_server import WSGIServer
 
     from poolwatch.config import LogSettings, Settings, TargetSettings
+    from poolwatch.httpserver import HttpServer
     from poolwatch.instrument import RedisInstrumentation, SQLAlchemyInstrumentation
     from poolwatch.jobs import Job
 
@@ -211,7 +211,7 @@ class Daemon:
         self._targets: dict[str, TargetRuntime] = {}
         self._targets_lock = threading.Lock()
         self._reload_lock = threading.Lock()
-        self._server: tuple[WSGIServer, Thread] | None = None
+        self._server: tuple[HttpServer, Thread] | None = None
         self._started = threading.Event()
         self._stopped = threading.Event()
 
