@@ -184,18 +184,22 @@ def render_status_page(status: dict[str, Any]) -> str:
 def serve(endpoint: Endpoint, settings: HttpSettings) -> tuple[HttpServer, threading.Thread]:
     """Start serving; return ``(server, thread)``. Stop with ``stop_server``."""
     host, port = settings.address
-    limits = Limits(
+    tls = _tls_context(settings)
+    try:
+        server = HttpServer(endpoint, host, port, limits=limits(settings), tls=tls)
+    except OSError as exc:
+        raise ConfigError(f"http.listen: cannot listen on {settings.listen}: {exc.strerror}") from None
+    return server, server.start()
+
+
+def limits(settings: HttpSettings) -> Limits:
+    """The server's limits as configured."""
+    return Limits(
         max_connections=settings.max_connections,
         request_timeout=settings.request_timeout,
         max_request_bytes=settings.max_request_bytes,
         backlog=settings.backlog,
     )
-    tls = _tls_context(settings)
-    try:
-        server = HttpServer(endpoint, host, port, limits=limits, tls=tls)
-    except OSError as exc:
-        raise ConfigError(f"http.listen: cannot listen on {settings.listen}: {exc.strerror}") from None
-    return server, server.start()
 
 
 def stop_server(server: HttpServer, thread: threading.Thread) -> None:

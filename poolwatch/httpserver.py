@@ -6,7 +6,7 @@ keep-alive requests and while a response drains to a slow reader, it is parked i
 which costs a file descriptor and a few hundred bytes. That is waitress's shape; gunicorn's gthread
 worker instead hands each new connection to a thread, where a client that sends nothing holds it.
 
-Limits, each a setting:
+Limits (``Limits``; all but ``idle_timeout`` and ``workers`` are ``http`` settings):
 
 * ``request_timeout``: from accept (or the first byte after a keep-alive pause) to a complete
   request head, TLS handshake included; and again for writing a response. Counted per connection,
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from poolwatch import httpwire
+from poolwatch.httpconn import DRAINING, HANDSHAKE, HEAD, READ, WORKING, WRITE, WRITING, Connection, reason
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -43,16 +44,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-READ_CHUNK = 65536
 ACCEPT_BATCH = 64  # connections taken per wake-up, so a flood cannot starve the sockets already open
 # After a response that closes the connection: stop sending, then read what the client still sends
 # until it closes too (bounded), so unread bytes do not turn the close into a reset that can
 # destroy the response on its way.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 18
-
-HANDSHAKE, HEAD, WORKING, WRITING, DRAINING = "handshake", "head", "working", "writing", "draining"
 
 
 @dataclass(frozen=True)
@@ -65,41 +62,6 @@ class Limits:
     max_request_bytes: int = 16384
     backlog: int = 128
     workers: int = 4
-
-
-class _Connection:
-    """One client socket. Owned by the selector thread, or by one worker while it answers."""
-
-    __slots__ = (
-        "broken",
-        "buffer",
-        "client",
-        "eof",
-        "events",
-        "idle",
-        "keep_alive",
-        "line_done",
-        "out",
-        "scanned",
-        "seq",
-        "sock",
-        "state",
-    )
-
-    def __init__(self, sock: socket.socket, client: tuple[str, int], state: str) -> None:
-        self.sock = sock
-        self.client = client
-        self.state = state
-        self.buffer = bytearray()
-        self.scanned = 0  # bytes of buffer already searched for the end of the head
-        self.line_done = False  # the request line is complete and was found servable
-        self.idle = False  # a keep-alive pause: nothing of the next request yet
-        self.eof = False
-        self.keep_alive = False
-        self.out = memoryview(b"")
-        self.events = 0
-        self.seq = -1  # the deadline entry in force; older heap entries for it are stale
-        self.broken = False
 
 
 class HttpServer:
@@ -135,11 +97,11 @@ class HttpServer:
         self._waker, self._wake_end = socket.socketpair()
         self._waker.settimeout(0)
         self._wake_end.settimeout(0)
-        self._jobs: queue.SimpleQueue[tuple[_Connection, httpwire.Request] | None] = queue.SimpleQueue()
-        self._answered: queue.SimpleQueue[_Connection] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Connection, httpwire.Request] | None] = queue.SimpleQueue()
+        self._answered: queue.SimpleQueue[Connection] = queue.SimpleQueue()
         # Insertion order is parking order: the first entry is the one to evict.
-        self._parked: dict[_Connection, None] = {}
-        self._deadlines: list[tuple[float, int, _Connection]] = []
+        self._parked: dict[Connection, None] = {}
+        self._deadlines: list[tuple[float, int, Connection]] = []
         self._seq = itertools.count()
         self._open = 0
         self._accepting = False
@@ -246,18 +208,18 @@ class HttpServer:
         sock.settimeout(0)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = _Connection(sock, client, HEAD)
+        conn = Connection(sock, client, HEAD)
         if self._tls is not None:
             try:
                 conn.sock = self._tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             except (OSError, ssl.SSLError) as exc:
-                log.debug("http %s: TLS set-up failed: %s", client[0], _reason(exc))
+                log.debug("http %s: TLS set-up failed: %s", client[0], reason(exc))
                 self._close(conn)
                 return
             conn.state = HANDSHAKE
         self._park(conn, READ, self._limits.request_timeout)
 
-    def _victim(self) -> _Connection | None:
+    def _victim(self) -> Connection | None:
         """The connection parked the longest that is not receiving a response."""
         return next((conn for conn in self._parked if conn.state != WRITING), None)
 
@@ -278,7 +240,7 @@ class HttpServer:
         self._accepting = True
         self._accept_again_at = 0.0
 
-    def _ready(self, conn: _Connection, _mask: int) -> None:
+    def _ready(self, conn: Connection, _mask: int) -> None:
         if conn.state == HANDSHAKE:
             self._handshake(conn)
         elif conn.state == HEAD:
@@ -288,51 +250,28 @@ class HttpServer:
         elif conn.state == DRAINING:
             self._drain(conn)
 
-    def _handshake(self, conn: _Connection) -> None:
-        sock = conn.sock
-        assert isinstance(sock, ssl.SSLSocket)
-        try:
-            sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self._watch(conn, READ)
-            return
-        except ssl.SSLWantWriteError:
-            self._watch(conn, WRITE)
-            return
-        except (OSError, ssl.SSLError) as exc:
-            # Plain HTTP on the TLS port, a scanner, a client refusing our certificate: one line.
+    def _handshake(self, conn: Connection) -> None:
+        outcome = conn.handshake()
+        if outcome is False:
             self.failed_handshakes += 1
-            log.debug("http %s: TLS handshake failed: %s", conn.client[0], _reason(exc))
             self._close(conn)
-            return
-        conn.state = HEAD
-        self._watch(conn, READ)
-        self._read(conn)  # the request may have come with the handshake's last flight
+        elif outcome is True:
+            conn.state = HEAD
+            self._watch(conn, READ)
+            self._read(conn)  # the request may have come with the handshake's last flight
+        else:
+            self._watch(conn, outcome)
 
-    def _read(self, conn: _Connection) -> None:
-        sock = conn.sock
-        try:
-            while True:
-                chunk = sock.recv(READ_CHUNK)
-                if not chunk:
-                    conn.eof = True
-                    break
-                conn.buffer += chunk
-                if len(conn.buffer) > self._limits.max_request_bytes:
-                    break
-                if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
-                    break
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
-            pass
-        except ssl.SSLWantWriteError:
-            self._watch(conn, READ | WRITE)
-        except (OSError, ssl.SSLError) as exc:
-            log.debug("http %s: read failed: %s", conn.client[0], _reason(exc))
+    def _read(self, conn: Connection) -> None:
+        outcome = conn.receive(self._limits.max_request_bytes)
+        if outcome is False:
             self._close(conn)
             return
+        if outcome is not True:
+            self._watch(conn, outcome)
         self._examine(conn)
 
-    def _examine(self, conn: _Connection) -> None:
+    def _examine(self, conn: Connection) -> None:
         """Dispatch the request once its head is whole; refuse it as soon as it cannot be served."""
         buffer = conn.buffer
         if conn.idle and buffer:
@@ -367,26 +306,26 @@ class HttpServer:
         conn.state = WORKING
         self._jobs.put((conn, request))
 
-    def _refuse(self, conn: _Connection, status: str) -> None:
+    def _refuse(self, conn: Connection, status: str) -> None:
         log.debug("http %s: refused: %s", conn.client[0], status)
         conn.keep_alive = False
         conn.out = memoryview(httpwire.error(status))
         self._start_writing(conn)
 
-    def _start_writing(self, conn: _Connection) -> None:
+    def _start_writing(self, conn: Connection) -> None:
         conn.state = WRITING
         self._park(conn, WRITE, self._limits.request_timeout)
         self._write(conn)
 
-    def _write(self, conn: _Connection) -> None:
-        if not _send(conn):
+    def _write(self, conn: Connection) -> None:
+        if not conn.send():
             self._close(conn)
         elif conn.out:
             self._watch(conn, WRITE)
         else:
             self._answered_fully(conn)
 
-    def _answered_fully(self, conn: _Connection) -> None:
+    def _answered_fully(self, conn: Connection) -> None:
         if conn.eof:
             self._close(conn)
         elif not conn.keep_alive or self._stopping.is_set():
@@ -399,7 +338,7 @@ class HttpServer:
             if conn.buffer:
                 self._examine(conn)  # a pipelined request arrived with the previous one
 
-    def _linger(self, conn: _Connection) -> None:
+    def _linger(self, conn: Connection) -> None:
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -410,20 +349,9 @@ class HttpServer:
         conn.scanned = 0
         self._park(conn, READ, min(LINGER_SECONDS, self._limits.request_timeout))
 
-    def _drain(self, conn: _Connection) -> None:
-        try:
-            while chunk := conn.sock.recv(READ_CHUNK):
-                conn.scanned += len(chunk)
-                if conn.scanned > LINGER_BYTES:
-                    break
-            else:
-                self._close(conn)  # the client closed its side too
-                return
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return
-        except OSError:
-            pass
-        self._close(conn)
+    def _drain(self, conn: Connection) -> None:
+        if conn.discard(LINGER_BYTES):
+            self._close(conn)
 
     def _take_back(self) -> None:
         """Connections the workers have answered: send the rest, then keep alive or close."""
@@ -452,17 +380,17 @@ class HttpServer:
             self._deadlines = [entry for entry in deadlines if entry[2].seq == entry[1]]
             heapq.heapify(self._deadlines)
 
-    def _park(self, conn: _Connection, events: int, wait: float) -> None:
+    def _park(self, conn: Connection, events: int, wait: float) -> None:
         self._parked.pop(conn, None)
         self._parked[conn] = None
         self._set_deadline(conn, wait)
         self._watch(conn, events)
 
-    def _set_deadline(self, conn: _Connection, wait: float) -> None:
+    def _set_deadline(self, conn: Connection, wait: float) -> None:
         conn.seq = next(self._seq)
         heapq.heappush(self._deadlines, (self._clock() + wait, conn.seq, conn))
 
-    def _watch(self, conn: _Connection, events: int) -> None:
+    def _watch(self, conn: Connection, events: int) -> None:
         if conn.events == events:
             return
         if conn.events:
@@ -471,14 +399,14 @@ class HttpServer:
             self._selector.register(conn.sock, events, conn)
         conn.events = events
 
-    def _unpark(self, conn: _Connection) -> None:
+    def _unpark(self, conn: Connection) -> None:
         self._parked.pop(conn, None)
         conn.seq = -1
         if conn.events:
             self._selector.unregister(conn.sock)
             conn.events = 0
 
-    def _close(self, conn: _Connection) -> None:
+    def _close(self, conn: Connection) -> None:
         self._unpark(conn)
         conn.sock.close()
         self._open -= 1
@@ -512,56 +440,22 @@ class HttpServer:
         while (job := self._jobs.get()) is not None:
             conn, request = job
             conn.out = memoryview(self._answer(conn, request))
-            conn.broken = not _send(conn)  # most answers fit the socket buffer: no second hop
+            conn.broken = not conn.send()  # most answers fit the socket buffer: no second hop
             self._answered.put(conn)
             self._wake()
 
-    def _answer(self, conn: _Connection, request: httpwire.Request) -> bytes:
+    def _answer(self, conn: Connection, request: httpwire.Request) -> bytes:
         environ = httpwire.environ(
             request, server=self.server_address, client=conn.client, scheme=self._scheme
         )
-        started: list[Any] = []
-        written: list[bytes] = []
-
-        def start_response(status: str, headers: list[tuple[str, str]], _exc_info: Any = None) -> Any:
-            started[:] = [status, headers]
-            return written.append
-
         try:
-            result = self._app(environ, start_response)
-            try:
-                body = b"".join([*written, *result])
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
+            status, headers, body = httpwire.call(self._app, environ)
         except Exception:
             log.exception("http %s %r: the endpoint failed", conn.client[0], request.line)
             conn.keep_alive = False
             return httpwire.error("500 Internal Server Error")
-        status, headers = started
         log.debug('http %s "%s" %s %d', conn.client[0], request.line, status.split(" ", 1)[0], len(body))
         conn.keep_alive = conn.keep_alive and not self._stopping.is_set()
         return httpwire.response(
             status, headers, body, head_only=request.method == "HEAD", keep_alive=conn.keep_alive
         )
-
-
-def _send(conn: _Connection) -> bool:
-    """Send what the socket takes now; False when the connection is broken."""
-    try:
-        while conn.out:
-            sent = conn.sock.send(conn.out)
-            conn.out = conn.out[sent:]
-    except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-        return True
-    except (OSError, ssl.SSLError) as exc:
-        log.debug("http %s: write failed: %s", conn.client[0], _reason(exc))
-        return False
-    return True
-
-
-def _reason(exc: BaseException) -> str:
-    """A short reason for a log line: the TLS alert or errno text, not a traceback."""
-    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None)
-    return str(reason) if reason else type(exc).__name__

@@ -15,7 +15,10 @@ import sys
 import urllib.parse
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 MAX_HEADERS = 100  # as http.client and the stdlib server allow
 
@@ -170,6 +173,27 @@ def environ(
         key = key if key in {"CONTENT_TYPE", "CONTENT_LENGTH"} else "HTTP_" + key
         env[key] = f"{env[key]},{value}" if key in env else value
     return env
+
+
+def call(
+    app: Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]], environ: dict[str, Any]
+) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Run a WSGI application on ``environ``: its status, headers and whole body."""
+    started: list[Any] = []
+    written: list[bytes] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], _exc_info: Any = None) -> Any:
+        started[:] = [status, headers]
+        return written.append
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join([*written, *result])
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return started[0], started[1], body
 
 
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding"})

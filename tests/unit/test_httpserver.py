@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from poolwatch import http as endpoint_module
+from poolwatch.config import validate
+from poolwatch.errors import ConfigError
 from poolwatch.http import Endpoint
 from poolwatch.httpserver import HttpServer, Limits
 from tests.daemonkit import wait_for
@@ -298,6 +301,16 @@ def test_the_configured_backlog_holds_a_burst_of_connects() -> None:
         assert _connects(server, 60) == 60
     with serving(start=False, backlog=5) as server:
         assert _connects(server, 60) < 60
+
+
+def test_the_backlog_and_the_other_limits_come_from_the_settings() -> None:
+    settings = validate({"http": {"backlog": 7, "max_connections": 9, "request_timeout": 3}}).http
+    limits = endpoint_module.limits(settings)
+    assert (limits.backlog, limits.max_connections, limits.request_timeout) == (7, 9, 3)
+    assert endpoint_module.limits(validate({}).http).backlog == 128
+    for bad in (0, 70_000, "many"):
+        with pytest.raises(ConfigError, match=r"http\.backlog"):
+            validate({"http": {"backlog": bad}})
 
 
 # ------------------------------------------------------------------------------------------- TLS
