@@ -38,6 +38,7 @@ class Connection:
         "out",
         "scanned",
         "seq",
+        "served",
         "sock",
         "state",
     )
@@ -55,6 +56,7 @@ class Connection:
         self.out = memoryview(b"")
         self.events = 0  # what the selector watches it for; 0 while not registered
         self.seq = -1  # the deadline entry in force; older heap entries for it are stale
+        self.served = 0  # responses sent on it
         self.broken = False  # a worker's send failed: the selector thread closes it
 
     def handshake(self) -> int | bool:

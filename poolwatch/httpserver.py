@@ -13,9 +13,10 @@ Limits (``Limits``; all but ``idle_timeout`` and ``workers`` are ``http`` settin
   not per read, so a client trickling a byte at a time is cut all the same.
 * ``idle_timeout``: how long a keep-alive connection may wait for its next request.
 * ``max_connections``: open connections. At the cap, a new connection evicts the one parked the
-  longest that is not receiving a response (an idle, slow or stalled one): a flood of idle
-  connections churns through the cap instead of refusing everyone else. When every connection is
-  being answered, accepting pauses and new connections wait in the listen queue (``backlog``).
+  longest that is not receiving a response, a never-answered one (idle, slow or stalled) before a
+  keep-alive one: a flood of idle connections churns through the cap instead of refusing everyone
+  else. When every connection is being answered, accepting pauses and new connections wait in the
+  listen queue (``backlog``).
 * ``max_request_bytes``: a head larger than this is answered 431.
 """
 
@@ -220,8 +221,20 @@ class HttpServer:
         self._park(conn, READ, self._limits.request_timeout)
 
     def _victim(self) -> Connection | None:
-        """The connection parked the longest that is not receiving a response."""
-        return next((conn for conn in self._parked if conn.state != WRITING), None)
+        """The connection to close for a newcomer: parked the longest, not receiving a response.
+
+        One that was never answered (idle since accept, trickling, stalled in its handshake) or
+        is closing goes before a keep-alive connection between two answered requests, so a flood
+        of idle connections cannot push out the connection a scraper keeps.
+        """
+        served = None
+        for conn in self._parked:
+            if conn.state == WRITING:
+                continue
+            if not conn.served or conn.state == DRAINING:
+                return conn
+            served = served or conn
+        return served
 
     def _pause_accepting(self, until: float = 0.0) -> None:
         if self._accepting:
@@ -326,6 +339,7 @@ class HttpServer:
             self._answered_fully(conn)
 
     def _answered_fully(self, conn: Connection) -> None:
+        conn.served += 1
         if conn.eof:
             self._close(conn)
         elif not conn.keep_alive or self._stopping.is_set():

@@ -215,6 +215,22 @@ def test_at_the_cap_the_connection_idle_the_longest_is_closed_first() -> None:
             sock.close()
 
 
+def test_a_keep_alive_connection_between_requests_outlasts_a_flood_of_idle_ones() -> None:
+    with serving(max_connections=5, request_timeout=60) as server:
+        scraper = http.client.HTTPConnection(*server.server_address, timeout=10)
+        scraper.request("GET", "/metrics")
+        scraper.getresponse().read()
+        idle = [connect(server) for _ in range(20)]  # each past the cap closes an idle one
+        wait_for(lambda: server.accepted == 21, 10, "the flood accepted")
+        wait_for(lambda: server.evicted == 16, 10, "the flood pushed out")
+        scraper.request("GET", "/metrics")
+        assert scraper.getresponse().status == 200
+        assert server.accepted == 21, "the same connection"
+        for sock in idle:
+            sock.close()
+        scraper.close()
+
+
 def test_requests_being_answered_are_never_evicted_and_newcomers_wait_their_turn() -> None:
     release = threading.Event()
     inner = endpoint()
