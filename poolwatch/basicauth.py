@@ -11,8 +11,9 @@ cheap for a scraper that knows its password:
   refused at once (429), never queued behind the others.
 * Each client address that keeps failing is refused without hashing (429 with ``Retry-After``) for
   a back-off that doubles per failure, up to a cap; the table of addresses is bounded.
-* An unknown user costs exactly what a wrong password does: one hash at the configured cost, on a
-  password cut to bcrypt's 72 bytes on both paths.
+* An unknown user costs exactly what a wrong password does: one hash at the configured cost. A
+  password over bcrypt's 72 bytes is refused unhashed whoever the user is (bcrypt 5 refuses to
+  hash it, and as the Go exporters do).
 
 Checks on the cached path come before the throttle, so a verified scraper is never slowed, even
 while its own address is being throttled for someone else's guesses.
@@ -34,8 +35,8 @@ import bcrypt
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-# bcrypt reads at most this many bytes of a password: longer ones are cut before hashing (bcrypt 5
-# refuses them outright), the same way on the path of a known and of an unknown user.
+# bcrypt reads at most this many bytes of a password; a longer one is refused before any user is
+# looked up, so its answer says nothing about which users exist.
 BCRYPT_MAX_PASSWORD = 72
 
 
@@ -176,7 +177,7 @@ class BasicAuth:
         if wait > 0:
             return Verdict(allowed=False, retry_after=wait)
         credentials = None if known_bad else _credentials(header)
-        if credentials is None:
+        if credentials is None or len(credentials[1]) > BCRYPT_MAX_PASSWORD:
             self._throttle.failed(address)
             return DENIED
         if not self._hashing.acquire(blocking=False):
@@ -196,7 +197,7 @@ class BasicAuth:
     def _matches(self, user: str, password: bytes) -> bool:
         hashed = self._users.get(user)
         # The same work whether or not the user exists: one check at the configured cost.
-        matched = self._check(password[:BCRYPT_MAX_PASSWORD], self._dummy if hashed is None else hashed)
+        matched = self._check(password, self._dummy if hashed is None else hashed)
         return hashed is not None and matched
 
     def _remember(self, key: bytes, ok: bool) -> None:
