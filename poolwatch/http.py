@@ -214,6 +214,8 @@ def _tls_context(settings: HttpSettings) -> ssl.SSLContext | None:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Renegotiation would let a client make the server read in the middle of writing.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     try:
         context.load_cert_chain(tls.cert_file, tls.key_file)
         if tls.client_ca_file:

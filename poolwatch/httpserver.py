@@ -254,14 +254,22 @@ class HttpServer:
         self._accept_again_at = 0.0
 
     def _ready(self, conn: Connection, _mask: int) -> None:
-        if conn.state == HANDSHAKE:
-            self._handshake(conn)
-        elif conn.state == HEAD:
-            self._read(conn)
-        elif conn.state == WRITING:
-            self._write(conn)
-        elif conn.state == DRAINING:
-            self._drain(conn)
+        if not conn.events:
+            return  # closed earlier in this round (evicted for a newcomer, say)
+        try:
+            if conn.state == HANDSHAKE:
+                self._handshake(conn)
+            elif conn.state == HEAD:
+                self._read(conn)
+            elif conn.state == WRITING:
+                self._write(conn)
+            elif conn.state == DRAINING:
+                self._drain(conn)
+        except Exception:
+            # A fault of ours, not the client's: it costs this connection, never the server.
+            log.exception("http %s: serving the connection failed", conn.client[0])
+            if conn.events:
+                self._close(conn)
 
     def _handshake(self, conn: Connection) -> None:
         outcome = conn.handshake()
@@ -280,8 +288,7 @@ class HttpServer:
         if outcome is False:
             self._close(conn)
             return
-        if outcome is not True:
-            self._watch(conn, outcome)
+        self._watch(conn, READ if outcome is True else outcome)
         self._examine(conn)
 
     def _examine(self, conn: Connection) -> None:
