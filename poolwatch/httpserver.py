@@ -139,11 +139,13 @@ class HttpServer:
         self._stopping.set()
         self._wake()
         if self._threads:
+            deadline = time.monotonic() + 5
             self._threads[0].join(5)
             for _ in self._threads[1:]:
                 self._jobs.put(None)
             for thread in self._threads[1:]:
-                thread.join(5)
+                # A worker still answering finishes on its own; five seconds in all are waited.
+                thread.join(max(0.0, deadline - time.monotonic()))
         else:
             self._close_all()
         with contextlib.suppress(queue.Empty):
