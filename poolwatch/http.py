@@ -1,14 +1,9 @@
 """The HTTP endpoint: /metrics, /healthz, /readyz, /status (JSON) and a small status page at /.
 
-A WSGI app served by a threading server (as prometheus_client's own ``start_http_server`` does),
-with what an exposed exporter needs on top: 404 for unknown paths, 405 for methods other than
-GET/HEAD, optional TLS (handshake on the request thread, never on the accept loop) and HTTP basic
-auth against bcrypt hashes. Nothing here touches a database: every answer comes from memory.
-
-Slow and hostile clients cost bounded resources: at most ``max_connections`` are served at once (more
-are closed at accept), each connection is shut down ``request_timeout`` after it was accepted
-whatever it is doing (a per-read socket timeout alone lets a client trickling one byte at a time stay
-forever), and a request head larger than ``max_request_bytes`` is answered 431 and closed.
+A WSGI app with what an exposed exporter needs: 404 for unknown paths, 405 for methods other than
+GET/HEAD, HTTP basic auth against bcrypt hashes (``basicauth``), optional TLS. Nothing here touches
+a database: every answer comes from memory. ``serve`` runs it on ``httpserver``, which bounds what
+slow and hostile clients cost.
 """
 
 from __future__ import annotations
