@@ -7,6 +7,8 @@ Redis target, basic auth with a cost-10 bcrypt hash, default http limits): ``aft
 checkout, ``before`` runs ``git archive <baseline>`` unpacked in a temporary directory. Each round
 runs every scenario against both, the order rotating between rounds:
 
+* ``sequential``: one scraper, 200 scrapes back to back on a keep-alive connection: the cost of
+  the HTTP path itself.
 * ``concurrent``: 50 scrapers, each on its own keep-alive connection (as Prometheus keeps one per
   target), scraping all at the same instant, 10 times, with the headers Prometheus sends and
   verified credentials.
@@ -50,7 +52,7 @@ from benchmarks import harness
 from benchmarks.harness import LOOPBACK, SCRAPE_HEADERS, median, percentile, spread
 
 USER, PASSWORD = "prometheus", "scrape-Pa55word"
-SCENARIOS = ("concurrent", "flood", "auth_attack")
+SCENARIOS = ("sequential", "concurrent", "flood", "auth_attack")
 
 
 class Process:
@@ -186,6 +188,20 @@ def _outcome(latencies: list[float], total: int, cpu: float, threads: int) -> di
         "cpu_s": cpu,
         "threads_max": threads,
     }
+
+
+def sequential(process: Process, scrapes: int = 200) -> dict[str, Any]:
+    latencies: list[float] = []
+    connection = process.connection(timeout=30)
+    cpu = process.cpu()
+    with ThreadSampler(process) as sampler:
+        for _ in range(scrapes):
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                status, took = scrape(connection)
+                if status == 200:
+                    latencies.append(took)
+    connection.close()
+    return _outcome(latencies, scrapes, process.cpu() - cpu, sampler.most)
 
 
 def concurrent(process: Process, scrapers: int = 50, each: int = 10) -> dict[str, Any]:

@@ -283,6 +283,7 @@ def _checkout_time(data: dict[str, Any]) -> list[str]:
 
 
 HTTP_SCENARIOS: Final = {
+    "sequential": "one scraper, 200 scrapes, keep-alive",
     "concurrent": "50 scrapers at once, keep-alive",
     "flood": "100 idle connections a second",
     "auth_attack": "50 basic-auth attackers",
@@ -305,7 +306,9 @@ def _http_attack(data: dict[str, Any]) -> list[str]:
         *_head("scenario", "", "scrapes answered", "p50", "p99", "over 0.5 s", "CPU", "threads"),
     ]
     for scenario, title in HTTP_SCENARIOS.items():
-        per = data["scenarios"][scenario]
+        per = data["scenarios"].get(scenario)
+        if per is None:
+            continue
         for name in ("before", "after"):
             row = per[name]
             p50 = [v for v in row["p50_ms"] if v is not None]
