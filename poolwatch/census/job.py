@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from poolwatch.errors import first_line, translate
@@ -26,9 +27,18 @@ log = logging.getLogger(__name__)
 Sample = tuple[str, tuple[str, ...], float]
 
 
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """The census the job publishes now, and when it was taken (Unix time)."""
+
+    samples: list[Sample]
+    taken_at: float
+
+
 class CensusJob:
     """A scheduled census of one target. ``take`` does the I/O and returns the samples to publish;
-    ``backoff`` (the target's probe) defers runs while logins to the target are held back."""
+    ``backoff`` (the target's probe) defers runs while logins to the target are held back.
+    ``last()`` is what is published now, for the status page."""
 
     task = "census"
 
@@ -45,11 +55,12 @@ class CensusJob:
         self.target = target
         self.interval = interval
         self.timeout = timeout
-        self._take = take
+        self.take = take
         self._metrics = metrics
         self._backoff = backoff
         self._lock = threading.Lock()
         self._samples: list[Sample] | None = None
+        self._published: Reading | None = None
         self._failing = False
 
     def run(self) -> None:
@@ -57,9 +68,9 @@ class CensusJob:
             # record() is not called for a deferred run, so the series are withdrawn here: a count
             # from a server we cannot log in to would be a guess. (record() of the previous run has
             # returned: the scheduler never overlaps two calls for one job.)
-            self._metrics.publish(self.target, ())
+            self._withdraw()
             raise Deferred(f"census of {self.target}: {BACKING_OFF}")
-        samples = self._take()
+        samples = self.take()
         with self._lock:
             self._samples = samples
 
@@ -68,12 +79,24 @@ class CensusJob:
             samples, self._samples = self._samples, None
         if outcome.ok and samples is not None:
             self._metrics.publish(self.target, samples)
+            with self._lock:
+                self._published = Reading(samples, outcome.finished_at)
             if self._failing:
                 log.info("census of %s works again", self.target)
             self._failing = False
             return
-        self._metrics.publish(self.target, ())
+        self._withdraw()
         if not self._failing and outcome.error is not None:
             translated = translate(outcome.error, target=self.target)
             log.warning("census of %s failed: %s", self.target, first_line(translated or outcome.error))
         self._failing = True
+
+    def _withdraw(self) -> None:
+        self._metrics.publish(self.target, ())
+        with self._lock:
+            self._published = None
+
+    def last(self) -> Reading | None:
+        """The census published now; None while none is (not taken yet, failing, backing off)."""
+        with self._lock:
+            return self._published
