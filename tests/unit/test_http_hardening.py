@@ -68,7 +68,7 @@ def _raw(daemon: Daemon, payload: bytes, wait: float = 3.0) -> bytes:
 
 
 def _server_threads() -> int:
-    return sum(1 for thread in threading.enumerate() if thread.name.startswith("Thread-"))
+    return sum(1 for thread in threading.enumerate() if thread.name.startswith("poolwatch-http"))
 
 
 @pytest.mark.parametrize(
@@ -118,14 +118,10 @@ MALFORMED = {
 @pytest.mark.parametrize("payload", MALFORMED.values(), ids=MALFORMED.keys())
 def test_malformed_requests_are_refused_and_serving_goes_on(daemon: Daemon, payload: bytes) -> None:
     answer = _raw(daemon, payload)
-    # The stdlib parser is lenient (a bare newline is accepted) and answers an HTTP/0.9-looking
-    # request with a bare HTML error page: what matters is no server error, no hang, and serving on.
-    assert b" 500 " not in answer[:20]
     assert b"Traceback" not in answer
-    if answer.startswith(b"HTTP/"):
-        assert int(answer.split(b" ", 2)[1]) in {200, 400, 401, 404, 405, 414, 431, 505}, answer[:200]
-    elif answer:
-        assert b"Error code: 4" in answer or b"Error code: 505" in answer, answer[:200]
+    if answer:  # a half request is closed at its deadline without an answer
+        assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+        assert int(answer.split(b" ", 2)[1]) in {200, 400, 401, 404, 405, 431, 505}, answer[:200]
     _metrics_quickly(daemon)
 
 
@@ -193,20 +189,19 @@ def test_slow_clients_are_cut_at_their_deadline_and_metrics_stays_fast(daemon: D
     _metrics_quickly(daemon)
 
 
-def test_connections_beyond_the_cap_are_closed_at_accept(daemon: Daemon) -> None:
+def test_a_crowd_beyond_the_cap_costs_no_threads_and_scrapes_go_on_during_it(daemon: Daemon) -> None:
     host, port = daemon.address
-    baseline = _server_threads()
+    threads = _server_threads()
     sockets = []
     try:
         for _ in range(MAX_CONNECTIONS * 3):
             sock = socket.create_connection((host, port), timeout=5)
             sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the end of it
             sockets.append(sock)
-        time.sleep(0.5)
-        assert _server_threads() <= baseline + MAX_CONNECTIONS + 2
+        # The newest connections pushed the oldest waiting ones out: scrapes are served meanwhile.
+        _metrics_quickly(daemon)
+        assert _server_threads() == threads
     finally:
         for sock in sockets:
             sock.close()
-    # Once the crowd has gone (or been cut at the deadline), scrapes are served again.
-    wait_for(lambda: _server_threads() <= baseline + 2, REQUEST_TIMEOUT + 3, "handler threads gone")
     _metrics_quickly(daemon)
