@@ -212,7 +212,7 @@ SERVER_CONNECTIONS = _spec(
     "server_connections",
     "gauge",
     "Server-side sessions by state, database, user and application "
-    "(values outside the configured names are folded into 'other').",
+    "(names not configured are folded into the empty value).",
     ("target", "state", "database", "user", "application"),
 )
 SERVER_POOL_CONNECTIONS = _spec(

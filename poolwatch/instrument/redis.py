@@ -204,6 +204,7 @@ def instrument_redis(
     registry: CollectorRegistry | None = None,
     leak_threshold: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    counts_from: Recorder | None = None,
 ) -> RedisInstrumentation:
     """Export the metrics of a redis-py client's (or pool's) connection pool on ``registry``.
 
@@ -211,7 +212,7 @@ def instrument_redis(
     as it was (not a redis-py pool, instrumented already, the name taken on this registry, a bad
     ``leak_threshold``). Connections of a class without redis-py's connect steps (``_connect()`` and
     the connect callback: a test double, say) are counted like any other but their connects are not
-    timed.
+    timed. ``counts_from``: as for ``instrument``.
     """
     pool = client_or_pool.connection_pool if isinstance(client_or_pool, redis.Redis) else client_or_pool
     if not isinstance(pool, redis.ConnectionPool):
@@ -224,6 +225,8 @@ def instrument_redis(
         raise ValueError(f"poolwatch.instrument_redis({name!r}): leak_threshold must be > 0")
     collector = collector_for(registry)
     recorder = Recorder(name, leak_threshold=leak_threshold, clock=clock)
+    if counts_from is not None:  # before the collector can read it: never a drop to 0
+        recorder.carry(counts_from)
     instrumentation = RedisInstrumentation(pool, name, recorder)
     collector.add(name, instrumentation)  # raises ValueError if the name is taken: nothing changed yet
     instrumentation._registry_remove = lambda: collector.remove(name, instrumentation)

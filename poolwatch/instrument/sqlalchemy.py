@@ -207,6 +207,7 @@ def instrument(
     registry: CollectorRegistry | None = None,
     leak_threshold: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    counts_from: Recorder | None = None,
 ) -> SQLAlchemyInstrumentation:
     """Export the pool metrics of ``engine`` (or of a QueuePool built directly) on ``registry``.
 
@@ -214,27 +215,16 @@ def instrument(
     ``AsyncEngine`` (AsyncAdaptedQueuePool); keeps working after ``engine.dispose()``. Everything is
     checked before anything changes: a ``TypeError`` / ``ValueError`` leaves the engine as it was
     (not a QueuePool, instrumented already, the name taken on this registry, a bad
-    ``leak_threshold``). ``leak_threshold`` (seconds) turns on leak detection.
+    ``leak_threshold``). ``leak_threshold`` (seconds) turns on leak detection. ``counts_from``: the
+    recorder of a pool this one replaces under the same name (a target rebuilt on reload), whose
+    counters and histograms this one's count on from.
     """
     target: Engine | QueuePool = cast("Any", getattr(engine, "sync_engine", engine))  # AsyncEngine wraps one
-    pool = target if isinstance(target, Pool) else target.pool
-    if not isinstance(pool, QueuePool):
-        raise TypeError(
-            f"poolwatch.instrument({name!r}): {type(pool).__name__} is not a QueuePool; "
-            "pool metrics need QueuePool or AsyncAdaptedQueuePool"
-        )
-    if _attached(pool) is not None:
-        raise ValueError(f"poolwatch.instrument({name!r}): this engine is already instrumented")
-    if leak_threshold is not None and not leak_threshold > 0:
-        raise ValueError(f"poolwatch.instrument({name!r}): leak_threshold must be > 0")
-    try:
-        pool_internals(pool)
-    except AttributeError as exc:
-        raise TypeError(
-            f"poolwatch.instrument({name!r}): {type(pool).__name__} lacks what poolwatch reads ({exc})"
-        ) from None
+    pool = _checked(target if isinstance(target, Pool) else target.pool, name, leak_threshold)
     collector = collector_for(registry)
     recorder = Recorder(name, leak_threshold=leak_threshold, clock=clock)
+    if counts_from is not None:  # before the collector can read it: never a drop to 0
+        recorder.carry(counts_from)
     instrumentation = SQLAlchemyInstrumentation(target, name, recorder)
     collector.add(name, instrumentation)  # raises ValueError if the name is taken: nothing changed yet
     instrumentation._registry_remove = lambda: collector.remove(name, instrumentation)
@@ -252,6 +242,26 @@ def instrument(
         instrumentation.remove()
         raise
     return instrumentation
+
+
+def _checked(pool: Pool, name: str, leak_threshold: float | None) -> QueuePool:
+    """``pool``, if poolwatch can instrument it; else the error, before anything changed."""
+    if not isinstance(pool, QueuePool):
+        raise TypeError(
+            f"poolwatch.instrument({name!r}): {type(pool).__name__} is not a QueuePool; "
+            "pool metrics need QueuePool or AsyncAdaptedQueuePool"
+        )
+    if _attached(pool) is not None:
+        raise ValueError(f"poolwatch.instrument({name!r}): this engine is already instrumented")
+    if leak_threshold is not None and not leak_threshold > 0:
+        raise ValueError(f"poolwatch.instrument({name!r}): leak_threshold must be > 0")
+    try:
+        pool_internals(pool)
+    except AttributeError as exc:
+        raise TypeError(
+            f"poolwatch.instrument({name!r}): {type(pool).__name__} lacks what poolwatch reads ({exc})"
+        ) from None
+    return pool
 
 
 def _attached(pool: object) -> _Attached | None:
