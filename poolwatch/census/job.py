@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from poolwatch.errors import first_line, translate
 from poolwatch.jobs import BACKING_OFF, NO_BACKOFF, Deferred
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from poolwatch.jobs import Backoff, Outcome
-    from poolwatch.metrics import CensusMetrics
 
 log = logging.getLogger(__name__)
 
 Sample = tuple[str, tuple[str, ...], float]
+
+
+class Publisher(Protocol):
+    """Where a census lands: ``CensusMetrics``, or ``PgBouncerMetrics`` for PgBouncer's stats."""
+
+    def publish(self, target: str, samples: Iterable[Sample]) -> None: ...
 
 
 class CensusJob:
@@ -36,7 +41,7 @@ class CensusJob:
         self,
         target: str,
         take: Callable[[], list[Sample]],
-        metrics: CensusMetrics,
+        metrics: Publisher,
         *,
         interval: float,
         timeout: float,
@@ -77,3 +82,9 @@ class CensusJob:
             translated = translate(outcome.error, target=self.target)
             log.warning("census of %s failed: %s", self.target, first_line(translated or outcome.error))
         self._failing = True
+
+
+class PgBouncerJob(CensusJob):
+    """The stats job of a PgBouncer target: the same life as a census, from its admin console."""
+
+    task = "pgbouncer"

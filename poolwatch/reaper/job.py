@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from poolwatch.jobs import Backoff, Outcome
     from poolwatch.metrics import ReaperMetrics
     from poolwatch.reaper.audit import AuditLog
+    from poolwatch.reaper.mysql import MySQLReaper
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class ReaperJob:
     def __init__(
         self,
         target: str,
-        reaper: PostgresReaper | RedisReaper,
+        reaper: PostgresReaper | RedisReaper | MySQLReaper,
         reap: Callable[[], int],
         audit: AuditLog,
         metrics: ReaperMetrics,
