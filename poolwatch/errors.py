@@ -30,6 +30,7 @@ _UNAVAILABLE_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
 
 # MySQL / MariaDB error numbers (the first argument of a PyMySQL or mysqlclient error).
 _MYSQL_REASONS: Final[dict[int, Reason]] = {
+    1044: "auth",  # access denied to the database
     1045: "auth",  # access denied for user
     1698: "auth",  # access denied (unix_socket / auth plugin)
     1040: "too_many_connections",

@@ -134,15 +134,17 @@ class MariaDBServer(_ServerProcess):
 
     def _wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.connect().close()
-            except pymysql.err.OperationalError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"MariaDB on port {self.port} not ready in {timeout}s") from None
-                time.sleep(0.05)
-            else:
-                return
+        while not self._accepts_connections():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"MariaDB on port {self.port} not ready in {timeout}s")
+            time.sleep(0.05)
+
+    def _accepts_connections(self) -> bool:
+        try:
+            self.connect().close()
+        except pymysql.err.OperationalError:
+            return False
+        return True
 
     def destroy(self) -> None:
         self.stop()
@@ -182,7 +184,7 @@ class MariaDBServer(_ServerProcess):
             connection.close()
 
     def create_user(self, name: str, password: str, *grants: str) -> None:
-        self.execute(f"CREATE USER `{name}`@'%' IDENTIFIED BY %s", (password,))
+        self.execute(f"CREATE USER `{name}`@'%%' IDENTIFIED BY %s", (password,))
         for grant in grants:
             self.execute(f"GRANT {grant} TO `{name}`@'%'")
 

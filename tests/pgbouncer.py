@@ -95,17 +95,19 @@ pidfile = {self.basedir / "pgbouncer.pid"}
         self._wait_ready()
         return self
 
-    def _wait_ready(self, timeout: float = 30) -> None:
+    def _wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.admin_connection().close()
-            except psycopg2.OperationalError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"PgBouncer on port {self.port} not ready in {timeout}s") from None
-                time.sleep(0.05)
-            else:
-                return
+        while not self._accepts_connections():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"PgBouncer on port {self.port} not ready in {timeout}s")
+            time.sleep(0.05)
+
+    def _accepts_connections(self) -> bool:
+        try:
+            self.admin_connection().close()
+        except psycopg2.OperationalError:
+            return False
+        return True
 
     def destroy(self) -> None:
         self.stop()

@@ -182,7 +182,10 @@ CASES = [
         env={"POSTGRES_HOST": "db", "POSTGRES_PORT": "x"},
     ),
     Case(
-        "env-database-url-kind", None, "url scheme oracle://", env={"DATABASE_URL": f"oracle://a:{SECRET}@h/d"}
+        "env-database-url-kind",
+        None,
+        "url scheme oracle://",
+        env={"DATABASE_URL": f"oracle://a:{SECRET}@h/d"},
     ),
     Case("env-redis-url-scheme", None, "url scheme http://", env={"REDIS_URL": "http://cache"}),
     Case(

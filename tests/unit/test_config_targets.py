@@ -44,13 +44,17 @@ def test_urls_that_cannot_work_for_the_kind_are_one_line(kind: str, url: str, ex
 
 def test_a_pgbouncer_target_has_no_reaper() -> None:
     reaper = {"enabled": True, "idle_timeout": 60, "users": ["app"]}
-    with pytest.raises(ConfigError, match="the reaper works on postgres, mysql and redis targets, not pgbouncer"):
+    with pytest.raises(
+        ConfigError, match="the reaper works on postgres, mysql and redis targets, not pgbouncer"
+    ):
         settings_of(kind="pgbouncer", url="postgresql://admin@db:6432/pgbouncer", reaper=reaper)
 
 
 def test_kill_procedure_is_for_mysql_and_must_be_a_procedure_name() -> None:
     url = "mysql+pymysql://app@db/orders"
-    assert settings_of(kind="mysql", url=url, reaper={"kill_procedure": "mysql.rds_kill"}).reaper.kill_procedure
+    assert settings_of(
+        kind="mysql", url=url, reaper={"kill_procedure": "mysql.rds_kill"}
+    ).reaper.kill_procedure
     with pytest.raises(ConfigError, match="a stored procedure name"):
         settings_of(kind="mysql", url=url, reaper={"kill_procedure": "x; DROP TABLE t"})
     with pytest.raises(ConfigError, match="kill_procedure applies to mysql targets only"):
