@@ -53,7 +53,12 @@ def test_one_daemon_watches_postgres_mariadb_pgbouncer_and_redis(
                 "probe": {"interval": 0.5, "timeout": 0.5},
                 "census": {"interval": 0.5, "timeout": 0.5},
             },
-            {"name": "cache", "kind": "redis", "url": redis_server.url(), "probe": {"interval": 0.5, "timeout": 0.5}},
+            {
+                "name": "cache",
+                "kind": "redis",
+                "url": redis_server.url(),
+                "probe": {"interval": 0.5, "timeout": 0.5},
+            },
         ],
         "audit": {"url": pg.url(database=audit_db)},
     }

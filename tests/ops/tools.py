@@ -36,10 +36,15 @@ def alerts(rules: object) -> list[dict[str, object]]:
 
 
 def readme_anchors() -> set[str]:
-    """GitHub's anchors for the README's headings: lower case, punctuation dropped, spaces to '-'."""
+    """GitHub's anchors for the README's headings."""
+    return markdown_anchors(README)
+
+
+def markdown_anchors(path: Path) -> set[str]:
+    """GitHub's anchors for a Markdown file's headings: lower case, punctuation dropped, spaces to '-'."""
     anchors = set()
     in_code = False
-    for line in README.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("```"):
             in_code = not in_code
         match = None if in_code else re.match(r"#{1,6}\s+(.*)", line)
