@@ -76,7 +76,11 @@ def create_target_engine(target: TargetSettings) -> Engine:
         raise ConfigError(f"targets.{target.name}: a {target.kind} target has no SQL engine")
     if target.kind == "sqlite":
         _ensure_sqlite_directory(target)
-    return create_engine(sqlalchemy_url(target.url, target.password), **engine_options(target))
+    try:
+        return create_engine(sqlalchemy_url(target.url, target.password), **engine_options(target))
+    except ImportError as exc:  # the URL's driver is not installed
+        extra = " (pip install 'poolwatch[mysql]')" if target.kind == "mysql" else ""
+        raise ConfigError(f"targets.{target.name}.url: driver {exc.name} is not installed{extra}") from None
 
 
 def _ensure_sqlite_directory(target: TargetSettings) -> None:

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 class ReaperJob:
-    """A scheduled reaper of one target (task ``reaper``). ``reaper`` is the Postgres or Redis reaper
+    """A scheduled reaper of one target (task ``reaper``). ``reaper`` is the Postgres, MySQL or Redis reaper
     (kept for status and tests); ``reap`` runs it once; ``backoff`` (the target's probe) defers runs
     while logins to the target are held back, and ``step_down`` then gives up the lease."""
 

@@ -84,3 +84,18 @@ def test_mysqlclient_urls_get_no_program_name() -> None:
     # mysqlclient has no connection-attribute option: passing one would fail every connect.
     target = settings_of(kind="mysql", url="mysql+mysqldb://app@db/orders")
     assert "program_name" not in engine_options(target)["connect_args"]
+
+
+def test_a_driver_that_is_not_installed_is_one_line() -> None:
+    pytest.importorskip("pymysql")
+    try:
+        import MySQLdb  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("mysqlclient is installed here")
+    from poolwatch.database import create_target_engine
+
+    with pytest.raises(ConfigError, match=r"targets\.t\.url: driver MySQLdb is not installed") as caught:
+        create_target_engine(settings_of(kind="mysql", url="mysql+mysqldb://app@db/orders"))
+    assert "\n" not in str(caught.value)
