@@ -89,10 +89,16 @@ def test_one_daemon_watches_postgres_mariadb_pgbouncer_and_redis(
                 lambda: value(scrape(daemon), "poolwatch_server_max_connections", target="maria") > 0,
                 what="the MySQL census",
             )
-            samples = scrape(daemon)
-            assert (
-                value(samples, "poolwatch_server_connections", target="maria", state="active", user=web) >= 1
-            )
+
+            def busy_counted() -> bool:
+                return any(
+                    name == "poolwatch_server_connections"
+                    and {("target", "maria"), ("state", "active"), ("user", web)} <= labels
+                    and count >= 1
+                    for (name, labels), count in scrape(daemon).items()
+                )
+
+            wait_for(busy_counted, what="the busy MySQL session in the census")
             wait_for(
                 lambda: not any(mariadb.alive(v.thread_id()) for v in victims),
                 timeout=15,

@@ -3,9 +3,11 @@ server restart."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 
+import pymysql
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -96,7 +98,12 @@ def test_census_counts_sessions_by_state_with_process_alone_and_performance_sche
     clients.open()
     clients.open("idle in transaction")
     busy = clients.open()
-    sleeper = threading.Thread(target=lambda: busy.cursor().execute("SELECT SLEEP(2)"))
+
+    def sleep() -> None:
+        with contextlib.suppress(pymysql.err.OperationalError):  # ended by KILL QUERY below
+            busy.cursor().execute("SELECT SLEEP(60)")
+
+    sleeper = threading.Thread(target=sleep)
     sleeper.start()
     try:
         wait_for(
@@ -110,6 +117,7 @@ def test_census_counts_sessions_by_state_with_process_alone_and_performance_sche
         )
         got = census_of(validate({"targets": [target(mariadb, world)]}))
     finally:
+        mariadb.execute(f"KILL QUERY {busy.thread_id()}")  # SLEEP returns at once
         sleeper.join()
     orders = world["orders"]
     # Without performance_schema the server knows no program names: they count as "other".
@@ -202,7 +210,12 @@ def test_a_restart_takes_the_target_down_and_back_up(mariadb_factory):
         wait_for(lambda: metric(daemon, "poolwatch_up", target="my") == 1, what="up")
         server.kill()
         wait_for(lambda: metric(daemon, "poolwatch_up", target="my") == 0, what="down")
-        assert metric(daemon, "poolwatch_probe_failures_total", target="my", reason="refused") >= 1
+        # Refused, as a rule; on a loaded machine the probe may time out first (its timeout is short).
+        failures = [
+            metric(daemon, "poolwatch_probe_failures_total", target="my", reason=reason)
+            for reason in ("refused", "reset", "timeout")
+        ]
+        assert sum(failures) >= 1
         server.start()
         wait_for(lambda: metric(daemon, "poolwatch_up", target="my") == 1, timeout=30, what="up again")
         wait_for(

@@ -148,8 +148,15 @@ def test_daemon_kills_idle_sessions_in_policy_while_protected_sessions_live(mari
     }
     sessions.opened.append(survivors["poolwatch's own user"])
     active = sessions.open(web, orders)
-    sleeper = threading.Thread(target=lambda: active.cursor().execute("SELECT SLEEP(3)"))
-    sleeper.start()
+    stop_active = threading.Event()
+
+    def keep_active() -> None:  # busy until the checks are done: never idle past the timeout
+        with active.cursor() as cursor:
+            while not stop_active.is_set():
+                cursor.execute("SELECT SLEEP(0.2)")
+
+    worker = threading.Thread(target=keep_active, daemon=True)
+    worker.start()
     # The superuser is inside the scope: only the superuser rule keeps its session alive.
     settings = settings_for(mariadb, pg, world, users=[web, world["root"], world["watch"]])
     daemon = Daemon(settings, metrics=Metrics(CollectorRegistry()))
@@ -160,7 +167,6 @@ def test_daemon_kills_idle_sessions_in_policy_while_protected_sessions_live(mari
         idle_for(1.5)  # more runs: still nothing else
         for why, connection in survivors.items():
             assert sessions.alive(connection), why
-        sleeper.join()
         assert sessions.alive(active)
         wait_for(lambda: audit_rows(pg, world, [victim.thread_id()]) != [], what="the audit row")
         rows = audit_rows(pg, world, [victim.thread_id(), *(c.thread_id() for c in survivors.values())])
@@ -170,6 +176,8 @@ def test_daemon_kills_idle_sessions_in_policy_while_protected_sessions_live(mari
         assert registry.get_sample_value("poolwatch_reaper_terminated_total", labels) == 1
         assert registry.get_sample_value("poolwatch_reaper_leader", {"target": "my"}) == 1
     finally:
+        stop_active.set()
+        worker.join(5)
         daemon.stop()
         runner.join(10)
 
@@ -219,10 +227,11 @@ def test_max_per_run_holds(mariadb, pg, world, sessions):
 
 def test_the_kill_rechecks_identity_state_and_lease(mariadb, pg, world, sessions):
     victim = sessions.open(world["web"], world["orders"])
-    job, audit, _ = reaper_for(mariadb, pg, world)
+    # A longer timeout than elsewhere: "ran a statement just now" must stay under it on a busy machine.
+    job, audit, _ = reaper_for(mariadb, pg, world, idle_timeout=3)
     reaper = job.reaper
     try:
-        idle_for()
+        idle_for(3.1)
         connection = reaper.lease.hold()
         assert connection is not None
         snapshot = read(connection)
@@ -242,7 +251,7 @@ def test_the_kill_rechecks_identity_state_and_lease(mariadb, pg, world, sessions
         victim.rollback()
         # It ran a statement just now: no longer idle long enough.
         assert not reaper.still_a_victim(connection, decided, frozenset())
-        idle_for()
+        idle_for(3.1)
         # Without the lease: never.
         connection.exec_driver_sql("SELECT RELEASE_ALL_LOCKS()")
         assert not reaper.still_a_victim(connection, decided, frozenset())
