@@ -9,6 +9,7 @@ datadir, its socket) is never used: every option is given on the command line, `
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -191,3 +192,29 @@ class MariaDBServer(_ServerProcess):
     def alive(self, connection_id: int) -> bool:
         rows = self.execute("SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s", (connection_id,))
         return bool(rows)
+
+
+class Sessions:
+    """Client sessions a test opens on a MariaDB server (password ``pw``), idle or idle in a
+    transaction (an InnoDB table ``t`` must exist in the database), all closed by ``close()``."""
+
+    def __init__(self, server: MariaDBServer) -> None:
+        self.server = server
+        self.opened: list[Any] = []
+
+    def open(self, user: str, database: str, state: str = "idle", **kwargs: Any) -> Any:
+        connection = self.server.connect(user, "pw", database=database, **kwargs)
+        self.opened.append(connection)
+        if state == "idle in transaction":
+            with connection.cursor() as cursor:
+                cursor.execute("START TRANSACTION")
+                cursor.execute("SELECT * FROM t")
+        return connection
+
+    def alive(self, connection: Any) -> bool:
+        return self.server.alive(connection.thread_id())
+
+    def close(self) -> None:
+        for connection in self.opened:
+            with contextlib.suppress(Exception):
+                connection.close()

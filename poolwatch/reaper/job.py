@@ -120,31 +120,27 @@ def protected_names(target: TargetSettings, others: Iterable[TargetSettings] = (
     return [AUDIT_APPLICATION, target.application_name, *(t.application_name for t in others)]
 
 
-def build_postgres_reaper(
-    target: TargetSettings,
-    audit: AuditLog,
-    metrics: ReaperMetrics,
-    own: OwnBackends = BACKENDS,
-    others: Iterable[TargetSettings] = (),
-    backoff: Backoff = NO_BACKOFF,
-) -> ReaperJob:
-    engine = lease_engine(target)
+def autocommit_connect(engine: Engine, target: str) -> Callable[[], Connection]:
+    """How a lease opens its dedicated connection: autocommit, driver errors translated."""
 
     def connect() -> Connection:
-        with translating(target.name):
+        with translating(target):
             return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
-    lease = PostgresLease(target.name, connect, metrics.leader, own)
-    policy = Policy.from_settings(target.reaper, protected=protected_names(target, others))
-    reaper = PostgresReaper(
-        target.name,
-        lease,
-        policy,
-        audit,
-        own,
-        dry_run=target.reaper.dry_run,
-        on_error=metrics.errors.labels(target.name).inc,
-    )
+    return connect
+
+
+def session_reaper_job(
+    target: TargetSettings,
+    reaper: PostgresReaper | MySQLReaper,
+    engine: Engine,
+    audit: AuditLog,
+    metrics: ReaperMetrics,
+    backoff: Backoff = NO_BACKOFF,
+) -> ReaperJob:
+    """The job of a reaper that works through a lease connection from ``engine`` (PostgreSQL,
+    MySQL): closing it releases the lease and the engine."""
+    lease = reaper.lease
 
     def reap() -> int:
         with translating(target.name):
@@ -167,6 +163,29 @@ def build_postgres_reaper(
         backoff=backoff,
         step_down=lease.release,
     )
+
+
+def build_postgres_reaper(
+    target: TargetSettings,
+    audit: AuditLog,
+    metrics: ReaperMetrics,
+    own: OwnBackends = BACKENDS,
+    others: Iterable[TargetSettings] = (),
+    backoff: Backoff = NO_BACKOFF,
+) -> ReaperJob:
+    engine = lease_engine(target)
+    lease = PostgresLease(target.name, autocommit_connect(engine, target.name), metrics.leader, own)
+    policy = Policy.from_settings(target.reaper, protected=protected_names(target, others))
+    reaper = PostgresReaper(
+        target.name,
+        lease,
+        policy,
+        audit,
+        own,
+        dry_run=target.reaper.dry_run,
+        on_error=metrics.errors.labels(target.name).inc,
+    )
+    return session_reaper_job(target, reaper, engine, audit, metrics, backoff)
 
 
 def build_redis_reaper(

@@ -30,10 +30,10 @@ from sqlalchemy.pool import NullPool
 
 from poolwatch.census.mysql import IDLE_COMMAND, read
 from poolwatch.database import mysql_connect_args
-from poolwatch.errors import first_line, translating
+from poolwatch.errors import first_line
 from poolwatch.jobs import NO_BACKOFF
 from poolwatch.reaper.audit import AuditRecord
-from poolwatch.reaper.job import ReaperJob, protected_names
+from poolwatch.reaper.job import autocommit_connect, protected_names, session_reaper_job
 from poolwatch.reaper.lease import MYSQL_FENCE, MySQLLease
 from poolwatch.reaper.own import BACKENDS, OwnBackends
 from poolwatch.reaper.policy import CLIENT_BACKEND, Policy, Session, choose_victims, unrecorded
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from poolwatch.jobs import Backoff
     from poolwatch.metrics import ReaperMetrics
     from poolwatch.reaper.audit import AuditLog
+    from poolwatch.reaper.job import ReaperJob
     from poolwatch.reaper.policy import Victim
 
 log = logging.getLogger(__name__)
@@ -248,12 +249,7 @@ def build_mysql_reaper(
 ) -> ReaperJob:
     """The reaper job of a MySQL / MariaDB target."""
     engine = lease_engine(target)
-
-    def connect() -> Connection:
-        with translating(target.name):
-            return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-
-    lease = MySQLLease(target.name, connect, metrics.leader, own)
+    lease = MySQLLease(target.name, autocommit_connect(engine, target.name), metrics.leader, own)
     reaper = MySQLReaper(
         target.name,
         lease,
@@ -264,25 +260,4 @@ def build_mysql_reaper(
         kill_procedure=target.reaper.kill_procedure,
         on_error=metrics.errors.labels(target.name).inc,
     )
-
-    def reap() -> int:
-        with translating(target.name):
-            return reaper.run()
-
-    def close() -> None:
-        lease.release()
-        engine.dispose()
-
-    metrics.add_target(target.name)
-    return ReaperJob(
-        target.name,
-        reaper,
-        reap,
-        audit,
-        metrics,
-        interval=target.reaper.interval,
-        timeout=target.reaper.timeout,
-        close=close,
-        backoff=backoff,
-        step_down=lease.release,
-    )
+    return session_reaper_job(target, reaper, engine, audit, metrics, backoff)

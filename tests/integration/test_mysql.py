@@ -17,6 +17,7 @@ from poolwatch.database import Database
 from poolwatch.errors import AuthenticationFailedError, DatabaseUnavailableError
 from poolwatch.metrics import Metrics
 from tests.daemonkit import metric, running_daemon, scrape, value, wait_for
+from tests.mariadb import Sessions
 
 pytestmark = pytest.mark.integration
 
@@ -52,30 +53,9 @@ def target(server, world, name="my", **extra):
     }
 
 
-class Clients:
-    """Application sessions a test opens and closes."""
-
-    def __init__(self, server, world) -> None:
-        self.server, self.world = server, world
-        self.opened: list = []
-
-    def open(self, state="idle", **kwargs):
-        connection = self.server.connect(self.world["app"], "pw", database=self.world["orders"], **kwargs)
-        self.opened.append(connection)
-        if state == "idle in transaction":
-            with connection.cursor() as cursor:
-                cursor.execute("START TRANSACTION")
-                cursor.execute("SELECT * FROM t")
-        return connection
-
-    def close(self):
-        for connection in self.opened:
-            connection.close()
-
-
 @pytest.fixture
-def clients(mariadb, world):
-    opened = Clients(mariadb, world)
+def clients(mariadb):
+    opened = Sessions(mariadb)
     yield opened
     opened.close()
 
@@ -93,11 +73,11 @@ def census_of(settings):
 def test_census_counts_sessions_by_state_with_process_alone_and_performance_schema_off(
     mariadb, world, clients
 ):
-    app = world["app"]
-    clients.open()
-    clients.open()
-    clients.open("idle in transaction")
-    busy = clients.open()
+    app, orders = world["app"], world["orders"]
+    clients.open(app, orders)
+    clients.open(app, orders)
+    clients.open(app, orders, "idle in transaction")
+    busy = clients.open(app, orders)
 
     def sleep() -> None:
         with contextlib.suppress(pymysql.err.OperationalError):  # ended by KILL QUERY below
@@ -119,7 +99,6 @@ def test_census_counts_sessions_by_state_with_process_alone_and_performance_sche
     finally:
         mariadb.execute(f"KILL QUERY {busy.thread_id()}")  # SLEEP returns at once
         sleeper.join()
-    orders = world["orders"]
     # Without performance_schema the server knows no program names: they count as "other".
     assert got["server_connections", ("idle", orders, app, "other")] == 2
     assert got["server_connections", ("idle in transaction", orders, app, "other")] == 1
@@ -138,11 +117,11 @@ def test_program_names_from_connection_attributes_name_pools(mariadb_factory):
     server.execute("CREATE TABLE orders.t (id int PRIMARY KEY) ENGINE=InnoDB")
     server.create_user("app", "pw", "ALL ON orders.*")
     server.create_user("monitor", "pw", "PROCESS ON *.*", "SELECT ON performance_schema.*")
-    web = Clients(server, world)
+    web = Sessions(server)
     try:
-        web.open(program_name="web")
-        web.open(program_name="web")
-        web.open(program_name="batch")
+        web.open("app", "orders", program_name="web")
+        web.open("app", "orders", program_name="web")
+        web.open("app", "orders", program_name="batch")
         got = census_of(validate({"targets": [target(server, world)]}))
     finally:
         web.close()
@@ -154,7 +133,7 @@ def test_program_names_from_connection_attributes_name_pools(mariadb_factory):
 
 
 def test_daemon_watches_a_mysql_target_through_a_shared_pool(mariadb, world, clients):
-    clients.open("idle in transaction")
+    clients.open(world["app"], world["orders"], "idle in transaction")
     with running_daemon({"targets": [target(mariadb, world, pool={"size": 2, "min_idle": 1})]}) as daemon:
         wait_for(lambda: metric(daemon, "poolwatch_up", target="my") == 1, what="up")
         wait_for(

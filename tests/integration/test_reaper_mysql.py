@@ -5,7 +5,6 @@ Audit records go to the session's PostgreSQL, as they would in production.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import uuid
@@ -22,6 +21,7 @@ from poolwatch.reaper.mysql import build_mysql_reaper, read, session_of, superus
 from poolwatch.reaper.own import OwnBackends
 from poolwatch.reaper.policy import Victim
 from tests.daemonkit import wait_for
+from tests.mariadb import Sessions
 
 pytestmark = pytest.mark.integration
 
@@ -50,29 +50,6 @@ def world(mariadb, pg):
     mariadb.create_user(names["watch"], "pw", *GRANTS)
     pg.create_database(names["audit"])
     return names
-
-
-class Sessions:
-    def __init__(self, server) -> None:
-        self.server = server
-        self.opened: list = []
-
-    def open(self, user, database, state="idle"):
-        connection = self.server.connect(user, "pw", database=database)
-        self.opened.append(connection)
-        if state == "idle in transaction":
-            with connection.cursor() as cursor:
-                cursor.execute("START TRANSACTION")
-                cursor.execute("SELECT * FROM t")
-        return connection
-
-    def alive(self, connection) -> bool:
-        return self.server.alive(connection.thread_id())
-
-    def close(self):
-        for connection in self.opened:
-            with contextlib.suppress(Exception):
-                connection.close()
 
 
 @pytest.fixture
