@@ -158,20 +158,26 @@ def build_target(
         target, probe, database, redis_db, console, jobs=jobs, instrumentation=instrumentation
     )
     if console is not None:
-        if target.census.enabled:
-            runtime.jobs.append(
-                PgBouncerJob(
-                    target.name,
-                    pgbouncer.stats(target, console),
-                    metrics.pgbouncer,
-                    interval=target.census.interval,
-                    timeout=target.census.timeout,
-                    backoff=probe,
-                )
-            )
-        return runtime
-    _add_census_and_reaper(runtime, metrics, audit, others)
+        _add_pgbouncer_stats(runtime, console, metrics)
+    else:
+        _add_census_and_reaper(runtime, metrics, audit, others)
     return runtime
+
+
+def _add_pgbouncer_stats(runtime: TargetRuntime, console: pgbouncer.AdminConsole, metrics: Metrics) -> None:
+    """The stats job of a PgBouncer target (its census settings say how often); no census, no reaper."""
+    target = runtime.settings
+    if target.census.enabled:
+        runtime.jobs.append(
+            PgBouncerJob(
+                target.name,
+                pgbouncer.stats(target, console),
+                metrics.pgbouncer,
+                interval=target.census.interval,
+                timeout=target.census.timeout,
+                backoff=runtime.probe,
+            )
+        )
 
 
 def _add_census_and_reaper(

@@ -42,7 +42,6 @@ FENCE: Final = (
 )
 
 
-# GET_LOCK names are at most 64 characters: the target name's CRC32 stands for it, as above.
 MYSQL_FENCE: Final = "IS_USED_LOCK(%(lock_name)s) = CONNECTION_ID()"
 
 
@@ -146,6 +145,7 @@ class MySQLLease(PostgresLease):
 
     @staticmethod
     def lock_params(target: str) -> dict[str, Any]:
+        # Lock names are at most 64 characters: the target name's CRC32 stands for it, as above.
         return {"lock_name": f"poolwatch.reaper.{lock_key(target):08x}"}
 
 
