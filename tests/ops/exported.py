@@ -40,15 +40,16 @@ def sample_names(family: str, kind: str) -> set[str]:
     return {base + suffix for suffix in SUFFIXES.get(kind, ("",))}
 
 
-def _collect(registry: CollectorRegistry) -> set[str]:
-    names: set[str] = set()
+def _collect(registry: CollectorRegistry) -> set[tuple[str, str, str]]:
+    """(family, type, sample name) of every sample name a family may expose."""
+    found: set[tuple[str, str, str]] = set()
     for family in registry.collect():
-        names |= sample_names(family.name, family.type)
-        names |= {sample.name for sample in family.samples}
-    return names
+        names = sample_names(family.name, family.type) | {sample.name for sample in family.samples}
+        found |= {(family.name, family.type, name) for name in names}
+    return found
 
 
-def _daemon_names(state_dir: Path) -> set[str]:
+def _daemon(state_dir: Path) -> set[tuple[str, str, str]]:
     settings = validate(
         {
             "targets": [
@@ -84,7 +85,7 @@ def _daemon_names(state_dir: Path) -> set[str]:
             runtime.close()
 
 
-def _library_names() -> set[str]:
+def _library() -> set[tuple[str, str, str]]:
     registry = CollectorRegistry()
     engine = create_engine("sqlite://", poolclass=QueuePool, pool_size=1, max_overflow=0)
     try:
@@ -95,10 +96,19 @@ def _library_names() -> set[str]:
 
 
 @cache
+def _exported() -> frozenset[tuple[str, str, str]]:
+    with tempfile.TemporaryDirectory(prefix="poolwatch-names-") as state_dir:
+        return frozenset(_daemon(Path(state_dir)) | _library())
+
+
 def real_names() -> frozenset[str]:
     """Every sample name the code exports today, daemon and library."""
-    with tempfile.TemporaryDirectory(prefix="poolwatch-names-") as state_dir:
-        return frozenset(_daemon_names(Path(state_dir)) | _library_names())
+    return frozenset(name for _, _, name in _exported())
+
+
+def exported_families() -> frozenset[tuple[str, str]]:
+    """Every family the code exports today, daemon and library, with its type."""
+    return frozenset((family, kind) for family, kind, _ in _exported())
 
 
 def exported_names() -> frozenset[str]:

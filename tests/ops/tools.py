@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -15,7 +14,6 @@ RULES = ROOT / "deploy" / "prometheus" / "rules" / "poolwatch.rules.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "tests" / "poolwatch.rules.test.yml"
 SCRAPE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 DASHBOARD = ROOT / "grafana" / "dashboards" / "poolwatch.json"
-README = ROOT / "README.md"
 
 
 def tool(name: str, installed_by: str) -> str:
@@ -33,22 +31,3 @@ def load_yaml(path: Path) -> object:
 def alerts(rules: object) -> list[dict[str, object]]:
     assert isinstance(rules, dict)
     return [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
-
-
-def readme_anchors() -> set[str]:
-    """GitHub's anchors for the README's headings."""
-    return markdown_anchors(README)
-
-
-def markdown_anchors(path: Path) -> set[str]:
-    """GitHub's anchors for a Markdown file's headings: lower case, punctuation dropped, spaces to '-'."""
-    anchors = set()
-    in_code = False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
-            in_code = not in_code
-        match = None if in_code else re.match(r"#{1,6}\s+(.*)", line)
-        if match:
-            slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-")
-            anchors.add(slug)
-    return anchors

@@ -1,0 +1,1 @@
+"""Generators for the documentation site's reference pages, run by mkdocs (scripts/docs_hooks.py)."""

@@ -1,0 +1,291 @@
+"""Benchmark results as Markdown: tables, charts and conditions from benchmarks/results/*.json.
+
+Each results file has a renderer named after it; every chart ``<name>_*.png`` goes with the results
+of ``<name>``. A results file without a renderer, or a chart without results, is an error: the page
+shows every measurement the repository holds, and only those.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+RESULTS: Final = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+# Where the charts are published in the site, relative to the docs root.
+CHARTS_URI: Final = "assets/benchmarks"
+VARIANTS: Final = ("bare", "poolwatch", "poolwatch-noleak", "naive")
+VARIANT_NAMES: Final = {
+    "bare": "bare SQLAlchemy",
+    "poolwatch": "poolwatch (every metric, leak detection on)",
+    "poolwatch-noleak": "poolwatch without leak detection",
+    "naive": "naive prometheus_client wiring",
+}
+# The checkout path's budget: instrumented at most this many times a bare checkout, in instructions.
+CHECKOUT_BUDGET: Final = 1.10
+
+
+def names(results: Path = RESULTS) -> list[str]:
+    """The benchmarks with results, by file stem."""
+    return sorted(path.stem for path in results.glob("*.json"))
+
+
+def charts(name: str, results: Path = RESULTS) -> list[Path]:
+    return sorted(results.glob(f"{name}_*.png"))
+
+
+def orphan_charts(results: Path = RESULTS) -> list[Path]:
+    """Charts that belong to no results file."""
+    owned = {chart for name in names(results) for chart in charts(name, results)}
+    return sorted(set(results.glob("*.png")) - owned)
+
+
+def render(name: str, results: Path = RESULTS, page_depth: int = 0) -> str:
+    """The section for one benchmark: conditions, command, tables, then its charts."""
+    renderer = RENDERERS.get(name)
+    if renderer is None:
+        raise KeyError(f"benchmarks/results/{name}.json has no renderer in {Path(__file__).name}")
+    data = json.loads((results / f"{name}.json").read_text(encoding="utf-8"))
+    lines = renderer(data)
+    prefix = "../" * page_depth
+    for chart in charts(name, results):
+        title = chart.stem.replace("_", " ")
+        lines += ["", f"![{title}]({prefix}{CHARTS_URI}/{chart.name})"]
+    return "\n".join(lines) + "\n"
+
+
+def _machine(data: dict[str, Any]) -> str:
+    machine = data["machine"]
+    postgres = re.search(r"PostgreSQL\)? ([\d.]+)", machine.get("postgres", ""))
+    redis = re.search(r"v=([\d.]+)", machine.get("redis", ""))
+    parts = [
+        f"{machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gb']:g} GB RAM",
+        f"Python {machine['python']}",
+    ]
+    parts += [f"PostgreSQL {postgres.group(1)}"] if postgres else []
+    parts += [f"Redis {redis.group(1)}"] if redis else []
+    load = f"load average {machine['loadavg_1m_at_start']:g} at the start"
+    if "loadavg_1m_at_end" in data:
+        load += f", {data['loadavg_1m_at_end']:g} at the end"
+    return f"**Machine:** {', '.join(parts)}; {load}; {machine['date'].split()[0]}."
+
+
+def _command(module: str, data: dict[str, Any], options: dict[str, object]) -> str:
+    """The command that wrote the results: recorded in the file, or rebuilt from its parameters."""
+    flags = (f"--{flag} {_number(value)}" for flag, value in options.items())
+    command = data.get("command") or " ".join([f".venv/bin/python -m benchmarks.{module}", *flags])
+    return f"**Command:** `{command}`"
+
+
+def _number(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _head(*columns: str) -> list[str]:
+    """A table's header and alignment rows: the first column text, the others numbers."""
+    return ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3g} ms" if value < 100 else f"{value:.0f} ms"  # noqa: PLR2004 - 3 digits either way
+
+
+def _spread(values: Sequence[float], unit: Callable[[float], str] = _ms) -> str:
+    """Median [min-max] over rounds."""
+    low, high = min(values), max(values)
+    return f"{unit(statistics.median(values))} [{unit(low).split()[0]}-{unit(high)}]"
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def _scrape(data: dict[str, Any]) -> list[str]:
+    contenders = data["contenders"]
+    lines = [
+        _machine(data),
+        "",
+        _command("scrape", data, {"rounds": data["rounds"], "scrapes": data["scrapes_per_round"]}),
+        "",
+        f"{data['rounds']} rounds x {data['scrapes_per_round']} scrapes; median [min-max] over rounds.",
+        "",
+        *_head("", "p50", "p99", "CPU per scrape", "RSS", "samples"),
+    ]
+    for name, row in contenders.items():
+        lines.append(
+            f"| {name} | {_spread(row['p50_ms'])} | {_ms(_median(row['p99_ms']))} "
+            f"| {_ms(_median(row['cpu_ms_per_scrape']))} | {_median(row['rss_mb']):.1f} MB "
+            f"| {row['samples']:,} |"
+        )
+    lines += ["", *_head("poolwatch against", "p50", "p99", "CPU per scrape", "RSS")]
+    for name, ratios in data.get("ratios", {}).items():
+        keys = ("p50", "p99", "cpu_per_scrape", "rss")
+        cells = [f"{ratios[key]:.2f}x" if key in ratios else "" for key in keys]
+        lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _scale(data: dict[str, Any]) -> list[str]:
+    lines = [
+        _machine(data),
+        "",
+        _command("scale", data, _scale_options(data)),
+        "",
+        (
+            f"Every job of every target on a {data['tick_s']:g} s tick, scheduler CPU sampled over "
+            f"{data['window_s']:g} s, {data['scrapes_per_round']} scrapes per size, "
+            f"{data['rounds']} rounds; median [min-max] over rounds."
+        ),
+        "",
+        *_head(
+            "SQL + Redis targets",
+            "samples",
+            "scrape p50",
+            "scrape p99",
+            "CPU per scrape",
+            "scheduler CPU per target per tick",
+            "RSS",
+            "threads",
+        ),
+    ]
+    for sql, rounds in sorted(data["sizes"].items(), key=lambda item: int(item[0])):
+        redis = int(rounds[0]["targets"]) - int(sql)
+
+        def med(key: str, rounds: list[dict[str, float]] = rounds) -> float:
+            return _median([r[key] for r in rounds])
+
+        lines.append(
+            f"| {sql} + {redis} | {med('samples'):,.0f} | {_spread([r['p50_ms'] for r in rounds])} "
+            f"| {_ms(med('p99_ms'))} | {_ms(med('cpu_ms_per_scrape'))} "
+            f"| {_spread([r['cpu_ms_per_target_tick'] for r in rounds])} | {med('rss_mb'):.1f} MB "
+            f"| {med('threads'):.0f} |"
+        )
+    hung = data.get("hung")
+    if hung:
+        lines += [
+            "",
+            "**A hung target among healthy ones** (a server that accepts TCP and never answers):",
+            "",
+            *_head(
+                "",
+                "probe runs per healthy target per tick",
+                "worst staleness of a healthy target",
+                "hung target: failed runs",
+                "hung target: skipped runs",
+            ),
+        ]
+        for case in ("without", "with"):
+            rounds = hung[case]
+            lines.append(
+                f"| {case} the hung target "
+                f"| {_median([r['probe_runs_per_healthy_target_tick'] for r in rounds]):.2f} "
+                f"| {min(r['worst_healthy_staleness_s'] for r in rounds):.2f}-"
+                f"{max(r['worst_healthy_staleness_s'] for r in rounds):.2f} s "
+                f"| {_median([r['hung_failures'] for r in rounds]):.0f} "
+                f"| {_median([r['hung_skipped'] for r in rounds]):.0f} |"
+            )
+    return lines
+
+
+def _scale_options(data: dict[str, Any]) -> dict[str, object]:
+    sizes = ",".join(sorted(data["sizes"], key=int))
+    options = {"rounds": data["rounds"], "sizes": sizes, "tick": data["tick_s"], "window": data["window_s"]}
+    return {**options, "scrapes": data["scrapes_per_round"]}
+
+
+def _reaper(data: dict[str, Any]) -> list[str]:
+    return [
+        _machine(data),
+        "",
+        _command("reaper", data, {"rounds": data["rounds"], "sessions": data["sessions"]}),
+        "",
+        f"{data['rounds']} rounds, {data['sessions']} idle sessions each; median [min-max].",
+        "",
+        *_head("", "time"),
+        f"| one poolwatch reaper run (enforce, audit rows written) | {_spread(data['poolwatch_ms'])} |",
+        f"| one hand-written `pg_terminate_backend` statement | {_spread(data['sql_ms'])} |",
+        "",
+        f"Ratio of medians: {data['ratio']:.1f}x.",
+    ]
+
+
+def _conditions(header: str) -> str:
+    """A results header without its time of day: ``# 2026-11-21 17:02 UTC, Python ...``."""
+    return re.sub(r"^#\s*(\d{4}-\d\d-\d\d) \d\d:\d\d UTC", r"\1", header.strip())
+
+
+def _checkout_instructions(data: dict[str, Any]) -> list[str]:
+    counts = data["instructions_per_cycle"]
+    loop, run = counts["loop"], counts["run"]
+    ratio = loop["poolwatch"]["median_ratio"]
+    verdict = "within" if ratio <= CHECKOUT_BUDGET else "over"
+    lines = [
+        f"**Conditions:** {_conditions(data['header'])}.",
+        "",
+        f"**Command:** `{data['command']}`",
+        "",
+        *_head(
+            "variant",
+            "checkout path: instructions per cycle",
+            "ratio to bare",
+            "with the scrape-side fold",
+            "ratio to bare",
+        ),
+    ]
+    lines += [
+        f"| {VARIANT_NAMES[variant]} | {loop[variant]['median_instructions']:,} "
+        f"| {loop[variant]['median_ratio']:.3f}x | {run[variant]['median_instructions']:,} "
+        f"| {run[variant]['median_ratio']:.3f}x |"
+        for variant in VARIANTS
+        if variant in loop
+    ]
+    summary = (
+        f"With every metric on, the checkout path costs **{ratio:.3f}x** a bare checkout: {verdict} "
+        f"the {CHECKOUT_BUDGET:.2f}x budget."
+    )
+    return [*lines, "", summary]
+
+
+def _checkout_time(data: dict[str, Any]) -> list[str]:
+    runs = data["runs"]
+    lines = [f"**Conditions:** {_conditions(runs[0]['header'])}.", "", f"**Command:** `{data['command']}`"]
+    lines += [
+        "",
+        f"{len(runs)} runs; each cell lists the runs in order.",
+        "",
+        *_head(
+            "variant",
+            "CPU: ratio of medians",
+            "CPU: median per-round ratio",
+            "wall: ratio of medians",
+            "scrape CPU per checkout",
+        ),
+    ]
+    for variant in (v for v in VARIANTS if v != "bare" and v in runs[0]["summary"]["cpu"]):
+
+        def each(measure: str, key: str, variant: str = variant) -> str:
+            return " / ".join(f"{run['summary'][measure][variant][key]:.3f}" for run in runs)
+
+        scrape = [run["summary"]["scrape"][variant]["median_us"] for run in runs]
+        lines.append(
+            f"| {VARIANT_NAMES[variant]} | {each('cpu', 'ratio_of_medians')} "
+            f"| {each('cpu', 'median_round_ratio')} | {each('wall', 'ratio_of_medians')} "
+            f"| {min(scrape):.2f}-{max(scrape):.2f} us |"
+        )
+    bare = [run["summary"]["cpu"]["bare"]["median_us"] for run in runs]
+    lines += ["", f"A bare checkout cycle took {min(bare):.1f}-{max(bare):.1f} us of CPU."]
+    return lines
+
+
+RENDERERS: Final[dict[str, Callable[[dict[str, Any]], list[str]]]] = {
+    "checkout_instructions": _checkout_instructions,
+    "checkout_time": _checkout_time,
+    "reaper": _reaper,
+    "scale": _scale,
+    "scrape": _scrape,
+}
