@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tests.daemonkit import metric, running_daemon, scrape, value, wait_for
+from tests.daemonkit import found, metric, running_daemon, scrape, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +86,7 @@ def test_one_daemon_watches_postgres_mariadb_pgbouncer_and_redis(
                 what="every target up",
             )
             wait_for(
-                lambda: value(scrape(daemon), "poolwatch_server_max_connections", target="maria") > 0,
+                lambda: (found(scrape(daemon), "poolwatch_server_max_connections", target="maria") or 0) > 0,
                 what="the MySQL census",
             )
 
@@ -134,12 +134,15 @@ def test_one_daemon_watches_postgres_mariadb_pgbouncer_and_redis(
             ).start()
             wait_for(
                 lambda: (
-                    value(
-                        scrape(daemon),
-                        "poolwatch_pgbouncer_client_connections",
-                        target="bouncer",
-                        database="postgres",
-                        state="waiting",
+                    (
+                        found(
+                            scrape(daemon),
+                            "poolwatch_pgbouncer_client_connections",
+                            target="bouncer",
+                            database="postgres",
+                            state="waiting",
+                        )
+                        or 0
                     )
                     >= 1
                 ),

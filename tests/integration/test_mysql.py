@@ -16,7 +16,7 @@ from poolwatch.config import validate
 from poolwatch.database import Database
 from poolwatch.errors import AuthenticationFailedError, DatabaseUnavailableError
 from poolwatch.metrics import Metrics
-from tests.daemonkit import metric, running_daemon, scrape, value, wait_for
+from tests.daemonkit import found, metric, running_daemon, scrape, value, wait_for
 from tests.mariadb import Sessions
 
 pytestmark = pytest.mark.integration
@@ -41,10 +41,11 @@ def target(server, world, name="my", **extra):
         "kind": "mysql",
         # PROCESS alone may not use the application's database: no default database.
         "url": server.url(user=world["monitor"], password="pw", database=""),
-        "probe": {"interval": 0.5, "timeout": 0.5},
+        # Short intervals, and timeouts a census on a loaded machine (just after a restart) meets.
+        "probe": {"interval": 1, "timeout": 1},
         "census": {
-            "interval": 0.5,
-            "timeout": 0.5,
+            "interval": 1,
+            "timeout": 1,
             "users": [world["app"]],
             "databases": [world["orders"]],
             "applications": ["web"],
@@ -137,7 +138,9 @@ def test_daemon_watches_a_mysql_target_through_a_shared_pool(mariadb, world, cli
     with running_daemon({"targets": [target(mariadb, world, pool={"size": 2, "min_idle": 1})]}) as daemon:
         wait_for(lambda: metric(daemon, "poolwatch_up", target="my") == 1, what="up")
         wait_for(
-            lambda: value(scrape(daemon), "poolwatch_server_oldest_transaction_seconds", target="my") > 0,
+            lambda: (
+                (found(scrape(daemon), "poolwatch_server_oldest_transaction_seconds", target="my") or 0) > 0
+            ),
             what="the open transaction in the census",
         )
         samples = scrape(daemon)
@@ -198,6 +201,7 @@ def test_a_restart_takes_the_target_down_and_back_up(mariadb_factory):
         server.start()
         wait_for(lambda: metric(daemon, "poolwatch_up", target="my") == 1, timeout=30, what="up again")
         wait_for(
-            lambda: value(scrape(daemon), "poolwatch_server_max_connections", target="my") > 0,
+            lambda: (found(scrape(daemon), "poolwatch_server_max_connections", target="my") or 0) > 0,
+            timeout=30,
             what="the census after the restart",
         )

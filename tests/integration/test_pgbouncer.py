@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from tests.daemonkit import metric, running_daemon, scrape, value, wait_for
+from tests.daemonkit import found, metric, running_daemon, scrape, value, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,10 @@ def target(bouncer, *, password=None, name="pgb"):
 
 
 def pgb(samples, name, **labels):
-    return value(samples, f"poolwatch_pgbouncer_{name}", target="pgb", **labels)
+    """A PgBouncer sample of target pgb; -1 while it is not published (the first stats run may not
+    have happened yet)."""
+    got = found(samples, f"poolwatch_pgbouncer_{name}", target="pgb", **labels)
+    return -1.0 if got is None else got
 
 
 def test_pool_health_and_waiting_clients_during_an_exhaustion(pgbouncer_factory):
