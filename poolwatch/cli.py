@@ -11,8 +11,7 @@ import datetime as dt
 import json
 import logging
 import sys
-import urllib.error
-import urllib.request
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from poolwatch.config import LogSettings, Settings, TargetSettings
+    from poolwatch.status import StatusDoc
 
 EXIT_OK, EXIT_DOWN, EXIT_USAGE = 0, 1, 2
 
@@ -50,9 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("config", help="print the effective configuration, secrets masked")
     )
     config.add_argument("--listen", metavar="ADDR", help="as for run")
-    status = commands.add_parser("status", help="ask a running daemon for its targets' state")
-    status.add_argument("--url", default=f"http://{DEFAULT_LISTEN}", help="the daemon's base URL")
-    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon")
+    status = with_config(commands.add_parser("status", help="show a running daemon's targets, worst first"))
+    status.add_argument(
+        "--url", help="the daemon's base URL (default: http.listen of the configuration, https with http.tls)"
+    )
+    status.add_argument("--user", help="basic-auth user (or POOLWATCH_HTTP_USER)")
+    status.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="file holding the basic-auth password (or POOLWATCH_HTTP_PASSWORD)",
+    )
+    status.add_argument("--ca-file", metavar="FILE", help="CA certificates to verify the daemon's HTTPS with")
+    status.add_argument(
+        "--cert", metavar="FILE", help="client certificate (when http.tls.client_ca_file is set)"
+    )
+    status.add_argument("--key", metavar="FILE", help="the client certificate's key, if not in --cert")
+    status.add_argument("--json", action="store_true", help="print the status document as JSON")
+    status.add_argument(
+        "--watch", nargs="?", const=2.0, type=_seconds, metavar="SECONDS", help="refresh every SECONDS (2)"
+    )
+    status.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="auto: on a TTY")
+    status.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for the daemon (5)")
     audit = with_config(commands.add_parser("audit", help="list recent reaper decisions (audit table)"))
     audit.add_argument("--limit", type=_positive_int, default=20, help="how many records (20)")
     audit.add_argument("--target", help="only this target")
@@ -65,6 +83,16 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 100_000:  # noqa: PLR2004
         raise argparse.ArgumentTypeError(f"expected a number 1-100000, got {text!r}")
     return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.1 <= value <= 3600:  # noqa: PLR2004
+        raise argparse.ArgumentTypeError(f"expected seconds from 0.1 to 3600, got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,28 +206,65 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    url = args.url.rstrip("/") + "/status"
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"--url: expected http:// or https://, got {args.url!r}")
+    from poolwatch import statusclient  # noqa: PLC0415 - `poolwatch status` stays light
+    from poolwatch.config import client_settings  # noqa: PLC0415
+
+    settings = client_settings(args.config, locate=args.url is None)
+    url, user = settings.base_url, settings.user
+    password = settings.password.get_secret_value() if settings.password else None
+    trusted = settings.cert_file
+    if args.url is not None:
+        url, url_user, url_password = statusclient.split_credentials(args.url)
+        user, password, trusted = url_user or user, url_password or password, None
+    if args.password_file is not None:
+        password = _read_secret(args.password_file)
+    remote = statusclient.Remote(
+        url,
+        user=args.user or user,
+        password=password,
+        ca_file=args.ca_file,
+        trusted_cert=trusted,
+        client_cert=args.cert,
+        client_key=args.key,
+    )
+    color = args.color == "always" or (args.color == "auto" and settings.color and sys.stdout.isatty())
+    if args.watch is None:
+        return _show(statusclient.fetch(remote, args.timeout), remote.url, args.json, color)
+    stop = threading.Event()
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as response:  # noqa: S310
-            data = json.load(response)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        print(f"poolwatch: error: cannot reach the daemon at {args.url}: {reason}", file=sys.stderr)
-        return EXIT_DOWN
-    rows = [
-        {
-            "target": t["name"],
-            "kind": t["kind"],
-            "up": bool(t["up"]),
-            "latency_ms": None if t["latency_seconds"] is None else t["latency_seconds"] * 1000,
-            "error": t["error"],
-        }
-        for t in data.get("targets", [])
-    ]
-    print(format_table(rows))
-    return EXIT_OK if all(row["up"] for row in rows) else EXIT_DOWN
+        while True:
+            if color:
+                print("\x1b[H\x1b[2J", end="")
+            try:
+                _show(statusclient.fetch(remote, args.timeout), remote.url, args.json, color)
+            except statusclient.UnreachableError as exc:
+                print(f"poolwatch: error: {exc}", file=sys.stderr)
+            sys.stdout.flush()
+            stop.wait(args.watch)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _show(doc: StatusDoc, url: str, as_json: bool, color: bool) -> int:
+    from poolwatch import statustext  # noqa: PLC0415
+
+    print(json.dumps(doc, indent=2) if as_json else statustext.render(doc, url=url, color=color))
+    return EXIT_DOWN if doc["counts"]["critical"] else EXIT_OK
+
+
+def _read_secret(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:  # noqa: PTH123
+            secret = file.readline().rstrip("\r\n")
+    except FileNotFoundError:
+        raise ConfigError(f"--password-file {path}: no such file") from None
+    except PermissionError:
+        raise ConfigError(f"--password-file {path}: permission denied") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--password-file {path}: cannot be read ({type(exc).__name__})") from None
+    if not secret:
+        raise ConfigError(f"--password-file {path}: empty")
+    return secret
 
 
 def _audit(args: argparse.Namespace) -> int:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from poolwatch import http
 from poolwatch._version import __version__
@@ -27,6 +28,7 @@ from poolwatch.census.job import CensusJob, PgBouncerJob
 from poolwatch.config import AuditSettings, validate
 from poolwatch.database import Database, RedisDatabase
 from poolwatch.errors import PoolwatchError
+from poolwatch.history import History
 from poolwatch.housekeeping import Housekeeper, HousekeepingJob, Policy
 from poolwatch.instrument import instrument, instrument_redis
 from poolwatch.metrics import Metrics
@@ -36,6 +38,7 @@ from poolwatch.reaper.job import build_postgres_reaper, build_redis_reaper
 from poolwatch.reaper.mysql import build_mysql_reaper
 from poolwatch.reaper.own import BACKENDS
 from poolwatch.scheduler import Scheduler
+from poolwatch.status import Sources, Tracker, document
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -44,7 +47,8 @@ if TYPE_CHECKING:
 
     from poolwatch.config import LogSettings, Settings, TargetSettings
     from poolwatch.instrument import RedisInstrumentation, SQLAlchemyInstrumentation
-    from poolwatch.jobs import Job
+    from poolwatch.jobs import Job, Outcome
+    from poolwatch.status import StatusDoc
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +80,6 @@ class TargetRuntime:
                 self.console.close()
         except Exception as exc:
             log.warning("closing %s failed: %s", self.settings.name, type(exc).__name__)
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "name": self.settings.name,
-            "kind": self.settings.kind,
-            "url": self.settings.display_url(),
-            **self.probe.status(),
-        }
 
 
 def _close_quietly(closer: Callable[[], None], name: str) -> None:
@@ -227,7 +223,8 @@ class Daemon:
     """poolwatch's long-running process, built from validated settings.
 
     ``loader`` re-reads the configuration on SIGHUP; without one, SIGHUP is ignored. ``on_secrets``
-    and ``on_log`` hand the reloaded secrets and log settings to whoever set logging up.
+    and ``on_log`` hand the reloaded secrets and log settings to whoever set logging up. ``history``
+    makes the trend buffer of each target (the status page's sparklines).
     """
 
     def __init__(
@@ -238,15 +235,21 @@ class Daemon:
         loader: Callable[[], Settings] | None = None,
         on_secrets: Callable[[list[str]], None] | None = None,
         on_log: Callable[[LogSettings], None] | None = None,
+        history: Callable[[], History] = History,
     ) -> None:
         self.settings = settings
+        self._history = history
         self.metrics = metrics if metrics is not None else Metrics()
         self._loader = loader
         self._on_secrets = on_secrets
         self._on_log = on_log
-        self._scheduler = Scheduler(self.metrics.jobs, max_workers=max(16, 8 * len(settings.targets)))
+        self._scheduler = Scheduler(
+            self.metrics.jobs, max_workers=max(16, 8 * len(settings.targets)), on_record=self._observe
+        )
         self.audit = AuditLog(settings.audit, self.metrics.reaper)
         self._targets: dict[str, TargetRuntime] = {}
+        # Trends by target name: they outlive a reload that rebuilds the target.
+        self._trackers: dict[str, Tracker] = {}
         self._targets_lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._server: tuple[WSGIServer, Thread] | None = None
@@ -312,6 +315,7 @@ class Daemon:
         runtime = build_target(target, self.metrics, audit=self.audit, others=others)
         with self._targets_lock:
             self._targets[target.name] = runtime
+            self._trackers.setdefault(target.name, Tracker(self._history()))
         for job in runtime.jobs:
             self._scheduler.add(job)
 
@@ -368,6 +372,9 @@ class Daemon:
                     self._add_target(target)
                 except PoolwatchError as exc:
                     log.error("reload: target %s not started: %s", name, exc)  # noqa: TRY400
+        with self._targets_lock:
+            for name in set(self._trackers) - set(fresh):
+                del self._trackers[name]
         self.settings = new
         log.info("configuration reloaded from %s", new.source)
 
@@ -436,10 +443,33 @@ class Daemon:
     def ready(self) -> bool:
         return self._started.is_set() and not self._stopped.is_set()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusDoc:
+        """The /status document, from memory (docs/status.md)."""
         with self._targets_lock:
-            targets = [runtime.status() for runtime in self._targets.values()]
-        return {"version": __version__, "source": self.settings.source, "targets": targets}
+            runtimes = [(runtime, self._trackers[name]) for name, runtime in self._targets.items()]
+        stats = self._scheduler.stats()  # not under _targets_lock: _observe runs under the scheduler's
+        sources = [
+            Sources(
+                settings=runtime.settings,
+                probe=runtime.probe.result(),
+                pool=runtime.instrumentation,
+                jobs=runtime.jobs,
+                stats=stats.get(runtime.settings.name, {}),
+                decisions=self.audit.latest(runtime.settings.name),
+                tracker=tracker,
+            )
+            for runtime, tracker in runtimes
+        ]
+        return document(
+            sources, version=__version__, source=self.settings.source, healthy=self.healthy(), now=time.time()
+        )
+
+    def _observe(self, job: Job, _outcome: Outcome) -> None:
+        # Called by the scheduler under its lock: plain dict reads (atomic under the GIL), so no
+        # second lock is ever taken inside the scheduler's.
+        runtime, tracker = self._targets.get(job.target), self._trackers.get(job.target)
+        if runtime is not None and tracker is not None:
+            tracker.observe(job, runtime.instrumentation, time.time())
 
     def runtime(self, name: str) -> TargetRuntime:
         """The live engine/client and jobs of a target (for tests and embedding)."""

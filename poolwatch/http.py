@@ -17,8 +17,6 @@ import base64
 import binascii
 import contextlib
 import gzip
-import html
-import json
 import logging
 import socket
 import ssl
@@ -31,7 +29,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import bcrypt
 from prometheus_client import make_wsgi_app
 
-from poolwatch import exposition
+from poolwatch import exposition, statuspage
 from poolwatch.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,6 +38,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from poolwatch.config import HttpSettings
+    from poolwatch.status import StatusDoc
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ class Endpoint:
         *,
         healthy: Callable[[], bool],
         ready: Callable[[], bool],
-        status: Callable[[], dict[str, Any]],
+        status: Callable[[], StatusDoc],
         basic_auth_users: dict[str, bytes] | None = None,
     ) -> None:
         # OpenMetrics only for a client that will not take the text format: Prometheus accepts
@@ -111,17 +110,7 @@ class Endpoint:
                 "200 OK" if ok else "503 Service Unavailable",
                 "ready\n" if ok else "starting\n",
             )
-        if path == "/status":
-            body = json.dumps(self._status(), indent=2, default=str).encode()
-            start_response(
-                "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-            )
-            return [body]
-        body = render_status_page(self._status()).encode()
-        start_response(
-            "200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))]
-        )
-        return [body]
+        return statuspage.respond(environ, start_response, self._status)  # "/" and "/status"
 
     def _metrics(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         accept = environ.get("HTTP_ACCEPT", "")
@@ -182,38 +171,6 @@ def _plain(
         [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), *(headers or [])],
     )
     return [body]
-
-
-def render_status_page(status: dict[str, Any]) -> str:
-    """A small human page: one row per target. Every value is escaped."""
-    rows = []
-    for target in status.get("targets", []):
-        up = target.get("up")
-        state = "unknown" if up is None else ("up" if up else "DOWN")
-        latency = target.get("latency_seconds")
-        rows.append(
-            "<tr>"
-            + "".join(
-                f"<td>{html.escape(str(v))}</td>"
-                for v in (
-                    target["name"],
-                    target["kind"],
-                    target["url"],
-                    state,
-                    "" if latency is None else f"{latency * 1000:.2f} ms",
-                    target["error"],
-                )
-            )
-            + "</tr>"
-        )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>poolwatch</title></head><body>"
-        f"<h1>poolwatch {html.escape(str(status.get('version', '')))}</h1>"
-        f"<p>Configuration: {html.escape(str(status.get('source', '')))}. "
-        "<a href='/metrics'>/metrics</a> · <a href='/status'>/status</a></p>"
-        "<table border='1' cellpadding='4'><tr><th>target</th><th>kind</th><th>url</th>"
-        "<th>state</th><th>last probe</th><th>error</th></tr>" + "".join(rows) + "</table></body></html>"
-    )
 
 
 class _RequestTooLargeError(OSError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from poolwatch.errors import Reason, first_line, reason_of, translate
@@ -51,6 +52,19 @@ def redis_check(client: redis.Redis) -> Callable[[], None]:
     return check
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """How the last probe of a target ended; ``up`` is None before the first one."""
+
+    up: bool | None
+    since: float | None
+    latency_seconds: float | None
+    error: str
+    reason: str
+    checked_at: float | None
+    backoff_seconds: float
+
+
 class Probe:
     """A scheduled probe of one target, exporting up, latency and failures by reason."""
 
@@ -77,6 +91,8 @@ class Probe:
         self._lock = threading.Lock()
         self._last: Outcome | None = None
         self._last_error = ""
+        self._last_reason: Reason | None = None
+        self._since: float | None = None  # Unix time up or down began
         self._auth_failures = 0
         self._last_attempt = 0.0
         self._backoff = 0.0
@@ -125,6 +141,7 @@ class Probe:
         self._update_backoff(None if outcome.error is None else reason_of(outcome.error))
         self._metrics.duration.labels(self.target).observe(outcome.duration)
         was_up = self._last is not None and self._last.ok
+        reason: Reason | None = None
         if outcome.error is None:
             self._metrics.up.labels(self.target).set(1)
             message = ""
@@ -139,24 +156,27 @@ class Probe:
             if was_up or self._last is None or message != self._last_error:
                 log.warning("probe of %s failed (%s): %s", self.target, reason, message)
         with self._lock:
-            self._last, self._last_error = outcome, message
+            if self._last is None or self._last.ok != outcome.ok:
+                self._since = outcome.finished_at
+            self._last, self._last_error, self._last_reason = outcome, message, reason
+
+    def result(self) -> ProbeResult:
+        """The last result: ``since`` is when the target went up or down (Unix time), ``reason`` why
+        the last probe failed (a metric label value)."""
+        with self._lock:
+            last, error, reason, since = self._last, self._last_error, self._last_reason, self._since
+        if last is None:
+            return ProbeResult(None, None, None, "", "", None, 0.0)
+        return ProbeResult(
+            up=last.ok,
+            since=since,
+            latency_seconds=round(last.duration, 6),
+            error=error,
+            reason=reason or "",
+            checked_at=last.finished_at,
+            backoff_seconds=self.backoff_seconds,
+        )
 
     def status(self) -> dict[str, object]:
-        """The last result, for the status page and ``poolwatch check``."""
-        with self._lock:
-            last, error = self._last, self._last_error
-        if last is None:
-            return {
-                "up": None,
-                "latency_seconds": None,
-                "error": "",
-                "checked_at": None,
-                "backoff_seconds": 0.0,
-            }
-        return {
-            "up": last.ok,
-            "latency_seconds": round(last.duration, 6),
-            "error": error,
-            "checked_at": last.finished_at,
-            "backoff_seconds": self.backoff_seconds,
-        }
+        """The last result as a mapping, for ``poolwatch check``."""
+        return asdict(self.result())

@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from poolwatch.errors import first_line, translate
 from poolwatch.jobs import BoundedCall, Job, run_job
 
 if TYPE_CHECKING:
@@ -32,8 +34,25 @@ log = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class JobStats:
+    """What the status page shows of one job: when it last ran and succeeded (Unix time), how many
+    runs failed, how many in a row, and the first line of the last error."""
+
+    interval: float
+    last_run: float | None = None
+    last_success: float | None = None
+    failures: int = 0
+    failing_for: int = 0
+    last_error: str = ""
+
+
 class Scheduler:
-    """Runs jobs at their intervals in the foreground (``run()`` blocks until ``stop()``)."""
+    """Runs jobs at their intervals in the foreground (``run()`` blocks until ``stop()``).
+
+    ``on_record(job, outcome)`` is called after each job recorded an outcome, under the lock that
+    keeps a removed target's outcomes out: it must be quick and must not call back into the
+    scheduler."""
 
     def __init__(
         self,
@@ -41,15 +60,18 @@ class Scheduler:
         *,
         max_workers: int = 32,
         clock: Callable[[], float] = time.monotonic,
+        on_record: Callable[[Job, Outcome], None] | None = None,
     ) -> None:
         self._metrics = metrics
         self._clock = clock
+        self._on_record = on_record
         self._scheduler = BlockingScheduler(
             executors={"default": ThreadPoolExecutor(max_workers)},
             job_defaults={"coalesce": True, "max_instances": 1},
             timezone=dt.timezone.utc,
         )
         self._calls: dict[str, BoundedCall] = {}
+        self._stats: dict[str, dict[str, JobStats]] = {}  # target -> task -> stats
         self._lock = threading.Lock()
         self._heartbeat = clock()
         self._stopped = threading.Event()
@@ -68,6 +90,7 @@ class Scheduler:
             if job_id in self._calls:
                 raise ValueError(f"job {job_id} is already scheduled")
             self._calls[job_id] = call
+            self._stats.setdefault(job.target, {})[job.task] = JobStats(job.interval)
         self._metrics.add_job(job.task, job.target)
         self._scheduler.add_job(
             self._execute,
@@ -86,6 +109,7 @@ class Scheduler:
         with self._lock:
             ids = [job_id for job_id in self._calls if job_id.split(":", 1)[1] == target]
             calls = [self._calls.pop(job_id) for job_id in ids]
+            self._stats.pop(target, None)
         for job_id, call in zip(ids, calls, strict=True):
             self._scheduler.remove_job(job_id)
             call.abandon()
@@ -116,10 +140,35 @@ class Scheduler:
             self._metrics.last_success.labels(*labels).set(outcome.finished_at)
         else:
             self._metrics.failures.labels(*labels).inc()
+        self._count(job, outcome)
         try:
             job.record(outcome)
+            if self._on_record is not None:
+                self._on_record(job, outcome)
         except Exception:
             log.exception("recording the outcome of %s:%s failed", *labels)
+
+    def _count(self, job: Job, outcome: Outcome) -> None:
+        # Called under self._lock; a new frozen value each time, so readers need no copy.
+        tasks = self._stats[job.target]
+        stats = tasks[job.task]
+        if outcome.error is None:
+            tasks[job.task] = replace(
+                stats, last_run=outcome.finished_at, last_success=outcome.finished_at, failing_for=0
+            )
+            return
+        tasks[job.task] = replace(
+            stats,
+            last_run=outcome.finished_at,
+            failures=stats.failures + 1,
+            failing_for=stats.failing_for + 1,
+            last_error=first_line(translate(outcome.error, target=job.target) or outcome.error),
+        )
+
+    def stats(self) -> dict[str, dict[str, JobStats]]:
+        """The run statistics of every scheduled job: target -> task -> stats."""
+        with self._lock:
+            return {target: dict(tasks) for target, tasks in self._stats.items()}
 
     def _beat(self) -> None:
         self._heartbeat = self._clock()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from poolwatch.errors import first_line, translate
@@ -31,9 +32,18 @@ class Publisher(Protocol):
     def publish(self, target: str, samples: Iterable[Sample]) -> None: ...
 
 
-class CensusJob:
-    """A scheduled census of one target. ``take`` does the I/O and returns the samples to publish;
-    ``backoff`` (the target's probe) defers runs while logins to the target are held back."""
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """The census the job publishes now, and when it was taken (Unix time)."""
+
+    samples: list[Sample]
+    taken_at: float
+
+
+class PublishingJob:
+    """A scheduled job that reads a target and publishes samples. ``take`` does the I/O and returns
+    the samples to publish; ``backoff`` (the target's probe) defers runs while logins to the target
+    are held back. ``last()`` is what is published now, for the status page."""
 
     task = "census"
 
@@ -50,11 +60,12 @@ class CensusJob:
         self.target = target
         self.interval = interval
         self.timeout = timeout
-        self._take = take
+        self.take = take
         self._metrics = metrics
         self._backoff = backoff
         self._lock = threading.Lock()
         self._samples: list[Sample] | None = None
+        self._published: Reading | None = None
         self._failing = False
 
     def run(self) -> None:
@@ -62,9 +73,9 @@ class CensusJob:
             # record() is not called for a deferred run, so the series are withdrawn here: a count
             # from a server we cannot log in to would be a guess. (record() of the previous run has
             # returned: the scheduler never overlaps two calls for one job.)
-            self._metrics.publish(self.target, ())
+            self._withdraw()
             raise Deferred(f"census of {self.target}: {BACKING_OFF}")
-        samples = self._take()
+        samples = self.take()
         with self._lock:
             self._samples = samples
 
@@ -73,18 +84,37 @@ class CensusJob:
             samples, self._samples = self._samples, None
         if outcome.ok and samples is not None:
             self._metrics.publish(self.target, samples)
+            with self._lock:
+                self._published = Reading(samples, outcome.finished_at)
             if self._failing:
                 log.info("census of %s works again", self.target)
             self._failing = False
             return
-        self._metrics.publish(self.target, ())
+        self._withdraw()
         if not self._failing and outcome.error is not None:
             translated = translate(outcome.error, target=self.target)
             log.warning("census of %s failed: %s", self.target, first_line(translated or outcome.error))
         self._failing = True
 
+    def _withdraw(self) -> None:
+        self._metrics.publish(self.target, ())
+        with self._lock:
+            self._published = None
 
-class PgBouncerJob(CensusJob):
-    """The stats job of a PgBouncer target: the same life as a census, from its admin console."""
+    def last(self) -> Reading | None:
+        """The census published now; None while none is (not taken yet, failing, backing off)."""
+        with self._lock:
+            return self._published
+
+
+class CensusJob(PublishingJob):
+    """A scheduled census of one target's server-side sessions."""
+
+    task = "census"
+
+
+class PgBouncerJob(PublishingJob):
+    """The stats job of a PgBouncer target: the same life as a census, from its admin console (not a
+    census of sessions: the status page does not summarise it as one)."""
 
     task = "pgbouncer"

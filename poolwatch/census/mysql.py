@@ -156,15 +156,19 @@ def activity(snapshot: Snapshot) -> list[pg_census.Activity]:
     ]
 
 
-def census(target: TargetSettings, engine: Engine, pools: Mapping[str, str]) -> Callable[[], list[Sample]]:
-    """The ``take`` function of a MySQL target's census job."""
-    bounds = pg_census.bounds_for(target, pools)
-    thresholds = target.census.idle_thresholds
+class MySQLCensus(pg_census.PostgresCensus):
+    """The ``take`` of a MySQL target's census job: the PostgreSQL census's samples from the
+    processlist, keeping the oldest idle-in-transaction session as it does (for the status page)."""
 
-    def take() -> list[Sample]:
-        with translating(target.name), engine.connect() as connection:
+    def __call__(self) -> list[Sample]:
+        with translating(self._name), self._engine.connect() as connection:
             snapshot = read(connection)
             connection.rollback()
-        return pg_census.samples(activity(snapshot), snapshot.max_connections, bounds, pools, thresholds)
+        rows = activity(snapshot)
+        self.oldest_idle_in_transaction = pg_census.oldest_idle_in_transaction(rows)
+        return pg_census.samples(rows, snapshot.max_connections, self._bounds, self._pools, self._thresholds)
 
-    return take
+
+def census(target: TargetSettings, engine: Engine, pools: Mapping[str, str]) -> Callable[[], list[Sample]]:
+    """The ``take`` function of a MySQL target's census job."""
+    return MySQLCensus(target, engine, pools)

@@ -1,6 +1,9 @@
 """PostgreSQL census from ``pg_stat_activity``: sessions by state, database, user and application,
 ages, the oldest open transaction, and how much of ``max_connections`` is in use.
 
+Each census also remembers the session longest idle in a transaction (who, which application, since
+when) for the status page, from the same query: nothing is read per request.
+
 Only client backends are counted (walsenders, autovacuum and background workers are not what pools
 open). Rows whose state is hidden (a role without ``pg_monitor`` sees other users' sessions without
 state) are counted with state ``unknown``. Ages are measured on the server's clock.
@@ -27,12 +30,13 @@ if TYPE_CHECKING:
     from poolwatch.config import TargetSettings
 
 STATES: Final = ("active", "idle", "idle in transaction", "idle in transaction (aborted)")
+IDLE_IN_TRANSACTION_STATES: Final = frozenset(STATES[2:])
 UNKNOWN: Final = "unknown"
 
 ACTIVITY_SQL: Final = """
 SELECT state, datname, usename, application_name,
        extract(epoch FROM now() - state_change)::float8 AS in_state,
-       extract(epoch FROM now() - xact_start)::float8 AS in_transaction
+       extract(epoch FROM now() - xact_start)::float8 AS in_transaction, pid
 FROM pg_stat_activity
 WHERE backend_type = 'client backend'
 """
@@ -55,6 +59,7 @@ class Activity:
     application: str | None
     in_state: float | None
     in_transaction: float | None
+    pid: int | None = None
 
 
 def fetch(engine: Engine, name: str) -> tuple[list[Activity], int]:
@@ -120,16 +125,34 @@ def bounds_for(target: TargetSettings, pools: Mapping[str, str]) -> Bounds:
     return Bounds(frozenset(databases), frozenset(users), frozenset(applications))
 
 
+def oldest_idle_in_transaction(activity: Iterable[Activity]) -> Activity | None:
+    """The session idle in a transaction for longest (measured from ``state_change``), if any."""
+    idle = [row for row in activity if row.state in IDLE_IN_TRANSACTION_STATES and row.in_state is not None]
+    return max(idle, key=lambda row: row.in_state or 0.0, default=None)
+
+
+class PostgresCensus:
+    """The ``take`` of a PostgreSQL target's census job; it keeps the oldest idle-in-transaction
+    session of its last census in ``oldest_idle_in_transaction``."""
+
+    def __init__(self, target: TargetSettings, engine: Engine, pools: Mapping[str, str]) -> None:
+        self._name = target.name
+        self._engine = engine
+        self._pools = pools
+        self._bounds = bounds_for(target, pools)
+        self._thresholds = target.census.idle_thresholds
+        self.oldest_idle_in_transaction: Activity | None = None
+
+    def __call__(self) -> list[Sample]:
+        activity, limit = fetch(self._engine, self._name)
+        # One reference assignment: a reader on another thread sees the old row or the new one.
+        self.oldest_idle_in_transaction = oldest_idle_in_transaction(activity)
+        return samples(activity, limit, self._bounds, self._pools, self._thresholds)
+
+
 def census(target: TargetSettings, engine: Engine, pools: Mapping[str, str]) -> Callable[[], list[Sample]]:
     """The ``take`` function of a PostgreSQL target's census job."""
-    bounds = bounds_for(target, pools)
-    thresholds = target.census.idle_thresholds
-
-    def take() -> list[Sample]:
-        activity, limit = fetch(engine, target.name)
-        return samples(activity, limit, bounds, pools, thresholds)
-
-    return take
+    return PostgresCensus(target, engine, pools)
 
 
 def known_pools(target: TargetSettings, others: Iterable[TargetSettings] = ()) -> dict[str, str]:

@@ -242,6 +242,12 @@ class Recorder:
         answered = self.handed.value() + self.failures
         return max(0, self.requested.value() - answered)
 
+    def counts(self) -> Counts:
+        """Callers waiting now, and the running totals the status page shows (no side effects: leaks
+        are found by scrapes and housekeeping)."""
+        with self._lock:
+            return Counts(self._pending(), self.timeouts, len(self.leaked), self.leaks_total)
+
     def check_leaks(self) -> int:
         """Connections held past ``leak_threshold`` now; warn once for each new one."""
         if self.leak_threshold is None:
@@ -295,6 +301,14 @@ class Recorder:
                 creates=self.creates.cumulative(),
                 min_idle=self.min_idle,
             )
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    pending: int
+    timeouts: int
+    leaked: int
+    leaks_total: int
 
 
 @dataclass(frozen=True)

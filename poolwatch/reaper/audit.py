@@ -17,8 +17,9 @@ import os
 import socket
 import threading
 import uuid
+from collections import deque
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from sqlalchemy import create_engine, text
 
@@ -27,6 +28,8 @@ from poolwatch.reaper.own import BACKENDS
 from poolwatch.reaper.spool import Spool
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from sqlalchemy.engine import Connection, Engine
 
     from poolwatch.config import AuditSettings
@@ -39,6 +42,7 @@ QUERY_CHARS: Final = 200
 BATCH: Final = 500
 REPLICA: Final = f"{socket.gethostname()}:{os.getpid()}"
 AUDIT_APPLICATION: Final = "poolwatch-audit"
+KEPT: Final = 10  # decisions per target kept in memory for the status page
 
 COLUMNS: Final = (
     "record_id",
@@ -128,6 +132,21 @@ class AuditRecord:
         return asdict(self)
 
 
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """What a dry run would terminate now: the first ``KEPT`` (longest idle first), and how many."""
+
+    first: tuple[AuditRecord, ...] = ()
+    total: int = 0
+
+    @classmethod
+    def of(cls, victims: Sequence[V], record: Callable[[V], AuditRecord]) -> Candidates:
+        return cls(tuple(record(victim) for victim in victims[:KEPT]), len(victims))
+
+
 class AuditLog:
     """Records reaper decisions; shared by every target's reaper (thread-safe)."""
 
@@ -146,6 +165,8 @@ class AuditLog:
         self._flush_lock = threading.Lock()
         self._schema_ready = False
         self._failing = False
+        self._latest: dict[str, deque[AuditRecord]] = {}
+        self._latest_lock = threading.Lock()
         self.spool: Spool | None = None
         if settings.url is not None:
             self.spool = Spool(settings.spool_max, settings.spool_path, on_drop=self._dropped)
@@ -181,9 +202,16 @@ class AuditLog:
         )
         if self._metrics is not None:
             self._metrics.terminated.labels(record.target, record.reason, record.mode).inc()
+        with self._latest_lock:
+            self._latest.setdefault(record.target, deque(maxlen=KEPT)).append(record)
         if self.spool is not None:
             self.spool.push(record.as_dict())
             self._set_spooled()
+
+    def latest(self, target: str) -> list[AuditRecord]:
+        """The last ``KEPT`` decisions about ``target`` this process made, newest first (memory only)."""
+        with self._latest_lock:
+            return list(reversed(self._latest.get(target, ())))
 
     def flush(self) -> int:
         """Write spooled records to the audit table; the number written. Raises a PoolwatchError if

@@ -82,6 +82,11 @@ class PostgresLease:
     def pid(self) -> int | None:
         return self._pid
 
+    @property
+    def held(self) -> bool:
+        """Whether this replica held the lease at its last check."""
+        return self._held
+
     def hold(self) -> Connection | None:
         """The lease connection if this replica holds the lease now, else None. Raises (and drops the
         connection, so the server frees the lock) when the server cannot be reached."""
@@ -175,6 +180,11 @@ class RedisLease:
         self._ttl_ms = max(1, int(ttl * 1000))
         self._lock = threading.Lock()
         self._held = False
+
+    @property
+    def held(self) -> bool:
+        """Whether this replica held the lease at its last check."""
+        return self._held
 
     def hold(self) -> bool:
         """True if this replica holds the lease now (renewing or acquiring it). Raises on errors,

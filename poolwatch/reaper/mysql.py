@@ -32,7 +32,7 @@ from poolwatch.census.mysql import IDLE_COMMAND, read
 from poolwatch.database import mysql_connect_args
 from poolwatch.errors import first_line
 from poolwatch.jobs import NO_BACKOFF
-from poolwatch.reaper.audit import AuditRecord
+from poolwatch.reaper.audit import AuditRecord, Candidates
 from poolwatch.reaper.job import autocommit_connect, protected_names, session_reaper_job
 from poolwatch.reaper.lease import MYSQL_FENCE, MySQLLease
 from poolwatch.reaper.own import BACKENDS, OwnBackends
@@ -120,11 +120,13 @@ class MySQLReaper:
         self._on_error = on_error
         self._recorded: set[Hashable] = set()
         self._warned_superusers = False
+        self.candidates = Candidates()
 
     def run(self) -> int:
         """Reap once; the number of sessions killed (or, in dry run, recorded as candidates)."""
         connection = self.lease.hold()
         if connection is None:
+            self.candidates = Candidates()  # another replica decides
             return 0
         snapshot = read(connection)
         supers = superusers(connection)
@@ -141,6 +143,7 @@ class MySQLReaper:
             everyone = choose_victims(
                 sessions, replace(self.policy, max_per_run=len(sessions)), snapshot.now, own
             )
+            self.candidates = Candidates.of(everyone, self._record)
             victims, self._recorded = unrecorded(
                 everyone,
                 lambda v: (v.session.pid, v.session.client_addr),

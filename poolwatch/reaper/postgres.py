@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 from sqlalchemy.exc import DBAPIError
 
 from poolwatch.errors import first_line
-from poolwatch.reaper.audit import AuditRecord
+from poolwatch.reaper.audit import AuditRecord, Candidates
 from poolwatch.reaper.lease import FENCE
 from poolwatch.reaper.policy import IDLE_IN_TRANSACTION, Session, choose_victims, unrecorded
 
@@ -163,16 +163,19 @@ class PostgresReaper:
         self.dry_run = dry_run
         self._on_error = on_error
         self._recorded: set[Hashable] = set()
+        self.candidates = Candidates()
 
     def run(self) -> int:
         """Reap once; the number of sessions terminated (or, in dry run, recorded as candidates)."""
         connection = self.lease.hold()
         if connection is None:
+            self.candidates = Candidates()  # another replica decides
             return 0
         now, sessions = snapshot(connection)
         own = self.own.pids()
         if self.dry_run:
             everyone = choose_victims(sessions, replace(self.policy, max_per_run=len(sessions)), now, own)
+            self.candidates = Candidates.of(everyone, self._record)
             victims, self._recorded = unrecorded(
                 everyone,
                 lambda v: (v.session.pid, v.session.backend_start),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 from poolwatch.census.redis import parse_client
 from poolwatch.errors import first_line, translating
-from poolwatch.reaper.audit import AuditRecord
+from poolwatch.reaper.audit import AuditRecord, Candidates
 from poolwatch.reaper.policy import choose_redis_victims, judge_redis, unrecorded
 
 if TYPE_CHECKING:
@@ -62,10 +62,12 @@ class RedisReaper:
         self.dry_run = dry_run
         self._on_error = on_error
         self._recorded: set[Hashable] = set()
+        self.candidates = Candidates()
 
     def run(self) -> int:
         with translating(self.target):
             if not self.lease.hold():
+                self.candidates = Candidates()  # another replica decides
                 return 0
             pipe = self.client.pipeline(transaction=False)
             pipe.client_id()
@@ -73,9 +75,12 @@ class RedisReaper:
             own_id, entries = pipe.execute()
             clients = [parse_client(fields) for fields in entries]
             if self.dry_run:
-                everyone = replace(self.policy, max_per_run=len(clients))
+                everyone = choose_redis_victims(
+                    clients, replace(self.policy, max_per_run=len(clients)), {int(own_id)}
+                )
+                self.candidates = Candidates.of(everyone, self._record)
                 victims, self._recorded = unrecorded(
-                    choose_redis_victims(clients, everyone, {int(own_id)}),
+                    everyone,
                     lambda v: (v.client.id, v.client.addr),
                     self._recorded,
                     self.policy.max_per_run,

@@ -1,11 +1,13 @@
 """No password is ever shown: `poolwatch run` (a subprocess, logging at DEBUG) with passwords in URLs,
 in password files and in the environment, on targets that work and targets that fail (wrong
-password, refused, unresolvable host); every answer of the endpoint, every log line, every error,
-and the output of `poolwatch config`, `check` and `status` is searched for each password, plain and
-URL-quoted."""
+password, refused, unresolvable host); every answer of the endpoint (the status page and /status with
+census, reaper candidates and an idle transaction to show), every log line, every error, and the
+output of `poolwatch config`, `check` and `status` (text and JSON, with basic-auth credentials given
+every way it takes them) is searched for each password, plain and URL-quoted."""
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import signal
@@ -18,6 +20,8 @@ import urllib.request
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+import bcrypt
+import psycopg2
 import pytest
 import yaml
 
@@ -92,8 +96,9 @@ def _run_daemon_and_collect(args: list[str], env: dict[str, str], port: int, fai
         for _ in range(3):
             texts += [_fetch(base + path) for path in PATHS]
             time.sleep(0.3)
-        status_cli = _cli("status", "--url", base, env=env)
-        texts += [status_cli.stdout, status_cli.stderr]
+        for extra in ((), ("--json",)):
+            status_cli = _cli("status", "--url", base, *extra, env=env)
+            texts += [status_cli.stdout, status_cli.stderr]
     finally:
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=30)
@@ -153,14 +158,29 @@ def test_no_password_in_any_output_with_a_configuration_file(
     }
     for target in config["targets"]:
         target["probe"] = {"interval": 0.5, "timeout": 0.5}
+        target["census"] = {"interval": 1, "timeout": 1}
+    # The status page shows who the reaper would terminate and who idles in a transaction.
+    config["targets"][0]["reaper"] = {
+        "enabled": True,
+        "interval": 1,
+        "timeout": 1,
+        "idle_timeout": 1,
+        "applications": ["*"],
+    }
+    lingering = psycopg2.connect(pg.dsn("secret_file", in_file), application_name="secret-holder")
+    lingering.cursor().execute("SELECT 1")  # idle in transaction from here on
     path = tmp_path / "poolwatch.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
     passwords = [in_url, in_file, wrong, redis_pw, unreachable, nodns]
 
-    texts = _run_daemon_and_collect(
-        ["-c", str(path)], env, _free_port(), failing=["wrong", "wrong_redis", "refused", "nodns"]
-    )
+    try:
+        texts = _run_daemon_and_collect(
+            ["-c", str(path)], env, _free_port(), failing=["wrong", "wrong_redis", "refused", "nodns"]
+        )
+    finally:
+        lingering.close()
+    assert "secret-holder" in "".join(texts), "the status shows the idle transaction's application"
     for command in (
         ["config", "-c", str(path)],
         ["check", "-c", str(path)],
@@ -202,3 +222,69 @@ def test_no_password_in_any_output_with_the_environment(
             result = _cli(*command, env=environment)
             texts += [result.stdout, result.stderr]
     _assert_absent(texts, [pg_pw, redis_pw])
+
+
+def test_no_password_in_the_status_command_or_pages_with_basic_auth(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    target_pw, http_pw, wrong = _password("target"), _password("http"), _password("wrong-http")
+    pg.create_role("secret_status", target_pw)
+    port = _free_port()
+    hashed = bcrypt.hashpw(http_pw.encode(), bcrypt.gensalt(rounds=4)).decode()
+    config = {
+        "http": {"listen": f"127.0.0.1:{port}", "basic_auth_users": {"ops": hashed}},
+        "targets": [
+            {
+                "name": "orders",
+                "kind": "postgres",
+                "url": f"postgresql://secret_status:{quote(target_pw, safe='')}@{pg.host}:{pg.port}/postgres",
+                "probe": {"interval": 0.5, "timeout": 0.5},
+            }
+        ],
+    }
+    path = tmp_path / "poolwatch.yaml"
+    path.write_text(yaml.safe_dump(config))
+    (tmp_path / "http-pw").write_text(http_pw + "\n")
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "poolwatch", "run", "-c", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    texts: list[str] = []
+    try:
+        flags = ("-c", str(path), "--user", "ops", "--password-file", str(tmp_path / "http-pw"))
+        deadline = time.monotonic() + 30
+        while '"up": true' not in (result := _cli("status", *flags, "--json", env=env)).stdout:
+            assert time.monotonic() < deadline, result.stderr
+            assert process.poll() is None
+        base = f"http://127.0.0.1:{port}"
+        for path_ in ("/", "/status"):
+            request = urllib.request.Request(base + path_, headers=_basic("ops", http_pw))
+            with urllib.request.urlopen(request, timeout=10) as response:
+                texts.append(response.read().decode())
+        by_env = {**env, "POOLWATCH_CONFIG": str(path), "POOLWATCH_HTTP_USER": "ops"}
+        for args, environment in (
+            (flags, env),
+            ((*flags, "--json"), env),
+            ((), {**by_env, "POOLWATCH_HTTP_PASSWORD": http_pw}),
+            ((), {**by_env, "POOLWATCH_HTTP_PASSWORD": wrong}),
+            (("--url", f"http://ops:{quote(wrong, safe='')}@127.0.0.1:{port}"), env),
+            (("--url", f"http://ops:{quote(http_pw, safe='')}@127.0.0.1:{_free_port()}"), env),
+            (("--url", f"http://ops:{http_pw}@127.0.0.1:{port}"), env),  # unquoted: not a URL
+        ):
+            result = _cli("status", *args, env=environment)
+            texts += [result.stdout, result.stderr]
+        assert "refused the credentials" in "".join(texts)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    texts += [stdout, stderr]
+    assert "orders" in texts[0]
+    _assert_absent(texts, [target_pw, http_pw, wrong])
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
