@@ -9,6 +9,7 @@ datadir, its socket) is never used: every option is given on the command line, `
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import secrets
@@ -55,6 +56,7 @@ def _template() -> Path:
         if _TEMPLATE and (_TEMPLATE[0] / "mysql").is_dir():
             return _TEMPLATE[0]
         base = Path(tempfile.mkdtemp(prefix="poolwatch-mariadb-template-"))
+        atexit.register(shutil.rmtree, base, ignore_errors=True)  # ~100 MB: gone with the session
         datadir = base / "data"
         command = [
             shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db",
