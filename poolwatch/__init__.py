@@ -18,6 +18,7 @@ from poolwatch.database import (
 )
 from poolwatch.errors import (
     AuthenticationFailedError,
+    CallTimeoutError,
     ConfigError,
     DatabaseUnavailableError,
     PoolExhaustedError,
@@ -26,13 +27,16 @@ from poolwatch.errors import (
     SessionError,
     TransactionFailedError,
 )
+from poolwatch.health import Health
 from poolwatch.instrument import instrument, instrument_redis
 
 __all__ = [
     "AuthenticationFailedError",
+    "CallTimeoutError",
     "ConfigError",
     "Database",
     "DatabaseUnavailableError",
+    "Health",
     "PoolExhaustedError",
     "PoolwatchError",
     "QueryFailedError",

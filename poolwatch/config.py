@@ -2,39 +2,40 @@
 
 This is the only module that reads the environment. Passwords are split out of URLs on load and kept
 as ``SecretStr``; everything printable (``repr``, ``poolwatch config``, errors) shows the URL without
-them (``urls.py``). Every validation failure becomes one ``ConfigError`` line naming the key path
-(``config_errors.py``).
+them (``masking.py``). Every validation failure becomes one ``ConfigError`` line naming the key path
+(``config_errors.py``); files are read bounded and strict (``config_file.py``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+from urllib.parse import quote
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from poolwatch.config_errors import describe_validation_error
+from poolwatch.config_file import read_yaml
 from poolwatch.errors import ConfigError
+from poolwatch.masking import MASK, mask_url, printable
 from poolwatch.urls import (
-    MASK,
+    check_sqlite_directory,
     check_url,
-    mask_url,
     parse_listen,
-    postgres_url,
-    split_password,
+    split_url_password,
     sqlalchemy_url,
 )
 
@@ -43,8 +44,14 @@ if TYPE_CHECKING:
 
 Kind = Literal["postgres", "mysql", "pgbouncer", "sqlite", "redis"]
 DEFAULT_LISTEN = "127.0.0.1:18187"
+EMBEDDED_SOURCE: Final = "embedded SQLite default"
 
-Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
+# Every duration: below 0.1 s no probe, scrape or query round trip can finish (a probe with a 1 ns
+# timeout never succeeds), above a week it is a typo.
+MIN_SECONDS: Final = 0.1
+MAX_SECONDS: Final = 7 * 24 * 3600
+Seconds = Annotated[float, Field(ge=MIN_SECONDS, le=MAX_SECONDS)]
+_MAX_PORT: Final = 65535
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$"
 PROCEDURE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_$]{0,63}(\.[A-Za-z_][A-Za-z0-9_$]{0,63})?$"
 # How a pattern mismatch reads in an error line; any other pattern is shown as it is.
@@ -86,24 +93,50 @@ class PoolSettings(_Model):
         return self
 
 
-class ProbeSettings(_Model):
-    """How often each target is probed, and how long one probe may take."""
+class _Periodic(_Model):
+    """A job's ``interval`` and ``timeout``. A default follows the value the user gave: with only
+    ``interval: 1`` the timeout is ``min(default, 1)``, with only ``timeout: 20`` the interval is
+    ``max(default, 20)``; so ``timeout <= interval`` can only fail on two values the user wrote."""
 
-    interval: Seconds = 15.0
-    timeout: Seconds = 5.0
-    # After consecutive authentication failures the probe waits 2x, 4x, ... its interval between
-    # attempts, up to this: a wrong password is not fixed by retrying, and each attempt is a failed
-    # login in the server's log (and may count towards a lockout).
-    auth_backoff_max: Seconds = 300.0
+    interval: Seconds
+    timeout: Seconds
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_follow(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        interval, timeout = data.get("interval"), data.get("timeout")
+        if "timeout" not in data and _is_number(interval):
+            return {**data, "timeout": min(cls.model_fields["timeout"].default, interval)}
+        if "interval" not in data and _is_number(timeout):
+            return {**data, "interval": max(cls.model_fields["interval"].default, timeout)}
+        return data
 
     @model_validator(mode="after")
-    def _timeout_within_interval(self) -> ProbeSettings:
+    def _timeout_within_interval(self) -> _Periodic:
         if self.timeout > self.interval:
             raise ValueError(f"timeout ({self.timeout:g}) must not exceed interval ({self.interval:g})")
         return self
 
 
-class CensusSettings(_Model):
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class ProbeSettings(_Periodic):
+    """How often each target is probed, and how long one probe may take."""
+
+    interval: Seconds = 15.0
+    timeout: Seconds = 5.0
+    # After consecutive authentication failures the probe waits 2x, 4x, ... its interval between
+    # attempts, up to this (and never less than the interval): a wrong password is not fixed by
+    # retrying, and each attempt is a failed login in the server's log (and may count towards a
+    # lockout).
+    auth_backoff_max: Seconds = 300.0
+
+
+class CensusSettings(_Periodic):
     """Server-side session counts; label values limited to the names listed here."""
 
     enabled: bool = True
@@ -117,7 +150,7 @@ class CensusSettings(_Model):
     ] = (60.0, 300.0, 3600.0)
 
 
-class ReaperSettings(_Model):
+class ReaperSettings(_Periodic):
     """Which idle server sessions may be terminated. Off and dry-run by default."""
 
     enabled: bool = False
@@ -151,8 +184,6 @@ class ReaperSettings(_Model):
                 "an enabled reaper needs databases, users or applications "
                 "(applications: ['*'] means every application)"
             )
-        if self.timeout > self.interval:
-            raise ValueError(f"timeout ({self.timeout:g}) must not exceed interval ({self.interval:g})")
         return self
 
     @property
@@ -178,30 +209,17 @@ class TargetSettings(_Model):
     @model_validator(mode="before")
     @classmethod
     def _split_password(cls, data: Any) -> Any:
-        """Move a password out of the URL (and out of ``password_file``) before anything prints it."""
-        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
-            return data
-        data = dict(data)
-        url, password = split_password(data["url"])
-        data["url"] = url
-        if password is not None:
-            if data.get("password_file") is not None:
-                raise ValueError("give the password in url or in password_file, not both")
-            data["password"] = SecretStr(password)
-        password_file = data.get("password_file")
-        if isinstance(password_file, str):
-            data["password"] = SecretStr(_read_password_file(password_file))
-        elif isinstance(data.get("password"), str):
-            data["password"] = SecretStr(data["password"])
-        return data
+        return split_url_password(data)
 
     @model_validator(mode="after")
-    def _url_matches_kind(self) -> TargetSettings:
+    def _url_matches_kind(self, info: ValidationInfo) -> TargetSettings:
         check_url(self.kind, self.url)
         if self.reaper.enabled and self.kind in ("sqlite", "pgbouncer"):
             raise ValueError(f"the reaper works on postgres, mysql and redis targets, not {self.kind}")
         if self.reaper.kill_procedure is not None and self.kind != "mysql":
             raise ValueError("reaper.kill_procedure applies to mysql targets only")
+        if self.kind == "sqlite":
+            check_sqlite_directory(self.url, (info.context or {}).get("state_dir"))
         return self
 
     @property
@@ -282,15 +300,7 @@ class AuditSettings(_Model):
     @model_validator(mode="before")
     @classmethod
     def _split_password(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
-            return data
-        data = dict(data)
-        data["url"], password = split_password(data["url"])
-        if password is not None:
-            data["password"] = SecretStr(password)
-        if isinstance(data.get("password_file"), str):
-            data["password"] = SecretStr(_read_password_file(data["password_file"]))
-        return data
+        return split_url_password(data)
 
     @model_validator(mode="after")
     def _postgres_only(self) -> AuditSettings:
@@ -356,31 +366,59 @@ class Settings(_Model):
         for shown, target in zip(data["targets"], self.targets, strict=True):
             shown["url"] = target.display_url()
             shown["password"] = MASK if target.password else None
+            if target.kind == "sqlite":  # no server sessions: neither census nor reaper applies
+                del shown["census"], shown["reaper"]
         data["audit"]["url"] = self.audit.display_url()
         data["audit"]["password"] = MASK if self.audit.password else None
         data["http"]["basic_auth_users"] = dict.fromkeys(self.http.basic_auth_users, MASK)
         return data
 
 
-class Environment(BaseSettings):
-    """The environment variables poolwatch reads; nothing else looks at ``os.environ``."""
+def _variable(name: str) -> Any:
+    return field(default=None, metadata={"variable": name})
 
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
 
-    config: str | None = Field(None, validation_alias="POOLWATCH_CONFIG")
-    listen: str | None = Field(None, validation_alias="POOLWATCH_LISTEN")
-    log_level: str | None = Field(None, validation_alias="POOLWATCH_LOG_LEVEL")
-    state_dir: str | None = Field(None, validation_alias="POOLWATCH_STATE_DIR")
-    database_url: str | None = Field(None, validation_alias="DATABASE_URL")
-    redis_url: str | None = Field(None, validation_alias="REDIS_URL")
-    postgres_user: str | None = Field(None, validation_alias="POSTGRES_USER")
-    postgres_password: str | None = Field(None, validation_alias="POSTGRES_PASSWORD")
-    postgres_host: str | None = Field(None, validation_alias="POSTGRES_HOST")
-    postgres_port: str | None = Field(None, validation_alias="POSTGRES_PORT")
-    postgres_db: str | None = Field(None, validation_alias="POSTGRES_DB")
-    http_user: str | None = Field(None, validation_alias="POOLWATCH_HTTP_USER")
-    http_password: str | None = Field(None, validation_alias="POOLWATCH_HTTP_PASSWORD")
-    no_color: str | None = Field(None, validation_alias="NO_COLOR")
+@dataclass(frozen=True)
+class Environment:
+    """The environment variables poolwatch reads; nothing else looks at ``os.environ``. Every value
+    is an optional string, checked where it is used (``POSTGRES_PORT``, the URLs, the listen address).
+    """
+
+    config: str | None = _variable("POOLWATCH_CONFIG")
+    listen: str | None = _variable("POOLWATCH_LISTEN")
+    log_level: str | None = _variable("POOLWATCH_LOG_LEVEL")
+    state_dir: str | None = _variable("POOLWATCH_STATE_DIR")
+    database_url: str | None = _variable("DATABASE_URL")
+    redis_url: str | None = _variable("REDIS_URL")
+    postgres_user: str | None = _variable("POSTGRES_USER")
+    postgres_password: str | None = _variable("POSTGRES_PASSWORD")
+    postgres_host: str | None = _variable("POSTGRES_HOST")
+    postgres_port: str | None = _variable("POSTGRES_PORT")
+    postgres_db: str | None = _variable("POSTGRES_DB")
+    http_user: str | None = _variable("POOLWATCH_HTTP_USER")  # poolwatch status
+    http_password: str | None = _variable("POOLWATCH_HTTP_PASSWORD")
+    no_color: str | None = _variable("NO_COLOR")
+    # Read only to say that they are not used (see _environment_targets): never part of a URL.
+    db_host: str | None = _variable("DB_HOST")
+    db_port: str | None = _variable("DB_PORT")
+    db_user: str | None = _variable("DB_USER")
+    db_password: str | None = _variable("DB_PASSWORD")
+    db_name: str | None = _variable("DB_NAME")
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str] | None = None) -> Environment:
+        """The variables in ``environ``, or in the process environment when None (tests pass theirs)."""
+        source = os.environ if environ is None else environ
+        return cls(**{f.name: source.get(f.metadata["variable"]) for f in fields(cls)})
+
+    def unused_seed_variables(self) -> list[str]:
+        """The ``DB_*`` variables that are set (poolwatch reads ``DATABASE_URL`` / ``POSTGRES_*``)."""
+        return [
+            f.metadata["variable"] for f in fields(self) if f.name.startswith("db_") and getattr(self, f.name)
+        ]
+
+
+POSTGRES_VARIABLES: Final = "POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB"
 
 
 def load_settings(
@@ -388,83 +426,40 @@ def load_settings(
     *,
     listen: str | None = None,
     environ: Mapping[str, str] | None = None,
+    embedded: bool = True,
 ) -> Settings:
-    """Build the effective settings. ``environ`` replaces ``os.environ`` (tests pass their own)."""
-    env = _read_environment(environ)
+    """Build the effective settings. ``environ`` replaces ``os.environ`` (tests pass their own).
+
+    With no targets in a file or the environment, ``embedded`` (``poolwatch run``, ``check``,
+    ``config``) watches the embedded SQLite database; without it the settings have no targets."""
+    env = Environment.read(environ)
     path = config_file or env.config
     data: dict[str, Any] = _read_yaml(path) if path else {}
     source = f"file {path}" if path else "defaults"
     if env.listen:
-        data.setdefault("http", {})
-        _require_mapping(data["http"], "http")
-        data["http"] = {**data["http"], "listen": env.listen}
+        _override(data, "http", "listen", env.listen)
     if env.log_level:
-        data.setdefault("log", {})
-        _require_mapping(data["log"], "log")
-        data["log"] = {**data["log"], "level": env.log_level.upper()}
+        _override(data, "log", "level", env.log_level.upper())
     if not data.get("targets"):
         env_targets = _environment_targets(env)
         if env_targets:
             data["targets"] = env_targets
             source = "environment (" + ", ".join(t["name"] for t in env_targets) + ")"
-        else:
-            data["targets"] = [embedded_target(env.state_dir)]
-            source = "embedded SQLite default"
+        elif embedded:
+            data["targets"] = [embedded_target(env)]
+            source = EMBEDDED_SOURCE
     if listen is not None:
-        data.setdefault("http", {})
-        _require_mapping(data["http"], "http")
-        data["http"] = {**data["http"], "listen": listen}
+        _override(data, "http", "listen", listen)
     data["source"] = source
-    return validate(data)
+    state_dir = state_directory(env)
+    return validate(data, state_dir=None if state_dir is None else str(state_dir))
 
 
-@dataclass(frozen=True)
-class ClientSettings:
-    """How ``poolwatch status`` reaches a running daemon, and how it prints."""
-
-    base_url: str  # scheme://host:port, no credentials
-    cert_file: str | None  # the daemon's certificate (trusted as well as the system's CAs)
-    user: str | None
-    password: SecretStr | None
-    color: bool  # False when NO_COLOR is set
-
-
-def client_settings(
-    config_file: str | None = None, *, locate: bool = True, environ: Mapping[str, str] | None = None
-) -> ClientSettings:
-    """Where the daemon of this configuration listens: ``http.listen`` (or ``POOLWATCH_LISTEN``),
-    over HTTPS when ``http.tls`` is set; with ``locate`` False (a URL was given) no file is read.
-    Only the ``http`` section is read: the targets' password files may be unreadable to whoever
-    asks for the status, and do not matter to it."""
-    env = _read_environment(environ)
-    path = (config_file or env.config) if locate else None
-    http = _read_yaml(path).get("http", {}) if path else {}
-    _require_mapping(http, "http")
-    listen = (env.listen if locate else None) or http.get("listen", DEFAULT_LISTEN)
-    tls = http.get("tls")
-    if tls is not None:
-        _require_mapping(tls, "http.tls")
+def validate(data: Mapping[str, Any], *, state_dir: str | None = None) -> Settings:
+    """Validate a configuration mapping; any failure is one ConfigError line. A SQLite target's
+    directory must exist, unless it is ``state_dir`` (created when the engine is)."""
     try:
-        host, port = parse_listen(listen if isinstance(listen, str) else repr(listen))
-    except ValueError as exc:
-        raise ConfigError(f"http.listen: {exc}") from None
-    # A daemon listening on every interface is asked on the loopback one.
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
-    host = f"[{host}]" if ":" in host else host
-    cert = tls.get("cert_file") if tls else None
-    return ClientSettings(
-        base_url=f"{'https' if tls else 'http'}://{host}:{port}",
-        cert_file=cert if isinstance(cert, str) else None,
-        user=env.http_user or None,
-        password=SecretStr(env.http_password) if env.http_password else None,
-        color=not env.no_color,
-    )
-
-
-def validate(data: Mapping[str, Any]) -> Settings:
-    """Validate a configuration mapping; any failure is one ConfigError line."""
-    try:
-        return Settings.model_validate(dict(data))
+        return Settings.model_validate(dict(data), context={"state_dir": state_dir})
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, data, _PATTERN_MEANINGS)) from None
     except ConfigError:
@@ -473,51 +468,22 @@ def validate(data: Mapping[str, Any]) -> Settings:
         raise ConfigError(str(exc)) from None
 
 
-def _read_environment(environ: Mapping[str, str] | None) -> Environment:
-    """pydantic-settings reads the process environment; a mapping a caller gives is used instead.
-
-    Every field is an optional string, so there is nothing to reject here: values are checked where
-    they are used (``POSTGRES_PORT``, the URLs, the listen address)."""
-    if environ is None:
-        return Environment()
-    values = {
-        name: environ[alias]
-        for name, field in Environment.model_fields.items()
-        if isinstance(alias := field.validation_alias, str) and alias in environ
-    }
-    return Environment.model_construct(None, **values)
-
-
 def _read_yaml(path: str) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a YAML file") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: permission denied reading the configuration file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid syntax"
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
-    if data is None:
-        raise ConfigError(f"{path}: the configuration file is empty")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    data = read_yaml(path)
     if "source" in data:
         raise ConfigError("source: unknown key")
     return data
 
 
-def _require_mapping(value: Any, path: str) -> None:
+def _override(data: dict[str, Any], section: str, key: str, value: str) -> None:
+    """Set ``section.key`` over what the file says (the environment and flags win)."""
+    data.setdefault(section, {})
+    require_mapping(data[section], section)
+    data[section] = {**data[section], key: value}
+
+
+def require_mapping(value: Any, path: str) -> None:
+    """A ConfigError unless ``value`` (the section at ``path``) is a mapping."""
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: expected a mapping (got a {type(value).__name__})")
 
@@ -530,29 +496,47 @@ def _environment_targets(env: Environment) -> list[dict[str, Any]]:
         targets.append({"name": kind, "kind": kind, "url": env.database_url})
     elif any((env.postgres_host, env.postgres_db, env.postgres_user, env.postgres_password)):
         targets.append({"name": "postgres", "kind": "postgres", "url": postgres_url(env)})
+    elif given := env.unused_seed_variables():
+        # Not guessed: DB_* names no kind of server, and a silently ignored variable would leave a
+        # service watching the embedded default instead of its database.
+        raise ConfigError(
+            f"{', '.join(given)}: not read by poolwatch; set DATABASE_URL, or {POSTGRES_VARIABLES}"
+        )
     if env.redis_url:
         targets.append({"name": "redis", "kind": "redis", "url": env.redis_url})
     return targets
 
 
-def embedded_target(state_dir: str | None = None) -> dict[str, Any]:
-    """The SQLite database poolwatch watches when nothing else is configured."""
-    base = Path(state_dir) if state_dir else Path.home() / ".local" / "state" / "poolwatch"
-    return {"name": "embedded", "kind": "sqlite", "url": f"sqlite:///{base / 'embedded.db'}"}
+def postgres_url(env: Environment) -> str:
+    """The URL the ``POSTGRES_*`` variables describe; the database defaults to the user, as in the
+    official postgres image."""
+    port = env.postgres_port or "5432"
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= _MAX_PORT:
+        raise ConfigError(f"POSTGRES_PORT: expected a port number 1-65535 (got {printable(port)})")
+    user = quote(env.postgres_user or "postgres", safe="")
+    password = f":{quote(env.postgres_password, safe='')}" if env.postgres_password else ""
+    host = env.postgres_host or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    database = quote(env.postgres_db or env.postgres_user or "postgres", safe="")
+    return f"postgresql+psycopg2://{user}{password}@{host}:{port}/{database}"
 
 
-def _read_password_file(path: str) -> str:
+def state_directory(env: Environment) -> Path | None:
+    """Where poolwatch keeps its own files: ``POOLWATCH_STATE_DIR``, else ~/.local/state/poolwatch;
+    None for a user without a home directory (a container's arbitrary uid with no ``HOME``)."""
+    if env.state_dir:
+        return Path(env.state_dir)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ValueError(f"password_file {path} does not exist") from None
-    except PermissionError:
-        raise ValueError(f"password_file {path} is not readable (permission denied)") from None
-    except IsADirectoryError:
-        raise ValueError(f"password_file {path} is a directory") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"password_file {path} cannot be read ({type(exc).__name__})") from None
-    password = text.rstrip("\r\n")
-    if not password:
-        raise ValueError(f"password_file {path} is empty")
-    return password
+        return Path.home() / ".local" / "state" / "poolwatch"
+    except RuntimeError:
+        return None
+
+
+def embedded_target(env: Environment) -> dict[str, Any]:
+    """The SQLite database poolwatch watches when nothing else is configured."""
+    directory = state_directory(env)
+    if directory is None:
+        raise ConfigError(
+            "no configuration, and no home directory for the embedded database: set POOLWATCH_STATE_DIR"
+        )
+    return {"name": "embedded", "kind": "sqlite", "url": f"sqlite:///{directory / 'embedded.db'}"}

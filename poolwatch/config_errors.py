@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from poolwatch.urls import printable
+from poolwatch.masking import printable
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -40,10 +40,15 @@ def _key_path(loc: Sequence[int | str], data: Mapping[str, Any]) -> str:
             continue
         if item in {"function-after", "function-before", "function-wrap"} or "[" in item:
             continue
-        # An unknown key is user text: quoted (so a newline in it cannot break the one line) unless plain.
-        parts.append(item if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", item) else printable(item))
+        parts.append(key_text(item))
         node = node.get(item) if isinstance(node, dict) else None
     return ".".join(parts)
+
+
+def key_text(key: str) -> str:
+    """A key as a key path shows it. A key is user text: quoted (so a newline in it cannot break the
+    one line) unless plain."""
+    return key if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key) else printable(key)
 
 
 def _plain_message(error: Mapping[str, Any], pattern_meanings: Mapping[str, str]) -> str:

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sqlalchemy.pool import QueuePool
+
 from poolwatch import http
 from poolwatch._version import __version__
 from poolwatch.census import mysql as mysql_census
@@ -25,11 +27,11 @@ from poolwatch.census import pgbouncer
 from poolwatch.census import postgres as pg_census
 from poolwatch.census import redis as redis_census
 from poolwatch.census.job import CensusJob, PgBouncerJob
-from poolwatch.config import AuditSettings, validate
+from poolwatch.config import EMBEDDED_SOURCE, AuditSettings, validate
 from poolwatch.database import Database, RedisDatabase
 from poolwatch.errors import PoolwatchError
 from poolwatch.history import History
-from poolwatch.housekeeping import Housekeeper, HousekeepingJob, Policy
+from poolwatch.housekeeping import Housekeeper, HousekeepingJob, HousekeepingPolicy
 from poolwatch.instrument import instrument, instrument_redis
 from poolwatch.metrics import Metrics
 from poolwatch.probe import Probe, redis_check, sql_check
@@ -118,15 +120,19 @@ def build_target(
     else:
         database = Database.from_target(target)
         check = sql_check(database.engine)
-        try:
+        if isinstance(database.engine.pool, QueuePool):
             instrumentation = instrument(
                 database.engine,
                 name=target.name,
                 registry=metrics.registry,
                 leak_threshold=pool.leak_threshold,
             )
-        except TypeError as exc:  # an in-memory SQLite engine has no QueuePool
-            log.warning("target %s: no pool metrics: %s", target.name, exc)
+        else:
+            # Validation refuses in-memory SQLite, whose engine gets a SingletonThreadPool or a
+            # StaticPool; should another pool class appear, the target is still probed.
+            log.warning(
+                "target %s: no pool metrics for a %s", target.name, type(database.engine.pool).__name__
+            )
     probe = Probe(
         target.name,
         check,
@@ -137,7 +143,7 @@ def build_target(
     )
     jobs: list[Job] = [probe]
     if instrumentation is not None:
-        housekeeper = Housekeeper(instrumentation, Policy.from_settings(pool))
+        housekeeper = Housekeeper(instrumentation, HousekeepingPolicy.from_settings(pool))
         interval = pool.housekeeping_interval
         jobs.append(
             HousekeepingJob(
@@ -298,7 +304,7 @@ class Daemon:
 
     def _banner(self) -> str:
         where = f"{self.base_url}/metrics"
-        if self.settings.source == "embedded SQLite default":
+        if self.settings.source == EMBEDDED_SOURCE:
             (target,) = self.settings.targets
             return (
                 f"poolwatch {__version__}: no configuration given, monitoring the embedded SQLite "

@@ -3,8 +3,11 @@
 ``Database`` owns one SQLAlchemy engine; ``session_scope()`` commits on success, rolls back on any
 error and always closes; ``get_session()`` is the same as a generator, for FastAPI's ``Depends``.
 ``RedisDatabase`` owns one redis-py client (itself a thread-safe pool). Driver errors leave both as
-poolwatch errors (``poolwatch.errors.translating``). The module-level ``session_scope()`` and
-``get_session()`` use a default ``Database`` built once, under a lock, from the environment.
+poolwatch errors (``poolwatch.errors.translating``); ``ping()`` and ``health()`` serve readiness
+probes (``health.py``). The module-level ``session_scope()``, ``get_session()`` and ``get_redis()`` use
+a default built once, under a lock, from ``DATABASE_URL`` / ``POSTGRES_*`` / ``REDIS_URL`` or the
+``POOLWATCH_CONFIG`` file; with none of them they raise ``ConfigError`` (SQLite is used only when
+asked for, as ``DATABASE_URL=sqlite:///...`` or ``Database.from_url``).
 """
 
 from __future__ import annotations
@@ -12,20 +15,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import redis
 from sqlalchemy import create_engine
-from sqlalchemy.orm import Session, sessionmaker
 
-from poolwatch.config import PoolSettings, TargetSettings, load_settings
+from poolwatch import health
+from poolwatch.config import POSTGRES_VARIABLES, PoolSettings, TargetSettings, load_settings
 from poolwatch.errors import ConfigError, translating
+from poolwatch.jobs import BoundedCall
 from poolwatch.urls import sqlalchemy_url
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Collection, Iterator, Mapping
 
+    import redis
     from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session
+
+    from poolwatch.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +92,12 @@ def create_target_engine(target: TargetSettings) -> Engine:
 
 
 def _ensure_sqlite_directory(target: TargetSettings) -> None:
-    from pathlib import Path  # noqa: PLC0415 - only the embedded default needs it
-
+    # Validation admitted a missing directory only when it is poolwatch's state directory
+    # (config.check_sqlite_directory): that one is made here, private to its user.
     database = sqlalchemy_url(target.url, target.password).database
-    if database and database != ":memory:" and not database.startswith("file:"):
+    if database and not database.startswith("file:") and not Path(database).parent.is_dir():
         try:
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(
                 f"targets.{target.name}.url: cannot create the directory for {database}: {exc.strerror}"
@@ -100,6 +108,8 @@ def create_target_redis(target: TargetSettings) -> redis.Redis:
     """The one redis-py client poolwatch keeps for a Redis target (its pool is thread-safe)."""
     if target.kind != "redis":
         raise ConfigError(f"targets.{target.name}: a {target.kind} target has no Redis client")
+    import redis  # noqa: PLC0415 - an application without Redis never loads redis-py
+
     pool = target.pool
     password = target.password.get_secret_value() if target.password else None
     client: redis.Redis = redis.Redis.from_url(
@@ -115,6 +125,15 @@ def create_target_redis(target: TargetSettings) -> redis.Redis:
     return client
 
 
+def select_one(engine: Engine) -> None:
+    """``SELECT 1`` on a connection checked out of ``engine``'s pool: a ping that goes where the
+    application's queries go (a stale pooled connection is replaced by pre-ping first)."""
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SELECT 1").scalar()
+        # Nothing to keep: end the implicit transaction here so the pool's reset is free.
+        connection.rollback()
+
+
 class Database:
     """One shared SQLAlchemy engine and the session lifecycle around it.
 
@@ -123,9 +142,12 @@ class Database:
     """
 
     def __init__(self, engine: Engine, *, name: str = "default") -> None:
+        from sqlalchemy.orm import sessionmaker  # noqa: PLC0415 - the ORM only for sessions
+
         self.name = name
         self.engine = engine
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        self._ping_call = BoundedCall(f"ping:{name}")
 
     @classmethod
     def from_target(cls, target: TargetSettings) -> Database:
@@ -133,7 +155,23 @@ class Database:
 
     @classmethod
     def from_url(cls, url: str, *, name: str = "default", **engine_kwargs: Any) -> Database:
+        """A Database on any SQLAlchemy URL (``sqlite:///app.db`` included), with ``create_engine``'s
+        keyword arguments."""
         return cls(create_engine(url, **engine_kwargs), name=name)
+
+    def ping(self, *, timeout: float = 5.0) -> float:
+        """``SELECT 1`` through the pool; its round trip in seconds, checkout included. Raises a
+        poolwatch error (``DatabaseUnavailableError``, ``CallTimeoutError`` after ``timeout``, ...)."""
+        return health.ping_within(self._select_one, self._ping_call, timeout)
+
+    def health(self, *, timeout: float = 5.0, saturation: float = 1.0) -> Health:
+        """For a readiness probe (never raises): the pool is saturated when ``saturation`` of its
+        connections (all, by default) are in use, and then not pinged; otherwise ``ping()``."""
+        usage = health.sql_pool_usage(self.engine.pool)
+        return health.check(self._select_one, self._ping_call, usage, timeout=timeout, saturation=saturation)
+
+    def _select_one(self) -> None:
+        select_one(self.engine)
 
     @contextlib.contextmanager
     def session_scope(self) -> Iterator[Session]:
@@ -176,6 +214,7 @@ class RedisDatabase:
     def __init__(self, client: redis.Redis, *, name: str = "redis") -> None:
         self.name = name
         self.client = client
+        self._ping_call = BoundedCall(f"ping:{name}")
 
     @classmethod
     def from_target(cls, target: TargetSettings) -> RedisDatabase:
@@ -199,6 +238,18 @@ class RedisDatabase:
         with self.client_scope() as client:
             yield client
 
+    def ping(self, *, timeout: float = 5.0) -> float:
+        """``PING`` through the pool; its round trip in seconds. Raises a poolwatch error."""
+        return health.ping_within(self._ping, self._ping_call, timeout)
+
+    def health(self, *, timeout: float = 5.0, saturation: float = 1.0) -> Health:
+        """As ``Database.health()``, for the client's connection pool."""
+        usage = health.redis_pool_usage(self.client)
+        return health.check(self._ping, self._ping_call, usage, timeout=timeout, saturation=saturation)
+
+    def _ping(self) -> None:
+        self.client.ping()
+
     def close(self) -> None:
         self.client.close()
         self.client.connection_pool.disconnect()
@@ -209,9 +260,24 @@ class RedisDatabase:
         return f"RedisDatabase(name={self.name!r}, server={where!r})"
 
 
+def default_target(kinds: Collection[str], *, environ: Mapping[str, str] | None = None) -> TargetSettings:
+    """The target ``poolwatch.session_scope()`` or ``get_redis()`` uses: the first of ``kinds`` in
+    the ``POOLWATCH_CONFIG`` file or the environment. Never the embedded SQLite database: a service
+    whose ``DATABASE_URL`` is missing must fail, not write its data into a local file."""
+    for target in load_settings(environ=environ, embedded=False).targets:
+        if target.kind in kinds:
+            return target
+    if "redis" in kinds:
+        raise ConfigError("no Redis configured: set REDIS_URL (redis://host:6379/0) or POOLWATCH_CONFIG")
+    raise ConfigError(
+        "no database configured: set DATABASE_URL (postgresql://user@host/db, or sqlite:///path for "
+        f"SQLite), or {POSTGRES_VARIABLES}, or POOLWATCH_CONFIG"
+    )
+
+
 class _Defaults:
     """The process-wide default Database and RedisDatabase, built on first use from the
-    environment (``DATABASE_URL`` / ``POSTGRES_*``, ``REDIS_URL``) under a lock."""
+    environment (``DATABASE_URL`` / ``POSTGRES_*``, ``REDIS_URL``, ``POOLWATCH_CONFIG``) under a lock."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -222,23 +288,15 @@ class _Defaults:
         if self._database is None:
             with self._lock:
                 if self._database is None:
-                    self._database = Database.from_target(self._target(("postgres", "mysql", "sqlite")))
+                    self._database = Database.from_target(default_target(("postgres", "mysql", "sqlite")))
         return self._database
 
     def redis(self) -> RedisDatabase:
         if self._redis is None:
             with self._lock:
                 if self._redis is None:
-                    self._redis = RedisDatabase.from_target(self._target(("redis",)))
+                    self._redis = RedisDatabase.from_target(default_target(("redis",)))
         return self._redis
-
-    @staticmethod
-    def _target(kinds: tuple[str, ...]) -> TargetSettings:
-        for target in load_settings().targets:
-            if target.kind in kinds:
-                return target
-        wanted = "DATABASE_URL or POSTGRES_*" if "postgres" in kinds else "REDIS_URL"
-        raise ConfigError(f"no {'/'.join(kinds)} target configured: set {wanted}")
 
     def reset(self) -> None:
         with self._lock:

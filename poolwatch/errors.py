@@ -4,20 +4,23 @@ Callers catch what they can act on: ``DatabaseUnavailableError`` (retry later),
 ``AuthenticationFailedError`` (fix credentials), ``PoolExhaustedError`` (shed load or grow the pool),
 ``TransactionFailedError`` (retry the transaction when ``retryable``). The original driver error is
 kept as ``__cause__`` (``raise ... from exc``). Messages carry the first line of the driver's message
-only: SQLAlchemy's full text includes statement parameters, which may hold secrets.
+only (SQLAlchemy's full text includes statement parameters, which may hold secrets), with any URL
+password or ``password=`` value in it masked. The driver modules are imported when an error is
+translated, not with this module, which the command line and ``import poolwatch`` load at start-up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-import redis.exceptions as redis_exc
-import sqlalchemy.exc as sa_exc
+from poolwatch.masking import mask_text
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from types import ModuleType
 
 Reason = Literal[
     "auth", "refused", "timeout", "dns", "reset", "too_many_connections", "pool_timeout", "other"
@@ -74,15 +77,27 @@ _MESSAGE_REASONS: Final[tuple[tuple[str, Reason], ...]] = (
 )
 
 
-# Checked in order: SQLAlchemy's pool TimeoutError is not the builtin TimeoutError.
-_TYPE_REASONS: Final[tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Reason], ...]] = (
-    (sa_exc.TimeoutError, "pool_timeout"),
-    ((TimeoutError, redis_exc.TimeoutError), "timeout"),
-    (redis_exc.AuthenticationError, "auth"),
-    (socket.gaierror, "dns"),
-    (ConnectionRefusedError, "refused"),
-    ((ConnectionResetError, BrokenPipeError), "reset"),
-)
+@functools.cache
+def _drivers() -> tuple[ModuleType, ModuleType]:
+    """``sqlalchemy.exc`` and ``redis.exceptions``, imported on first use."""
+    import redis.exceptions as redis_exc  # noqa: PLC0415 - see the module docstring
+    import sqlalchemy.exc as sa_exc  # noqa: PLC0415
+
+    return sa_exc, redis_exc
+
+
+@functools.cache
+def _type_reasons() -> tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Reason], ...]:
+    # Checked in order: SQLAlchemy's pool TimeoutError is not the builtin TimeoutError.
+    sa_exc, redis_exc = _drivers()
+    return (
+        (sa_exc.TimeoutError, "pool_timeout"),
+        ((TimeoutError, redis_exc.TimeoutError), "timeout"),
+        (redis_exc.AuthenticationError, "auth"),
+        (socket.gaierror, "dns"),
+        (ConnectionRefusedError, "refused"),
+        ((ConnectionResetError, BrokenPipeError), "reset"),
+    )
 
 
 class PoolwatchError(Exception):
@@ -146,8 +161,8 @@ class CallTimeoutError(PoolwatchError):
 
 
 def first_line(text: object, limit: int = 300) -> str:
-    """The first line of an error text, shortened: enough to act on, nothing that could leak."""
-    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    """The first line of an error text, masked and shortened: enough to act on, nothing that leaks."""
+    line = mask_text(str(text).strip().splitlines()[0]) if str(text).strip() else ""
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
@@ -155,7 +170,7 @@ def reason_of(exc: BaseException) -> Reason:
     """Why a connection attempt or a probe failed, as a bounded metric label value."""
     if isinstance(exc, PoolwatchError):
         return exc.reason
-    for types, reason in _TYPE_REASONS:
+    for types, reason in _type_reasons():
         if isinstance(exc, types):
             return reason
     orig = getattr(exc, "orig", None)
@@ -184,6 +199,7 @@ def translate(exc: BaseException, *, target: str = "") -> PoolwatchError | None:
     """Map a SQLAlchemy, psycopg2 or redis-py error to a poolwatch error; None if it is not one."""
     if isinstance(exc, PoolwatchError):
         return exc
+    sa_exc, redis_exc = _drivers()
     prefix = f"{target}: " if target else ""
     if isinstance(exc, sa_exc.TimeoutError):
         return PoolExhaustedError(f"{prefix}pool exhausted: {first_line(exc)}", reason="pool_timeout")
@@ -196,7 +212,7 @@ def translate(exc: BaseException, *, target: str = "") -> PoolwatchError | None:
     return None
 
 
-def _translate_dbapi(exc: sa_exc.DBAPIError, prefix: str) -> PoolwatchError:
+def _translate_dbapi(exc: Any, prefix: str) -> PoolwatchError:
     orig = exc.orig
     sqlstate: str | None = getattr(orig, "pgcode", None)
     message = f"{prefix}{first_line(orig if orig is not None else exc)}"
@@ -207,7 +223,7 @@ def _translate_dbapi(exc: sa_exc.DBAPIError, prefix: str) -> PoolwatchError:
         return AuthenticationFailedError(message, reason="auth", sqlstate=sqlstate)
     if exc.connection_invalidated or sqlstate in _UNAVAILABLE_SQLSTATES or reason != "other":
         return DatabaseUnavailableError(message, reason=reason, sqlstate=sqlstate)
-    if isinstance(exc, sa_exc.OperationalError) and sqlstate is None:
+    if isinstance(exc, _drivers()[0].OperationalError) and sqlstate is None:
         # libpq failures without a SQLSTATE are connection-level by construction.
         return DatabaseUnavailableError(message, reason="other")
     if sqlstate is not None and sqlstate.startswith("40"):
@@ -215,7 +231,8 @@ def _translate_dbapi(exc: sa_exc.DBAPIError, prefix: str) -> PoolwatchError:
     return QueryFailedError(message, sqlstate=sqlstate)
 
 
-def _translate_redis(exc: redis_exc.RedisError, prefix: str) -> PoolwatchError:
+def _translate_redis(exc: BaseException, prefix: str) -> PoolwatchError:
+    redis_exc = _drivers()[1]
     message = f"{prefix}{first_line(exc)}"
     if isinstance(exc, redis_exc.AuthenticationError):
         return AuthenticationFailedError(message, reason="auth")

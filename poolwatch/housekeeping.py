@@ -45,7 +45,7 @@ from poolwatch.instrument.sqlalchemy import (
     connected_at,
     pool_internals,
 )
-from poolwatch.jobs import BACKING_OFF, NO_BACKOFF, Deferred
+from poolwatch.jobs import NO_BACKOFF, TargetJob
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
+class HousekeepingPolicy:
     """What housekeeping keeps: ``None`` turns a rule off."""
 
     min_idle: int = 0
@@ -68,7 +68,7 @@ class Policy:
     keepalive: float | None = None
 
     @classmethod
-    def from_settings(cls, pool: PoolSettings) -> Policy:
+    def from_settings(cls, pool: PoolSettings) -> HousekeepingPolicy:
         return cls(pool.min_idle, pool.idle_timeout, pool.max_lifetime, pool.keepalive)
 
 
@@ -90,7 +90,7 @@ class Housekeeper:
     def __init__(
         self,
         instrumentation: SQLAlchemyInstrumentation | RedisInstrumentation,
-        policy: Policy,
+        policy: HousekeepingPolicy,
         *,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -260,7 +260,7 @@ class Housekeeper:
         return report
 
 
-class HousekeepingJob:
+class HousekeepingJob(TargetJob):
     """The daemon's scheduled housekeeping of one target's pool; ``backoff`` (the target's probe)
     defers runs while logins to the target are held back (a refill to ``min_idle`` would log in)."""
 
@@ -275,15 +275,11 @@ class HousekeepingJob:
         timeout: float,
         backoff: Backoff = NO_BACKOFF,
     ) -> None:
-        self.target = target
-        self.interval = interval
-        self.timeout = timeout
+        super().__init__(target, interval=interval, timeout=timeout, backoff=backoff)
         self._housekeeper = housekeeper
-        self._backoff = backoff
 
     def run(self) -> None:
-        if self._backoff.backing_off:
-            raise Deferred(f"housekeeping of {self.target}: {BACKING_OFF}")
+        self.defer_while_backing_off()
         report = self._housekeeper.run_once()
         if report.closed or report.opened:
             log.debug("housekeeping %s: %s", self.target, report)
@@ -339,5 +335,5 @@ def start_housekeeping(
     keepalive: float | None = 120.0,
 ) -> BackgroundHousekeeper:
     """Start background housekeeping of an instrumented pool; call ``.stop()`` at shutdown."""
-    policy = Policy(min_idle, idle_timeout, max_lifetime, keepalive)
+    policy = HousekeepingPolicy(min_idle, idle_timeout, max_lifetime, keepalive)
     return BackgroundHousekeeper(Housekeeper(instrumentation, policy), interval=interval).start()

@@ -11,7 +11,8 @@ scheduler's worker with the outcome, never by a late run.
 While a target's probe backs off after failed logins, the target's other jobs defer their runs too
 (``Deferred`` before any connection is opened): a wrong password is then tried by the probe alone, at
 its spaced attempts, not by every job at its own interval (log noise, and a lockout or a fail2ban ban
-on the server). Each job is handed the probe as its ``Backoff``, an argument like any other.
+on the server). Each job is handed the probe as its ``Backoff``, an argument like any other, and
+checks it with ``TargetJob.defer_while_backing_off()``, the set-up every job of a target shares.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, NoReturn, Protocol
 
 from poolwatch.errors import CallTimeoutError
 
@@ -78,6 +79,35 @@ class Job(Protocol):
 
     def record(self, outcome: Outcome) -> None:
         """Export the outcome (called on the scheduler thread, never concurrently for one job)."""
+
+
+class TargetJob:
+    """What the jobs of one target share: the target, how often a run starts and how long it may
+    take, and the probe whose back-off defers them. Subclasses name their ``task`` and define
+    ``run()`` and ``record()`` (``Job``)."""
+
+    task: str
+
+    def __init__(
+        self, target: str, *, interval: float, timeout: float, backoff: Backoff = NO_BACKOFF
+    ) -> None:
+        self.target = target
+        self.interval = interval
+        self.timeout = timeout
+        self._logins = backoff
+
+    def defer(self, why: str) -> NoReturn:
+        """Decline this run (``Deferred``): it is counted as skipped, and ``record()`` is not called."""
+        raise Deferred(f"{self.task} of {self.target}: {why}")
+
+    def defer_while_backing_off(self, before: Callable[[], None] | None = None) -> None:
+        """Decline this run, before any connection is opened, while the target's probe backs off
+        after failed logins; ``before`` runs first (what a deferred run must still do, since
+        ``record()`` will not be called for it)."""
+        if self._logins.backing_off:
+            if before is not None:
+                before()
+            self.defer(BACKING_OFF)
 
 
 class BoundedCall:

@@ -1,8 +1,11 @@
-"""Logging set-up: one line per record, text or JSON, with every configured secret redacted.
+"""Logging set-up: one line per record, text or JSON, with secrets masked where they can occur.
 
 Secrets are kept out of messages where they are made (URLs are stored without passwords, errors carry
 the driver's first line only); the redacting filter is the second line of defence, for any text a
-library formats that we did not foresee.
+library formats that we did not foresee: it masks URL passwords, ``password=`` values and
+Authorization headers in every record, and each distinctive configured password wherever it appears
+(``masking.Redactor``). A short or common-word password (``postgres``, ``a``) is not masked inside
+ordinary text: that would garble every line and, by what it masks, announce the password.
 """
 
 from __future__ import annotations
@@ -12,36 +15,25 @@ import logging
 import sys
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+
+from poolwatch.masking import Redactor
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-REDACTED = "***"
-
 
 class RedactingFilter(logging.Filter):
-    """Replaces each secret (and its URL-quoted form) in the formatted message and traceback."""
+    """Masks the formatted message and traceback of every record (``masking.Redactor``)."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        self.secrets: tuple[str, ...] = ()
-        self.update(secrets)
+        self.redact = Redactor(secrets)
 
     def update(self, secrets: Iterable[str]) -> None:
-        forms = {form for s in secrets if s for form in (s, quote(s, safe=""))}
-        # Longest first, so a secret that contains another is replaced whole.
-        self.secrets = tuple(sorted(forms, key=len, reverse=True))
-
-    def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
+        """Mask these configured secrets from now on (a reload's, with the running ones)."""
+        self.redact.update(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         message = record.getMessage()
         redacted = self.redact(message)
         if record.exc_info:

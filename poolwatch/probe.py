@@ -14,14 +14,16 @@ spaced attempts log in.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from poolwatch.database import select_one
 from poolwatch.errors import Reason, first_line, reason_of, translate
-from poolwatch.jobs import Deferred
+from poolwatch.jobs import TargetJob
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,13 +38,7 @@ log = logging.getLogger(__name__)
 
 
 def sql_check(engine: Engine) -> Callable[[], None]:
-    def check() -> None:
-        with engine.connect() as connection:
-            connection.exec_driver_sql("SELECT 1").scalar()
-            # Nothing to keep: end the implicit transaction here so the pool's reset is free.
-            connection.rollback()
-
-    return check
+    return functools.partial(select_one, engine)
 
 
 def redis_check(client: redis.Redis) -> Callable[[], None]:
@@ -65,7 +61,7 @@ class ProbeResult:
     backoff_seconds: float
 
 
-class Probe:
+class Probe(TargetJob):
     """A scheduled probe of one target, exporting up, latency and failures by reason."""
 
     task = "probe"
@@ -81,9 +77,8 @@ class Probe:
         auth_backoff_max: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.target = target
-        self.interval = interval
-        self.timeout = timeout
+        # A probe defers to its own back-off (``backing_off``), not to another job's.
+        super().__init__(target, interval=interval, timeout=timeout)
         self._check = check
         self._metrics = metrics
         self._backoff_max = max(interval, auth_backoff_max if auth_backoff_max is not None else 300.0)
@@ -103,7 +98,7 @@ class Probe:
             # A quarter interval of slack: scheduler ticks jitter, and a wait of 2x must not become 3x.
             waiting = self._backoff > 0 and now < self._last_attempt + self._backoff - self.interval / 4
         if waiting:
-            raise Deferred(f"{self.target}: backing off after failed logins")
+            self.defer("backing off after failed logins")
         with self._lock:
             self._last_attempt = now
         self._check()

@@ -1,52 +1,27 @@
-"""URLs of targets and the listen address: passwords split out and masked, checks per target kind."""
+"""URLs of targets and the listen address: checks per kind, the password split out, the SQLAlchemy URL.
+
+SQLAlchemy's URL parser is imported when a SQL URL is checked, not with this module: ``poolwatch
+--version`` and a Redis-only configuration never load SQLAlchemy.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from pydantic import SecretStr
 
-from poolwatch.errors import ConfigError
+from poolwatch.config_file import read_password_file
+from poolwatch.masking import printable, split_password
 
 if TYPE_CHECKING:
-    from pydantic import SecretStr
+    from collections.abc import Mapping
 
-    from poolwatch.config import Environment, Kind
-
-MASK = "***"
 _MAX_PORT = 65535
-_SHOWN_CHARS = 60  # of a rejected value, in an error line
-
-
-def split_password(url: str) -> tuple[str, str | None]:
-    """``scheme://user:pw@host/db`` -> (``scheme://user@host/db``, ``pw``). Percent-escapes kept."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url, None
-    if "@" not in parts.netloc:
-        return url, None
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, sep, password = userinfo.partition(":")
-    if not sep:
-        return url, None
-    netloc = f"{user}@{hostport}" if user else hostport
-    return urlunsplit(parts._replace(netloc=netloc)), unquote(password)
-
-
-def mask_url(url: str, has_password: bool) -> str:
-    """The URL with ``***`` standing for its password (or for any password left in it)."""
-    bare, _ = split_password(url)
-    if not has_password:
-        return bare
-    parts = urlsplit(bare)
-    user, at, hostport = parts.netloc.rpartition("@")
-    netloc = f"{user}:{MASK}@{hostport}" if at else f":{MASK}@{parts.netloc}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 _SCHEMES: dict[str, tuple[str, ...]] = {
@@ -66,7 +41,7 @@ _EXAMPLES: dict[str, str] = {
 }
 
 
-def check_url(kind: Kind, url: str) -> None:
+def check_url(kind: str, url: str) -> None:
     """Reject a URL that cannot work for ``kind``, naming what is expected."""
     scheme, sep, rest = url.partition("://")
     if not sep:
@@ -76,16 +51,30 @@ def check_url(kind: Kind, url: str) -> None:
         raise ValueError(f"url scheme {scheme}:// does not fit kind {kind} (expected {allowed})")
     if kind == "redis":
         _check_redis_url(scheme, url)
-        return
+    else:
+        _check_sql_url(kind, url, rest)
+
+
+def _check_sql_url(kind: str, url: str, rest: str) -> None:
+    from sqlalchemy.engine import make_url  # noqa: PLC0415 - see the module docstring
+    from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
+
     try:
         parsed = make_url(url.replace("postgres://", "postgresql://", 1))
     except (ArgumentError, ValueError):
         raise ValueError(f"url is not a valid {kind} URL: {printable(url)}") from None
+    if kind == "sqlite" and in_memory(parsed.database, parsed.query):
+        # SQLAlchemy gives such an engine a SingletonThreadPool (one database per thread) or a
+        # StaticPool (one connection for everyone): nothing a daemon's pool could share or watch.
+        raise ValueError(
+            "url names an in-memory SQLite database, which exists inside one connection and cannot "
+            "be shared by the daemon's pool: give a file, as in sqlite:////var/lib/app/app.db"
+        )
     if kind in _EXAMPLES:
         _check_server_url(kind, parsed, rest)
 
 
-def _check_server_url(kind: Kind, parsed: Any, rest: str) -> None:
+def _check_server_url(kind: str, parsed: Any, rest: str) -> None:
     example = _EXAMPLES[kind]
     if (not parsed.host and "host" not in parsed.query) or rest.startswith("/") or not rest:
         raise ValueError(f"url needs a host, as in {example}")
@@ -97,6 +86,17 @@ def _check_server_url(kind: Kind, parsed: Any, rest: str) -> None:
         raise ValueError(f"url has an invalid port {port} (expected 1-{_MAX_PORT})")
     if kind == "pgbouncer" and parsed.database != "pgbouncer":
         raise ValueError(f"a pgbouncer url names the admin console's database, as in {example}")
+
+
+def in_memory(database: str | None, query: Mapping[str, Any]) -> bool:
+    """Whether a SQLite URL's database and query name an in-memory database: SQLAlchemy's rule
+    (no name, ``:memory:``, ``mode=memory``), and SQLite's ``file::memory:``."""
+    return (
+        not database
+        or database == ":memory:"
+        or database.startswith("file::memory:")
+        or (query.get("mode") == "memory")
+    )
 
 
 def _check_redis_url(scheme: str, url: str) -> None:
@@ -121,6 +121,8 @@ def _check_redis_url(scheme: str, url: str) -> None:
 def sqlalchemy_url(url: str, password: SecretStr | None) -> Any:
     """The ``sqlalchemy.engine.URL`` of a SQL target or the audit database, with its password (never
     printed: the URL object masks it in ``str()`` and ``repr()``)."""
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
     parsed = make_url(url.replace("postgres://", "postgresql://", 1))
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg2")
@@ -149,23 +151,36 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def postgres_url(env: Environment) -> str:
-    """The URL the ``POSTGRES_*`` variables describe; the database defaults to the user, as in the
-    official postgres image."""
-    port = env.postgres_port or "5432"
-    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= _MAX_PORT:
-        raise ConfigError(f"POSTGRES_PORT: expected a port number 1-65535 (got {printable(port)})")
-    user = quote(env.postgres_user or "postgres", safe="")
-    password = f":{quote(env.postgres_password, safe='')}" if env.postgres_password else ""
-    host = env.postgres_host or "localhost"
-    host = f"[{host}]" if ":" in host else host
-    database = quote(env.postgres_db or env.postgres_user or "postgres", safe="")
-    return f"postgresql+psycopg2://{user}{password}@{host}:{port}/{database}"
+def split_url_password(data: Any) -> Any:
+    """A target's or the audit database's raw settings with the password moved out of ``url`` (or
+    read from ``password_file``) into a ``SecretStr``, before anything can print it."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    if isinstance(data.get("url"), str):
+        data["url"], password = split_password(data["url"])
+        if password is not None:
+            if data.get("password_file") is not None:
+                raise ValueError("give the password in url or in password_file, not both")
+            data["password"] = SecretStr(password)
+    if isinstance(data.get("password_file"), str):
+        data["password"] = SecretStr(read_password_file(data["password_file"]))
+    elif isinstance(data.get("password"), str):
+        data["password"] = SecretStr(data["password"])
+    return data
 
 
-def printable(value: Any) -> str:
-    """A rejected value as an error line may show it: its repr, a URL masked, at most 60 characters."""
-    text = repr(value)
-    if "://" in text:  # a URL that failed validation may still carry a password
-        text = repr(mask_url(str(value), has_password=True)) if isinstance(value, str) else "<url>"
-    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+def check_sqlite_directory(url: str, state_dir: str | None) -> None:
+    """A SQLite file's directory must exist: poolwatch creates its own state directory only (a typo
+    in a path must not become a directory tree, made by whoever runs poolwatch, root included)."""
+    database = sqlalchemy_url(url, None).database
+    if not database or database.startswith("file:"):
+        return
+    directory = Path(database).parent
+    if directory.is_dir():
+        return
+    if state_dir is not None and os.path.abspath(directory) == os.path.abspath(state_dir):  # noqa: PTH100
+        return
+    raise ValueError(
+        f"url points into the directory {str(directory)!r}, which does not exist (create it first)"
+    )

@@ -152,7 +152,7 @@ def poolwatch_command(*args: str) -> list[str]:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for a poolwatch subprocess: no inherited poolwatch/database variables."""
-    names = ("POOLWATCH_", "DATABASE_URL", "REDIS_URL", "POSTGRES_")
+    names = ("POOLWATCH_", "DATABASE_URL", "REDIS_URL", "POSTGRES_", "DB_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(names)}
     return {**env, **extra}
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from poolwatch.errors import first_line, translate
-from poolwatch.jobs import BACKING_OFF, NO_BACKOFF, Deferred
+from poolwatch.jobs import NO_BACKOFF, TargetJob
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -40,7 +40,7 @@ class Reading:
     taken_at: float
 
 
-class PublishingJob:
+class PublishingJob(TargetJob):
     """A scheduled job that reads a target and publishes samples. ``take`` does the I/O and returns
     the samples to publish; ``backoff`` (the target's probe) defers runs while logins to the target
     are held back. ``last()`` is what is published now, for the status page."""
@@ -57,24 +57,19 @@ class PublishingJob:
         timeout: float,
         backoff: Backoff = NO_BACKOFF,
     ) -> None:
-        self.target = target
-        self.interval = interval
-        self.timeout = timeout
+        super().__init__(target, interval=interval, timeout=timeout, backoff=backoff)
         self.take = take
         self._metrics = metrics
-        self._backoff = backoff
         self._lock = threading.Lock()
         self._samples: list[Sample] | None = None
         self._published: Reading | None = None
         self._failing = False
 
     def run(self) -> None:
-        if self._backoff.backing_off:
-            # record() is not called for a deferred run, so the series are withdrawn here: a count
-            # from a server we cannot log in to would be a guess. (record() of the previous run has
-            # returned: the scheduler never overlaps two calls for one job.)
-            self._withdraw()
-            raise Deferred(f"census of {self.target}: {BACKING_OFF}")
+        # record() is not called for a deferred run, so the series are withdrawn here: a count from a
+        # server we cannot log in to would be a guess. (record() of the previous run has returned:
+        # the scheduler never overlaps two calls for one job.)
+        self.defer_while_backing_off(before=self._withdraw)
         samples = self.take()
         with self._lock:
             self._samples = samples

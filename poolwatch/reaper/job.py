@@ -18,11 +18,11 @@ from sqlalchemy.pool import NullPool
 
 from poolwatch.database import engine_options
 from poolwatch.errors import first_line, translate, translating
-from poolwatch.jobs import BACKING_OFF, NO_BACKOFF, Deferred
+from poolwatch.jobs import NO_BACKOFF, TargetJob
 from poolwatch.reaper.audit import AUDIT_APPLICATION
 from poolwatch.reaper.lease import PostgresLease, RedisLease
 from poolwatch.reaper.own import BACKENDS, OwnBackends
-from poolwatch.reaper.policy import Policy
+from poolwatch.reaper.policy import ReaperPolicy
 from poolwatch.reaper.postgres import PostgresReaper
 from poolwatch.reaper.redis import RedisReaper
 from poolwatch.urls import sqlalchemy_url
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ReaperJob:
+class ReaperJob(TargetJob):
     """A scheduled reaper of one target (task ``reaper``). ``reaper`` is the Postgres, MySQL or Redis reaper
     (kept for status and tests); ``reap`` runs it once; ``backoff`` (the target's probe) defers runs
     while logins to the target are held back, and ``step_down`` then gives up the lease."""
@@ -63,22 +63,17 @@ class ReaperJob:
         backoff: Backoff = NO_BACKOFF,
         step_down: Callable[[], None] = lambda: None,
     ) -> None:
-        self.target = target
-        self.interval = interval
-        self.timeout = timeout
+        super().__init__(target, interval=interval, timeout=timeout, backoff=backoff)
         self.reaper = reaper
         self._reap = reap
         self._audit = audit
         self._metrics = metrics
         self._close = close
-        self._backoff = backoff
         self._step_down = step_down
         self._failing = ""
 
     def run(self) -> None:
-        if self._backoff.backing_off:
-            self._step_down()
-            raise Deferred(f"reaper of {self.target}: {BACKING_OFF}")
+        self.defer_while_backing_off(before=self._step_down)
         self._audit.try_flush()
         try:
             self._reap()
@@ -175,7 +170,7 @@ def build_postgres_reaper(
 ) -> ReaperJob:
     engine = lease_engine(target)
     lease = PostgresLease(target.name, autocommit_connect(engine, target.name), metrics.leader, own)
-    policy = Policy.from_settings(target.reaper, protected=protected_names(target, others))
+    policy = ReaperPolicy.from_settings(target.reaper, protected=protected_names(target, others))
     reaper = PostgresReaper(
         target.name,
         lease,
@@ -197,7 +192,7 @@ def build_redis_reaper(
     backoff: Backoff = NO_BACKOFF,
 ) -> ReaperJob:
     lease = RedisLease(target.name, client, metrics.leader, target.reaper.lease_ttl)
-    policy = Policy.from_settings(target.reaper, protected=protected_names(target, others))
+    policy = ReaperPolicy.from_settings(target.reaper, protected=protected_names(target, others))
     reaper = RedisReaper(
         target.name,
         client,

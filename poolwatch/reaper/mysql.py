@@ -36,7 +36,7 @@ from poolwatch.reaper.audit import AuditRecord, Candidates
 from poolwatch.reaper.job import autocommit_connect, protected_names, session_reaper_job
 from poolwatch.reaper.lease import MYSQL_FENCE, MySQLLease
 from poolwatch.reaper.own import BACKENDS, OwnBackends
-from poolwatch.reaper.policy import CLIENT_BACKEND, Policy, Session, choose_victims, unrecorded
+from poolwatch.reaper.policy import CLIENT_BACKEND, ReaperPolicy, Session, choose_victims, unrecorded
 from poolwatch.urls import sqlalchemy_url
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ class MySQLReaper:
         self,
         target: str,
         lease: MySQLLease,
-        policy: Policy,
+        policy: ReaperPolicy,
         audit: AuditLog,
         own: OwnBackends,
         *,
@@ -232,10 +232,10 @@ def lease_engine(target: TargetSettings) -> Engine:
     )
 
 
-def policy_for(target: TargetSettings, protected: Iterable[str]) -> Policy:
+def policy_for(target: TargetSettings, protected: Iterable[str]) -> ReaperPolicy:
     """The target's policy, with the user poolwatch logs in as excluded: its sessions (every replica's
     pools and leases) are poolwatch's own, whatever program name the server shows for them."""
-    policy = Policy.from_settings(target.reaper, protected=protected)
+    policy = ReaperPolicy.from_settings(target.reaper, protected=protected)
     own_user = sqlalchemy_url(target.url, None).username
     if not own_user:
         return policy

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
@@ -37,7 +38,9 @@ class OwnBackends:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pids: set[int] = set()
-        self._tracked: set[int] = set()
+        # The engines already tracked, held weakly: an engine a reload dropped is forgotten with it
+        # (its id() may be reused by the engine that replaces it, which must be tracked too).
+        self._tracked: weakref.WeakSet[Engine] = weakref.WeakSet()
 
     def add(self, pid: int) -> None:
         with self._lock:
@@ -54,9 +57,9 @@ class OwnBackends:
     def track(self, engine: Engine) -> None:
         """Record the pid of every connection ``engine`` opens from now on (once per engine)."""
         with self._lock:
-            if id(engine) in self._tracked:
+            if engine in self._tracked:
                 return
-            self._tracked.add(id(engine))
+            self._tracked.add(engine)
 
         def on_connect(dbapi_connection: Any, _record: Any) -> None:
             # A pool hook: it must never raise into the pool.

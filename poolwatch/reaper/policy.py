@@ -44,7 +44,7 @@ class Session:
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
+class ReaperPolicy:
     """What may be reaped. Empty include lists mean "any"; excludes always win."""
 
     idle_timeout: float | None = None
@@ -65,7 +65,7 @@ class Policy:
     max_per_run: int = 20
 
     @classmethod
-    def from_settings(cls, settings: ReaperSettings, protected: Iterable[str] = ()) -> Policy:
+    def from_settings(cls, settings: ReaperSettings, protected: Iterable[str] = ()) -> ReaperPolicy:
         return cls(
             idle_timeout=settings.idle_timeout,
             idle_in_transaction_timeout=settings.idle_in_transaction_timeout,
@@ -105,7 +105,7 @@ def reason_for_state(state: str | None) -> Reason | None:
     return None
 
 
-def matches_scope(session: Session, policy: Policy) -> bool:
+def matches_scope(session: Session, policy: ReaperPolicy) -> bool:
     """Database, user and application are inside the policy (include lists, excludes, protection).
 
     Hidden values (None) never match: a session we cannot see is a session we do not touch.
@@ -128,7 +128,9 @@ def matches_scope(session: Session, policy: Policy) -> bool:
     return not any(fnmatchcase(application, p) for p in policy.exclude_applications)
 
 
-def judge(session: Session, policy: Policy, now: dt.datetime, own_pids: Collection[int]) -> Victim | None:
+def judge(
+    session: Session, policy: ReaperPolicy, now: dt.datetime, own_pids: Collection[int]
+) -> Victim | None:
     """The verdict on one session: a ``Victim`` if every rule allows it, else None."""
     if session.backend_type != CLIENT_BACKEND or session.pid in own_pids:
         return None
@@ -150,7 +152,7 @@ def judge(session: Session, policy: Policy, now: dt.datetime, own_pids: Collecti
 
 def choose_victims(
     sessions: Iterable[Session],
-    policy: Policy,
+    policy: ReaperPolicy,
     now: dt.datetime,
     own_pids: Collection[int] = frozenset(),
 ) -> list[Victim]:
@@ -171,7 +173,7 @@ class RedisVictim:
     idle_seconds: float
 
 
-def _kind_allowed(kind: RedisKind, policy: Policy) -> bool:
+def _kind_allowed(kind: RedisKind, policy: ReaperPolicy) -> bool:
     allowed = {
         "normal": True,
         "pubsub": policy.allow_pubsub,
@@ -182,7 +184,7 @@ def _kind_allowed(kind: RedisKind, policy: Policy) -> bool:
     return allowed[kind]
 
 
-def judge_redis(client: RedisClient, policy: Policy, own_ids: Collection[int]) -> RedisVictim | None:
+def judge_redis(client: RedisClient, policy: ReaperPolicy, own_ids: Collection[int]) -> RedisVictim | None:
     """The verdict on one Redis client; databases are matched as their numbers ("0", "1", ...)."""
     if client.id in own_ids or not _kind_allowed(client.kind, policy):
         return None
@@ -207,7 +209,7 @@ def judge_redis(client: RedisClient, policy: Policy, own_ids: Collection[int]) -
 
 
 def choose_redis_victims(
-    clients: Iterable[RedisClient], policy: Policy, own_ids: Collection[int] = frozenset()
+    clients: Iterable[RedisClient], policy: ReaperPolicy, own_ids: Collection[int] = frozenset()
 ) -> list[RedisVictim]:
     """The Redis clients to kill now, longest idle first, at most ``policy.max_per_run``."""
     victims = [v for c in clients if (v := judge_redis(c, policy, own_ids)) is not None]

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from poolwatch.reaper.audit import AuditLog
     from poolwatch.reaper.lease import PostgresLease
     from poolwatch.reaper.own import OwnBackends
-    from poolwatch.reaper.policy import Policy, Victim
+    from poolwatch.reaper.policy import ReaperPolicy, Victim
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def snapshot(connection: Connection) -> tuple[dt.datetime, list[Session]]:
 def terminate(
     connection: Connection,
     victim: Victim,
-    policy: Policy,
+    policy: ReaperPolicy,
     own_pids: frozenset[int],
     lease_params: dict[str, int],
 ) -> bool:
@@ -113,7 +113,7 @@ def terminate(
 def terminate_all(
     connection: Connection,
     victims: Sequence[Victim],
-    policy: Policy,
+    policy: ReaperPolicy,
     own_pids: frozenset[int],
     lease_params: dict[str, int],
 ) -> tuple[set[int], set[int]]:
@@ -148,7 +148,7 @@ class PostgresReaper:
         self,
         target: str,
         lease: PostgresLease,
-        policy: Policy,
+        policy: ReaperPolicy,
         audit: AuditLog,
         own: OwnBackends,
         *,

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from poolwatch.census.redis import RedisClient, RedisKind
     from poolwatch.reaper.audit import AuditLog
     from poolwatch.reaper.lease import RedisLease
-    from poolwatch.reaper.policy import Policy, RedisVictim
+    from poolwatch.reaper.policy import ReaperPolicy, RedisVictim
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class RedisReaper:
         target: str,
         client: redis.Redis,
         lease: RedisLease,
-        policy: Policy,
+        policy: ReaperPolicy,
         audit: AuditLog,
         *,
         dry_run: bool,

@@ -214,6 +214,41 @@ def _reaper(data: dict[str, Any]) -> list[str]:
     ]
 
 
+def _cli_startup(data: dict[str, Any]) -> list[str]:
+    baseline = "python -c pass"
+    contenders = dict(sorted(data["contenders"].items(), key=lambda item: (item[0] != baseline, item[0])))
+    lines = [
+        _machine(data),
+        "",
+        _command("cli_startup", data, {"rounds": data["rounds"]}),
+        "",
+        (
+            f"{data['rounds']} rounds, every contender once per round in a rotating order; median "
+            "[min-max] over rounds. Wall time includes the interpreter's start; CPU is the process's "
+            "user + system time."
+        ),
+        "",
+        *_head("", "wall", "CPU", "wall / `python -c pass`"),
+    ]
+    lines += [
+        f"| {name} | {_spread(row['wall_ms'])} | {_spread(row['cpu_ms'])} "
+        f"| {_median(row['ratio_to_python']):.1f}x |"
+        for name, row in contenders.items()
+        if "after_stopped_ms" not in row
+    ]
+    lines += [
+        "",
+        *_head("`poolwatch run`, stopped with SIGTERM", "SIGTERM to exit", "`poolwatch stopped` to exit"),
+    ]
+    lines += [
+        f"| {name.removesuffix(': run, SIGTERM to exit')} | {_spread(row['wall_ms'])} "
+        f"| {_spread(row['after_stopped_ms'])} |"
+        for name, row in contenders.items()
+        if "after_stopped_ms" in row
+    ]
+    return lines
+
+
 def _conditions(header: str) -> str:
     """A results header without its time of day: ``# 2026-11-21 17:02 UTC, Python ...``."""
     return re.sub(r"^#\s*(\d{4}-\d\d-\d\d) \d\d:\d\d UTC", r"\1", header.strip())
@@ -285,6 +320,7 @@ def _checkout_time(data: dict[str, Any]) -> list[str]:
 RENDERERS: Final[dict[str, Callable[[dict[str, Any]], list[str]]]] = {
     "checkout_instructions": _checkout_instructions,
     "checkout_time": _checkout_time,
+    "cli_startup": _cli_startup,
     "reaper": _reaper,
     "scale": _scale,
     "scrape": _scrape,

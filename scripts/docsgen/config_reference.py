@@ -48,12 +48,12 @@ DESCRIPTIONS: dict[str, str] = {
     "targets[].kind": "What the target is (`postgres`, `mysql`, `pgbouncer`, `sqlite`, `redis`; see "
     "[Targets](targets.md)); the URL's scheme must match it.",
     "targets[].url": "SQLAlchemy URL (`postgresql+psycopg2://user@host:5432/db`, "
-    "`mysql+pymysql://user@host:3306/`, `sqlite:///path`; PgBouncer: its admin console, "
-    "`postgresql://user@host:6432/pgbouncer`) or "
-    "redis-py URL (`redis://host:6379/0`). A password in it is moved to `password` on load.",
+    "`mysql+pymysql://user@host:3306/`, `sqlite:///path` in an existing directory, not in memory; "
+    "PgBouncer: its admin console, `postgresql://user@host:6432/pgbouncer`) or redis-py URL "
+    "(`redis://host:6379/0`). A password in it is moved to `password` on load.",
     "targets[].password": "The password, when not in `url` or `password_file`. Never printed.",
-    "targets[].password_file": "File holding the password (one trailing newline is dropped); not "
-    "together with a password in `url`.",
+    "targets[].password_file": "File holding the password (one trailing newline is dropped, at most "
+    "64 KiB); not together with a password in `url`.",
     "targets[].pool": "The connection pool poolwatch keeps for the target, and its housekeeping.",
     "targets[].pool.size": "Persistent connections. For Redis, `size + max_overflow` is the client's "
     "`max_connections`.",
@@ -77,14 +77,16 @@ DESCRIPTIONS: dict[str, str] = {
     "targets[].pool.housekeeping_interval": "Seconds between housekeeping passes.",
     "targets[].probe": "The probe: a pooled checkout plus `SELECT 1` (Redis: `PING`).",
     "targets[].probe.interval": "Seconds between probes.",
-    "targets[].probe.timeout": "Seconds one probe may take; at most `interval`.",
+    "targets[].probe.timeout": "Seconds one probe may take; at most `interval`. Left out, "
+    "`min(5, interval)`; with only `timeout` given, the interval is `max(15, timeout)`.",
     "targets[].probe.auth_backoff_max": "After repeated authentication failures the probe waits 2x, "
     "4x, ... its interval between attempts, up to this many seconds.",
     "targets[].census": "Server-side session counts (PostgreSQL, MySQL and Redis targets); for a "
     "PgBouncer target, how often its admin console is read.",
     "targets[].census.enabled": "Run the census job.",
     "targets[].census.interval": "Seconds between censuses.",
-    "targets[].census.timeout": "Seconds one census may take.",
+    "targets[].census.timeout": "Seconds one census may take; at most `interval`. Left out, "
+    "`min(5, interval)`.",
     "targets[].census.databases": "Database names used as label values; other databases are counted as "
     "`other` (the target's own database is added).",
     "targets[].census.users": "User names used as label values; others are `other` (the target's own "
@@ -99,7 +101,8 @@ DESCRIPTIONS: dict[str, str] = {
     "`idle_timeout` or `idle_in_transaction_timeout`, and `databases`, `users` or `applications`.",
     "targets[].reaper.dry_run": "Decide and record, never terminate. `false` needs `audit.url`.",
     "targets[].reaper.interval": "Seconds between reaper runs.",
-    "targets[].reaper.timeout": "Seconds one reaper run may take; at most `interval`.",
+    "targets[].reaper.timeout": "Seconds one reaper run may take; at most `interval`. Left out, "
+    "`min(10, interval)`.",
     "targets[].reaper.idle_timeout": "Terminate sessions in state `idle` for longer than this many "
     "seconds (measured from `state_change`); `null`: never.",
     "targets[].reaper.idle_in_transaction_timeout": "Terminate sessions idle in a transaction (or "

@@ -20,7 +20,10 @@ def write_config(tmp_path, audit):
     path = tmp_path / "poolwatch.yaml"
     path.write_text(
         yaml.safe_dump(
-            {"targets": [{"name": "x", "kind": "sqlite", "url": "sqlite:///:memory:"}], "audit": audit}
+            {
+                "targets": [{"name": "x", "kind": "sqlite", "url": f"sqlite:///{tmp_path}/x.db"}],
+                "audit": audit,
+            }
         )
     )
     return str(path)

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
 
 import poolwatch
-from poolwatch.housekeeping import BackgroundHousekeeper, Housekeeper, Policy, start_housekeeping
+from poolwatch.housekeeping import BackgroundHousekeeper, Housekeeper, HousekeepingPolicy, start_housekeeping
 from poolwatch.instrument.sqlalchemy import LIFETIME_JITTER, MAX_JITTER, pool_internals
 from tests.poolmetrics import FakeClock, churning, sample
 
@@ -72,7 +72,7 @@ def make(pg: PostgresServer, pools: list[Pool], **options: object) -> Pool:
 def test_idle_eviction_closes_down_to_min_idle(pg, pools) -> None:
     pool = make(pg, pools, pool_size=4)
     pool.fill(4)
-    keeper = Housekeeper(pool.instrumentation, Policy(min_idle=1, idle_timeout=60))
+    keeper = Housekeeper(pool.instrumentation, HousekeepingPolicy(min_idle=1, idle_timeout=60))
     pool.clock.advance(59)
     assert keeper.run_once().closed == {}
     pool.clock.advance(2)
@@ -90,7 +90,7 @@ def test_idle_eviction_closes_down_to_min_idle(pg, pools) -> None:
 def test_keepalive_drops_a_connection_whose_backend_died_and_refills(pg, pools) -> None:
     pool = make(pg, pools, pool_size=2, pool_pre_ping=False)
     pool.fill(2)
-    keeper = Housekeeper(pool.instrumentation, Policy(min_idle=2, keepalive=30))
+    keeper = Housekeeper(pool.instrumentation, HousekeepingPolicy(min_idle=2, keepalive=30))
     pool.clock.advance(31)
     assert pg.terminate(pool.app) == 2
     report = keeper.run_once()
@@ -105,7 +105,7 @@ def test_keepalive_drops_a_connection_whose_backend_died_and_refills(pg, pools) 
 def test_keepalive_pings_live_connections_and_leaves_them_idle_not_in_transaction(pg, pools) -> None:
     pool = make(pg, pools, pool_size=2)
     pool.fill(2)
-    keeper = Housekeeper(pool.instrumentation, Policy(keepalive=30))
+    keeper = Housekeeper(pool.instrumentation, HousekeepingPolicy(keepalive=30))
     pool.clock.advance(31)
     assert keeper.run_once().pinged == 2
     assert keeper.run_once().pinged == 0  # pinged now: unused for 0 s
@@ -124,7 +124,7 @@ def test_max_lifetime_retires_old_connections_with_jitter(pg, pools) -> None:
     assert len(set(jitters)) == 4  # drawn per connection
     start = time.time()
     wall = FakeClock(start)
-    keeper = Housekeeper(pool.instrumentation, Policy(min_idle=2, max_lifetime=1000), wall=wall)
+    keeper = Housekeeper(pool.instrumentation, HousekeepingPolicy(min_idle=2, max_lifetime=1000), wall=wall)
     wall.advance(1000 * (1 - MAX_JITTER) - 1)  # younger than any connection's jittered lifetime
     assert keeper.run_once().closed == {}
     wall.advance(1000 * MAX_JITTER + 2)  # older than all of them
@@ -138,7 +138,7 @@ def test_max_lifetime_retires_old_connections_with_jitter(pg, pools) -> None:
 def test_housekeeping_never_takes_a_connection_a_caller_waits_for(pg, pools) -> None:
     pool = make(pg, pools, pool_size=1, max_overflow=0, pool_timeout=10)
     pool.fill(1)
-    keeper = Housekeeper(pool.instrumentation, Policy(idle_timeout=1, keepalive=1))
+    keeper = Housekeeper(pool.instrumentation, HousekeepingPolicy(idle_timeout=1, keepalive=1))
     pool.clock.advance(5)
     # Simulate a caller inside a checkout: it is counted as pending until it is answered.
     pool.instrumentation.recorder.requested.hit()
@@ -150,7 +150,9 @@ def test_housekeeping_never_takes_a_connection_a_caller_waits_for(pg, pools) -> 
 
 def test_checkouts_keep_working_while_housekeeping_runs(pg, pools) -> None:
     pool = make(pg, pools, pool_size=3, max_overflow=2, pool_timeout=30)
-    keeper = Housekeeper(pool.instrumentation, Policy(min_idle=1, idle_timeout=0.001, keepalive=0.001))
+    keeper = Housekeeper(
+        pool.instrumentation, HousekeepingPolicy(min_idle=1, idle_timeout=0.001, keepalive=0.001)
+    )
     with churning(keeper, pool.clock) as failures:
         for _ in range(300):
             with pool.engine.connect() as connection:

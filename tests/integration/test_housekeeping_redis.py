@@ -12,7 +12,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import poolwatch
-from poolwatch.housekeeping import Housekeeper, Policy
+from poolwatch.housekeeping import Housekeeper, HousekeepingPolicy
 from poolwatch.instrument.recorder import MAX_JITTER
 from poolwatch.instrument.redis import opened, pool_internals
 from tests.poolmetrics import FakeClock, churning, sample
@@ -88,7 +88,7 @@ def test_max_lifetime_retires_old_idle_connections_with_jitter(make) -> None:
     jitters = {c: s[1] for c, s in stamps.items() if s is not None}
     assert all(0 <= j <= MAX_JITTER for j in jitters.values())
     assert len(set(jitters.values())) == 4  # drawn per connection
-    keeper = Housekeeper(pool.instrumentation, Policy(min_idle=2, max_lifetime=1000))
+    keeper = Housekeeper(pool.instrumentation, HousekeepingPolicy(min_idle=2, max_lifetime=1000))
     pool.clock.advance(1000 * (1 - MAX_JITTER) - 1)  # younger than any connection's jittered lifetime
     assert keeper.run_once().closed == {}
     # Between the smallest and the largest jitter: exactly the connections with the larger ones expire.
@@ -109,7 +109,7 @@ def test_max_lifetime_retires_old_idle_connections_with_jitter(make) -> None:
 def test_a_retired_connection_reconnects_on_use_and_ages_from_then(make) -> None:
     pool = make()
     pool.fill(1)
-    keeper = Housekeeper(pool.instrumentation, Policy(max_lifetime=100))
+    keeper = Housekeeper(pool.instrumentation, HousekeepingPolicy(max_lifetime=100))
     pool.clock.advance(101)
     assert keeper.run_once().closed == {"max_lifetime": 1}
     assert pool.client.ping()
@@ -127,7 +127,7 @@ def test_max_lifetime_never_touches_a_connection_in_use(make) -> None:
     pool = make(max_connections=5)
     pool.fill(2)
     held = pool.pool.get_connection()
-    keeper = Housekeeper(pool.instrumentation, Policy(max_lifetime=100, idle_timeout=10))
+    keeper = Housekeeper(pool.instrumentation, HousekeepingPolicy(max_lifetime=100, idle_timeout=10))
     pool.clock.advance(1000)
     assert keeper.run_once().closed == {"max_lifetime": 1}  # the idle one only
     held.send_command("PING")
@@ -142,7 +142,7 @@ def test_max_lifetime_skips_connections_redis_py_already_closed(make) -> None:
     pool = make()
     pool.fill(2)
     pool.pool.disconnect()
-    keeper = Housekeeper(pool.instrumentation, Policy(max_lifetime=100))
+    keeper = Housekeeper(pool.instrumentation, HousekeepingPolicy(max_lifetime=100))
     pool.clock.advance(1000)
     assert keeper.run_once().closed == {}
     assert pool.sample("pool_closed_total", reason="max_lifetime") == 0
@@ -156,7 +156,7 @@ def test_connections_opened_before_instrumenting_age_from_then(redis_server) -> 
     client.ping()
     clock, registry = FakeClock(), CollectorRegistry()
     instrumentation = poolwatch.instrument_redis(client, name="early", registry=registry, clock=clock)
-    keeper = Housekeeper(instrumentation, Policy(max_lifetime=100))
+    keeper = Housekeeper(instrumentation, HousekeepingPolicy(max_lifetime=100))
     assert keeper.run_once().closed == {}
     clock.advance(101)
     assert keeper.run_once().closed == {"max_lifetime": 1}
@@ -168,7 +168,7 @@ def test_connections_opened_before_instrumenting_age_from_then(redis_server) -> 
 def test_commands_keep_working_while_max_lifetime_and_idle_eviction_run(make) -> None:
     """Without redis-py's retries a connection disconnected while in use would fail its command."""
     pool = make(max_connections=3, retry=Retry(NoBackoff(), 0))
-    keeper = Housekeeper(pool.instrumentation, Policy(idle_timeout=0.5, max_lifetime=1))
+    keeper = Housekeeper(pool.instrumentation, HousekeepingPolicy(idle_timeout=0.5, max_lifetime=1))
     with churning(keeper, pool.clock) as failures:
         for _ in range(300):
             assert pool.client.ping()  # raises if housekeeping disconnected it meanwhile

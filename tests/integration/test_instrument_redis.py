@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 import poolwatch
 from poolwatch.config import validate
 from poolwatch.database import create_target_redis
-from poolwatch.housekeeping import Housekeeper, Policy
+from poolwatch.housekeeping import Housekeeper, HousekeepingPolicy
 from poolwatch.instrument.redis import pool_internals
 from tests.poolmetrics import FakeClock, sample
 from tests.servers import free_port
@@ -230,7 +230,7 @@ def test_idle_eviction_disconnects_down_to_min_idle(redis_server) -> None:
     for connection in held:
         pool.release(connection)
     assert client_names(redis_server).count(name) == 3
-    keeper = Housekeeper(instrumentation, Policy(min_idle=1, idle_timeout=30))
+    keeper = Housekeeper(instrumentation, HousekeepingPolicy(min_idle=1, idle_timeout=30))
     clock.advance(29)
     assert keeper.run_once().closed == {}
     clock.advance(2)

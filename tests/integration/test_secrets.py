@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
 import signal
 import socket
@@ -222,6 +223,56 @@ def test_no_password_in_any_output_with_the_environment(
             result = _cli(*command, env=environment)
             texts += [result.stdout, result.stderr]
     _assert_absent(texts, [pg_pw, redis_pw])
+
+
+def test_short_and_common_word_passwords_are_masked_where_they_stand_and_words_survive(
+    pg: PostgresServer, redis_factory: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    # "postgres", "a" and "redis" are also a target name, a kind, a letter of every word: masking
+    # them everywhere garbled every line and announced the password. They must be masked where a
+    # password stands (URLs, password= values, `poolwatch config`) and nowhere else.
+    pg.create_role("weak_word", "postgres")
+    pg.create_role("weak_letter", "a")
+    redis = redis_factory(password="redis")
+    config = {
+        "log": {"level": "DEBUG"},
+        "targets": [
+            {
+                "name": "postgres",
+                "kind": "postgres",
+                "url": f"postgresql://weak_word:postgres@{pg.host}:{pg.port}/postgres",
+            },
+            {
+                "name": "orders",
+                "kind": "postgres",
+                "url": f"postgresql://weak_letter:a@{pg.host}:{pg.port}/postgres",
+            },
+            {"name": "cache", "kind": "redis", "url": f"redis://:redis@{redis.host}:{redis.port}/0"},
+            {"name": "wrong", "kind": "redis", "url": f"redis://:a@{redis.host}:{redis.port}/0"},
+        ],
+    }
+    for target in config["targets"]:
+        target["probe"] = {"interval": 0.5}
+    path = tmp_path / "poolwatch.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    texts = _run_daemon_and_collect(["-c", str(path)], env, _free_port(), failing=["wrong"])
+    shown = _cli("config", "-c", str(path), env=env)
+    checked = _cli("check", "-c", str(path), env=env)
+    texts += [shown.stdout, shown.stderr, checked.stdout, checked.stderr]
+    blob = "\n".join(texts)
+
+    # Ordinary words survive: the banner names the targets and kinds as configured.
+    assert "targets postgres (postgres), orders (postgres), cache (redis), wrong (redis)" in blob
+    assert "***" not in blob.replace("://weak_word:***@", "").replace("://weak_letter:***@", "").replace(
+        "://:***@", ""
+    ).replace("password: '***'", ""), "*** only where a password stands"
+    # No password where one stands: every URL's password and every password value is masked.
+    for password in re.findall(r"://[^\s/@:'\"]*:([^\s'\"@]*)@", blob):
+        assert password == "***"
+    for value in re.findall(r"(?i)\bpassword['\"]?\s*[:=]\s*['\"]?([^\s,;'\"&)}]*)", blob):
+        assert value in {"***", "null"}, value
+    assert shown.stdout.count("password: '***'") == 4
 
 
 def test_no_password_in_the_status_command_or_pages_with_basic_auth(

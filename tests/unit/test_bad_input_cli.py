@@ -49,7 +49,21 @@ CASES = [
     Case("top-level-list", "- a\n- b\n", "expected a mapping at the top level, got list"),
     Case("top-level-scalar", "hello\n", "expected a mapping at the top level, got str"),
     Case("not-utf8", b"\xff\xfe\x00targets", "not UTF-8 text"),
-    Case("missing-file", None, "configuration file not found", args=("-c", "{tmp}/absent.yaml")),
+    Case("missing-file", None, "the configuration file does not exist", args=("-c", "{tmp}/absent.yaml")),
+    Case(
+        "dev-zero",
+        None,
+        "/dev/zero: the configuration file is not a regular file (a character device)",
+        args=("-c", "/dev/zero"),
+    ),
+    Case("too-large", "#" * (1 << 20) + "\n", "is larger than 1 MiB, the limit for this file"),
+    Case("nested-500-levels", "x: " + "[" * 500 + "]" * 500 + "\n", "nested deeper than 64 levels"),
+    Case(
+        "alias-bomb",
+        "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10) if i else 'x'}]\n" for i in range(9)),
+        "expands to more than 100000 values",
+    ),
+    Case("duplicate-key", _redis() + "targets: []\n", "duplicate key targets at line 2"),
     Case("directory-as-file", None, "is a directory", args=("-c", "{tmp}")),
     # Keys and types
     Case("unknown-top-key", "metrics: {port: 1}\n", "metrics: unknown key"),
@@ -61,9 +75,32 @@ CASES = [
     ),
     Case("size-zero", _target(", pool: {size: 0}"), "pool.size: expected greater than or equal to 1"),
     Case("overflow-negative", _target(", pool: {max_overflow: -1}"), "pool.max_overflow"),
-    Case("timeout-negative", _target(", pool: {timeout: -1}"), "pool.timeout: expected greater than 0"),
-    Case("interval-zero", _redis(", probe: {interval: 0}"), "probe.interval: expected greater than 0"),
+    Case(
+        "timeout-negative",
+        _target(", pool: {timeout: -1}"),
+        "pool.timeout: expected greater than or equal to 0.1",
+    ),
+    Case(
+        "interval-zero",
+        _redis(", probe: {interval: 0}"),
+        "probe.interval: expected greater than or equal to 0.1",
+    ),
     Case("interval-nan", _redis(", probe: {interval: .nan}"), "probe.interval"),
+    Case(
+        "interval-tiny",
+        _redis(", probe: {interval: 1.0e-9, timeout: 1.0e-9}"),
+        "probe.interval: expected greater than or equal to 0.1 (got 1e-09) (and 1 more)",
+    ),
+    Case(
+        "request-timeout-tiny",
+        "http: {request_timeout: 1.0e-300}\n",
+        "http.request_timeout: expected greater",
+    ),
+    Case(
+        "census-timeout-over-interval",
+        _target(", census: {interval: 5, timeout: 10}"),
+        "census: timeout (10) must not exceed interval (5)",
+    ),
     Case("interval-huge", _redis(", probe: {interval: 1.0e+12}"), "probe.interval: expected less than"),
     Case(
         "timeout-over-interval", _redis(", probe: {interval: 1, timeout: 5}"), "timeout (5) must not exceed"
@@ -115,6 +152,16 @@ CASES = [
     ),
     Case("redis-url-port-text", _redis(url=f"redis://:{SECRET}@cache:abc/0"), "url has an invalid port"),
     Case("redis-url-database-text", _redis(url="redis://cache:6379/x"), "url database must be a number"),
+    Case(
+        "sqlite-in-memory",
+        'targets: [{name: mem, kind: sqlite, url: "sqlite:///:memory:"}]\n',
+        "targets[0](mem): url names an in-memory SQLite database",
+    ),
+    Case(
+        "sqlite-missing-directory",
+        'targets: [{name: lite, kind: sqlite, url: "sqlite:///{tmp}/no/such/app.db"}]\n',
+        "url points into the directory '{tmp}/no/such', which does not exist",
+    ),
     Case("audit-url-not-postgres", 'audit: {url: "redis://h/0"}\n', "audit: url scheme redis://"),
     # Passwords
     Case(
@@ -132,9 +179,14 @@ CASES = [
         "password-file-empty", _target(', password_file: "{tmp}/empty"'), "password_file {tmp}/empty is empty"
     ),
     Case(
+        "password-file-device",
+        _target(', password_file: "/dev/zero"'),
+        "password_file /dev/zero is not a regular file (a character device)",
+    ),
+    Case(
         "password-file-binary",
         _target(', password_file: "{tmp}/binary"'),
-        "cannot be read (UnicodeDecodeError)",
+        "password_file {tmp}/binary is not UTF-8 text",
     ),
     # The endpoint
     Case("http-null", "http: null\n", "http: expected a mapping"),
@@ -172,7 +224,7 @@ CASES = [
     Case(
         "env-config-missing",
         None,
-        "configuration file not found",
+        "the configuration file does not exist",
         env={"POOLWATCH_CONFIG": "{tmp}/absent.yaml"},
     ),
     Case(
@@ -188,6 +240,18 @@ CASES = [
         env={"DATABASE_URL": f"oracle://a:{SECRET}@h/d"},
     ),
     Case("env-redis-url-scheme", None, "url scheme http://", env={"REDIS_URL": "http://cache"}),
+    Case(
+        "env-database-url-in-memory",
+        None,
+        "targets[0](sqlite): url names an in-memory SQLite database",
+        env={"DATABASE_URL": "sqlite:///:memory:"},
+    ),
+    Case(
+        "env-seed-variables",
+        None,
+        "DB_HOST, DB_PASSWORD: not read by poolwatch; set DATABASE_URL, or POSTGRES_HOST",
+        env={"DB_HOST": "db", "DB_PASSWORD": SECRET},
+    ),
     Case(
         "env-state-dir",
         None,

@@ -11,7 +11,8 @@ import yaml
 
 from poolwatch.config import DEFAULT_LISTEN, load_settings, validate
 from poolwatch.errors import ConfigError
-from poolwatch.urls import mask_url, parse_listen, split_password, sqlalchemy_url
+from poolwatch.masking import mask_url, split_password
+from poolwatch.urls import parse_listen, sqlalchemy_url
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -150,7 +151,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         {"targets": [target(pool={"max_overflow": -1})]},
         r"pool\.max_overflow: expected greater",
     ),
-    ("zero timeout", {"targets": [target(pool={"timeout": 0})]}, r"pool\.timeout: expected greater than 0"),
+    (
+        "zero timeout",
+        {"targets": [target(pool={"timeout": 0})]},
+        r"pool\.timeout: expected greater than or equal to 0\.1",
+    ),
     (
         "bool as string",
         {"targets": [target(pool={"pre_ping": "yes"})]},
@@ -243,7 +248,7 @@ def test_unusable_files_are_one_line(tmp_path: Path, text: str, pattern: str) ->
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"configuration file not found"):
+    with pytest.raises(ConfigError, match=r"the configuration file does not exist"):
         load_settings(str(tmp_path / "nope.yaml"), environ={})
 
 
@@ -313,3 +318,144 @@ def test_url_helpers_keep_percent_escapes() -> None:
     assert split_password("postgresql://u:a%40b@h/db") == ("postgresql://u@h/db", "a@b")
     assert split_password("redis://h:6379/0") == ("redis://h:6379/0", None)
     assert mask_url("postgresql://u@h/db", has_password=True) == "postgresql://u:***@h/db"
+
+
+# --- values that cannot work ---------------------------------------------------------------------
+
+TINY = [
+    ("probe.interval", {"targets": [target(probe={"interval": 1e-9, "timeout": 1e-9})]}),
+    ("probe.timeout", {"targets": [target(probe={"timeout": 1e-9})]}),
+    ("probe.auth_backoff_max", {"targets": [target(probe={"auth_backoff_max": 1e-300})]}),
+    ("census.interval", {"targets": [target(census={"interval": 0.01})]}),
+    ("reaper.timeout", {"targets": [target(reaper={"timeout": 0.05})]}),
+    ("pool.keepalive", {"targets": [target(pool={"keepalive": 1e-6})]}),
+    ("pool.housekeeping_interval", {"targets": [target(pool={"housekeeping_interval": 0.001})]}),
+    ("http.request_timeout", {"http": {"request_timeout": 1e-300}}),
+]
+
+
+@pytest.mark.parametrize(("key", "data"), TINY, ids=[key for key, _ in TINY])
+def test_durations_below_a_tenth_of_a_second_are_refused(key: str, data: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate(data)
+    assert key in str(caught.value)
+    assert "expected greater than or equal to 0.1" in str(caught.value)
+
+
+def test_the_smallest_durations_are_accepted() -> None:
+    settings = validate(
+        {"targets": [target(probe={"interval": 0.1, "timeout": 0.1, "auth_backoff_max": 0.1})]}
+    )
+    assert settings.targets[0].probe.timeout == 0.1
+
+
+# --- defaults follow the values the user wrote ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("job", "written", "expected"),
+    [
+        ("probe", {"interval": 1}, (1, 1)),
+        ("probe", {"interval": 2.5}, (2.5, 2.5)),
+        ("probe", {"interval": 60}, (60, 5)),
+        ("probe", {"timeout": 20}, (20, 20)),
+        ("census", {"interval": 1}, (1, 1)),
+        ("census", {"timeout": 30}, (30, 30)),
+        ("reaper", {"interval": 5}, (5, 5)),
+        ("reaper", {"timeout": 90}, (90, 90)),
+        ("reaper", {}, (60, 10)),
+    ],
+)
+def test_a_default_follows_the_interval_or_timeout_the_user_chose(
+    job: str, written: dict[str, float], expected: tuple[float, float]
+) -> None:
+    settings = validate({"targets": [target(**{job: written})]})
+    chosen = getattr(settings.targets[0], job)
+    assert (chosen.interval, chosen.timeout) == expected
+
+
+@pytest.mark.parametrize("job", ["probe", "census", "reaper"])
+def test_a_conflict_is_reported_only_between_two_values_the_user_wrote(job: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate({"targets": [target(**{job: {"interval": 5, "timeout": 10}})]})
+    assert str(caught.value) == f"targets[0](orders).{job}: timeout (10) must not exceed interval (5)"
+
+
+# --- SQLite ----------------------------------------------------------------------------------------
+
+IN_MEMORY = [
+    "sqlite:///:memory:",
+    "sqlite://",
+    "sqlite:///file::memory:?uri=true",
+    "sqlite:///file:x?mode=memory",
+]
+
+
+@pytest.mark.parametrize("url", IN_MEMORY)
+def test_an_in_memory_sqlite_database_is_refused_in_one_line(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate({"targets": [{"name": "mem", "kind": "sqlite", "url": url}]})
+    assert str(caught.value).startswith("targets[0](mem): url names an in-memory SQLite database")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_sqlite_file_in_a_missing_directory_is_refused_and_nothing_is_created(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir"
+    with pytest.raises(ConfigError) as caught:
+        validate({"targets": [{"name": "lite", "kind": "sqlite", "url": f"sqlite:///{missing}/app.db"}]})
+    assert (
+        str(caught.value)
+        == f"targets[0](lite): url points into the directory '{missing}', which does not exist (create it first)"
+    )
+    assert not (tmp_path / "no").exists()
+
+
+def test_the_state_directory_may_be_missing_until_the_daemon_creates_it(tmp_path: Path) -> None:
+    state = tmp_path / "state" / "poolwatch"
+    (only,) = load_settings(environ={"POOLWATCH_STATE_DIR": str(state)}).targets
+    assert only.url == f"sqlite:///{state}/embedded.db"
+    assert not state.exists(), "reading the configuration creates nothing"
+
+
+def test_sqlite_targets_show_no_census_or_reaper(tmp_path: Path) -> None:
+    shown = validate({"targets": [{"name": "lite", "kind": "sqlite", "url": f"sqlite:///{tmp_path}/a.db"}]})
+    (lite,) = shown.public_dict()["targets"]
+    assert "census" not in lite
+    assert "reaper" not in lite
+    (pg,) = validate({"targets": [target()]}).public_dict()["targets"]
+    assert pg["census"]["enabled"] is True
+
+
+# --- environment ---------------------------------------------------------------------------------
+
+
+def test_the_seed_db_variables_are_refused_naming_the_ones_read() -> None:
+    env = {"DB_HOST": "db", "DB_USER": "app", "DB_PASSWORD": "s3cr3t-Pa55", "DB_NAME": "orders"}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=env)
+    message = str(caught.value)
+    assert message.startswith(
+        "DB_HOST, DB_USER, DB_PASSWORD, DB_NAME: not read by poolwatch; set DATABASE_URL"
+    )
+    assert "POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB" in message
+    assert "s3cr3t-Pa55" not in message
+
+
+def test_db_variables_next_to_the_ones_read_are_left_alone() -> None:
+    env = {"DATABASE_URL": "postgresql://app@db/orders", "DB_PASSWORD": "x"}
+    assert [t.name for t in load_settings(environ=env).targets] == ["postgres"]
+
+
+def test_a_user_without_a_home_directory_needs_the_state_directory_only_for_the_embedded_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A container's arbitrary uid has no passwd entry, and maybe no HOME.
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr("pathlib.Path.home", no_home)
+    assert load_settings(environ={"REDIS_URL": "redis://cache:6379/0"}).targets[0].name == "redis"
+    with pytest.raises(
+        ConfigError, match=r"no home directory for the embedded database: set POOLWATCH_STATE_DIR$"
+    ):
+        load_settings(environ={})

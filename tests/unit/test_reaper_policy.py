@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from poolwatch.census.redis import RedisClient
 from poolwatch.reaper.policy import (
-    Policy,
+    ReaperPolicy,
     Session,
     choose_redis_victims,
     choose_victims,
@@ -36,7 +36,7 @@ def session(**overrides: object) -> Session:
     return Session(**fields)  # type: ignore[arg-type]
 
 
-POLICY = Policy(idle_timeout=300, idle_in_transaction_timeout=60, applications=("web-*",))
+POLICY = ReaperPolicy(idle_timeout=300, idle_in_transaction_timeout=60, applications=("web-*",))
 
 
 def test_idle_session_of_an_allowed_application_past_the_timeout_is_chosen():
@@ -61,7 +61,7 @@ def test_idle_in_transaction_has_its_own_timeout():
         (100, "idle_in_transaction"),
         (101, "idle_in_transaction"),
     ]
-    assert choose_victims([iit], Policy(idle_timeout=1, applications=("*",)), NOW) == []
+    assert choose_victims([iit], ReaperPolicy(idle_timeout=1, applications=("*",)), NOW) == []
 
 
 def test_active_and_other_states_are_never_chosen():
@@ -85,7 +85,7 @@ def test_own_pids_are_never_chosen():
 def test_superusers_only_when_allowed():
     root = session(superuser=True)
     assert choose_victims([root], POLICY, NOW) == []
-    allowing = Policy(idle_timeout=300, applications=("web-*",), allow_superusers=True)
+    allowing = ReaperPolicy(idle_timeout=300, applications=("web-*",), allow_superusers=True)
     assert len(choose_victims([root], allowing, NOW)) == 1
 
 
@@ -99,14 +99,14 @@ def test_hidden_columns_are_skipped():
         session(pid=6, application=None),
         session(pid=7, superuser=None),
     ]
-    wide_open = Policy(
+    wide_open = ReaperPolicy(
         idle_timeout=1, idle_in_transaction_timeout=1, applications=("*",), allow_superusers=True
     )
     assert choose_victims(hidden, wide_open, NOW) == []
 
 
 def test_excludes_win_over_includes():
-    policy = Policy(
+    policy = ReaperPolicy(
         idle_timeout=300,
         databases=frozenset({"orders"}),
         users=frozenset({"web"}),
@@ -115,20 +115,22 @@ def test_excludes_win_over_includes():
         exclude_users=frozenset({"web"}),
     )
     assert choose_victims([session()], policy, NOW) == []
-    policy = Policy(idle_timeout=300, applications=("*",), exclude_databases=frozenset({"orders"}))
+    policy = ReaperPolicy(idle_timeout=300, applications=("*",), exclude_databases=frozenset({"orders"}))
     assert choose_victims([session()], policy, NOW) == []
-    policy = Policy(idle_timeout=300, applications=("web-*",), exclude_applications=("web-1",))
+    policy = ReaperPolicy(idle_timeout=300, applications=("web-*",), exclude_applications=("web-1",))
     assert choose_victims([session()], policy, NOW) == []
 
 
 def test_protected_applications_are_never_chosen():
-    policy = Policy(idle_timeout=300, applications=("*",), protected_applications=frozenset({"poolwatch-db"}))
+    policy = ReaperPolicy(
+        idle_timeout=300, applications=("*",), protected_applications=frozenset({"poolwatch-db"})
+    )
     assert choose_victims([session(application="poolwatch-db")], policy, NOW) == []
 
 
 def test_max_per_run_caps_and_the_longest_idle_go_first():
     sessions = [session(pid=i, state_change=NOW - dt.timedelta(seconds=400 + i)) for i in range(10)]
-    chosen = choose_victims(sessions, Policy(idle_timeout=300, applications=("*",), max_per_run=3), NOW)
+    chosen = choose_victims(sessions, ReaperPolicy(idle_timeout=300, applications=("*",), max_per_run=3), NOW)
     assert [v.session.pid for v in chosen] == [9, 8, 7]
 
 
@@ -158,14 +160,14 @@ def test_redis_clients_by_name_kind_and_idle():
         client(9, name="poolwatch-cache"),
         client(10, in_multi=True),
     ]
-    policy = Policy(
+    policy = ReaperPolicy(
         idle_timeout=300,
         applications=("web-*", "poolwatch-*"),
         protected_applications=frozenset({"poolwatch-cache"}),
     )
     chosen = choose_redis_victims(clients, policy, own_ids={8})
     assert sorted(v.client.id for v in chosen) == [1]
-    everything = Policy(
+    everything = ReaperPolicy(
         idle_timeout=300,
         idle_in_transaction_timeout=300,
         applications=("*",),
@@ -202,7 +204,7 @@ sessions_strategy = st.builds(
 )
 name_sets = st.frozensets(NAMES, max_size=3)
 policies = st.builds(
-    Policy,
+    ReaperPolicy,
     idle_timeout=st.one_of(st.none(), st.integers(1, 4000).map(float)),
     idle_in_transaction_timeout=st.one_of(st.none(), st.integers(1, 4000).map(float)),
     databases=name_sets,
@@ -217,7 +219,7 @@ policies = st.builds(
 )
 
 
-def inside_policy(s: Session, p: Policy, own: frozenset[int]) -> bool:
+def inside_policy(s: Session, p: ReaperPolicy, own: frozenset[int]) -> bool:
     """The policy restated rule by rule, independently of the implementation."""
     if s.backend_type != "client backend" or s.pid in own:
         return False

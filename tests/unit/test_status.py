@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from poolwatch.assess import KINDS, assess, duration, rank
-from poolwatch.config import client_settings, validate
+from poolwatch.client_config import client_settings
+from poolwatch.config import validate
 from poolwatch.errors import ConfigError
 from poolwatch.history import BYTES, SLOTS, History
 from poolwatch.status import _increase
