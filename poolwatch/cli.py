@@ -264,18 +264,24 @@ def _show(doc: StatusDoc, url: str, as_json: bool, color: bool) -> int:
     return EXIT_DOWN if doc["counts"]["critical"] else EXIT_OK
 
 
+_SECRET_LIMIT = 4096
+
+
 def _read_secret(path: str) -> str:
     from poolwatch.errors import ConfigError
 
     try:
         with open(path, encoding="utf-8") as file:  # noqa: PTH123
-            secret = file.readline().rstrip("\r\n")
+            line = file.readline(_SECRET_LIMIT + 1)  # bounded: a device or a huge file never hangs
     except FileNotFoundError:
         raise ConfigError(f"--password-file {path}: no such file") from None
     except PermissionError:
         raise ConfigError(f"--password-file {path}: permission denied") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--password-file {path}: cannot be read ({type(exc).__name__})") from None
+    if len(line) > _SECRET_LIMIT:
+        raise ConfigError(f"--password-file {path}: first line longer than {_SECRET_LIMIT} characters")
+    secret = line.rstrip("\r\n")
     if not secret:
         raise ConfigError(f"--password-file {path}: empty")
     return secret

@@ -292,8 +292,10 @@ class Daemon:
         )
         self._server = http.serve(endpoint, self.settings.http)
         try:
-            for target in self.settings.targets:
-                self._add_target(target)
+            # A SIGHUP arriving meanwhile reloads after the targets are built, not between them.
+            with self._reload_lock:
+                for target in self.settings.targets:
+                    self._add_target(target)
         except BaseException:
             self._close()
             raise
@@ -337,10 +339,13 @@ class Daemon:
         runtime.close()
 
     def run(self) -> None:
-        """Start if needed, then run jobs in the foreground until SIGTERM/SIGINT or ``stop()``."""
+        """Start if needed, then run jobs in the foreground until SIGTERM/SIGINT or ``stop()``.
+
+        The handlers go in before start-up: once the banner says the daemon runs, a SIGTERM stops
+        it cleanly (exit 0) instead of killing it with the signal's default action."""
+        self._install_signal_handlers()
         if not self._started.is_set():
             self.start()
-        self._install_signal_handlers()
         try:
             self._scheduler.run()
         finally:

@@ -226,6 +226,17 @@ def test_the_status_command_refuses_a_password_file_it_cannot_read(tmp_path: Any
     assert sys.stdout is not None
 
 
+@pytest.mark.timeout(20)
+def test_the_status_command_reads_a_bounded_password_file(capsys: Any) -> None:
+    from poolwatch.cli import main
+
+    # /dev/zero has no line end: an unbounded readline() never returns.
+    assert main(["status", "--url", "http://127.0.0.1:1", "--password-file", "/dev/zero"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("poolwatch: error: --password-file /dev/zero: ")
+    assert err.count("\n") == 1
+
+
 @pytest.mark.parametrize(
     ("url", "code"),
     [("http://ops:s3cret-pw@127.0.0.1:{port}", 1), ("http://ops:s3cret-pw@127.0.0.1:x", 2)],
