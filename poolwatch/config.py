@@ -259,9 +259,10 @@ class HttpSettings(_Model):
     basic_auth_users: dict[str, SecretStr] = Field(default_factory=dict)
     max_request_bytes: Annotated[int, Field(ge=1024, le=1 << 20)] = 16384
     request_timeout: Seconds = 10.0
-    # Connections served at once; more are closed at accept. Each holds a thread for at most
-    # request_timeout, so a crowd of slow clients costs bounded threads and memory.
+    # Connections open at once; at the cap a new one closes the longest-waiting idle one.
     max_connections: Annotated[int, Field(ge=1, le=10_000)] = 64
+    # The kernel's queue of connections not yet accepted (capped by net.core.somaxconn).
+    backlog: Annotated[int, Field(ge=1, le=65535)] = 128
 
     @field_validator("listen")
     @classmethod

@@ -45,9 +45,9 @@ from poolwatch.status import Sources, Tracker, document
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from threading import Thread
-    from wsgiref.simple_server import WSGIServer
 
     from poolwatch.config import LogSettings, Settings, TargetSettings
+    from poolwatch.httpserver import HttpServer
     from poolwatch.instrument import RedisInstrumentation, SQLAlchemyInstrumentation
     from poolwatch.jobs import Job, Outcome
     from poolwatch.status import StatusDoc
@@ -258,7 +258,7 @@ class Daemon:
         self._trackers: dict[str, Tracker] = {}
         self._targets_lock = threading.Lock()
         self._reload_lock = threading.Lock()
-        self._server: tuple[WSGIServer, Thread] | None = None
+        self._server: tuple[HttpServer, Thread] | None = None
         self._started = threading.Event()
         self._stopped = threading.Event()
 

@@ -317,8 +317,59 @@ def _checkout_time(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+HTTP_SCENARIOS: Final = {
+    "sequential": "one scraper, 200 scrapes, keep-alive",
+    "concurrent": "50 scrapers at once, keep-alive",
+    "flood": "100 idle connections a second",
+    "auth_attack": "50 basic-auth attackers",
+}
+
+
+def _http_attack(data: dict[str, Any]) -> list[str]:
+    options = {"baseline": data["baseline"], "rounds": data["rounds"]}
+    options["tls-garbage"] = next(iter(data["tls_garbage"].values()))["connections"]
+    lines = [
+        _machine(data),
+        "",
+        _command("http_attack", data, options),
+        "",
+        (
+            f"`before` is {data['baseline']}, `after` this version; {data['rounds']} rounds, "
+            "interleaved; scrapes answered 200 (all rounds), latency of those, median [min-max]."
+        ),
+        "",
+        *_head("scenario", "", "scrapes answered", "p50", "p99", "over 0.5 s", "CPU", "threads"),
+    ]
+    for scenario, title in HTTP_SCENARIOS.items():
+        per = data["scenarios"].get(scenario)
+        if per is None:
+            continue
+        for name in ("before", "after"):
+            row = per[name]
+            p50 = [v for v in row["p50_ms"] if v is not None]
+            p99 = [v for v in row["p99_ms"] if v is not None]
+            slow = sum(extra["over_500ms"] for extra in row["extra"])
+            lines.append(
+                f"| {title if name == 'before' else ''} | {name} "
+                f"| {sum(row['ok'])} of {row['total'] * len(row['ok'])} "
+                f"| {_spread(p50) if p50 else '-'} | {_spread(p99) if p99 else '-'} | {slow} "
+                f"| {_median(row['cpu_s']):.2f} s "
+                f"| {row['threads_idle']} idle, {max(row['threads_max'])} most |"
+            )
+    lines += ["", *_head("failed TLS handshakes", "RSS growth", "CPU after", "TLS scrape after", "threads")]
+    for name in ("before", "after"):
+        garbage = data["tls_garbage"][name]
+        lines.append(
+            f"| {name}: {garbage['connections']:,} | {garbage['rss_growth_mb']:.1f} MB "
+            f"| {garbage['cpu_share_after']:.1%} of a core | {garbage['tls_scrape_after']} "
+            f"| {garbage['threads_after']} |"
+        )
+    return lines
+
+
 RENDERERS: Final[dict[str, Callable[[dict[str, Any]], list[str]]]] = {
     "checkout_instructions": _checkout_instructions,
+    "http_attack": _http_attack,
     "checkout_time": _checkout_time,
     "cli_startup": _cli_startup,
     "reaper": _reaper,

@@ -33,9 +33,13 @@ DESCRIPTIONS: dict[str, str] = {
     "http.basic_auth_users": "User name to bcrypt hash (`$2b$...`), as in the Prometheus exporters' "
     "web configuration. When set, every path needs a password.",
     "http.max_request_bytes": "Largest request line plus headers; a bigger request is answered 431.",
-    "http.request_timeout": "Seconds after accepting a connection when it is closed, whatever the "
-    "client does.",
-    "http.max_connections": "Connections served at once; more are closed when accepted.",
+    "http.request_timeout": "Seconds a connection has, from accept (or from the first byte of a "
+    "keep-alive request), to send a complete request head, TLS handshake included; and again to "
+    "take its answer. Counted per connection, not per read.",
+    "http.max_connections": "Connections open at once. At the cap a new connection closes the one "
+    "that has waited longest without a request in progress (never-answered ones first).",
+    "http.backlog": "Connections the kernel queues before they are accepted (capped by "
+    "`net.core.somaxconn`).",
     "http.tls.cert_file": "PEM certificate (chain) file.",
     "http.tls.key_file": "PEM private key file.",
     "http.tls.client_ca_file": "PEM CA bundle; when set, clients must present a certificate it signed.",

@@ -5,6 +5,7 @@ in the test's directory. And the default bind address is loopback."""
 from __future__ import annotations
 
 import base64
+import http.client
 import socket
 import ssl
 import subprocess
@@ -198,12 +199,26 @@ def test_basic_auth_lets_the_right_password_in(authed: Daemon, path: str) -> Non
         "no-colon",
     ],
 )
-def test_basic_auth_refuses_everything_else(authed: Daemon, headers: dict[str, str]) -> None:
-    status, body, response_headers = _request(authed, "/metrics", headers)
+def test_basic_auth_refuses_everything_else(
+    authed: Daemon, headers: dict[str, str], request: pytest.FixtureRequest
+) -> None:
+    # Each case from its own loopback address: repeated failures from one address are throttled.
+    source = f"127.0.0.{10 + request.node.callspec.indices['headers']}"
+    status, body, response_headers = _request_from(authed, source, headers)
     assert status == 401
     assert "poolwatch_up" not in body
     assert response_headers["WWW-Authenticate"].startswith("Basic realm=")
     assert _request(authed, "/metrics", _auth(USER, PASSWORD))[0] == 200
+
+
+def _request_from(daemon: Daemon, source: str, headers: dict[str, str]) -> tuple[int, str, Any]:
+    connection = http.client.HTTPConnection(*daemon.address, timeout=10, source_address=(source, 0))
+    try:
+        connection.request("GET", "/metrics", headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read().decode(), response.headers
+    finally:
+        connection.close()
 
 
 def test_tls_and_basic_auth_together_with_curl(pki: Path, tmp_path: Path) -> None:

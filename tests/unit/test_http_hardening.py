@@ -42,13 +42,11 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         yield running
 
 
-def _metrics_quickly(daemon: Daemon, within: float = 1.0) -> None:
-    started = time.monotonic()
-    status, body = get(f"{daemon.base_url}/metrics", timeout=5)
-    took = time.monotonic() - started
+def _metrics_answer(daemon: Daemon) -> None:
+    """/metrics still answers (a client timeout, not a timed assertion, bounds the wait)."""
+    status, body = get(f"{daemon.base_url}/metrics", timeout=10)
     assert status == 200
     assert "poolwatch_up" in body
-    assert took < within, f"/metrics took {took:.2f}s"
 
 
 def _raw(daemon: Daemon, payload: bytes, wait: float = 3.0) -> bytes:
@@ -68,7 +66,7 @@ def _raw(daemon: Daemon, payload: bytes, wait: float = 3.0) -> bytes:
 
 
 def _server_threads() -> int:
-    return sum(1 for thread in threading.enumerate() if thread.name.startswith("Thread-"))
+    return sum(1 for thread in threading.enumerate() if thread.name.startswith("poolwatch-http"))
 
 
 @pytest.mark.parametrize(
@@ -118,15 +116,11 @@ MALFORMED = {
 @pytest.mark.parametrize("payload", MALFORMED.values(), ids=MALFORMED.keys())
 def test_malformed_requests_are_refused_and_serving_goes_on(daemon: Daemon, payload: bytes) -> None:
     answer = _raw(daemon, payload)
-    # The stdlib parser is lenient (a bare newline is accepted) and answers an HTTP/0.9-looking
-    # request with a bare HTML error page: what matters is no server error, no hang, and serving on.
-    assert b" 500 " not in answer[:20]
     assert b"Traceback" not in answer
-    if answer.startswith(b"HTTP/"):
-        assert int(answer.split(b" ", 2)[1]) in {200, 400, 401, 404, 405, 414, 431, 505}, answer[:200]
-    elif answer:
-        assert b"Error code: 4" in answer or b"Error code: 505" in answer, answer[:200]
-    _metrics_quickly(daemon)
+    if answer:  # a half request is closed at its deadline without an answer
+        assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+        assert int(answer.split(b" ", 2)[1]) in {200, 400, 401, 404, 405, 431, 505}, answer[:200]
+    _metrics_answer(daemon)
 
 
 @pytest.mark.parametrize(
@@ -145,15 +139,18 @@ def test_oversized_requests_are_refused(daemon: Daemon, payload: bytes, status: 
     # A request line over the byte budget may be refused as a whole head (431) before its length is
     # judged (414): both close the connection without serving it.
     assert int(answer.split(b" ", 2)[1]) in ({414, 431} if status == 414 else {status})
-    _metrics_quickly(daemon)
+    _metrics_answer(daemon)
 
 
-def _slow_client(daemon: Daemon, stop: threading.Event, closed: list[float], started: float) -> None:
+def _slow_client(
+    daemon: Daemon, stop: threading.Event, closed: list[float], started: float, sending: threading.Semaphore
+) -> None:
     """A client that trickles its request one byte at a time and never finishes it."""
     host, port = daemon.address
     try:
         with socket.create_connection((host, port), timeout=10) as sock:
             sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+            sending.release()
             while not stop.is_set():
                 sock.sendall(b"X")
                 stop.wait(0.2)
@@ -174,39 +171,40 @@ def test_slow_clients_are_cut_at_their_deadline_and_metrics_stays_fast(daemon: D
     stop = threading.Event()
     closed: list[float] = []
     started = time.monotonic()
+    sending = threading.Semaphore(0)
     clients = [
-        threading.Thread(target=_slow_client, args=(daemon, stop, closed, started), daemon=True)
+        threading.Thread(target=_slow_client, args=(daemon, stop, closed, started, sending), daemon=True)
         for _ in range(MAX_CONNECTIONS // 2)
     ]
     for client in clients:
         client.start()
     try:
-        time.sleep(0.3)
+        for _ in clients:  # every slow client is connected and trickling before the scrapes
+            assert sending.acquire(timeout=10)
         for _ in range(3):
-            _metrics_quickly(daemon)
+            _metrics_answer(daemon)
         # A per-read timeout would never fire: each client sends a byte every 0.2 s. The deadline
         # counts from accept.
         wait_for(lambda: len(closed) == len(clients), REQUEST_TIMEOUT + 3, "every slow client cut")
     finally:
         stop.set()
     assert max(closed) < REQUEST_TIMEOUT + 3
-    _metrics_quickly(daemon)
+    _metrics_answer(daemon)
 
 
-def test_connections_beyond_the_cap_are_closed_at_accept(daemon: Daemon) -> None:
+def test_a_crowd_beyond_the_cap_costs_no_threads_and_scrapes_go_on_during_it(daemon: Daemon) -> None:
     host, port = daemon.address
-    baseline = _server_threads()
+    threads = _server_threads()
     sockets = []
     try:
         for _ in range(MAX_CONNECTIONS * 3):
             sock = socket.create_connection((host, port), timeout=5)
             sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the end of it
             sockets.append(sock)
-        time.sleep(0.5)
-        assert _server_threads() <= baseline + MAX_CONNECTIONS + 2
+        # The newest connections pushed the oldest waiting ones out: scrapes are served meanwhile.
+        _metrics_answer(daemon)
+        assert _server_threads() == threads
     finally:
         for sock in sockets:
             sock.close()
-    # Once the crowd has gone (or been cut at the deadline), scrapes are served again.
-    wait_for(lambda: _server_threads() <= baseline + 2, REQUEST_TIMEOUT + 3, "handler threads gone")
-    _metrics_quickly(daemon)
+    _metrics_answer(daemon)
