@@ -297,7 +297,7 @@ def _audit(args: argparse.Namespace) -> int:
     setup_logging("ERROR", "text", settings.secrets())
     if settings.audit.url is None:
         raise ConfigError("audit.url is not configured: reaper decisions are only logged and counted")
-    log = AuditLog(settings.audit)
+    log = AuditLog(settings.audit, read_only=True)
     try:
         rows = log.recent(args.limit, target=args.target, mode=args.mode)
     finally:

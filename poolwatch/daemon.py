@@ -2,11 +2,12 @@
 
 SIGTERM and SIGINT stop the scheduler, dispose the engines, close the Redis clients and return, so
 ``poolwatch run`` exits 0 within a few seconds even while a target hangs. SIGHUP re-reads the
-configuration: a valid one replaces the changed targets and applies the log level and format; an
-invalid one is logged and the running configuration kept. The HTTP listener and the audit log keep
-the settings they started with (a WARNING says when those changed): swapping the audit log under
-running reapers could strand records still waiting in its spool, so a new one waits for a restart,
-and a reload that would leave an enforcing reaper without an audit table is refused.
+configuration: a valid one replaces the changed targets (their counters count on) and applies the
+log level and format; an invalid one is logged and the running configuration kept. The HTTP listener
+and the audit log keep the settings they started with (a WARNING says when those changed): swapping
+the audit log under running reapers could strand records still waiting in its spool, so a new one
+waits for a restart, and a reload that would leave an enforcing reaper without an audit table is
+refused.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from poolwatch.config import LogSettings, Settings, TargetSettings
     from poolwatch.httpserver import HttpServer
     from poolwatch.instrument import RedisInstrumentation, SQLAlchemyInstrumentation
+    from poolwatch.instrument.recorder import Recorder
     from poolwatch.jobs import Job, Outcome
     from poolwatch.status import StatusDoc
 
@@ -84,6 +86,14 @@ class TargetRuntime:
             log.warning("closing %s failed: %s", self.settings.name, type(exc).__name__)
 
 
+def _changed(target: TargetSettings, before: Settings, after: Settings) -> bool:
+    """Whether a reload from ``before`` to ``after`` must (re)build ``target``: it is new or its
+    settings changed, or the pools its census knows did (a target on its server came or went)."""
+    if target not in before.targets:
+        return True
+    return pg_census.known_pools(target, before.targets) != pg_census.known_pools(target, after.targets)
+
+
 def _close_quietly(closer: Callable[[], None], name: str) -> None:
     try:
         closer()
@@ -97,10 +107,12 @@ def build_target(
     *,
     audit: AuditLog | None = None,
     others: Iterable[TargetSettings] = (),
+    counts_from: Recorder | None = None,
 ) -> TargetRuntime:
     """The shared engine or client of a target (instrumented, with housekeeping), and its scheduled
     jobs. ``others`` are the other configured targets (their pools are counted by name in the
-    census); ``audit`` records reaper decisions (without one, they are only logged and counted).
+    census); ``audit`` records reaper decisions (without one, they are only logged and counted);
+    ``counts_from``, the pool recorder of the runtime this one replaces, whose counts go on.
     The probe is every other job's ``Backoff``: none logs in while it backs off after failed logins."""
     database: Database | None = None
     redis_db: RedisDatabase | None = None
@@ -115,7 +127,11 @@ def build_target(
         redis_db = RedisDatabase.from_target(target)
         check = redis_check(redis_db.client)
         instrumentation = instrument_redis(
-            redis_db.client, name=target.name, registry=metrics.registry, leak_threshold=pool.leak_threshold
+            redis_db.client,
+            name=target.name,
+            registry=metrics.registry,
+            leak_threshold=pool.leak_threshold,
+            counts_from=counts_from,
         )
     else:
         database = Database.from_target(target)
@@ -126,6 +142,7 @@ def build_target(
                 name=target.name,
                 registry=metrics.registry,
                 leak_threshold=pool.leak_threshold,
+                counts_from=counts_from,
             )
         else:
             # Validation refuses in-memory SQLite, whose engine gets a SingletonThreadPool or a
@@ -295,7 +312,7 @@ class Daemon:
             # A SIGHUP arriving meanwhile reloads after the targets are built, not between them.
             with self._reload_lock:
                 for target in self.settings.targets:
-                    self._add_target(target)
+                    self._add_target(target, self.settings.targets)
         except BaseException:
             self._close()
             raise
@@ -318,25 +335,68 @@ class Daemon:
             f"targets {names}; /metrics on {where}"
         )
 
-    def _add_target(self, target: TargetSettings) -> None:
-        others = [t for t in self.settings.targets if t.name != target.name]
-        runtime = build_target(target, self.metrics, audit=self.audit, others=others)
+    def _add_target(
+        self,
+        target: TargetSettings,
+        configured: Iterable[TargetSettings],
+        previous: TargetRuntime | None = None,
+    ) -> TargetRuntime:
+        """Build and schedule a target of the ``configured`` ones; ``previous``, the runtime it
+        replaces, hands its pool counters on."""
+        others = [t for t in configured if t.name != target.name]
+        old_pool = previous.instrumentation if previous is not None else None
+        runtime = build_target(
+            target,
+            self.metrics,
+            audit=self.audit,
+            others=others,
+            counts_from=old_pool.recorder if old_pool is not None else None,
+        )
         with self._targets_lock:
             self._targets[target.name] = runtime
             self._trackers.setdefault(target.name, Tracker(self._history()))
         for job in runtime.jobs:
             self._scheduler.add(job)
+        return runtime
 
     def _remove_target(self, name: str) -> None:
         with self._targets_lock:
             runtime = self._targets.pop(name)
         self._scheduler.remove_target(name)
-        self.metrics.probe.remove_target(name)
-        self.metrics.census.remove_target(name)
-        self.metrics.pgbouncer.remove_target(name)
-        self.metrics.targets.remove_target(name)
-        self.metrics.reaper.remove_target(name)
+        self._drop_series(name, {job.task for job in runtime.jobs})
         runtime.close()
+
+    def _replace_target(self, target: TargetSettings, configured: Iterable[TargetSettings]) -> None:
+        """Swap a changed target's runtime for a new one. Its counters count on from where they
+        were (a drop would read as a counter reset, and ``rate()`` over it as a spike): the series
+        stay, and the new pool's recorder starts from the old one's. Series of jobs the new
+        configuration no longer runs go."""
+        name = target.name
+        with self._targets_lock:
+            old = self._targets.pop(name)
+        self._scheduler.remove_target(name, keep_series=True)
+        old.close()
+        tasks = {job.task for job in old.jobs}
+        try:
+            new = self._add_target(target, configured, previous=old)
+        except BaseException:
+            self._drop_series(name, tasks | {"probe"})
+            raise
+        self._drop_series(name, tasks - {job.task for job in new.jobs})
+
+    def _drop_series(self, name: str, tasks: set[str]) -> None:
+        """Remove the series of ``name``'s ``tasks`` (``probe``: the target's own as well)."""
+        for task in tasks:
+            self.metrics.jobs.remove_job(task, name)
+        if "probe" in tasks:
+            self.metrics.probe.remove_target(name)
+            self.metrics.targets.remove_target(name)
+        if "census" in tasks:
+            self.metrics.census.remove_target(name)
+        if "pgbouncer" in tasks:
+            self.metrics.pgbouncer.remove_target(name)
+        if "reaper" in tasks:
+            self.metrics.reaper.remove_target(name)
 
     def run(self) -> None:
         """Start if needed, then run jobs in the foreground until SIGTERM/SIGINT or ``stop()``.
@@ -361,9 +421,15 @@ class Daemon:
         settings. The HTTP listener and the audit log keep their settings until a restart.
 
         Every SIGHUP runs this on a thread of its own; reloads take turns (two at once would both
-        add, or both remove, the same target), and each one re-reads the file when its turn comes."""
-        with self._reload_lock:
+        add, or both remove, the same target), and each one re-reads the file when its turn comes;
+        one during start-up waits for the targets to be built."""
+        if not self._reload_lock.acquire(blocking=False):
+            log.debug("reload: waiting for the reload (or start-up) under way to finish")
+            self._reload_lock.acquire()
+        try:
             self._reload()
+        finally:
+            self._reload_lock.release()
 
     def _reload(self) -> None:
         new = self._reread()
@@ -374,15 +440,19 @@ class Daemon:
             log.info("reload: logging at %s as %s", new.log.level, new.log.format)
         old = {t.name: t for t in self.settings.targets}
         fresh = {t.name: t for t in new.targets}
-        for name, target in old.items():
-            if fresh.get(name) != target:
-                self._remove_target(name)
+        for name in old.keys() - fresh.keys():
+            self._remove_target(name)
         for name, target in fresh.items():
-            if old.get(name) != target:
-                try:
-                    self._add_target(target)
-                except PoolwatchError as exc:
-                    log.error("reload: target %s not started: %s", name, exc)  # noqa: TRY400
+            if not _changed(target, self.settings, new):
+                continue
+            try:
+                # Built against the new configuration: its other targets are the census's known pools.
+                if name in old:
+                    self._replace_target(target, new.targets)
+                else:
+                    self._add_target(target, new.targets)
+            except PoolwatchError as exc:
+                log.error("reload: target %s not started: %s", name, exc)  # noqa: TRY400
         with self._targets_lock:
             for name in set(self._trackers) - set(fresh):
                 del self._trackers[name]

@@ -10,7 +10,8 @@ Counters, gauges and histograms of prometheus_client (in-process mode) take the 
 reads their children and values through private attributes: that coupling lives in
 ``_fast_series`` only, pinned by a test that compares the output with ``generate_latest`` on the
 supported versions, and any collector it does not recognise (custom scrape-time collectors,
-summaries, ``set_function`` gauges, multiprocess values) goes through the public ``collect()``.
+summaries, info and enum metrics, ``set_function`` gauges, multiprocess values) goes through the
+public ``collect()``.
 ``_created`` series are not exported: text format 0.0.4 has no use for them and they doubled the
 counter and histogram series.
 """
@@ -32,8 +33,21 @@ if TYPE_CHECKING:
     from prometheus_client.registry import Collector
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-_TYPES: Final = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "summary": "summary"}
+# Text format 0.0.4 knows five types; the OpenMetrics ones are written as prometheus_client writes
+# them there: an info is a gauge named ``<name>_info``, a state set a gauge, a gauge histogram a
+# histogram (with its ``_gsum`` and ``_gcount`` as gauges of their own), anything else untyped.
+_TYPES: Final = {
+    "counter": "counter",
+    "gauge": "gauge",
+    "histogram": "histogram",
+    "summary": "summary",
+    "info": "gauge",
+    "stateset": "gauge",
+    "gaugehistogram": "histogram",
+}
+_SUFFIXES: Final = {"counter": "_total", "info": "_info"}
 _NO_CREATED: Final = ("counter", "histogram", "summary", "gaugehistogram")
+_GAUGE_HISTOGRAM_GAUGES: Final = ("_gcount", "_gsum")
 
 Cache = dict[tuple[Any, ...], tuple[str, ...]]
 
@@ -140,22 +154,38 @@ class Renderer:
     def _collected(self, families: Iterable[Any], out: list[str], fresh: Cache) -> None:
         """The general path: any collector's ``collect()`` output (public API)."""
         for family in families:
-            name = family.name + "_total" if family.type == "counter" else family.name
-            out.append(self._header(name, family.type, family.documentation))
-            created = family.name + "_created" if family.type in _NO_CREATED else None
-            cache = self._prefixes
+            kind = family.type
+            out.append(self._header(family.name + _SUFFIXES.get(kind, ""), kind, family.documentation))
+            created = family.name + "_created" if kind in _NO_CREATED else None
+            aside: dict[str, list[Any]] = {}
+            if kind == "gaugehistogram":
+                aside = {family.name + suffix: [] for suffix in _GAUGE_HISTOGRAM_GAUGES}
             for sample in family.samples:
-                sample_name, labels, value = sample.name, sample.labels, sample.value
-                if sample_name == created:
+                if sample.name == created:
                     continue
-                # A collector builds its label dicts in one order: no sorting needed for the key.
-                key = (sample_name, *labels.items())
-                prefix = cache.get(key)
-                if prefix is None:
-                    prefix = (series_prefix(sample_name, labels.items()),)
-                fresh[key] = prefix
-                text = repr(float(value)) if -1e6 < value < 1e6 else format_value(value)  # noqa: PLR2004
-                out.append(f"{prefix[0]}{text}\n")
+                if sample.name in aside:
+                    aside[sample.name].append(sample)
+                else:
+                    self._sample(sample, out, fresh)
+            for name, samples in aside.items():
+                if samples:
+                    out.append(self._header(name, "gauge", family.documentation))
+                    for sample in samples:
+                        self._sample(sample, out, fresh)
+
+    def _sample(self, sample: Any, out: list[str], fresh: Cache) -> None:
+        name, labels, value = sample.name, sample.labels, sample.value
+        # A collector builds its label dicts in one order: no sorting needed for the key.
+        key = (name, *labels.items())
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            prefix = (series_prefix(name, labels.items()),)
+        fresh[key] = prefix
+        text = repr(float(value)) if -1e6 < value < 1e6 else format_value(value)  # noqa: PLR2004
+        if sample.timestamp is None:
+            out.append(f"{prefix[0]}{text}\n")
+        else:  # milliseconds, as prometheus_client writes them
+            out.append(f"{prefix[0]}{text} {int(float(sample.timestamp) * 1000):d}\n")
 
 
 def _collectors(registry: CollectorRegistry) -> list[Collector] | list[CollectorRegistry]:

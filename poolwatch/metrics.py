@@ -191,7 +191,7 @@ class CensusMetrics:
         self.connections = Gauge(
             "server_connections",
             "Server-side sessions by state, database, user and application "
-            "(values outside the configured names are folded into 'other').",
+            "(names not configured are folded into the empty value).",
             ["target", "state", "database", "user", "application"],
             namespace=NAMESPACE,
             registry=registry,

@@ -103,9 +103,10 @@ class Scheduler:
             misfire_grace_time=max(1, int(job.interval)),
         )
 
-    def remove_target(self, target: str) -> None:
-        """Unschedule every job of ``target`` and drop its job series. Once this returns, no outcome
-        of its jobs is recorded, not even of a run still going."""
+    def remove_target(self, target: str, *, keep_series: bool = False) -> None:
+        """Unschedule every job of ``target`` and drop its job series (``keep_series``: leave them,
+        for the jobs of a rebuilt target to count on from). Once this returns, no outcome of its
+        jobs is recorded, not even of a run still going."""
         with self._lock:
             ids = [job_id for job_id in self._calls if job_id.split(":", 1)[1] == target]
             calls = [self._calls.pop(job_id) for job_id in ids]
@@ -113,7 +114,8 @@ class Scheduler:
         for job_id, call in zip(ids, calls, strict=True):
             self._scheduler.remove_job(job_id)
             call.abandon()
-            self._metrics.remove_job(job_id.split(":", 1)[0], target)
+            if not keep_series:
+                self._metrics.remove_job(job_id.split(":", 1)[0], target)
 
     def _execute(self, job: Job, call: BoundedCall) -> None:
         if self._stopped.is_set():
@@ -125,6 +127,7 @@ class Scheduler:
         # remove_target() takes means none is under way or still to come once that returns.
         with self._lock:
             if self._stopped.is_set() or self._calls.get(f"{job.task}:{job.target}") is not call:
+                log.debug("%s:%s: outcome of a run of a removed job dropped", job.task, job.target)
                 return
             self._record(job, outcome)
 

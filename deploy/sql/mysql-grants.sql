@@ -13,7 +13,7 @@ GRANT PROCESS ON *.* TO 'poolwatch'@'%';
 
 -- Program names (the program_name connection attribute) of other sessions, where performance_schema
 -- is on (MySQL's default; MariaDB's is off, and then every program name is unknown). Optional: without
--- it the census counts every session under application "other".
+-- it the census counts every session under the empty (folded) application label.
 GRANT SELECT ON performance_schema.session_connect_attrs TO 'poolwatch'@'%';
 
 -- The reaper only. Which accounts hold SUPER: a superuser's session is never killed unless

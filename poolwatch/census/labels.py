@@ -1,7 +1,11 @@
 """Bounded label values: a server-side name becomes a label only if configuration names it.
 
-Everything else is folded into ``other``, so a server with ten thousand users or a client that puts
-a request id into application_name cannot create ten thousand series.
+Everything else is folded into the empty value ``FOLDED``, so a server with ten thousand users or a
+client that puts a request id into application_name cannot create ten thousand series. The empty
+value is the one name nothing can have: PostgreSQL refuses empty role and database names, an empty
+Redis client name is no name, and the configuration refuses empty names. So a role, database or
+application really called ``other`` keeps its own series, apart from the fold. (In Prometheus an
+empty label value is the same as no label: ``{user=""}`` selects the folded sessions.)
 """
 
 from __future__ import annotations
@@ -9,25 +13,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-OTHER: Final = "other"
+FOLDED: Final = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Bounds:
-    """The label values allowed for database, user and application; anything else is ``other``."""
+    """The label values allowed for database, user and application; anything else is ``FOLDED``."""
 
     databases: frozenset[str] = frozenset()
     users: frozenset[str] = frozenset()
     applications: frozenset[str] = frozenset()
 
     def database(self, value: str | None) -> str:
-        return value if value is not None and value in self.databases else OTHER
+        return value if value and value in self.databases else FOLDED
 
     def user(self, value: str | None) -> str:
-        return value if value is not None and value in self.users else OTHER
+        return value if value and value in self.users else FOLDED
 
     def application(self, value: str | None) -> str:
-        return value if value is not None and value in self.applications else OTHER
+        return value if value and value in self.applications else FOLDED
 
 
 def threshold_label(seconds: float) -> str:

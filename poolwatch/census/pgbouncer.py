@@ -5,7 +5,7 @@ transactions, no ``SELECT``. So it is reached through one raw psycopg2 connectio
 SQLAlchemy engine, whose dialect queries the server on connect), shared by the probe and the stats
 job under a lock and opened again after any failure. Values become ``poolwatch_pgbouncer_*`` samples
 per database and user; a column an older PgBouncer lacks is simply not exported. With
-``census.databases`` or ``census.users`` configured, other names are folded into ``other`` (counts
+``census.databases`` or ``census.users`` configured, other names are folded into the empty label value (counts
 summed, waits and ages maxed), as the census does.
 """
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import psycopg2
 
-from poolwatch.census.labels import OTHER
+from poolwatch.census.labels import FOLDED
 from poolwatch.errors import AuthenticationFailedError, DatabaseUnavailableError, first_line, reason_of
 
 if TYPE_CHECKING:
@@ -182,10 +182,10 @@ class Folder:
         self.values: dict[tuple[str, tuple[str, ...]], float] = {}
 
     def database(self, name: Any) -> str:
-        return str(name) if not self.databases or name in self.databases else OTHER
+        return str(name) if not self.databases or name in self.databases else FOLDED
 
     def user(self, name: Any) -> str:
-        return str(name) if not self.users or name in self.users else OTHER
+        return str(name) if not self.users or name in self.users else FOLDED
 
     def add(self, family: str, labels: tuple[str, ...], value: float | None) -> None:
         if value is None:

@@ -75,6 +75,11 @@ class Tally:
         self._peeks += 1
         return current
 
+    def carry(self, count: int) -> None:
+        """Count on from ``count`` more (what a previous tally of the same pool reached); hooks are
+        untouched. Serialised with ``value()`` like it."""
+        self._peeks -= count
+
 
 class Samples:
     """Durations appended by hooks, folded into cumulative histogram buckets by the scraper."""
@@ -112,6 +117,14 @@ class Samples:
             self.cumulative_counts[index] += bisect_right(drained, bound)  # le: value <= bound
         self.count += len(drained)
         self.total += sum(drained)
+
+    def carry(self, previous: Samples) -> None:
+        """Add the folded bucket counts, count and sum of ``previous`` (same buckets; scraping side)."""
+        self.cumulative_counts = [
+            a + b for a, b in zip(self.cumulative_counts, previous.cumulative_counts, strict=True)
+        ]
+        self.count += previous.count
+        self.total += previous.total
 
     def cumulative(self) -> tuple[list[tuple[str, float]], float]:
         """``(le, cumulative count)`` pairs ending with +Inf, and the sum, as of the last fold."""
@@ -281,6 +294,32 @@ class Recorder:
             self.waits.fold()
             self.uses.fold()
             self.creates.fold()
+
+    def carry(self, previous: Recorder) -> None:
+        """Go on from ``previous``'s counters and histograms: the recorder of a pool that replaces
+        another under the same name (a target rebuilt on reload), so its counters never go down.
+        Requests still waiting in the old pool are not carried: they went with it. Call it before
+        the new pool is scraped; the old one should be out of use (disposed)."""
+        previous.fold()
+        with previous._lock:
+            handed, failures = previous.handed.value(), previous.failures
+            counts = (previous.timeouts, previous.leaks_total, previous.internal_errors)
+            connect_errors, closed = Counter(previous.connect_errors), Counter(previous.closed)
+        with self._lock:
+            self.handed.carry(handed)
+            self.requested.carry(handed + failures)
+            self.failures += failures
+            self.timeouts += counts[0]
+            self.leaks_total += counts[1]
+            self.internal_errors += counts[2]
+            self.connect_errors.update(connect_errors)
+            self.closed.update(closed)
+            for mine, theirs in (
+                (self.waits, previous.waits),
+                (self.uses, previous.uses),
+                (self.creates, previous.creates),
+            ):
+                mine.carry(theirs)
 
     def snapshot(self) -> Snapshot:
         """Every counter and histogram value, consistent with each other, for one scrape."""

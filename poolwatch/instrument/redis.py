@@ -117,8 +117,10 @@ def instrument_redis(
     registry: CollectorRegistry | None = None,
     leak_threshold: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    counts_from: Recorder | None = None,
 ) -> RedisInstrumentation:
-    """Export the metrics of a redis-py client's (or pool's) connection pool on ``registry``."""
+    """Export the metrics of a redis-py client's (or pool's) connection pool on ``registry``
+    (``counts_from``: as for ``instrument``)."""
     pool = client_or_pool.connection_pool if isinstance(client_or_pool, redis.Redis) else client_or_pool
     if not isinstance(pool, redis.ConnectionPool):
         raise TypeError(
@@ -129,6 +131,8 @@ def instrument_redis(
     if leak_threshold is not None and leak_threshold <= 0:
         raise ValueError(f"poolwatch.instrument_redis({name!r}): leak_threshold must be > 0")
     recorder = Recorder(name, leak_threshold=leak_threshold, clock=clock)
+    if counts_from is not None:  # before the collector can read it: never a drop to 0
+        recorder.carry(counts_from)
     instrumentation = RedisInstrumentation(pool, name, recorder)
     collector = collector_for(registry)
     collector.add(name, instrumentation)

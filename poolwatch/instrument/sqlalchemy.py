@@ -148,12 +148,15 @@ def instrument(
     registry: CollectorRegistry | None = None,
     leak_threshold: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    counts_from: Recorder | None = None,
 ) -> SQLAlchemyInstrumentation:
     """Export ``engine``'s pool metrics on ``registry`` (prometheus_client's default when None).
 
     Works for QueuePool engines and for ``AsyncEngine`` (AsyncAdaptedQueuePool); keeps working after
     ``engine.dispose()``. A second pool with the same name on one registry, or instrumenting one engine
     twice, raises ``ValueError``. ``leak_threshold`` (seconds) turns on leak detection.
+    ``counts_from``: the recorder of a pool this one replaces under the same name (a target rebuilt
+    on reload), whose counters and histograms this one's count on from.
     """
     sync_engine: Engine = cast("Engine", getattr(engine, "sync_engine", engine))  # AsyncEngine wraps one
     pool = sync_engine.pool
@@ -167,6 +170,8 @@ def instrument(
     if leak_threshold is not None and leak_threshold <= 0:
         raise ValueError(f"poolwatch.instrument({name!r}): leak_threshold must be > 0")
     recorder = Recorder(name, leak_threshold=leak_threshold, clock=clock)
+    if counts_from is not None:  # before the collector can read it: never a drop to 0
+        recorder.carry(counts_from)
     instrumentation = SQLAlchemyInstrumentation(sync_engine, name, recorder)
     collector = collector_for(registry)
     collector.add(name, instrumentation)

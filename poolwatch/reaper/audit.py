@@ -4,9 +4,10 @@ forgotten, as a structured log line, a counter, and a row in an audit table.
 Rows go to a PostgreSQL database the configuration names (``audit.url``). The table and a
 schema-version table are created when missing (under an advisory lock, so replicas starting together
 do not race) or accepted when an operator created them from deploy/sql. Every record goes first into
-a bounded spool (on disk with ``audit.spool_path``) and leaves it only once its row is committed; an
-audit database that is down just makes records wait. Each record carries a UUID and the insert skips
-UUIDs already present, so a commit whose acknowledgement was lost is not written twice.
+a bounded spool (an append-only SQLite store with ``audit.spool_path``, see ``spool``) and leaves it
+only once its row is committed; an audit database that is down just makes records wait. Each
+record carries a UUID and the insert skips UUIDs already present, so a commit whose acknowledgement
+was lost is not written twice.
 """
 
 from __future__ import annotations
@@ -118,7 +119,9 @@ class AuditRecord:
     record_id: str = ""
 
     @classmethod
-    def make(cls, **fields: Any) -> AuditRecord:
+    def make(cls, *, record_id: str | None = None, **fields: Any) -> AuditRecord:
+        """A record decided now (unless ``decided_at`` says when), with a fresh UUID unless a
+        ``record_id`` is given."""
         fields.setdefault("decided_at", dt.datetime.now(dt.timezone.utc).isoformat())
         query = fields.get("query")
         if isinstance(query, str) and len(query) > QUERY_CHARS:
@@ -126,7 +129,7 @@ class AuditRecord:
         backend_start = fields.get("backend_start")
         if isinstance(backend_start, dt.datetime):
             fields["backend_start"] = backend_start.isoformat()
-        return cls(**fields, record_id=str(uuid.uuid4()))
+        return cls(**fields, record_id=record_id or str(uuid.uuid4()))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,7 +159,9 @@ class AuditLog:
         metrics: ReaperMetrics | None = None,
         *,
         engine: Engine | None = None,
+        read_only: bool = False,
     ) -> None:
+        """``read_only``: only look at the spool (``poolwatch audit``), never create or change it."""
         self.settings = settings
         self.table = settings.table
         self._metrics = metrics
@@ -169,7 +174,9 @@ class AuditLog:
         self._latest_lock = threading.Lock()
         self.spool: Spool | None = None
         if settings.url is not None:
-            self.spool = Spool(settings.spool_max, settings.spool_path, on_drop=self._dropped)
+            self.spool = Spool(
+                settings.spool_max, settings.spool_path, on_drop=self._dropped, read_only=read_only
+            )
             self._set_spooled()
 
     @property
@@ -322,6 +329,8 @@ class AuditLog:
             if self._engine is not None:
                 self._engine.dispose()
                 self._engine = None
+        if self.spool is not None:
+            self.spool.close()
 
 
 def _schema_version(connection: Connection, table: str) -> int | None:

@@ -10,7 +10,9 @@ called. If anything changed in between, nothing happens: when unsure, don't kill
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 
@@ -22,7 +24,6 @@ from poolwatch.reaper.lease import FENCE
 from poolwatch.reaper.policy import IDLE_IN_TRANSACTION, Session, choose_victims, unrecorded
 
 if TYPE_CHECKING:
-    import datetime as dt
     from collections.abc import Callable, Hashable, Sequence
 
     from sqlalchemy.engine import Connection
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from poolwatch.reaper.policy import ReaperPolicy, Victim
 
 log = logging.getLogger(__name__)
+
+TERMINATIONS: Final = uuid.uuid5(uuid.NAMESPACE_URL, "poolwatch:reaper:postgres:termination")
 
 SNAPSHOT_SQL: Final = """
 SELECT a.pid, a.backend_type, a.backend_start, a.usename, a.datname, a.application_name, a.state,
@@ -141,6 +144,17 @@ def terminate_all(
     return {int(row[0]) for row in rows if row[1]}, {int(row[0]) for row in rows if not row[2]}
 
 
+def _key(victim: Victim) -> tuple[int, dt.datetime | None]:
+    return victim.session.pid, victim.session.backend_start
+
+
+def termination_id(target: str, victim: Victim) -> str:
+    """The record id of a session's termination: the same in every replica of ``target``."""
+    started = victim.session.backend_start
+    start = "" if started is None else started.astimezone(dt.timezone.utc).isoformat()
+    return str(uuid.uuid5(TERMINATIONS, f"{target}\x00{victim.session.pid}\x00{start}"))
+
+
 class PostgresReaper:
     """One reaper run on a PostgreSQL target: lease, snapshot, choose, terminate or not, record."""
 
@@ -163,6 +177,7 @@ class PostgresReaper:
         self.dry_run = dry_run
         self._on_error = on_error
         self._recorded: set[Hashable] = set()
+        self._signalled: set[tuple[int, dt.datetime | None]] = set()
         self.candidates = Candidates()
 
     def run(self) -> int:
@@ -176,16 +191,16 @@ class PostgresReaper:
         if self.dry_run:
             everyone = choose_victims(sessions, replace(self.policy, max_per_run=len(sessions)), now, own)
             self.candidates = Candidates.of(everyone, self._record)
-            victims, self._recorded = unrecorded(
-                everyone,
-                lambda v: (v.session.pid, v.session.backend_start),
-                self._recorded,
-                self.policy.max_per_run,
-            )
+            victims, self._recorded = unrecorded(everyone, _key, self._recorded, self.policy.max_per_run)
         else:
-            victims = choose_victims(sessions, self.policy, now, own)
-        if not self.dry_run:
-            victims = self._terminate_all(connection, victims, own)
+            # A terminated backend stays in pg_stat_activity, idle as before, until it gets the CPU
+            # to exit: a moment, or much longer on a loaded server. Signalled again, it would count
+            # and be recorded a second time, so sessions this reaper signalled are left out while
+            # they are still listed (and forgotten once they are not).
+            self._signalled &= {(s.pid, s.backend_start) for s in sessions}
+            fresh = [s for s in sessions if (s.pid, s.backend_start) not in self._signalled]
+            victims = self._terminate_all(connection, choose_victims(fresh, self.policy, now, own), own)
+            self._signalled.update(_key(victim) for victim in victims)
         for victim in victims:
             self.audit.record(self._record(victim))
         return len(victims)
@@ -239,7 +254,11 @@ class PostgresReaper:
 
     def _record(self, victim: Victim) -> AuditRecord:
         session = victim.session
+        # A termination's record id is the session's own (server-side identity: pid and start),
+        # so that however often it is recorded (by a replica that took the lease over while the
+        # session was still exiting), the audit table holds it once.
         return AuditRecord.make(
+            record_id=None if self.dry_run else termination_id(self.target, victim),
             target=self.target,
             kind="postgres",
             pid=session.pid,

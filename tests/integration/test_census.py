@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import psycopg2
@@ -13,6 +12,7 @@ from poolwatch.config import validate
 from poolwatch.daemon import build_target
 from poolwatch.jobs import BoundedCall, run_job
 from poolwatch.metrics import Metrics
+from tests.idle import wait_pg_idle, wait_redis_idle
 
 pytestmark = pytest.mark.integration
 
@@ -61,28 +61,31 @@ def test_postgres_census_counts_sessions_by_state_and_bounded_labels(pg, app_ses
                     "census": {
                         "interval": 1,
                         "timeout": 1,
-                        "applications": [app],
+                        "applications": [app, "other"],
                         "idle_thresholds": [0.5, 3600],
                     },
                 }
             ],
         }
     )
-    for _ in range(3):
-        app_sessions(app)
-    app_sessions(app, "idle in transaction")
-    app_sessions("some-request-id-1234")  # not configured: folded into "other"
+    idle = [app_sessions(app) for _ in range(3)]
+    in_transaction = app_sessions(app, "idle in transaction")
+    idle.append(app_sessions("some-request-id-1234"))  # not configured: folded into the empty value
+    idle.append(app_sessions("other"))  # configured, and named like a fold value could be: its own
     metrics = Metrics()
     runtime = build_target(settings.targets[0], metrics)
     try:
-        time.sleep(1.0)
+        # Past the 0.5 s threshold, and the 0.9 s the ages below are checked against.
+        wait_pg_idle(pg, [c.info.backend_pid for c in idle], 0.9)
+        wait_pg_idle(pg, [in_transaction.info.backend_pid], 0.9, states=("idle in transaction",))
         census_once(runtime, metrics)
         labels = {"target": "pgc", "database": "postgres", "user": "postgres"}
         assert value(metrics, "server_connections", state="idle", application=app, **labels) == 3
         assert (
             value(metrics, "server_connections", state="idle in transaction", application=app, **labels) == 1
         )
-        assert value(metrics, "server_connections", state="idle", application="other", **labels) >= 1
+        assert value(metrics, "server_connections", state="idle", application="", **labels) >= 1
+        assert value(metrics, "server_connections", state="idle", application="other", **labels) == 1
         assert (
             value(metrics, "server_connections", state="idle", application="some-request-id-1234", **labels)
             is None
@@ -175,17 +178,24 @@ def test_redis_census_counts_clients_and_idle_thresholds(redis_server):
         client = redis.Redis(host=redis_server.host, port=redis_server.port, password=redis_server.password)
         client.client_setname(name)
         clients.append(client)
-    subscriber = redis.Redis(host=redis_server.host, port=redis_server.port, password=redis_server.password)
+    ids = [int(client.client_id()) for client in clients]
+    subscriber = redis.Redis(
+        host=redis_server.host,
+        port=redis_server.port,
+        password=redis_server.password,
+        client_name=f"{name}-sub",  # not configured: folded, and found by its name below
+    )
     pubsub = subscriber.pubsub()
     pubsub.subscribe("news")
+    ids += [int(c["id"]) for c in redis_server.client().client_list() if c["name"] == f"{name}-sub"]
     metrics = Metrics()
     runtime = build_target(settings.targets[0], metrics)
     try:
-        time.sleep(2.1)
+        wait_redis_idle(redis_server, ids, 2)  # over the 1 s threshold (whole seconds)
         census_once(runtime, metrics)
         labels = {"target": "rc", "database": "", "user": ""}
         assert value(metrics, "server_connections", state="connected", application=name, **labels) == 3
-        assert value(metrics, "server_connections", state="pubsub", application="other", **labels) == 1
+        assert value(metrics, "server_connections", state="pubsub", application="", **labels) == 1
         assert value(metrics, "server_pool_connections", target="rc", pool=name, state="connected") == 3
         assert value(metrics, "server_max_connections", target="rc") == 10000
         assert value(metrics, "server_idle_connections", target="rc", idle_over="1") >= 4

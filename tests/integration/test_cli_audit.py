@@ -54,7 +54,8 @@ def test_audit_lists_recent_records(pg, tmp_path, capsys):
         )
     assert log.flush() == 2
     log.close()
-    config = write_config(tmp_path, audit)
+    spool = tmp_path / "spool.db"
+    config = write_config(tmp_path, {**audit, "spool_path": str(spool)})
     assert main(["audit", "-c", config]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["DECIDED", "(UTC)", "TARGET"]
@@ -65,6 +66,7 @@ def test_audit_lists_recent_records(pg, tmp_path, capsys):
     assert [r["pid"] for r in rows] == [42]
     assert main(["audit", "-c", config, "--target", "nope"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1
+    assert not spool.exists()  # looking at the spool never creates it (it may be the daemon's user's)
 
 
 def test_audit_without_an_audit_database_is_a_config_error(tmp_path, capsys):

@@ -4,6 +4,7 @@ graceful shutdown, reload, and the CLI's exit codes."""
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import socket
 import subprocess
@@ -15,7 +16,17 @@ import pytest
 import yaml
 
 from poolwatch.config import validate
-from tests.daemonkit import DaemonProcess, clean_env, get, metric, poolwatch_command, running_daemon, wait_for
+from tests.daemonkit import (
+    DaemonProcess,
+    clean_env,
+    get,
+    metric,
+    poolwatch_command,
+    running_daemon,
+    scrape,
+    value,
+    wait_for,
+)
 from tests.servers import LOOPBACK, free_port
 
 if TYPE_CHECKING:
@@ -135,14 +146,24 @@ def test_a_hanging_target_times_out_and_does_not_delay_the_others(
             lambda: metric(daemon, "poolwatch_probe_failures_total", target="hung", reason="timeout") >= 2
         )
         assert metric(daemon, "poolwatch_up", target="hung") == 0
-        # While "hung" hangs, "orders" keeps being probed at its own pace.
-        first = metric(daemon, "poolwatch_probe_duration_seconds_count", target="orders")
-        time.sleep(1.5)
-        later = metric(daemon, "poolwatch_probe_duration_seconds_count", target="orders")
-        assert later - first >= 3, (first, later)
+
+        # While "hung" hangs (its connect attempt lasts 60 s; later runs are skipped, not stacked
+        # up), "orders" completes probe after probe: three more, while "hung" skips one more run.
+        def progress() -> tuple[float, float]:
+            samples = scrape(daemon)
+            return (
+                value(samples, "poolwatch_probe_duration_seconds_count", target="orders"),
+                value(samples, "poolwatch_job_skipped_total", task="probe", target="hung"),
+            )
+
+        probed, skipped = progress()
+
+        def moved_on() -> bool:
+            now_probed, now_skipped = progress()
+            return now_probed >= probed + 3 and now_skipped >= skipped + 1
+
+        wait_for(moved_on, what="3 more probes of orders while hung still hangs")
         assert metric(daemon, "poolwatch_up", target="orders") == 1
-        # The hung call is not stacked up: later runs are skipped while it still hangs.
-        assert metric(daemon, "poolwatch_job_skipped_total", task="probe", target="hung") >= 1
         status, _ = get(daemon.base_url + "/metrics")
         assert status == 200
 
@@ -333,7 +354,9 @@ def test_config_command_masks_secrets_and_status_reads_a_running_daemon(
     assert unreachable.stderr.startswith("poolwatch: error: cannot reach the daemon")
 
 
-def test_two_sighups_at_once_reload_one_after_the_other(tmp_path: Path) -> None:
+def test_two_sighups_at_once_reload_one_after_the_other(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Each SIGHUP starts a reload thread; two close together must not both add (or remove) the
     same target: the second reload starts after the first one is done, and finds nothing to change."""
 
@@ -342,17 +365,24 @@ def test_two_sighups_at_once_reload_one_after_the_other(tmp_path: Path) -> None:
 
     reloaded = validate({"http": {"listen": "127.0.0.1:0"}, "targets": [sqlite("a"), sqlite("b")]})
     inside, most_inside, lock = 0, 0, threading.Lock()
+    first_inside, go_on = threading.Event(), threading.Event()
 
     def slow_loader() -> Any:
         nonlocal inside, most_inside
         with lock:
             inside += 1
             most_inside = max(most_inside, inside)
-        time.sleep(0.3)  # long enough for the other reload thread to arrive
+        first_inside.set()
+        go_on.wait(10)  # the first reload stays in here until the second one has arrived
         with lock:
             inside -= 1
         return reloaded
 
+    def second_arrived() -> bool:
+        waiting = "reload: waiting for the reload (or start-up) under way to finish"
+        return most_inside == 2 or any(r.getMessage() == waiting for r in caplog.records)
+
+    caplog.set_level(logging.DEBUG, logger="poolwatch.daemon")
     errors: list[BaseException] = []
     with running_daemon({"targets": [sqlite("a")]}, loader=slow_loader) as daemon:
 
@@ -363,8 +393,11 @@ def test_two_sighups_at_once_reload_one_after_the_other(tmp_path: Path) -> None:
                 errors.append(exc)
 
         threads = [threading.Thread(target=reload) for _ in range(2)]
-        for thread in threads:
-            thread.start()
+        threads[0].start()
+        assert first_inside.wait(10)
+        threads[1].start()
+        wait_for(second_arrived, 10, "the second reload waiting (or inside as well)")
+        go_on.set()
         for thread in threads:
             thread.join(10)
         assert errors == []

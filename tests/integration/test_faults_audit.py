@@ -4,7 +4,6 @@ spooled (and counted), written once the database is back, nothing lost, and /met
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -53,7 +52,7 @@ def test_audit_database_down_while_the_reaper_acts_loses_nothing(
         ],
         "audit": {
             "url": audit_server.url(),
-            "spool_path": str(tmp_path / "spool.jsonl"),
+            "spool_path": str(tmp_path / "spool.db"),
             "connect_timeout": 2,
         },
     }
@@ -80,7 +79,16 @@ def test_audit_database_down_while_the_reaper_acts_loses_nothing(
         assert terminated == 3
         assert metric(daemon, "poolwatch_audit_written_total") == 0
 
-        time.sleep(1.5)  # a few more reaper runs against the dead audit database: still nothing lost
+        # A few more reaper runs against the dead audit database: still nothing lost.
+        runs = metric(daemon, "poolwatch_job_duration_seconds_count", task="reaper", target="reaped")
+        wait_for(
+            lambda: (
+                metric(daemon, "poolwatch_job_duration_seconds_count", task="reaper", target="reaped")
+                >= runs + 2
+            ),
+            10,
+            "two more reaper runs",
+        )
         assert metric(daemon, "poolwatch_audit_spooled_records") == 3
         audit_server.start()
         wait_for(lambda: metric(daemon, "poolwatch_audit_spooled_records") == 0, 15, "spool flushed")

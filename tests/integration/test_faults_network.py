@@ -120,7 +120,10 @@ def test_postgres_connection_cut_mid_query(pg: PostgresServer) -> None:
             thread = threading.Thread(target=long_query)
             thread.start()
             wait_for(lambda: proxy.accepted >= 2, 5, "the query's connection")
-            time.sleep(0.3)
+            running = (
+                "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(30)'"
+            )
+            wait_for(lambda: bool(pg.execute(running)), 5, "the query running on the server")
             cut_at = time.monotonic()
             assert proxy.cut() >= 1
             assert finished.wait(5), "the caller was not released when its connection was cut"
@@ -166,7 +169,13 @@ def test_redis_connection_cut_mid_command(redis_server: RedisServer) -> None:
 
             thread = threading.Thread(target=blocking_pop)
             thread.start()
-            time.sleep(0.1)
+            admin = redis_server.client()
+            try:
+                wait_for(
+                    lambda: any(c["cmd"] == "blpop" for c in admin.client_list()), 5, "BLPOP on the server"
+                )
+            finally:
+                admin.close()
             assert proxy.cut() >= 1
             thread.join(5)
             assert not thread.is_alive(), "the caller was not released when its connection was cut"

@@ -17,8 +17,10 @@ from poolwatch.config import validate
 from poolwatch.database import create_target_redis
 from poolwatch.housekeeping import Housekeeper, HousekeepingPolicy
 from poolwatch.instrument.redis import pool_internals
+from tests.daemonkit import wait_for
 from tests.poolmetrics import FakeClock, sample
 from tests.servers import free_port
+from tests.threads import acquiring
 
 if TYPE_CHECKING:
     from tests.servers import RedisServer
@@ -277,8 +279,10 @@ def test_housekeeping_lock_keeps_free_connections_from_being_handed_out(redis_se
     caller = threading.Thread(target=lambda: taken.append(pool.get_connection()))
     with internals.lock:
         caller.start()
-        caller.join(timeout=1.0)  # (a busy machine may not have run it yet: then this cannot fail)
-        assert caller.is_alive(), "a connection was handed out while housekeeping held the lock"
+        # Until the caller either got a connection (the failure) or waits for the lock in
+        # get_connection(), which it does for as long as the lock is held.
+        wait_for(lambda: bool(taken) or acquiring(caller, "get_connection"), 10, "the caller at the lock")
+        assert not taken, "a connection was handed out while housekeeping held the lock"
     caller.join()
     assert len(taken) == 1
     pool.release(taken[0])  # type: ignore[arg-type]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -17,6 +21,8 @@ from poolwatch.metrics import Metrics
 from poolwatch.reaper.audit import AuditLog, schema_sql
 from poolwatch.reaper.job import build_postgres_reaper
 from poolwatch.reaper.own import OwnBackends
+from tests.daemonkit import wait_for
+from tests.idle import wait_pg_idle
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +51,11 @@ def gone(pg, connections, timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def wait_idle(pg, connections, seconds: float = 0.3) -> None:
+    """Until every connection's session has been idle past ``make_replica``'s idle timeout."""
+    wait_pg_idle(pg, [c.info.backend_pid for c in connections], seconds)
 
 
 def make_replica(pg, app, audit, *, name="shared", url=None, **reaper):
@@ -101,7 +112,7 @@ def test_two_replicas_never_both_terminate_a_session(pg, audit_db, user):
     replicas = [make_replica(pg, app, audit) for _ in range(2)]
     victims = open_idle(pg, app, 12, **user)
     try:
-        time.sleep(0.4)
+        wait_idle(pg, victims)
         barrier = threading.Barrier(2)
 
         def reap(job):
@@ -142,6 +153,77 @@ def test_two_replicas_never_both_terminate_a_session(pg, audit_db, user):
             connection.close()
 
 
+def enforce_rows(pg, audit_db, app) -> list[int]:
+    rows = pg.execute(
+        "SELECT pid FROM poolwatch_audit WHERE application = %s AND mode = 'enforce'", (app,), dbname=audit_db
+    )
+    return sorted(r[0] for r in rows)
+
+
+@contextlib.contextmanager
+def frozen(connection):
+    """The connection's backend stopped (SIGSTOP): signalled, it cannot exit until thawed, like a
+    backend that gets no CPU on a loaded machine; it stays in pg_stat_activity, idle, meanwhile."""
+    pid = connection.info.backend_pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.destructive  # signals a backend process: a local server only
+def test_a_terminated_session_that_is_still_exiting_is_not_terminated_or_recorded_again(pg, audit_db, user):
+    app = f"ex-{uuid.uuid4().hex[:6]}"
+    job, log, metrics = make_replica(pg, app, {"url": pg.url(database=audit_db)})
+    victims = open_idle(pg, app, 3, **user)
+    try:
+        wait_idle(pg, victims)
+        with frozen(victims[0]):
+            job.run()  # signals all three
+            assert gone(pg, victims[1:])
+            assert alive(pg, victims[0])  # signalled, still listed as idle
+            job.run()
+            job.run()
+        assert gone(pg, victims)
+        log.flush()
+        assert enforce_rows(pg, audit_db, app) == sorted(c.info.backend_pid for c in victims)
+        labels = {"target": "shared", "reason": "idle", "mode": "enforce"}
+        assert metrics.registry.get_sample_value("poolwatch_reaper_terminated_total", labels) == 3
+    finally:
+        job.close()
+        log.close()
+        for connection in victims:
+            connection.close()
+
+
+@pytest.mark.destructive  # signals a backend process: a local server only
+def test_a_replica_taking_the_lease_over_while_a_victim_is_still_exiting_does_not_record_it_twice(
+    pg, audit_db, user
+):
+    app = f"ex-{uuid.uuid4().hex[:6]}"
+    audit = {"url": pg.url(database=audit_db)}
+    (a, a_log, _), (b, b_log, b_metrics) = (make_replica(pg, app, audit) for _ in range(2))
+    victims = open_idle(pg, app, 2, **user)
+    try:
+        wait_idle(pg, victims)
+        with frozen(victims[0]):
+            a.run()
+            a.close()  # the lease goes to whoever asks next, while victims[0] is still listed
+            b.run()
+            assert leader(b_metrics) == 1
+        assert gone(pg, victims)
+        a_log.flush()
+        b_log.flush()
+        assert enforce_rows(pg, audit_db, app) == sorted(c.info.backend_pid for c in victims)
+    finally:
+        for job, log in ((a, a_log), (b, b_log)):
+            job.close()
+            log.close()
+        for connection in victims:
+            connection.close()
+
+
 def test_a_replica_that_loses_its_connection_loses_the_lease(pg, audit_db, user):
     app = f"ha-{uuid.uuid4().hex[:6]}"
     audit = {"url": pg.url(database=audit_db)}
@@ -151,8 +233,12 @@ def test_a_replica_that_loses_its_connection_loses_the_lease(pg, audit_db, user)
         b.run()
         assert (leader(a_metrics), leader(b_metrics)) == (1, 0)
         # The leader's session dies (failover, network, an operator): the server frees the lock.
-        pg.execute("SELECT pg_terminate_backend(%s)", (a.reaper.lease.pid,))
-        time.sleep(0.2)
+        pid = a.reaper.lease.pid
+        pg.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        wait_for(
+            lambda: not pg.execute("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = %s", (pid,)),
+            what="the server freeing the lock",
+        )
         b.run()
         assert leader(b_metrics) == 1
         outcome_error = None
@@ -165,7 +251,7 @@ def test_a_replica_that_loses_its_connection_loses_the_lease(pg, audit_db, user)
         a.run()  # reconnects, and finds the lease held elsewhere
         assert leader(a_metrics) == 0
         victims = open_idle(pg, app, 2, **user)
-        time.sleep(0.4)
+        wait_idle(pg, victims)
         a.run()
         assert all(alive(pg, c) for c in victims)  # only the leader acts
         b.run()
@@ -180,18 +266,18 @@ def test_a_replica_that_loses_its_connection_loses_the_lease(pg, audit_db, user)
 def test_audit_rows_survive_an_audit_database_outage(pg, pg_factory, tmp_path, user):
     audit_server = pg_factory()
     app = f"out-{uuid.uuid4().hex[:6]}"
-    spool = tmp_path / "spool.jsonl"
+    spool = tmp_path / "spool.db"
     audit = {"url": audit_server.url(), "spool_path": str(spool), "connect_timeout": 2}
     job, log, metrics = make_replica(pg, app, audit)
     try:
         job.run()  # creates the table while the audit database is up
         audit_server.stop()
         victims = open_idle(pg, app, 3, **user)
-        time.sleep(0.4)
+        wait_idle(pg, victims)
         job.run()  # kills, records into the spool, cannot write
         assert gone(pg, victims)
         assert metrics.registry.get_sample_value("poolwatch_audit_spooled_records") == 3
-        assert len(spool.read_text().splitlines()) == 3
+        assert spooled_on_disk(spool) == 3
         log.close()
         job.close()
         # poolwatch restarts while the audit database is still down: the spool is read back from disk
@@ -203,10 +289,16 @@ def test_audit_rows_survive_an_audit_database_outage(pg, pg_factory, tmp_path, u
         assert sorted(r[0] for r in rows) == sorted(c.info.backend_pid for c in victims)
         assert metrics.registry.get_sample_value("poolwatch_audit_spooled_records") == 0
         assert metrics.registry.get_sample_value("poolwatch_audit_written_total") == 3
-        assert spool.read_text() == ""
+        assert spooled_on_disk(spool) == 0
     finally:
         job.close()
         log.close()
+
+
+def spooled_on_disk(path: Path) -> int:
+    """Records in the spool file, read by another connection (what a restart would find)."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(db.execute("SELECT count(*) FROM records").fetchone()[0])
 
 
 def test_the_spool_bound_drops_the_oldest_and_counts(tmp_path):
@@ -217,7 +309,7 @@ def test_the_spool_bound_drops_the_oldest_and_counts(tmp_path):
             "audit": {
                 "url": "postgresql://a@127.0.0.1:1/audit",
                 "spool_max": 2,
-                "spool_path": str(tmp_path / "s.jsonl"),
+                "spool_path": str(tmp_path / "s.db"),
             }
         }
     )
@@ -271,7 +363,7 @@ def test_least_privilege_role_from_deploy_sql(pg, audit_db):
         allow_superusers=True,
     )
     try:
-        time.sleep(0.4)
+        wait_idle(pg, victims + superuser)
         job.run()
         assert gone(pg, victims)
         assert alive(pg, superuser[0])  # allowed by the policy, refused by the server
@@ -303,7 +395,7 @@ def test_sessions_hidden_from_a_role_without_pg_monitor_are_never_terminated(pg,
         applications=["*"],
     )
     try:
-        time.sleep(0.4)
+        wait_idle(pg, hidden)
         job.run()
         assert alive(pg, hidden[0])
         assert metrics.registry.get_sample_value("poolwatch_reaper_leader", {"target": "hid"}) == 1
@@ -351,10 +443,10 @@ def test_two_daemons_on_one_target_never_both_terminate_a_session(pg, audit_db, 
         runner.start()
     victims = []
     try:
-        for _ in range(4):  # waves of idle sessions while both daemons run
-            victims += open_idle(pg, app, 4, **user)
-            time.sleep(0.5)
-        assert gone(pg, victims, timeout=10)
+        for _ in range(4):  # waves of idle sessions while both daemons run, one after the other
+            wave = open_idle(pg, app, 4, **user)
+            victims += wave
+            assert gone(pg, wave, timeout=10)
         rows = pg.execute(
             "SELECT pid FROM poolwatch_audit WHERE application = %s AND mode = 'enforce'",
             (app,),

@@ -15,6 +15,7 @@ from poolwatch.database import RedisDatabase
 from poolwatch.metrics import Metrics
 from poolwatch.reaper.audit import AuditLog
 from poolwatch.reaper.job import build_redis_reaper
+from tests.idle import wait_redis_idle
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +104,9 @@ def test_idle_named_clients_are_killed_and_the_rest_survive(pg, redis_server, cl
         name: client_id(c)
         for name, c in {"victim": victim, "other": other_name, "unnamed": unnamed, "busy": busy}.items()
     }
-    job, database, metrics = reaper(redis_server, prefix, audit_url, dry_run=False)
+    # 3 s, not 1: the busy client, pinged every 0.2 s by a thread, must not look idle when that
+    # thread gets no CPU for a second on a loaded machine.
+    job, database, metrics = reaper(redis_server, prefix, audit_url, dry_run=False, idle_timeout=3)
     stop = threading.Event()
 
     def keep_busy():
@@ -115,7 +118,7 @@ def test_idle_named_clients_are_killed_and_the_rest_survive(pg, redis_server, cl
     pinger.start()
     try:
         database.client.ping()  # poolwatch's own pooled connection, named like the victims
-        time.sleep(2.2)
+        wait_redis_idle(redis_server, [ids["victim"], ids["other"], ids["unnamed"]], 3)
         job.run()
         present = clients.ids()
         assert ids["victim"] not in present
@@ -144,9 +147,10 @@ def test_idle_named_clients_are_killed_and_the_rest_survive(pg, redis_server, cl
 def test_dry_run_kills_nothing_and_counts_candidates(redis_server, clients, audit_url):
     prefix = f"dry{uuid.uuid4().hex[:6]}"
     idle = [clients.open(f"{prefix}-{i}") for i in range(3)]
+    idle_ids = [client_id(c) for c in idle]
     job, database, metrics = reaper(redis_server, prefix, audit_url)
     try:
-        time.sleep(1.2)
+        wait_redis_idle(redis_server, idle_ids, 1)
         job.run()
         assert {client_id(c) for c in idle} <= clients.ids()
         labels = {"target": "cache", "reason": "idle", "mode": "dry_run"}
@@ -162,7 +166,7 @@ def test_max_per_run_and_one_leader_among_replicas(redis_server, clients, audit_
     ids = {client_id(c) for c in idle}
     replicas = [reaper(redis_server, prefix, audit_url, dry_run=False, max_per_run=3) for _ in range(2)]
     try:
-        time.sleep(1.2)
+        wait_redis_idle(redis_server, ids, 1)
         for job, _, _ in replicas:
             job.run()
         leaders = [

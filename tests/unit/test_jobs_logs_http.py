@@ -26,6 +26,7 @@ from poolwatch.errors import (
 from poolwatch.http import Endpoint
 from poolwatch.jobs import BoundedCall, Outcome, run_job
 from poolwatch.logs import JsonFormatter, RedactingFilter
+from tests.daemonkit import wait_for
 
 
 class Job:
@@ -60,7 +61,7 @@ def test_bounded_call_times_out_then_skips_while_the_hung_run_continues() -> Non
     assert second.skipped
     assert isinstance(second.error, CallTimeoutError)
     release.set()
-    threading.Event().wait(0.1)
+    wait_for(lambda: not call.busy, what="the released run to end")
     third = run_job(Job(lambda: None), call)
     assert third.ok
     assert not third.skipped

@@ -140,15 +140,15 @@ def test_stats_are_counters_in_base_units_and_lists_config_version_are_read() ->
     assert all(name in PGBOUNCER_FAMILIES for name, _ in got)
 
 
-def test_unlisted_names_fold_into_other_counts_summed_waits_maxed() -> None:
+def test_unlisted_names_fold_into_the_empty_value_counts_summed_waits_maxed() -> None:
     rows = [
         {"database": "a", "user": "u", "cl_waiting": 2, "maxwait": 3},
         {"database": "b", "user": "u", "cl_waiting": 5, "maxwait": 1},
         {"database": "keep", "user": "u", "cl_waiting": 1, "maxwait": 9},
     ]
     got = as_dict(samples({"POOLS": rows}, Folder(databases=["keep"], users=["u"])))
-    assert got["pgbouncer_client_connections", ("other", "u", "waiting")] == 7
-    assert got["pgbouncer_client_max_wait_seconds", ("other", "u")] == 3
+    assert got["pgbouncer_client_connections", ("", "u", "waiting")] == 7
+    assert got["pgbouncer_client_max_wait_seconds", ("", "u")] == 3
     assert got["pgbouncer_client_max_wait_seconds", ("keep", "u")] == 9
 
 

@@ -4,6 +4,7 @@ records nothing. Counts and order, never milliseconds."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -14,6 +15,8 @@ from poolwatch.metrics import JobMetrics
 from poolwatch.scheduler import Scheduler
 
 if TYPE_CHECKING:
+    import pytest
+
     from poolwatch.jobs import Outcome
 
 HEALTHY, HUNG = 10, 3
@@ -80,9 +83,13 @@ def test_hung_targets_do_not_hold_back_the_other_targets_jobs() -> None:
     assert not runner.is_alive()
 
 
-def test_a_run_that_ends_after_its_target_was_removed_records_nothing() -> None:
+def test_a_run_that_ends_after_its_target_was_removed_records_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A reload removes a target while its probe hangs: when that run times out, its outcome must not
     bring the removed target's series back (nor land in a rebuilt target's)."""
+    caplog.set_level(logging.DEBUG, logger="poolwatch.scheduler")
+    dropped = "probe:removed: outcome of a run of a removed job dropped"
     release = threading.Event()
     registry = CollectorRegistry()
     scheduler = Scheduler(JobMetrics(registry), max_workers=16)
@@ -95,7 +102,9 @@ def test_a_run_that_ends_after_its_target_was_removed_records_nothing() -> None:
     try:
         assert wait_until(lambda: removed.started >= 1 and kept.started >= 1)
         scheduler.remove_target("removed")
-        # The kept target's hung run times out and is recorded; the removed one's ended alike.
+        # The removal releases the worker waiting for the removed target's hung run: its outcome
+        # arrives, and is dropped. The kept target's hung run times out and is recorded.
+        assert wait_until(lambda: any(r.getMessage() == dropped for r in caplog.records))
         assert wait_until(lambda: len(kept.outcomes) >= 2)
         assert not removed.outcomes
         labels = {"task": "probe", "target": "removed"}
