@@ -42,7 +42,7 @@ from poolwatch.urls import (
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-Kind = Literal["postgres", "sqlite", "redis"]
+Kind = Literal["postgres", "mysql", "pgbouncer", "sqlite", "redis"]
 DEFAULT_LISTEN = "127.0.0.1:18187"
 EMBEDDED_SOURCE: Final = "embedded SQLite default"
 
@@ -53,9 +53,11 @@ MAX_SECONDS: Final = 7 * 24 * 3600
 Seconds = Annotated[float, Field(ge=MIN_SECONDS, le=MAX_SECONDS)]
 _MAX_PORT: Final = 65535
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$"
+PROCEDURE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_$]{0,63}(\.[A-Za-z_][A-Za-z0-9_$]{0,63})?$"
 # How a pattern mismatch reads in an error line; any other pattern is shown as it is.
 _PATTERN_MEANINGS = {
     NAME_PATTERN: "letters, digits, '_', '.' or '-', starting with a letter or '_', at most 63",
+    PROCEDURE_PATTERN: "a stored procedure name, optionally schema-qualified (mysql.rds_kill)",
 }
 # YAML gives lists; the frozen models keep tuples. strict=False here admits the list container only:
 # the items are still validated strictly (a name must be a string, a threshold a number).
@@ -168,6 +170,9 @@ class ReaperSettings(_Periodic):
     allow_monitors: bool = False
     allow_replicas: bool = False
     max_per_run: Annotated[int, Field(ge=1, le=10_000)] = 20
+    # MySQL only: kill through this stored procedure (``mysql.rds_kill`` on Amazon RDS) instead of
+    # ``KILL CONNECTION``; it is called with the connection id.
+    kill_procedure: Annotated[str, Field(pattern=PROCEDURE_PATTERN)] | None = None
 
     @model_validator(mode="after")
     def _needs_a_timeout(self) -> ReaperSettings:
@@ -209,9 +214,11 @@ class TargetSettings(_Model):
     @model_validator(mode="after")
     def _url_matches_kind(self, info: ValidationInfo) -> TargetSettings:
         check_url(self.kind, self.url)
+        if self.reaper.enabled and self.kind in ("sqlite", "pgbouncer"):
+            raise ValueError(f"the reaper works on postgres, mysql and redis targets, not {self.kind}")
+        if self.reaper.kill_procedure is not None and self.kind != "mysql":
+            raise ValueError("reaper.kill_procedure applies to mysql targets only")
         if self.kind == "sqlite":
-            if self.reaper.enabled:
-                raise ValueError("the reaper works on postgres and redis targets, not sqlite")
             check_sqlite_directory(self.url, (info.context or {}).get("state_dir"))
         return self
 
@@ -485,7 +492,8 @@ def require_mapping(value: Any, path: str) -> None:
 def _environment_targets(env: Environment) -> list[dict[str, Any]]:
     targets: list[dict[str, Any]] = []
     if env.database_url:
-        kind = "sqlite" if env.database_url.startswith("sqlite") else "postgres"
+        url = env.database_url
+        kind = "sqlite" if url.startswith("sqlite") else "mysql" if url.startswith("mysql") else "postgres"
         targets.append({"name": kind, "kind": kind, "url": env.database_url})
     elif any((env.postgres_host, env.postgres_db, env.postgres_user, env.postgres_password)):
         targets.append({"name": "postgres", "kind": "postgres", "url": postgres_url(env)})

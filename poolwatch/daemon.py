@@ -23,9 +23,11 @@ from sqlalchemy.pool import QueuePool
 
 from poolwatch import http
 from poolwatch._version import __version__
+from poolwatch.census import mysql as mysql_census
+from poolwatch.census import pgbouncer
 from poolwatch.census import postgres as pg_census
 from poolwatch.census import redis as redis_census
-from poolwatch.census.job import CensusJob
+from poolwatch.census.job import CensusJob, PgBouncerJob
 from poolwatch.config import EMBEDDED_SOURCE, AuditSettings, validate
 from poolwatch.database import Database, RedisDatabase
 from poolwatch.errors import PoolwatchError
@@ -36,6 +38,7 @@ from poolwatch.metrics import Metrics
 from poolwatch.probe import Probe, redis_check, sql_check
 from poolwatch.reaper.audit import AuditLog
 from poolwatch.reaper.job import build_postgres_reaper, build_redis_reaper
+from poolwatch.reaper.mysql import build_mysql_reaper
 from poolwatch.reaper.own import BACKENDS
 from poolwatch.scheduler import Scheduler
 from poolwatch.status import Sources, Tracker, document
@@ -62,6 +65,7 @@ class TargetRuntime:
     probe: Probe
     database: Database | None = None
     redis: RedisDatabase | None = None
+    console: pgbouncer.AdminConsole | None = None
     jobs: list[Job] = field(default_factory=list)
     instrumentation: SQLAlchemyInstrumentation | RedisInstrumentation | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
@@ -76,6 +80,8 @@ class TargetRuntime:
                 self.database.dispose()
             if self.redis is not None:
                 self.redis.close()
+            if self.console is not None:
+                self.console.close()
         except Exception as exc:
             log.warning("closing %s failed: %s", self.settings.name, type(exc).__name__)
 
@@ -110,9 +116,14 @@ def build_target(
     The probe is every other job's ``Backoff``: none logs in while it backs off after failed logins."""
     database: Database | None = None
     redis_db: RedisDatabase | None = None
+    console: pgbouncer.AdminConsole | None = None
     pool = target.pool
     instrumentation: SQLAlchemyInstrumentation | RedisInstrumentation | None = None
-    if target.kind == "redis":
+    if target.kind == "pgbouncer":
+        # No pool of ours: the admin console is one connection, shared by the probe and stats job.
+        console = pgbouncer.AdminConsole(target)
+        check = pgbouncer.pgbouncer_check(console)
+    elif target.kind == "redis":
         redis_db = RedisDatabase.from_target(target)
         check = redis_check(redis_db.client)
         instrumentation = instrument_redis(
@@ -161,15 +172,37 @@ def build_target(
             )
         )
     metrics.probe.add_target(target.name)
-    runtime = TargetRuntime(target, probe, database, redis_db, jobs=jobs, instrumentation=instrumentation)
-    _add_census_and_reaper(runtime, metrics, audit, others)
+    metrics.targets.add_target(target.name, target.kind)
+    runtime = TargetRuntime(
+        target, probe, database, redis_db, console, jobs=jobs, instrumentation=instrumentation
+    )
+    if console is not None:
+        _add_pgbouncer_stats(runtime, console, metrics)
+    else:
+        _add_census_and_reaper(runtime, metrics, audit, others)
     return runtime
+
+
+def _add_pgbouncer_stats(runtime: TargetRuntime, console: pgbouncer.AdminConsole, metrics: Metrics) -> None:
+    """The stats job of a PgBouncer target (its census settings say how often); no census, no reaper."""
+    target = runtime.settings
+    if target.census.enabled:
+        runtime.jobs.append(
+            PgBouncerJob(
+                target.name,
+                pgbouncer.stats(target, console),
+                metrics.pgbouncer,
+                interval=target.census.interval,
+                timeout=target.census.timeout,
+                backoff=runtime.probe,
+            )
+        )
 
 
 def _add_census_and_reaper(
     runtime: TargetRuntime, metrics: Metrics, audit: AuditLog | None, others: Iterable[TargetSettings]
 ) -> None:
-    """The census job, and the reaper job when enabled (postgres and redis targets)."""
+    """The census job, and the reaper job when enabled (postgres, mysql and redis targets)."""
     target = runtime.settings
     others = tuple(others)
     pools = pg_census.known_pools(target, others)
@@ -177,6 +210,9 @@ def _add_census_and_reaper(
     if runtime.database is not None and target.kind == "postgres":
         BACKENDS.track(runtime.database.engine)  # the reaper never touches our own sessions
         take = pg_census.census(target, runtime.database.engine, pools)
+    elif runtime.database is not None and target.kind == "mysql":
+        BACKENDS.track(runtime.database.engine)
+        take = mysql_census.census(target, runtime.database.engine, pools)
     elif runtime.redis is not None:
         take = redis_census.census(target, runtime.redis.client, pools)
     if take is not None and target.census.enabled:
@@ -198,6 +234,8 @@ def _add_census_and_reaper(
         reaper = build_redis_reaper(
             target, runtime.redis.client, audit, metrics.reaper, others, backoff=runtime.probe
         )
+    elif target.kind == "mysql":
+        reaper = build_mysql_reaper(target, audit, metrics.reaper, others=others, backoff=runtime.probe)
     else:
         reaper = build_postgres_reaper(target, audit, metrics.reaper, others=others, backoff=runtime.probe)
     runtime.jobs.append(reaper)
@@ -352,8 +390,11 @@ class Daemon:
             self.metrics.jobs.remove_job(task, name)
         if "probe" in tasks:
             self.metrics.probe.remove_target(name)
+            self.metrics.targets.remove_target(name)
         if "census" in tasks:
             self.metrics.census.remove_target(name)
+        if "pgbouncer" in tasks:
+            self.metrics.pgbouncer.remove_target(name)
         if "reaper" in tasks:
             self.metrics.reaper.remove_target(name)
 

@@ -59,18 +59,36 @@ def engine_options(target: TargetSettings) -> dict[str, Any]:
             "keepalives_interval": 10,
             "keepalives_count": 3,
         }
+    elif target.kind == "mysql":
+        options["connect_args"] = mysql_connect_args(target)
     elif target.kind == "sqlite":
         options["connect_args"] = {"timeout": pool.connect_timeout, "check_same_thread": False}
     return options
 
 
+def mysql_connect_args(target: TargetSettings, *, read_timeout: float | None = None) -> dict[str, Any]:
+    """Driver arguments of a MySQL/MariaDB connection: connect timeout, and the pool's name as the
+    ``program_name`` connection attribute (PyMySQL; mysqlclient has no way to set it)."""
+    args: dict[str, Any] = {"connect_timeout": max(1, int(target.pool.connect_timeout))}
+    if sqlalchemy_url(target.url, None).drivername == "mysql+pymysql":
+        args["program_name"] = target.application_name
+    if read_timeout is not None:
+        # A hung server cannot hold a reaper run: every read and write gives up after this.
+        args["read_timeout"] = args["write_timeout"] = max(1, int(read_timeout))
+    return args
+
+
 def create_target_engine(target: TargetSettings) -> Engine:
     """The one engine poolwatch keeps for a SQL target."""
-    if target.kind == "redis":
-        raise ConfigError(f"targets.{target.name}: a redis target has no SQL engine")
+    if target.kind in ("redis", "pgbouncer"):
+        raise ConfigError(f"targets.{target.name}: a {target.kind} target has no SQL engine")
     if target.kind == "sqlite":
         _ensure_sqlite_directory(target)
-    return create_engine(sqlalchemy_url(target.url, target.password), **engine_options(target))
+    try:
+        return create_engine(sqlalchemy_url(target.url, target.password), **engine_options(target))
+    except ImportError as exc:  # the URL's driver is not installed
+        extra = " (pip install 'poolwatch[mysql]')" if target.kind == "mysql" else ""
+        raise ConfigError(f"targets.{target.name}.url: driver {exc.name} is not installed{extra}") from None
 
 
 def _ensure_sqlite_directory(target: TargetSettings) -> None:
@@ -270,7 +288,7 @@ class _Defaults:
         if self._database is None:
             with self._lock:
                 if self._database is None:
-                    self._database = Database.from_target(default_target(("postgres", "sqlite")))
+                    self._database = Database.from_target(default_target(("postgres", "mysql", "sqlite")))
         return self._database
 
     def redis(self) -> RedisDatabase:

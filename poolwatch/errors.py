@@ -22,12 +22,30 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from types import ModuleType
 
-Reason = Literal["auth", "refused", "timeout", "dns", "reset", "pool_timeout", "other"]
+Reason = Literal[
+    "auth", "refused", "timeout", "dns", "reset", "too_many_connections", "pool_timeout", "other"
+]
 
 # SQLSTATE classes and codes (PostgreSQL appendix A) that decide what a caller can do.
 _AUTH_SQLSTATES: Final = frozenset({"28000", "28P01"})
 _RETRYABLE_TX_SQLSTATES: Final = frozenset({"40001", "40P01"})  # serialization, deadlock
 _UNAVAILABLE_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+# MySQL / MariaDB error numbers (the first argument of a PyMySQL or mysqlclient error).
+_MYSQL_REASONS: Final[dict[int, Reason]] = {
+    1044: "auth",  # access denied to the database
+    1045: "auth",  # access denied for user
+    1698: "auth",  # access denied (unix_socket / auth plugin)
+    1040: "too_many_connections",
+    1203: "too_many_connections",  # max_user_connections
+    2005: "dns",  # unknown server host
+    2006: "reset",  # server has gone away
+    2013: "reset",  # lost connection during query
+    2055: "reset",  # lost connection at ... system error
+    4031: "reset",  # disconnected by the server because of inactivity (MySQL 8.0.24+)
+    1927: "reset",  # connection was killed (MariaDB)
+}
+_MYSQL_RETRYABLE_TX: Final = frozenset({1213, 1205})  # deadlock, lock wait timeout
 
 # libpq reports connection failures only as text; these fragments are stable across versions 10-17.
 _MESSAGE_REASONS: Final[tuple[tuple[str, Reason], ...]] = (
@@ -43,6 +61,8 @@ _MESSAGE_REASONS: Final[tuple[tuple[str, Reason], ...]] = (
     ("nodename nor servname", "dns"),
     ("error -2 connecting", "dns"),
     ("error -3 connecting", "dns"),
+    ("too many connections", "too_many_connections"),
+    ("too many clients", "too_many_connections"),
     ("connection refused", "refused"),
     ("timeout expired", "timeout"),
     ("timed out", "timeout"),
@@ -156,11 +176,23 @@ def reason_of(exc: BaseException) -> Reason:
     orig = getattr(exc, "orig", None)
     if getattr(orig, "pgcode", None) in _AUTH_SQLSTATES:
         return "auth"
+    mysql_reason = _MYSQL_REASONS.get(mysql_code(orig if orig is not None else exc) or 0)
+    if mysql_reason is not None:
+        return mysql_reason
     text = f"{exc} {orig or ''}".lower()
     for fragment, reason in _MESSAGE_REASONS:
         if fragment in text:
             return reason
     return "other"
+
+
+def mysql_code(exc: object) -> int | None:
+    """The error number of a PyMySQL or mysqlclient error (``args[0]``), None for anything else."""
+    module = type(exc).__module__
+    if not module.startswith(("pymysql", "MySQLdb")):
+        return None
+    args = getattr(exc, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
 
 
 def translate(exc: BaseException, *, target: str = "") -> PoolwatchError | None:
@@ -184,7 +216,7 @@ def _translate_dbapi(exc: Any, prefix: str) -> PoolwatchError:
     orig = exc.orig
     sqlstate: str | None = getattr(orig, "pgcode", None)
     message = f"{prefix}{first_line(orig if orig is not None else exc)}"
-    if sqlstate in _RETRYABLE_TX_SQLSTATES:
+    if sqlstate in _RETRYABLE_TX_SQLSTATES or mysql_code(orig) in _MYSQL_RETRYABLE_TX:
         return TransactionFailedError(message, retryable=True, sqlstate=sqlstate)
     reason = reason_of(exc)
     if reason == "auth":

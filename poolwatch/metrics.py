@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -22,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from poolwatch._version import __version__
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from prometheus_client.metrics_core import Metric
 
@@ -292,8 +293,8 @@ CENSUS_METRICS: Final = (
     SERVER_IDLE,
 )
 
-# Every family poolwatch exports, once each.
-CATALOGUE: Final[tuple[MetricSpec, ...]] = (
+# The families above; with PgBouncer's and target_info (at the end of this module): CATALOGUE.
+_CORE: Final[tuple[MetricSpec, ...]] = (
     BUILD_INFO,
     *POOL_METRICS,
     PROBE_UP,
@@ -499,9 +500,134 @@ class Metrics:
         self.jobs = JobMetrics(self.registry)
         self.census = CensusMetrics(self.registry)
         self.reaper = ReaperMetrics(self.registry)
+        self.pgbouncer = PgBouncerMetrics(self.registry)
+        self.targets = TargetMetrics(self.registry)
 
 
 def _remove(family: Gauge | Counter | Histogram, label_sets: Iterable[tuple[str, ...]]) -> None:
     for labels in label_sets:
         with contextlib.suppress(KeyError):
             family.remove(*labels)
+
+
+# --- PgBouncer (admin console) and target kinds -------------------------------------------------
+# A separate section: one table of families, rendered by a collector from the last stats per target.
+
+_CONNECTIONS = ("database", "user", "state")
+PGBOUNCER_FAMILIES: Final[dict[str, tuple[str, str, tuple[str, ...]]]] = {
+    # name: (type, help, labels after target)
+    "pgbouncer_client_connections": (
+        "gauge",
+        "Client connections to PgBouncer by pool and state (SHOW POOLS cl_*); waiting = no server free.",
+        _CONNECTIONS,
+    ),
+    "pgbouncer_server_connections": (
+        "gauge",
+        "PgBouncer's connections to the server by pool and state (SHOW POOLS sv_*).",
+        _CONNECTIONS,
+    ),
+    "pgbouncer_client_max_wait_seconds": (
+        "gauge",
+        "How long the oldest waiting client of the pool has waited (SHOW POOLS maxwait).",
+        ("database", "user"),
+    ),
+    "pgbouncer_pool_mode": (
+        "gauge",
+        "1 per pool, labelled with its pool mode.",
+        ("database", "user", "mode"),
+    ),
+    "pgbouncer_database_pool_size": ("gauge", "Server connections per pool of the database.", ("database",)),
+    "pgbouncer_database_min_pool_size": ("gauge", "Minimum pool size of the database.", ("database",)),
+    "pgbouncer_database_reserve_pool_size": ("gauge", "Extra connections when clients wait.", ("database",)),
+    "pgbouncer_database_max_connections": (
+        "gauge",
+        "Most server connections for the database (max_db_connections; 0 = no limit).",
+        ("database",),
+    ),
+    "pgbouncer_database_current_connections": ("gauge", "Server connections of the database.", ("database",)),
+    "pgbouncer_database_paused": ("gauge", "1 if the database is paused.", ("database",)),
+    "pgbouncer_database_disabled": ("gauge", "1 if the database is disabled.", ("database",)),
+    "pgbouncer_transactions": ("counter", "Transactions pooled (SHOW STATS).", ("database",)),
+    "pgbouncer_queries": ("counter", "Queries pooled (SHOW STATS).", ("database",)),
+    "pgbouncer_received_bytes": ("counter", "Bytes received from clients.", ("database",)),
+    "pgbouncer_sent_bytes": ("counter", "Bytes sent to clients.", ("database",)),
+    "pgbouncer_transaction_seconds": ("counter", "Time spent in transactions.", ("database",)),
+    "pgbouncer_query_seconds": ("counter", "Time spent running queries.", ("database",)),
+    "pgbouncer_client_wait_seconds": ("counter", "Time clients spent waiting for a server.", ("database",)),
+    "pgbouncer_server_assignments": ("counter", "Server connections assigned to clients.", ("database",)),
+    "pgbouncer_client_parses": ("counter", "Prepared-statement Parse messages from clients.", ("database",)),
+    "pgbouncer_server_parses": ("counter", "Parse messages sent to the server.", ("database",)),
+    "pgbouncer_binds": ("counter", "Prepared statements bound for execution.", ("database",)),
+    "pgbouncer_list_items": ("gauge", "Items in each of PgBouncer's internal lists (SHOW LISTS).", ("list",)),
+    "pgbouncer_config_max_client_connections": ("gauge", "PgBouncer's max_client_conn.", ()),
+    "pgbouncer_config_max_user_connections": ("gauge", "PgBouncer's max_user_connections.", ()),
+    "pgbouncer_config_max_db_connections": ("gauge", "PgBouncer's max_db_connections.", ()),
+    "pgbouncer_config_default_pool_size": ("gauge", "PgBouncer's default_pool_size.", ()),
+    "pgbouncer_version_info": ("gauge", "1, labelled with PgBouncer's version.", ("version",)),
+}
+
+
+PGBOUNCER_METRICS: Final = tuple(
+    _spec("pgbouncer", name, kind, documentation, ("target", *labels))  # type: ignore[arg-type]
+    for name, (kind, documentation, labels) in PGBOUNCER_FAMILIES.items()
+)
+
+
+class PgBouncerMetrics:
+    """``poolwatch_pgbouncer_*``: the last stats of each PgBouncer target, rendered at scrape time.
+
+    Counters are PgBouncer's own totals (they restart with it, which ``rate()`` handles), so they are
+    exported as they are, not counted here. ``publish`` replaces a target's samples whole.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._lock = threading.Lock()
+        self._samples: dict[str, list[tuple[str, tuple[str, ...], float]]] = {}
+        registry.register(self)
+
+    def publish(self, target: str, samples: Iterable[tuple[str, tuple[str, ...], float]]) -> None:
+        rows = [(name, labels, value) for name, labels, value in samples if name in PGBOUNCER_FAMILIES]
+        with self._lock:
+            if rows:
+                self._samples[target] = rows
+            else:
+                self._samples.pop(target, None)
+
+    def remove_target(self, target: str) -> None:
+        self.publish(target, ())
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            current = dict(self._samples)
+        families: dict[str, Any] = {spec.name: spec.scrape_family() for spec in PGBOUNCER_METRICS}
+        for target, rows in sorted(current.items()):
+            for name, labels, value in rows:
+                families[name].add_metric([target, *labels], value)
+        yield from families.values()
+
+
+class TargetMetrics:
+    """``poolwatch_target_info{target,kind}``: 1 per configured target, so dashboards and alerts can
+    select the targets of one kind (the MySQL and PgBouncer rows)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._kinds: dict[str, str] = {}
+        self.info = gauge(TARGET_INFO, registry)
+
+    def add_target(self, target: str, kind: str) -> None:
+        self.remove_target(target)
+        self._kinds[target] = kind
+        self.info.labels(target, kind).set(1)
+
+    def remove_target(self, target: str) -> None:
+        kind = self._kinds.pop(target, None)
+        if kind is not None:
+            _remove(self.info, [(target, kind)])
+
+
+TARGET_INFO: Final = _spec(
+    "target", "target_info", "gauge", "1 per configured target, labelled with its kind.", ("target", "kind")
+)
+
+# Every family poolwatch exports, once each.
+CATALOGUE: Final[tuple[MetricSpec, ...]] = (*_CORE, *PGBOUNCER_METRICS, TARGET_INFO)

@@ -26,8 +26,18 @@ _MAX_PORT = 65535
 
 _SCHEMES: dict[str, tuple[str, ...]] = {
     "postgres": ("postgresql", "postgresql+psycopg2", "postgres"),
+    "mysql": ("mysql+pymysql", "mysql+mysqldb", "mysql"),
+    # The admin console speaks the PostgreSQL protocol; psycopg2 talks to it directly.
+    "pgbouncer": ("postgresql", "postgresql+psycopg2", "postgres"),
     "sqlite": ("sqlite", "sqlite+pysqlite"),
     "redis": ("redis", "rediss", "unix"),
+}
+
+
+_EXAMPLES: dict[str, str] = {
+    "postgres": "postgresql+psycopg2://user@host:5432/db",
+    "mysql": "mysql+pymysql://user@host:3306/db",
+    "pgbouncer": "postgresql://user@host:6432/pgbouncer",
 }
 
 
@@ -60,17 +70,22 @@ def _check_sql_url(kind: str, url: str, rest: str) -> None:
             "url names an in-memory SQLite database, which exists inside one connection and cannot "
             "be shared by the daemon's pool: give a file, as in sqlite:////var/lib/app/app.db"
         )
-    if kind == "postgres":
-        if not parsed.host and "host" not in parsed.query:
-            raise ValueError("url needs a host, as in postgresql+psycopg2://user@host:5432/db")
-        if rest.startswith("/") or not rest:
-            raise ValueError("url needs a host, as in postgresql+psycopg2://user@host:5432/db")
-        try:
-            port = parsed.port
-        except ValueError:
-            raise ValueError("url has an invalid port") from None
-        if port is not None and not 1 <= port <= _MAX_PORT:
-            raise ValueError(f"url has an invalid port {port} (expected 1-{_MAX_PORT})")
+    if kind in _EXAMPLES:
+        _check_server_url(kind, parsed, rest)
+
+
+def _check_server_url(kind: str, parsed: Any, rest: str) -> None:
+    example = _EXAMPLES[kind]
+    if (not parsed.host and "host" not in parsed.query) or rest.startswith("/") or not rest:
+        raise ValueError(f"url needs a host, as in {example}")
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ValueError("url has an invalid port") from None
+    if port is not None and not 1 <= port <= _MAX_PORT:
+        raise ValueError(f"url has an invalid port {port} (expected 1-{_MAX_PORT})")
+    if kind == "pgbouncer" and parsed.database != "pgbouncer":
+        raise ValueError(f"a pgbouncer url names the admin console's database, as in {example}")
 
 
 def in_memory(database: str | None, query: Mapping[str, Any]) -> bool:
@@ -111,6 +126,8 @@ def sqlalchemy_url(url: str, password: SecretStr | None) -> Any:
     parsed = make_url(url.replace("postgres://", "postgresql://", 1))
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg2")
+    elif parsed.drivername == "mysql":
+        parsed = parsed.set(drivername="mysql+pymysql")  # SQLAlchemy's default would be mysqlclient
     if password is not None:
         parsed = parsed.set(password=password.get_secret_value())
     return parsed

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.mariadb import MariaDBServer
+from tests.pgbouncer import PgBouncerServer
 from tests.servers import ExternalPostgres, ExternalRedis, PostgresServer, RedisServer
 
 if TYPE_CHECKING:
@@ -78,3 +80,45 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDBServer]:
+    """A MariaDB server shared by the session (performance_schema off, as MariaDB ships). Tests must
+    leave it running."""
+    server = MariaDBServer().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def mariadb_factory() -> Iterator[Callable[..., MariaDBServer]]:
+    """Start private MariaDB servers a test may stop, kill and restart (options go to MariaDBServer)."""
+    servers: list[MariaDBServer] = []
+
+    def make(**options: object) -> MariaDBServer:
+        server = MariaDBServer(**options).start()  # type: ignore[arg-type]
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.destroy()
+
+
+@pytest.fixture
+def pgbouncer_factory(pg: PostgresServer) -> Iterator[Callable[..., PgBouncerServer]]:
+    """Start private PgBouncers in front of the session's PostgreSQL, each with its own client role."""
+    bouncers: list[PgBouncerServer] = []
+
+    def make(pool_size: int = 2) -> PgBouncerServer:
+        user = f"bouncer_app_{len(bouncers)}_{os.getpid()}"
+        if not pg.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)):
+            pg.create_role(user, "pw")
+        bouncer = PgBouncerServer(pg, user, "pw", pool_size=pool_size).start()
+        bouncers.append(bouncer)
+        return bouncer
+
+    yield make
+    for bouncer in bouncers:
+        bouncer.destroy()

@@ -81,6 +81,14 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return found[0]
 
 
+def found(samples: Samples, name: str, **labels: str) -> float | None:
+    """``value``, or None while no sample matches (a series not published yet): for polling."""
+    wanted = set(labels.items())
+    matches = [v for (n, ls), v in samples.items() if n == name and wanted <= ls]
+    assert len(matches) <= 1, f"{name}{labels}: {len(matches)} samples match"
+    return matches[0] if matches else None
+
+
 def metric(daemon: Daemon, name: str, **labels: str) -> float:
     return value(scrape(daemon), name, **labels)
 

@@ -11,20 +11,25 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from poolwatch.errors import first_line, translate
 from poolwatch.jobs import NO_BACKOFF, TargetJob
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from poolwatch.jobs import Backoff, Outcome
-    from poolwatch.metrics import CensusMetrics
 
 log = logging.getLogger(__name__)
 
 Sample = tuple[str, tuple[str, ...], float]
+
+
+class Publisher(Protocol):
+    """Where a census lands: ``CensusMetrics``, or ``PgBouncerMetrics`` for PgBouncer's stats."""
+
+    def publish(self, target: str, samples: Iterable[Sample]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +40,10 @@ class Reading:
     taken_at: float
 
 
-class CensusJob(TargetJob):
-    """A scheduled census of one target. ``take`` does the I/O and returns the samples to publish;
-    ``backoff`` (the target's probe) defers runs while logins to the target are held back.
-    ``last()`` is what is published now, for the status page."""
+class PublishingJob(TargetJob):
+    """A scheduled job that reads a target and publishes samples. ``take`` does the I/O and returns
+    the samples to publish; ``backoff`` (the target's probe) defers runs while logins to the target
+    are held back. ``last()`` is what is published now, for the status page."""
 
     task = "census"
 
@@ -46,7 +51,7 @@ class CensusJob(TargetJob):
         self,
         target: str,
         take: Callable[[], list[Sample]],
-        metrics: CensusMetrics,
+        metrics: Publisher,
         *,
         interval: float,
         timeout: float,
@@ -95,3 +100,16 @@ class CensusJob(TargetJob):
         """The census published now; None while none is (not taken yet, failing, backing off)."""
         with self._lock:
             return self._published
+
+
+class CensusJob(PublishingJob):
+    """A scheduled census of one target's server-side sessions."""
+
+    task = "census"
+
+
+class PgBouncerJob(PublishingJob):
+    """The stats job of a PgBouncer target: the same life as a census, from its admin console (not a
+    census of sessions: the status page does not summarise it as one)."""
+
+    task = "pgbouncer"

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("poolwatch.instrument")
 
 SAMPLE_LIMIT: Final = 65_536
-CONNECT_ERROR_REASONS: Final = ("auth", "refused", "timeout", "dns", "other")
+CONNECT_ERROR_REASONS: Final = ("auth", "refused", "timeout", "dns", "too_many_connections", "other")
 CLOSE_REASONS: Final = (
     "invalidated",
     "pre_ping_failed",

@@ -198,7 +198,7 @@ class AuditLog:
             "reaper %s %s: %s %d user=%s database=%s application=%s idle=%.0fs (%s)",
             record.target,
             "terminated" if record.mode == "enforce" else "would terminate",
-            "pid" if record.kind == "postgres" else "client",
+            {"postgres": "pid", "mysql": "connection"}.get(record.kind, "client"),
             record.pid,
             record.username,
             record.database,

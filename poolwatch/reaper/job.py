@@ -37,12 +37,13 @@ if TYPE_CHECKING:
     from poolwatch.jobs import Backoff, Outcome
     from poolwatch.metrics import ReaperMetrics
     from poolwatch.reaper.audit import AuditLog
+    from poolwatch.reaper.mysql import MySQLReaper
 
 log = logging.getLogger(__name__)
 
 
 class ReaperJob(TargetJob):
-    """A scheduled reaper of one target (task ``reaper``). ``reaper`` is the Postgres or Redis reaper
+    """A scheduled reaper of one target (task ``reaper``). ``reaper`` is the Postgres, MySQL or Redis reaper
     (kept for status and tests); ``reap`` runs it once; ``backoff`` (the target's probe) defers runs
     while logins to the target are held back, and ``step_down`` then gives up the lease."""
 
@@ -51,7 +52,7 @@ class ReaperJob(TargetJob):
     def __init__(
         self,
         target: str,
-        reaper: PostgresReaper | RedisReaper,
+        reaper: PostgresReaper | RedisReaper | MySQLReaper,
         reap: Callable[[], int],
         audit: AuditLog,
         metrics: ReaperMetrics,
@@ -114,31 +115,27 @@ def protected_names(target: TargetSettings, others: Iterable[TargetSettings] = (
     return [AUDIT_APPLICATION, target.application_name, *(t.application_name for t in others)]
 
 
-def build_postgres_reaper(
-    target: TargetSettings,
-    audit: AuditLog,
-    metrics: ReaperMetrics,
-    own: OwnBackends = BACKENDS,
-    others: Iterable[TargetSettings] = (),
-    backoff: Backoff = NO_BACKOFF,
-) -> ReaperJob:
-    engine = lease_engine(target)
+def autocommit_connect(engine: Engine, target: str) -> Callable[[], Connection]:
+    """How a lease opens its dedicated connection: autocommit, driver errors translated."""
 
     def connect() -> Connection:
-        with translating(target.name):
+        with translating(target):
             return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
-    lease = PostgresLease(target.name, connect, metrics.leader, own)
-    policy = ReaperPolicy.from_settings(target.reaper, protected=protected_names(target, others))
-    reaper = PostgresReaper(
-        target.name,
-        lease,
-        policy,
-        audit,
-        own,
-        dry_run=target.reaper.dry_run,
-        on_error=metrics.errors.labels(target.name).inc,
-    )
+    return connect
+
+
+def session_reaper_job(
+    target: TargetSettings,
+    reaper: PostgresReaper | MySQLReaper,
+    engine: Engine,
+    audit: AuditLog,
+    metrics: ReaperMetrics,
+    backoff: Backoff = NO_BACKOFF,
+) -> ReaperJob:
+    """The job of a reaper that works through a lease connection from ``engine`` (PostgreSQL,
+    MySQL): closing it releases the lease and the engine."""
+    lease = reaper.lease
 
     def reap() -> int:
         with translating(target.name):
@@ -161,6 +158,29 @@ def build_postgres_reaper(
         backoff=backoff,
         step_down=lease.release,
     )
+
+
+def build_postgres_reaper(
+    target: TargetSettings,
+    audit: AuditLog,
+    metrics: ReaperMetrics,
+    own: OwnBackends = BACKENDS,
+    others: Iterable[TargetSettings] = (),
+    backoff: Backoff = NO_BACKOFF,
+) -> ReaperJob:
+    engine = lease_engine(target)
+    lease = PostgresLease(target.name, autocommit_connect(engine, target.name), metrics.leader, own)
+    policy = ReaperPolicy.from_settings(target.reaper, protected=protected_names(target, others))
+    reaper = PostgresReaper(
+        target.name,
+        lease,
+        policy,
+        audit,
+        own,
+        dry_run=target.reaper.dry_run,
+        on_error=metrics.errors.labels(target.name).inc,
+    )
+    return session_reaper_job(target, reaper, engine, audit, metrics, backoff)
 
 
 def build_redis_reaper(

@@ -5,6 +5,9 @@ that session ends, so a replica that loses its connection loses the lease; and t
 kill statement on that same connection with a re-check that the lock is still held there (``FENCE``),
 so a replica that no longer holds the lease cannot terminate anything, even if it has not noticed yet.
 
+MySQL / MariaDB: the same, with a named lock (``GET_LOCK``) held by the dedicated connection; the
+server frees it when that connection ends, and ``MYSQL_FENCE`` re-checks it right before each kill.
+
 Redis: ``SET key token NX PX ttl``, renewed on every run and right before each kill by a script that
 extends the TTL only while the key still holds this replica's token. Any error means "not leader".
 """
@@ -17,7 +20,7 @@ import socket
 import threading
 import uuid
 import zlib
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from poolwatch.reaper.own import BACKENDS, OwnBackends, backend_pid
 
@@ -39,12 +42,24 @@ FENCE: Final = (
 )
 
 
+MYSQL_FENCE: Final = "IS_USED_LOCK(%(lock_name)s) = CONNECTION_ID()"
+
+
 def lock_key(target: str) -> int:
     return zlib.crc32(target.encode()) & 0x7FFFFFFF
 
 
 class PostgresLease:
     """An advisory lock on a dedicated autocommit connection, which the reaper also works through."""
+
+    # CASE, not OR: the lock must not be taken again (and stacked) while held.
+    HOLD_SQL: ClassVar[str] = (
+        f"SELECT CASE WHEN {FENCE} THEN true ELSE pg_try_advisory_lock(%(lock_class)s, %(lock_key)s) END"
+    )
+
+    @staticmethod
+    def lock_params(target: str) -> dict[str, Any]:
+        return {"lock_class": LOCK_CLASS, "lock_key": lock_key(target)}
 
     def __init__(
         self,
@@ -54,7 +69,7 @@ class PostgresLease:
         own: OwnBackends = BACKENDS,
     ) -> None:
         self.target = target
-        self.params = {"lock_class": LOCK_CLASS, "lock_key": lock_key(target)}
+        self.params = self.lock_params(target)
         self._connect = connect
         self._leader = leader
         self._own = own
@@ -80,14 +95,7 @@ class PostgresLease:
                 if self._connection is None:
                     self._open()
                 assert self._connection is not None
-                held = bool(
-                    self._connection.exec_driver_sql(
-                        # CASE, not OR: the lock must not be taken again (and stacked) while held.
-                        f"SELECT CASE WHEN {FENCE} THEN true "
-                        "ELSE pg_try_advisory_lock(%(lock_class)s, %(lock_key)s) END",
-                        self.params,
-                    ).scalar_one()
-                )
+                held = bool(self._connection.exec_driver_sql(self.HOLD_SQL, self.params).scalar_one())
             except Exception:
                 self._drop()
                 raise
@@ -131,6 +139,19 @@ class PostgresLease:
             self._drop()
             if held:
                 log.info("reaper lease of %s released", self.target)
+
+
+class MySQLLease(PostgresLease):
+    """A named lock (``GET_LOCK``) on a dedicated autocommit MySQL / MariaDB connection."""
+
+    # GET_LOCK by the session already holding the lock nests it (MySQL 5.7+, MariaDB 10.0+): only
+    # ask for it when not held here.
+    HOLD_SQL: ClassVar[str] = f"SELECT CASE WHEN {MYSQL_FENCE} THEN 1 ELSE GET_LOCK(%(lock_name)s, 0) END"
+
+    @staticmethod
+    def lock_params(target: str) -> dict[str, Any]:
+        # Lock names are at most 64 characters: the target name's CRC32 stands for it, as above.
+        return {"lock_name": f"poolwatch.reaper.{lock_key(target):08x}"}
 
 
 _RENEW: Final = """

@@ -22,12 +22,13 @@ log = logging.getLogger(__name__)
 
 
 def backend_pid(dbapi_connection: Any) -> int | None:
-    """The server pid of a psycopg2 connection, or None for other drivers."""
+    """The server pid of a psycopg2 connection, the connection id of a PyMySQL or mysqlclient one
+    (``thread_id()``), or None for other drivers."""
     info = getattr(dbapi_connection, "info", None)
     pid = getattr(info, "backend_pid", None)
     if isinstance(pid, int):
         return pid
-    get = getattr(dbapi_connection, "get_backend_pid", None)
+    get = getattr(dbapi_connection, "get_backend_pid", None) or getattr(dbapi_connection, "thread_id", None)
     return int(get()) if callable(get) else None
 
 

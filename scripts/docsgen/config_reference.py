@@ -49,10 +49,12 @@ DESCRIPTIONS: dict[str, str] = {
     "targets": "The monitored databases and Redis servers. Empty: taken from the environment "
     "(`DATABASE_URL`, `POSTGRES_*`, `REDIS_URL`), else the embedded SQLite database.",
     "targets[].name": "Unique name; the `target` and `pool` label of the target's series.",
-    "targets[].kind": "What the target is; the URL's scheme must match it.",
-    "targets[].url": "SQLAlchemy URL (`postgresql+psycopg2://user@host:5432/db`, `sqlite:///path` in an "
-    "existing directory, not in memory) or redis-py URL (`redis://host:6379/0`). A password in it is "
-    "moved to `password` on load.",
+    "targets[].kind": "What the target is (`postgres`, `mysql`, `pgbouncer`, `sqlite`, `redis`; see "
+    "[Targets](targets.md)); the URL's scheme must match it.",
+    "targets[].url": "SQLAlchemy URL (`postgresql+psycopg2://user@host:5432/db`, "
+    "`mysql+pymysql://user@host:3306/`, `sqlite:///path` in an existing directory, not in memory; "
+    "PgBouncer: its admin console, `postgresql://user@host:6432/pgbouncer`) or redis-py URL "
+    "(`redis://host:6379/0`). A password in it is moved to `password` on load.",
     "targets[].password": "The password, when not in `url` or `password_file`. Never printed.",
     "targets[].password_file": "File holding the password (one trailing newline is dropped, at most "
     "64 KiB); not together with a password in `url`.",
@@ -83,7 +85,8 @@ DESCRIPTIONS: dict[str, str] = {
     "`min(5, interval)`; with only `timeout` given, the interval is `max(15, timeout)`.",
     "targets[].probe.auth_backoff_max": "After repeated authentication failures the probe waits 2x, "
     "4x, ... its interval between attempts, up to this many seconds.",
-    "targets[].census": "Server-side session counts (PostgreSQL and Redis targets).",
+    "targets[].census": "Server-side session counts (PostgreSQL, MySQL and Redis targets); for a "
+    "PgBouncer target, how often its admin console is read.",
     "targets[].census.enabled": "Run the census job.",
     "targets[].census.interval": "Seconds between censuses.",
     "targets[].census.timeout": "Seconds one census may take; at most `interval`. Left out, "
@@ -98,7 +101,7 @@ DESCRIPTIONS: dict[str, str] = {
     "per threshold.",
     "targets[].reaper": "Terminating idle server sessions; see [Census and reaper]"
     "(census-and-reaper.md#idle-session-reaper).",
-    "targets[].reaper.enabled": "Run the reaper job (PostgreSQL and Redis targets). Needs "
+    "targets[].reaper.enabled": "Run the reaper job (PostgreSQL, MySQL and Redis targets). Needs "
     "`idle_timeout` or `idle_in_transaction_timeout`, and `databases`, `users` or `applications`.",
     "targets[].reaper.dry_run": "Decide and record, never terminate. `false` needs `audit.url`.",
     "targets[].reaper.interval": "Seconds between reaper runs.",
@@ -115,12 +118,15 @@ DESCRIPTIONS: dict[str, str] = {
     "targets[].reaper.applications": "Only sessions whose `application_name` / client name matches "
     "one of these `fnmatch` globs (empty: any; `['*']`: every application).",
     "targets[].reaper.exclude_applications": "Never sessions matching these globs.",
-    "targets[].reaper.allow_superusers": "Allow terminating PostgreSQL superuser sessions.",
+    "targets[].reaper.allow_superusers": "Allow terminating superuser sessions (PostgreSQL superusers; "
+    "MySQL accounts with `SUPER`).",
     "targets[].reaper.allow_pubsub": "Allow terminating Redis subscribers.",
     "targets[].reaper.allow_monitors": "Allow terminating Redis `MONITOR` clients.",
     "targets[].reaper.allow_replicas": "Allow terminating Redis replica links.",
     "targets[].reaper.max_per_run": "Most sessions terminated (or recorded, in dry run) per run, "
     "longest idle first.",
+    "targets[].reaper.kill_procedure": "MySQL only: kill through this stored procedure, called with the "
+    "connection id (`mysql.rds_kill` on Amazon RDS), instead of `KILL CONNECTION`.",
     "audit": "Where reaper decisions are recorded: a PostgreSQL table, with a local spool while it is down.",
     "audit.url": "PostgreSQL URL of the audit database; required by a reaper with `dry_run: false`.",
     "audit.password": "The password, when not in `url` or `password_file`. Never printed.",

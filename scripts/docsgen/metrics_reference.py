@@ -23,9 +23,10 @@ if TYPE_CHECKING:
 # Sections of the page, by the family name's first word after ``poolwatch_``; "Other" takes the rest.
 GROUPS: Final = (
     ("Pools", ("pool", "instrumentation")),
-    ("Targets and probes", ("up", "probe")),
+    ("Targets and probes", ("up", "probe", "target")),
     ("Server census", ("server",)),
     ("Reaper and audit", ("reaper", "audit")),
+    ("PgBouncer", ("pgbouncer",)),
     ("Scheduled jobs", ("job",)),
     ("Build", ("build",)),
 )

@@ -8,6 +8,10 @@ from typing import Any
 
 from tests.ops.tools import DASHBOARD
 
+# Variables listing the targets of one kind; a row repeats over each, so it shows only when the
+# daemon watches such targets.
+KIND_VARIABLES = ("mysql_target", "pgbouncer_target")
+
 _LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.*),\s*(?P<label>[A-Za-z_]\w*)\s*\)$", re.DOTALL)
 
 
@@ -17,22 +21,24 @@ def load() -> dict[str, Any]:
     return data
 
 
-def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every panel that shows data, including those inside collapsed rows."""
+def panels(dashboard: dict[str, Any], without: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every panel that shows data, including those inside collapsed rows, except the rows repeating
+    over a variable in ``without``."""
     found = []
     for panel in dashboard["panels"]:
         if panel["type"] == "row":
-            found.extend(panel.get("panels", []))
+            if panel.get("repeat") not in without:
+                found.extend(panel.get("panels", []))
         else:
             found.append(panel)
     return found
 
 
-def queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    """(panel title + refId, expr) of every panel query."""
+def queries(dashboard: dict[str, Any], without: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(panel title + refId, expr) of every panel query (``without``: as in ``panels``)."""
     return [
         (f"{panel['title']} [{target['refId']}]", target["expr"])
-        for panel in panels(dashboard)
+        for panel in panels(dashboard, without)
         for target in panel["targets"]
     ]
 

@@ -66,6 +66,13 @@ def _daemon(state_dir: Path) -> set[tuple[str, str, str]]:
                     },
                 },
                 {"name": "kv", "kind": "redis", "url": "redis://127.0.0.1:9/0"},
+                {
+                    "name": "my",
+                    "kind": "mysql",
+                    "url": "mysql+pymysql://names@127.0.0.1:9/names",
+                    "reaper": {"enabled": True, "dry_run": True, "idle_timeout": 60, "users": ["names"]},
+                },
+                {"name": "pgb", "kind": "pgbouncer", "url": "postgresql://names@127.0.0.1:9/pgbouncer"},
             ],
         }
     )

@@ -29,6 +29,9 @@ REQUIRED = {
     "reaper errors": "poolwatch_reaper_errors_total",
     "job health": "poolwatch_job_last_success_timestamp_seconds",
     "job failures": "poolwatch_job_failures_total",
+    "pgbouncer waiting clients": "poolwatch_pgbouncer_client_connections",
+    "pgbouncer max wait": "poolwatch_pgbouncer_client_max_wait_seconds",
+    "pgbouncer server connections": "poolwatch_pgbouncer_server_connections",
 }
 
 
@@ -118,3 +121,22 @@ def test_provisioning_files():
     (provider,) = providers["providers"]
     assert provider["type"] == "file"
     assert provider["options"]["path"].startswith("/")
+
+
+def test_mysql_and_pgbouncer_rows_show_only_when_such_targets_exist():
+    data = dash.load()
+    variables = dash.variables(data)
+    exported = exported_names()
+    rows = {panel.get("repeat"): panel for panel in data["panels"] if panel["type"] == "row"}
+    for name in dash.KIND_VARIABLES:
+        kind = name.removesuffix("_target")
+        selector, label = dash.variable_selector(variables[name])
+        assert label == "target"
+        assert f'kind="{kind}"' in selector
+        assert metric_names(selector) <= exported
+        row = rows[name]  # collapsed, and repeated once per target of the kind: none, no row
+        assert row["collapsed"] is True
+        assert row["panels"], name
+        for panel in row["panels"]:
+            for target in panel["targets"]:
+                assert f'target=~"${name}"' in target["expr"], panel["title"]

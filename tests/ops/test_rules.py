@@ -31,6 +31,9 @@ EXPECTED_ALERTS = {
     "PoolwatchReaperErrors",
     "PoolwatchReaperTerminations",
     "PoolwatchNotScraped",
+    "PoolwatchPgbouncerClientsWaiting",
+    "PoolwatchPgbouncerMaxWaitHigh",
+    "PoolwatchIdleTransactionOld",
 }
 
 

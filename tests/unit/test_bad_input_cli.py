@@ -136,8 +136,8 @@ CASES = [
     ),
     Case(
         "unsupported-kind",
-        _target().replace("postgres,", "mysql,"),
-        "kind: expected 'postgres', 'sqlite' or 'redis'",
+        _target().replace("postgres,", "oracle,"),
+        "kind: expected 'postgres', 'mysql', 'pgbouncer', 'sqlite' or 'redis'",
     ),
     # URLs
     Case("url-not-a-url", _target(url="not a url"), "url must look like postgresql://"),
@@ -234,7 +234,10 @@ CASES = [
         env={"POSTGRES_HOST": "db", "POSTGRES_PORT": "x"},
     ),
     Case(
-        "env-database-url-kind", None, "url scheme mysql://", env={"DATABASE_URL": f"mysql://a:{SECRET}@h/d"}
+        "env-database-url-kind",
+        None,
+        "url scheme oracle://",
+        env={"DATABASE_URL": f"oracle://a:{SECRET}@h/d"},
     ),
     Case("env-redis-url-scheme", None, "url scheme http://", env={"REDIS_URL": "http://cache"}),
     Case(

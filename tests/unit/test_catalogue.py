@@ -6,7 +6,7 @@ import sqlalchemy
 from prometheus_client import CollectorRegistry
 
 import poolwatch
-from poolwatch.metrics import CATALOGUE, POOL_METRICS, Metrics
+from poolwatch.metrics import CATALOGUE, PGBOUNCER_METRICS, POOL_METRICS, Metrics
 
 
 def exported(tmp_path) -> dict[str, tuple[str, str, tuple[str, ...]]]:
@@ -18,6 +18,10 @@ def exported(tmp_path) -> dict[str, tuple[str, str, tuple[str, ...]]]:
     metrics.reaper.add_target("t")
     for spec in metrics.census.families.values():
         spec.labels(*(["x"] * len(spec._labelnames))).set(1)
+    metrics.pgbouncer.publish(
+        "t", [(spec.name, ("x",) * (len(spec.labels) - 1), 1.0) for spec in PGBOUNCER_METRICS]
+    )
+    metrics.targets.add_target("t", "postgres")
     engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'c.db'}")
     poolwatch.instrument(engine, name="p", registry=registry)
     families = {}
@@ -45,6 +49,8 @@ def test_catalogue_names_are_unique_and_each_spec_lists_its_samples() -> None:
         "census",
         "reaper",
         "audit",
+        "pgbouncer",
+        "target",
     }
     assert set(POOL_METRICS) <= set(CATALOGUE)
     checkouts = next(spec for spec in CATALOGUE if spec.name == "pool_checkouts")

@@ -179,8 +179,8 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "unsupported kind",
-        {"targets": [target(kind="mysql")]},
-        r"\.kind: expected 'postgres', 'sqlite' or 'redis' \(got 'mysql'\)",
+        {"targets": [target(kind="oracle")]},
+        r"\.kind: expected 'postgres', 'mysql', 'pgbouncer', 'sqlite' or 'redis' \(got 'oracle'\)",
     ),
     (
         "missing url",

@@ -1,0 +1,114 @@
+"""PgBouncer targets against a real PgBouncer in front of the test PostgreSQL: the probe, pool health
+from the admin console, an exhaustion, wrong credentials, and a restart."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.daemonkit import found, metric, running_daemon, scrape, value, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def target(bouncer, *, password=None, name="pgb"):
+    url = bouncer.admin_url()
+    if password is not None:
+        url = url.replace(bouncer.admin_password, password)
+    return {
+        "name": name,
+        "kind": "pgbouncer",
+        "url": url,
+        "probe": {"interval": 0.5, "timeout": 0.5},
+        "census": {"interval": 0.5, "timeout": 0.5},
+    }
+
+
+def pgb(samples, name, **labels):
+    """A PgBouncer sample of target pgb; -1 while it is not published (the first stats run may not
+    have happened yet)."""
+    got = found(samples, f"poolwatch_pgbouncer_{name}", target="pgb", **labels)
+    return -1.0 if got is None else got
+
+
+def test_pool_health_and_waiting_clients_during_an_exhaustion(pgbouncer_factory):
+    bouncer = pgbouncer_factory(pool_size=2)
+    user = bouncer.app_user
+    holders = [bouncer.client() for _ in range(2)]
+    waiter = bouncer.client()
+    waited = threading.Event()
+    try:
+        with running_daemon({"targets": [target(bouncer)]}) as daemon:
+            wait_for(lambda: metric(daemon, "poolwatch_up", target="pgb") == 1, what="up")
+            # Two transactions hold both server connections of the pool ...
+            for holder in holders:
+                holder.cursor().execute("SELECT 1")  # psycopg2 opened a transaction: it stays open
+            # ... so a third client waits for one.
+            thread = threading.Thread(
+                target=lambda: (waiter.cursor().execute("SELECT 1"), waited.set()), daemon=True
+            )
+            thread.start()
+
+            def waiting() -> bool:
+                samples = scrape(daemon)
+                return (
+                    pgb(samples, "client_connections", database="postgres", user=user, state="waiting") >= 1
+                    and pgb(samples, "client_max_wait_seconds", database="postgres", user=user) > 0
+                )
+
+            wait_for(waiting, what="a waiting client and its wait")
+            assert not waited.is_set()
+            samples = scrape(daemon)
+            assert pgb(samples, "server_connections", database="postgres", user=user, state="active") == 2
+            assert pgb(samples, "pool_mode", database="postgres", user=user, mode="transaction") == 1
+            assert pgb(samples, "database_pool_size", database="postgres") == 2
+            assert pgb(samples, "config_max_client_connections") == 100
+            assert pgb(samples, "list_items", list="pools") >= 1
+            assert value(samples, "poolwatch_target_info", target="pgb", kind="pgbouncer") == 1
+            # The waiting ends when a holder commits; the stats move on.
+            holders[0].commit()
+            assert waited.wait(10)
+            thread.join(5)
+
+            def served() -> bool:
+                samples = scrape(daemon)
+                return (
+                    pgb(samples, "client_connections", database="postgres", user=user, state="waiting") == 0
+                    and pgb(samples, "queries_total", database="postgres") >= 3
+                    and pgb(samples, "client_wait_seconds_total", database="postgres") > 0
+                )
+
+            wait_for(served, what="the queue drained, counters counted")
+    finally:
+        for connection in (*holders, waiter):
+            connection.close()
+
+
+def test_wrong_admin_password_is_an_auth_failure(pgbouncer_factory):
+    bouncer = pgbouncer_factory()
+    with running_daemon({"targets": [target(bouncer, password="wrong")]}) as daemon:
+        wait_for(
+            lambda: metric(daemon, "poolwatch_probe_failures_total", target="pgb", reason="auth") >= 1,
+            what="an auth failure",
+        )
+        assert metric(daemon, "poolwatch_up", target="pgb") == 0
+        status = str(daemon.status())  # what /status and the status page show
+        assert "SASL authentication failed" in status or "password authentication failed" in status
+        assert bouncer.admin_password not in status
+        assert "wrong" not in status
+
+
+@pytest.mark.destructive
+def test_a_restart_takes_the_target_down_and_back_up(pgbouncer_factory):
+    bouncer = pgbouncer_factory()
+    with running_daemon({"targets": [target(bouncer)]}) as daemon:
+        wait_for(lambda: metric(daemon, "poolwatch_up", target="pgb") == 1, what="up")
+        wait_for(lambda: "poolwatch_pgbouncer_version_info" in str(scrape(daemon)), what="stats")
+        bouncer.kill()
+        wait_for(lambda: metric(daemon, "poolwatch_up", target="pgb") == 0, what="down")
+        # Stats from a console we cannot reach are withdrawn, not kept as a guess.
+        wait_for(lambda: "poolwatch_pgbouncer_version_info" not in str(scrape(daemon)), what="withdrawn")
+        bouncer.start()
+        wait_for(lambda: metric(daemon, "poolwatch_up", target="pgb") == 1, what="up again")
+        wait_for(lambda: "poolwatch_pgbouncer_version_info" in str(scrape(daemon)), what="stats again")
