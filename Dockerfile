@@ -15,8 +15,8 @@ COPY pyproject.toml README.md ./
 COPY poolwatch ./poolwatch
 # Every runtime dependency ships manylinux wheels (psycopg2-binary, bcrypt, pydantic-core): no
 # build tools are needed, so none are installed.
-RUN /opt/poolwatch/bin/pip install --no-cache-dir . \
-    && /opt/poolwatch/bin/poolwatch --version
+RUN /opt/poolwatch/bin/pip install --no-cache-dir '.[daemon]' \
+    && /opt/poolwatch/bin/poolwatch config --help >/dev/null
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="poolwatch" \

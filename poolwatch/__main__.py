@@ -1,5 +1,5 @@
 """``python -m poolwatch``: the same as the ``poolwatch`` command."""
 
-from poolwatch.cli import entry
+from poolwatch.launcher import entry
 
 entry()

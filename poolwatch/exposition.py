@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.registry import Collector
 
+    from poolwatch.metrics import Rows
+
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 # Text format 0.0.4 knows five types; the OpenMetrics ones are written as prometheus_client writes
 # them there: an info is a gauge named ``<name>_info``, a state set a gauge, a gauge histogram a
@@ -78,21 +80,6 @@ def series_prefix(name: str, labels: Iterable[tuple[str, str]]) -> str:
     return f"{name}{{{pairs}}} " if pairs else f"{name} "
 
 
-@dataclass(frozen=True, slots=True)
-class Rows:
-    """One family's series as plain rows, for scrape-time collectors that offer ``rows()``.
-
-    ``family`` gives name, type and help (a prometheus_client metric family, left empty); each row
-    is ``(label values, value)``, and a histogram's value is ``(cumulative (le, count) pairs
-    ending with +Inf, sum)``. The renderer prefers ``rows()`` to ``collect()``: no ``Sample``
-    tuples and label dicts to build per sample.
-    """
-
-    family: Any
-    labelnames: tuple[str, ...]
-    rows: list[tuple[tuple[str, ...], Any]]
-
-
 class Renderer:
     """Renders one registry; keeps the per-series text between scrapes. Thread-safe."""
 
@@ -128,18 +115,17 @@ class Renderer:
     def _rows(self, families: Iterable[Rows], out: list[str], fresh: Cache) -> None:
         cache = self._prefixes
         for rows in families:
-            name, kind = rows.family.name, rows.family.type
+            spec = rows.spec
+            name, kind, labelnames = spec.full_name, spec.type, spec.labels
             series = name + "_total" if kind == "counter" else name
-            out.append(self._header(series, kind, rows.family.documentation))
+            out.append(self._header(series, kind, spec.help))
             for labelvalues, value in rows.rows:
                 key = ("rows", name, *labelvalues)
                 prefixes = cache.get(key)
                 if kind == "histogram":
                     pairs, total = value
                     if prefixes is None or len(prefixes) != len(pairs) + 2:
-                        prefixes = _histogram_prefixes(
-                            name, rows.labelnames, labelvalues, [le for le, _ in pairs]
-                        )
+                        prefixes = _histogram_prefixes(name, labelnames, labelvalues, [le for le, _ in pairs])
                     fresh[key] = prefixes
                     for prefix, (_, count) in zip(prefixes, pairs, strict=False):
                         out.append(f"{prefix}{format_value(count)}\n")
@@ -147,7 +133,7 @@ class Renderer:
                     out.append(f"{prefixes[-1]}{format_value(total)}\n")
                 else:
                     if prefixes is None:
-                        prefixes = (series_prefix(series, zip(rows.labelnames, labelvalues, strict=True)),)
+                        prefixes = (series_prefix(series, zip(labelnames, labelvalues, strict=True)),)
                     fresh[key] = prefixes
                     out.append(f"{prefixes[0]}{format_value(value)}\n")
 

@@ -35,16 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.pool import QueuePool
 
-from poolwatch.instrument.redis import RedisInstrumentation, opened
-from poolwatch.instrument.redis import pool_internals as redis_internals
-from poolwatch.instrument.sqlalchemy import (
-    CLOSE_REASON,
-    LIFETIME_JITTER,
-    SQLAlchemyInstrumentation,
-    close_with_reason,
-    connected_at,
-    pool_internals,
-)
+from poolwatch.instrument.sqlalchemy import SQLAlchemyInstrumentation, connected_at
 from poolwatch.jobs import NO_BACKOFF, TargetJob
 
 if TYPE_CHECKING:
@@ -53,6 +44,8 @@ if TYPE_CHECKING:
     from sqlalchemy.pool import ConnectionPoolEntry
 
     from poolwatch.config import PoolSettings
+    from poolwatch.instrument.redis import RedisInstrumentation
+    from poolwatch.instrument.sqlalchemy import PoolInternals
     from poolwatch.jobs import Backoff, Outcome
 
 log = logging.getLogger(__name__)
@@ -105,40 +98,39 @@ class Housekeeper:
             recorder = self.instrumentation.recorder
             recorder.check_leaks()
             recorder.fold()
-            if isinstance(self.instrumentation, RedisInstrumentation):
-                return self._redis_pass(self.instrumentation)
-            return self._sql_pass(self.instrumentation)
+            if isinstance(self.instrumentation, SQLAlchemyInstrumentation):
+                return self._sql_pass(self.instrumentation)
+            return self._redis_pass(self.instrumentation)
 
     # -- SQLAlchemy ---------------------------------------------------------------------------------
 
     def _sql_pass(self, instrumentation: SQLAlchemyInstrumentation) -> Report:
         report = Report()
-        engine, pool = instrumentation.engine, instrumentation.pool
-        if engine is None or not isinstance(pool, QueuePool):
-            return report
-        internals = pool_internals(pool)
-        if internals.mutex is None:
-            return report  # asyncio queue: owned by the event loop
+        pool, internals = instrumentation.pool, instrumentation.internals()
+        if not isinstance(pool, QueuePool) or internals is None or internals.mutex is None:
+            return report  # gone, or an asyncio queue (owned by the event loop)
         retire, ping = self._select(internals.idle_records, internals.mutex)
         for record, reason in retire:
-            close_with_reason(record, reason)
+            instrumentation.close_with_reason(record, reason)
             internals.dec_overflow()
             report.count(reason)
         for record in ping:
-            if self._ping(engine.dialect, record):
+            if self._ping(internals.dialect, record):
                 report.pinged += 1
                 internals.give_back(record)
             else:
                 internals.dec_overflow()
                 report.count("pre_ping_failed")
-        self._refill(pool, report)
+        self._refill(pool, internals, report)
         return report
 
     def _select(
         self, queue: Any, mutex: Any
     ) -> tuple[list[tuple[ConnectionPoolEntry, str]], list[ConnectionPoolEntry]]:
         """Take the records to retire or ping out of the idle queue (under its lock, briefly)."""
-        policy, recorder = self.policy, self.instrumentation.recorder
+        policy, instrumentation = self.policy, self.instrumentation
+        assert isinstance(instrumentation, SQLAlchemyInstrumentation)
+        recorder = instrumentation.recorder
         now, wall = recorder.clock(), self._wall()
         retire: list[tuple[ConnectionPoolEntry, str]] = []
         ping: list[ConnectionPoolEntry] = []
@@ -155,7 +147,7 @@ class Housekeeper:
                 idle_for = 0.0 if since is None else now - since
                 reason = None
                 if policy.max_lifetime is not None:
-                    jitter = float(record.info.get(LIFETIME_JITTER, 0.0))
+                    jitter = instrumentation.jitter(record)
                     if wall - connected_at(record) > policy.max_lifetime * (1.0 - jitter):
                         reason = "max_lifetime"
                 if reason is None and policy.idle_timeout is not None and idle_for > policy.idle_timeout:
@@ -172,7 +164,9 @@ class Housekeeper:
         return retire, ping
 
     def _ping(self, dialect: Any, record: ConnectionPoolEntry) -> bool:
-        recorder = self.instrumentation.recorder
+        instrumentation = self.instrumentation
+        assert isinstance(instrumentation, SQLAlchemyInstrumentation)
+        recorder = instrumentation.recorder
         connection = record.dbapi_connection
         try:
             alive = bool(dialect.do_ping(connection))
@@ -184,15 +178,13 @@ class Housekeeper:
         else:
             error = None
         if alive:
-            recorder.stamps[record] = recorder.clock()
+            recorder.mark_idle(record)
             return True
-        record.info[CLOSE_REASON] = "pre_ping_failed"
-        record.invalidate(error)
+        instrumentation.invalidate_with_reason(record, "pre_ping_failed", error)
         return False
 
-    def _refill(self, pool: QueuePool, report: Report) -> None:
+    def _refill(self, pool: QueuePool, internals: PoolInternals, report: Report) -> None:
         recorder = self.instrumentation.recorder
-        internals = pool_internals(pool)
         while (
             pool.checkedin() < self.policy.min_idle
             and pool.checkedin() + pool.checkedout() < pool.size()
@@ -207,7 +199,7 @@ class Housekeeper:
                 recorder.connect_failed(exc)
                 log.warning("pool %s: refill to min_idle failed: %s", recorder.name, type(exc).__name__)
                 return
-            recorder.stamps[record] = recorder.clock()
+            recorder.mark_idle(record)
             internals.give_back(record)
             report.opened += 1
 
@@ -224,23 +216,25 @@ class Housekeeper:
         if pool is None or (policy.idle_timeout is None and policy.max_lifetime is None):
             return report
         recorder = instrumentation.recorder
-        internals = redis_internals(pool)
+        internals = instrumentation.internals()
+        ledger = recorder.ledger
         now = recorder.clock()  # connects are stamped on the recorder clock too (not ``wall``)
 
         def retire(connection: Any, reason: str) -> None:
             connection.disconnect()
-            recorder.stamps.pop(connection, None)  # no longer idle: reconnects on its next checkout
+            ledger.idle_since.pop(connection, None)  # no longer idle: reconnects on its next checkout
+            instrumentation.forget_opened(connection)
             recorder.close(reason)
             report.count(reason)
 
         # While this lock is held no free connection can be handed out, so none is in use while it is
         # disconnected here; disconnecting is a local socket close, as ConnectionPool.disconnect()
         # does under its lock too.
-        with internals.lock:
+        with internals.lock():
             idle = internals.idle()
             if policy.max_lifetime is not None:
                 for connection in idle:
-                    stamp = opened(connection)
+                    stamp = instrumentation.opened(connection)
                     if (
                         stamp is not None
                         and internals.connected(connection)

@@ -1,8 +1,12 @@
-"""Every metric family poolwatch exports, created on a registry that is passed in.
+"""Every metric family poolwatch exports, defined once in ``CATALOGUE`` and built on a registry passed in.
 
-Nothing here registers on prometheus_client's global registry at import time: the daemon, each test
-and each embedding application build their own. Series whose label values are known in advance are
-created at start-up so they exist at 0 before the first event (Prometheus' ``rate()`` needs that).
+``CATALOGUE`` lists each family (name, type, help, labels, unit, buckets): the daemon's
+prometheus_client metrics below are built from it with ``family()``, the pool collector
+(instrument/collector.py) builds its scrape-time families and its fast-render ``Rows`` from it, and a
+metrics reference can be generated from it. Nothing here registers on prometheus_client's global
+registry at import time: the daemon, each test and each embedding application build their own.
+Series whose label values are known in advance are created at start-up so they exist at 0 before the
+first event (Prometheus' ``rate()`` needs that).
 """
 
 from __future__ import annotations
@@ -10,20 +14,18 @@ from __future__ import annotations
 import contextlib
 import platform
 import threading
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-import apscheduler
-import redis
-import sqlalchemy
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from poolwatch._version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-    from prometheus_client import Metric
+    from prometheus_client.metrics_core import Metric
 
 NAMESPACE: Final = "poolwatch"
 
@@ -51,51 +53,312 @@ LATENCY_BUCKETS: Final = (
 )
 JOB_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-PROBE_FAILURE_REASONS: Final = (
-    "auth",
-    "refused",
-    "timeout",
-    "dns",
-    "reset",
-    "too_many_connections",
-    "pool_timeout",
-    "other",
+PROBE_FAILURE_REASONS: Final = ("auth", "refused", "timeout", "dns", "reset", "pool_timeout", "other")
+REAPER_REASONS: Final = ("idle", "idle_in_transaction")
+REAPER_MODES: Final = ("enforce", "dry_run")
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One metric family: what Prometheus shows for it (``name`` without the ``poolwatch_`` prefix
+    and, for a counter, without ``_total``, as prometheus_client takes it)."""
+
+    name: str
+    type: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    unit: str = ""
+    buckets: tuple[float, ...] | None = None
+    group: str = ""  # where it comes from: pool, probe, job, build, census, reaper, audit
+
+    @property
+    def full_name(self) -> str:
+        """The family name on /metrics (counters add ``_total`` to each sample)."""
+        return f"{NAMESPACE}_{self.name}"
+
+    @property
+    def samples(self) -> tuple[str, ...]:
+        """The sample names Prometheus stores for this family."""
+        if self.type == "counter":
+            return (f"{self.full_name}_total",)
+        if self.type == "histogram":
+            return tuple(f"{self.full_name}_{suffix}" for suffix in ("bucket", "count", "sum"))
+        return (self.full_name,)
+
+    def scrape_family(self) -> Metric:
+        """An empty prometheus_client metric family, for a scrape-time collector to fill."""
+        kinds = {
+            "counter": CounterMetricFamily,
+            "gauge": GaugeMetricFamily,
+            "histogram": HistogramMetricFamily,
+        }
+        family: Metric = kinds[self.type](self.full_name, self.help, labels=list(self.labels))
+        return family
+
+
+def _spec(
+    group: str, name: str, kind: Kind, help_: str, labels: tuple[str, ...] = (), **more: Any
+) -> MetricSpec:
+    unit = "seconds" if "seconds" in name else "ratio" if name.endswith("_ratio") else ""
+    return MetricSpec(name, kind, help_, labels, unit=unit, group=group, **more)
+
+
+_POOL = ("pool",)
+_TARGET = ("target",)
+_JOB = ("task", "target")
+
+# The pool families, in the order the collector emits them (instrument/collector.py reads each).
+POOL_METRICS: Final = (
+    _spec("pool", "pool_connections", "gauge", "Open pooled connections by state.", ("pool", "state")),
+    _spec("pool", "pool_max_connections", "gauge", "Most connections the pool may open.", _POOL),
+    _spec("pool", "pool_size", "gauge", "Persistent size of the pool (connections kept when idle).", _POOL),
+    _spec("pool", "pool_min_idle", "gauge", "Idle connections housekeeping keeps open.", _POOL),
+    _spec("pool", "pool_overflow", "gauge", "Overflow connections open beyond the pool size.", _POOL),
+    _spec("pool", "pool_pending_requests", "gauge", "Callers waiting for a connection now.", _POOL),
+    _spec(
+        "pool",
+        "pool_wait_seconds",
+        "histogram",
+        "Checkout latency: request to connection handed out (queueing, connecting, pre-ping).",
+        _POOL,
+        buckets=LATENCY_BUCKETS,
+    ),
+    _spec(
+        "pool",
+        "pool_use_seconds",
+        "histogram",
+        "How long connections were held by callers.",
+        _POOL,
+        buckets=LATENCY_BUCKETS,
+    ),
+    _spec(
+        "pool",
+        "pool_create_seconds",
+        "histogram",
+        "Time to open a new connection.",
+        _POOL,
+        buckets=LATENCY_BUCKETS,
+    ),
+    _spec("pool", "pool_checkouts", "counter", "Successful checkouts.", _POOL),
+    _spec("pool", "pool_timeouts", "counter", "Checkouts that timed out waiting (pool exhausted).", _POOL),
+    _spec(
+        "pool",
+        "pool_connect_errors",
+        "counter",
+        "Failed attempts to open a connection, by reason.",
+        ("pool", "reason"),
+    ),
+    _spec("pool", "pool_closed", "counter", "Connections closed, by reason.", ("pool", "reason")),
+    _spec(
+        "pool", "pool_leaked_connections", "gauge", "Connections held longer than leak_threshold now.", _POOL
+    ),
+    _spec("pool", "pool_leaks", "counter", "Connections ever held longer than leak_threshold.", _POOL),
+    _spec(
+        "pool",
+        "instrumentation_errors",
+        "counter",
+        "Failures of poolwatch's own pool hooks (never raised to the host).",
+        _POOL,
+    ),
 )
+
+PROBE_UP = _spec("probe", "up", "gauge", "1 if the last probe of the target succeeded, else 0.", _TARGET)
+PROBE_DURATION = _spec(
+    "probe",
+    "probe_duration_seconds",
+    "histogram",
+    "Round trip of a probe: pooled checkout plus SELECT 1 or PING.",
+    _TARGET,
+    buckets=LATENCY_BUCKETS,
+)
+PROBE_FAILURES = _spec(
+    "probe", "probe_failures", "counter", "Probes that failed, by reason.", ("target", "reason")
+)
+PROBE_BACKOFF = _spec(
+    "probe",
+    "probe_backoff_seconds",
+    "gauge",
+    "Seconds between probe attempts while backing off after authentication failures; 0 if not.",
+    _TARGET,
+)
+JOB_DURATION = _spec(
+    "job", "job_duration_seconds", "histogram", "Wall time of scheduled job runs.", _JOB, buckets=JOB_BUCKETS
+)
+JOB_FAILURES = _spec("job", "job_failures", "counter", "Scheduled job runs that raised or timed out.", _JOB)
+JOB_LAST_SUCCESS = _spec(
+    "job",
+    "job_last_success_timestamp_seconds",
+    "gauge",
+    "Unix time of the last successful run of a job.",
+    _JOB,
+)
+JOB_SKIPPED = _spec(
+    "job",
+    "job_skipped",
+    "counter",
+    "Job runs not started: the previous run was still going, or the job is backing off.",
+    _JOB,
+)
+BUILD_INFO = _spec(
+    "build",
+    "build_info",
+    "gauge",
+    "poolwatch build and runtime versions; always 1.",
+    ("version", "python_version", "sqlalchemy_version", "redis_py_version", "apscheduler_version"),
+)
+SERVER_CONNECTIONS = _spec(
+    "census",
+    "server_connections",
+    "gauge",
+    "Server-side sessions by state, database, user and application "
+    "(names not configured are folded into the empty value).",
+    ("target", "state", "database", "user", "application"),
+)
+SERVER_POOL_CONNECTIONS = _spec(
+    "census",
+    "server_pool_connections",
+    "gauge",
+    "Server-side sessions of a known pool (by application_name / client name), by state.",
+    ("target", "pool", "state"),
+)
+SERVER_MAX_CONNECTIONS = _spec(
+    "census",
+    "server_max_connections",
+    "gauge",
+    "Sessions the server accepts from ordinary users "
+    "(max_connections less reserved slots; Redis maxclients).",
+    _TARGET,
+)
+SERVER_USED_RATIO = _spec(
+    "census",
+    "server_connections_used_ratio",
+    "gauge",
+    "Client sessions divided by server_max_connections.",
+    _TARGET,
+)
+SERVER_OLDEST = _spec(
+    "census",
+    "server_oldest_seconds",
+    "gauge",
+    "Longest time a session has been in its current state, by state.",
+    ("target", "state"),
+)
+SERVER_OLDEST_TRANSACTION = _spec(
+    "census",
+    "server_oldest_transaction_seconds",
+    "gauge",
+    "Age of the oldest open transaction (0 when none).",
+    _TARGET,
+)
+SERVER_IDLE = _spec(
+    "census",
+    "server_idle_connections",
+    "gauge",
+    "Sessions idle longer than each configured threshold.",
+    ("target", "idle_over"),
+)
+REAPER_TERMINATED = _spec(
+    "reaper",
+    "reaper_terminated",
+    "counter",
+    "Sessions terminated (mode=enforce) or that would have been (mode=dry_run), by reason.",
+    ("target", "reason", "mode"),
+)
+REAPER_ERRORS = _spec(
+    "reaper", "reaper_errors", "counter", "Reaper runs that failed, and terminations that raised.", _TARGET
+)
+REAPER_LEADER = _spec(
+    "reaper", "reaper_leader", "gauge", "1 while this replica holds the target's reaper lease.", _TARGET
+)
+AUDIT_SPOOLED = _spec(
+    "audit",
+    "audit_spooled_records",
+    "gauge",
+    "Audit records waiting in the local spool for the audit database.",
+)
+AUDIT_DROPPED = _spec(
+    "audit", "audit_dropped_records", "counter", "Audit records dropped because the spool was full."
+)
+AUDIT_WRITTEN = _spec("audit", "audit_written", "counter", "Audit records written to the audit database.")
+
+CENSUS_METRICS: Final = (
+    SERVER_CONNECTIONS,
+    SERVER_POOL_CONNECTIONS,
+    SERVER_MAX_CONNECTIONS,
+    SERVER_USED_RATIO,
+    SERVER_OLDEST,
+    SERVER_OLDEST_TRANSACTION,
+    SERVER_IDLE,
+)
+
+# The families above; with PgBouncer's and target_info (at the end of this module): CATALOGUE.
+_CORE: Final[tuple[MetricSpec, ...]] = (
+    BUILD_INFO,
+    *POOL_METRICS,
+    PROBE_UP,
+    PROBE_DURATION,
+    PROBE_FAILURES,
+    PROBE_BACKOFF,
+    JOB_DURATION,
+    JOB_FAILURES,
+    JOB_LAST_SUCCESS,
+    JOB_SKIPPED,
+    *CENSUS_METRICS,
+    REAPER_TERMINATED,
+    REAPER_ERRORS,
+    REAPER_LEADER,
+    AUDIT_SPOOLED,
+    AUDIT_DROPPED,
+    AUDIT_WRITTEN,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """One family's series as plain rows: the fast-render interface of scrape-time collectors.
+
+    A collector that offers ``rows() -> Iterable[Rows]`` besides ``collect()`` is rendered from its
+    rows by poolwatch's /metrics renderer (exposition.py): no ``Sample`` tuples and label dicts to
+    build per sample. Each row is ``(label values in spec.labels order, value)``; a histogram's value
+    is ``(cumulative (le, count) pairs ending with +Inf, sum)``.
+    """
+
+    spec: MetricSpec
+    rows: list[tuple[tuple[str, ...], Any]]
+
+
+def counter(spec: MetricSpec, registry: CollectorRegistry) -> Counter:
+    """The prometheus_client Counter ``spec`` defines, registered on ``registry``."""
+    assert spec.type == "counter", spec
+    return Counter(spec.name, spec.help, spec.labels, namespace=NAMESPACE, registry=registry)
+
+
+def gauge(spec: MetricSpec, registry: CollectorRegistry) -> Gauge:
+    """The prometheus_client Gauge ``spec`` defines, registered on ``registry``."""
+    assert spec.type == "gauge", spec
+    return Gauge(spec.name, spec.help, spec.labels, namespace=NAMESPACE, registry=registry)
+
+
+def histogram(spec: MetricSpec, registry: CollectorRegistry) -> Histogram:
+    """The prometheus_client Histogram ``spec`` defines, registered on ``registry``."""
+    assert spec.type == "histogram", spec
+    assert spec.buckets is not None, spec
+    buckets = spec.buckets
+    return Histogram(
+        spec.name, spec.help, spec.labels, namespace=NAMESPACE, registry=registry, buckets=buckets
+    )
 
 
 class ProbeMetrics:
     """``poolwatch_up``, probe latency and failures, per target."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.up = Gauge(
-            "up",
-            "1 if the last probe of the target succeeded, else 0.",
-            ["target"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "probe_duration_seconds",
-            "Round trip of a probe: pooled checkout plus SELECT 1 or PING.",
-            ["target"],
-            namespace=NAMESPACE,
-            registry=registry,
-            buckets=LATENCY_BUCKETS,
-        )
-        self.failures = Counter(
-            "probe_failures",
-            "Probes that failed, by reason.",
-            ["target", "reason"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.backoff = Gauge(
-            "probe_backoff_seconds",
-            "Seconds between probe attempts while backing off after authentication failures; 0 if not.",
-            ["target"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
+        self.up = gauge(PROBE_UP, registry)
+        self.duration = histogram(PROBE_DURATION, registry)
+        self.failures = counter(PROBE_FAILURES, registry)
+        self.backoff = gauge(PROBE_BACKOFF, registry)
 
     def add_target(self, target: str) -> None:
         self.up.labels(target).set(0)
@@ -119,35 +382,10 @@ class JobMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.duration = Histogram(
-            "job_duration_seconds",
-            "Wall time of scheduled job runs.",
-            ["task", "target"],
-            namespace=NAMESPACE,
-            registry=registry,
-            buckets=JOB_BUCKETS,
-        )
-        self.failures = Counter(
-            "job_failures",
-            "Scheduled job runs that raised or timed out.",
-            ["task", "target"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.last_success = Gauge(
-            "job_last_success_timestamp_seconds",
-            "Unix time of the last successful run of a job.",
-            ["task", "target"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.skipped = Counter(
-            "job_skipped",
-            "Job runs not started: the previous run was still going, or the job is backing off.",
-            ["task", "target"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
+        self.duration = histogram(JOB_DURATION, registry)
+        self.failures = counter(JOB_FAILURES, registry)
+        self.last_success = gauge(JOB_LAST_SUCCESS, registry)
+        self.skipped = counter(JOB_SKIPPED, registry)
 
     def add_job(self, task: str, target: str) -> None:
         self.duration.labels(task, target)
@@ -164,13 +402,12 @@ class BuildMetrics:
     """``poolwatch_build_info``: 1, with the versions that matter when reading a bug report."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.info = Gauge(
-            "build_info",
-            "poolwatch build and runtime versions; always 1.",
-            ["version", "python_version", "sqlalchemy_version", "redis_py_version", "apscheduler_version"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
+        self.info = gauge(BUILD_INFO, registry)
+        # The daemon's libraries, imported here: library mode never builds this family.
+        import apscheduler  # noqa: PLC0415
+        import redis  # noqa: PLC0415
+        import sqlalchemy  # noqa: PLC0415
+
         self.info.labels(
             __version__,
             platform.python_version(),
@@ -188,65 +425,28 @@ class CensusMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.connections = Gauge(
-            "server_connections",
-            "Server-side sessions by state, database, user and application "
-            "(names not configured are folded into the empty value).",
-            ["target", "state", "database", "user", "application"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.pool_connections = Gauge(
-            "server_pool_connections",
-            "Server-side sessions of a known pool (by application_name / client name), by state.",
-            ["target", "pool", "state"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.max_connections = Gauge(
-            "server_max_connections",
-            "Sessions the server accepts from ordinary users "
-            "(max_connections less reserved slots; Redis maxclients).",
-            ["target"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.used_ratio = Gauge(
-            "server_connections_used_ratio",
-            "Client sessions divided by server_max_connections.",
-            ["target"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.oldest = Gauge(
-            "server_oldest_seconds",
-            "Longest time a session has been in its current state, by state.",
-            ["target", "state"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.oldest_transaction = Gauge(
-            "server_oldest_transaction_seconds",
-            "Age of the oldest open transaction (0 when none).",
-            ["target"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.idle_over = Gauge(
-            "server_idle_connections",
-            "Sessions idle longer than each configured threshold.",
-            ["target", "idle_over"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
+        self.connections = gauge(SERVER_CONNECTIONS, registry)
+        self.pool_connections = gauge(SERVER_POOL_CONNECTIONS, registry)
+        self.max_connections = gauge(SERVER_MAX_CONNECTIONS, registry)
+        self.used_ratio = gauge(SERVER_USED_RATIO, registry)
+        self.oldest = gauge(SERVER_OLDEST, registry)
+        self.oldest_transaction = gauge(SERVER_OLDEST_TRANSACTION, registry)
+        self.idle_over = gauge(SERVER_IDLE, registry)
         self.families: dict[str, Gauge] = {
-            "server_connections": self.connections,
-            "server_pool_connections": self.pool_connections,
-            "server_max_connections": self.max_connections,
-            "server_connections_used_ratio": self.used_ratio,
-            "server_oldest_seconds": self.oldest,
-            "server_oldest_transaction_seconds": self.oldest_transaction,
-            "server_idle_connections": self.idle_over,
+            spec.name: getattr(self, attr)
+            for spec, attr in zip(
+                CENSUS_METRICS,
+                (
+                    "connections",
+                    "pool_connections",
+                    "max_connections",
+                    "used_ratio",
+                    "oldest",
+                    "oldest_transaction",
+                    "idle_over",
+                ),
+                strict=True,
+            )
         }
         self._shown: dict[str, set[tuple[str, tuple[str, ...]]]] = {}
 
@@ -266,53 +466,16 @@ class CensusMetrics:
         self._shown.pop(target, None)
 
 
-REAPER_REASONS: Final = ("idle", "idle_in_transaction")
-REAPER_MODES: Final = ("enforce", "dry_run")
-
-
 class ReaperMetrics:
     """Reaper decisions, errors and leadership per target; the audit spool (process-wide)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.terminated = Counter(
-            "reaper_terminated",
-            "Sessions terminated (mode=enforce) or that would have been (mode=dry_run), by reason.",
-            ["target", "reason", "mode"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.errors = Counter(
-            "reaper_errors",
-            "Reaper runs that failed, and terminations that raised.",
-            ["target"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.leader = Gauge(
-            "reaper_leader",
-            "1 while this replica holds the target's reaper lease.",
-            ["target"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.spooled = Gauge(
-            "audit_spooled_records",
-            "Audit records waiting in the local spool for the audit database.",
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.dropped = Counter(
-            "audit_dropped_records",
-            "Audit records dropped because the spool was full.",
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.written = Counter(
-            "audit_written",
-            "Audit records written to the audit database.",
-            namespace=NAMESPACE,
-            registry=registry,
-        )
+        self.terminated = counter(REAPER_TERMINATED, registry)
+        self.errors = counter(REAPER_ERRORS, registry)
+        self.leader = gauge(REAPER_LEADER, registry)
+        self.spooled = gauge(AUDIT_SPOOLED, registry)
+        self.dropped = counter(AUDIT_DROPPED, registry)
+        self.written = counter(AUDIT_WRITTEN, registry)
 
     def add_target(self, target: str) -> None:
         for reason in REAPER_REASONS:
@@ -404,6 +567,12 @@ PGBOUNCER_FAMILIES: Final[dict[str, tuple[str, str, tuple[str, ...]]]] = {
 }
 
 
+PGBOUNCER_METRICS: Final = tuple(
+    _spec("pgbouncer", name, kind, documentation, ("target", *labels))  # type: ignore[arg-type]
+    for name, (kind, documentation, labels) in PGBOUNCER_FAMILIES.items()
+)
+
+
 class PgBouncerMetrics:
     """``poolwatch_pgbouncer_*``: the last stats of each PgBouncer target, rendered at scrape time.
 
@@ -430,10 +599,7 @@ class PgBouncerMetrics:
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             current = dict(self._samples)
-        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
-        for name, (kind, documentation, labels) in PGBOUNCER_FAMILIES.items():
-            make = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-            families[name] = make(f"{NAMESPACE}_{name}", documentation, labels=["target", *labels])
+        families: dict[str, Any] = {spec.name: spec.scrape_family() for spec in PGBOUNCER_METRICS}
         for target, rows in sorted(current.items()):
             for name, labels, value in rows:
                 families[name].add_metric([target, *labels], value)
@@ -446,13 +612,7 @@ class TargetMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._kinds: dict[str, str] = {}
-        self.info = Gauge(
-            "target_info",
-            "1 per configured target, labelled with its kind.",
-            ["target", "kind"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
+        self.info = gauge(TARGET_INFO, registry)
 
     def add_target(self, target: str, kind: str) -> None:
         self.remove_target(target)
@@ -463,3 +623,11 @@ class TargetMetrics:
         kind = self._kinds.pop(target, None)
         if kind is not None:
             _remove(self.info, [(target, kind)])
+
+
+TARGET_INFO: Final = _spec(
+    "target", "target_info", "gauge", "1 per configured target, labelled with its kind.", ("target", "kind")
+)
+
+# Every family poolwatch exports, once each.
+CATALOGUE: Final[tuple[MetricSpec, ...]] = (*_CORE, *PGBOUNCER_METRICS, TARGET_INFO)

@@ -13,23 +13,23 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import linecache
 import logging
 import threading
 import time
-import traceback
+import weakref
 from bisect import bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from sys import _getframe as getframe
+from types import CodeType
 from typing import TYPE_CHECKING, Final
-
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from poolwatch.errors import reason_of
 from poolwatch.metrics import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from types import FrameType
+    from collections.abc import Callable, Iterable
 
 log = logging.getLogger("poolwatch.instrument")
 
@@ -48,8 +48,8 @@ CLOSE_REASONS: Final = (
 # Max lifetime is shortened by up to 2.5 %, drawn per connection when it opens (SQLAlchemy and
 # redis-py alike), so connections opened together do not expire together.
 MAX_JITTER: Final = 0.025
-# How many frames of the checkout stack a leak warning shows (innermost are the pool's own).
-LEAK_STACK_LIMIT: Final = 40
+# How many frames of the caller a checkout records for a leak warning (``capture_origin``).
+ORIGIN_FRAMES: Final = 3
 
 
 class Tally:
@@ -139,23 +139,110 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-# A connection out of the pool now: (when it was handed out, a frame to format if it leaks). A plain
-# tuple: building a frozen dataclass costs ~0.4 us, a tenth of the whole hook budget.
-Checkout = tuple[float, "FrameType | None"]
-# What ``Recorder.stamps`` holds for a pool entry: a ``Checkout`` while it is out of the pool, and the
-# recorder-clock time it was last returned, pinged or opened (a float) while it is idle.
-Stamp = Checkout | float
+# Where a connection was checked out, for a leak warning: the code object and the offset of the last
+# instruction of each of a few frames of the caller, flat: ``(code, lasti, code, lasti, ...)``. Code
+# objects keep no application object alive (a frame would keep its locals, and so the connection the
+# application dropped, alive); line numbers are worked out from the offsets only when a leak is reported.
+Origin = tuple[object, ...]
+
+
+class Ledger:
+    """Where each connection of one pool is, as its hooks last saw it; owned by that pool's hooks.
+
+    Two small maps, keyed by the pool's own entry for a connection (a SQLAlchemy pool entry, a
+    redis-py connection): ``checked_out`` (recorder-clock time it was handed out) while a caller has
+    it, ``idle_since`` (time it was last returned, pinged or opened) for the pool's idle connections.
+    An entry leaves ``checked_out`` when it comes back; its stale ``idle_since`` while out is never
+    read (housekeeping reads idle connections only). ``origins`` holds where each connection now out
+    was checked out, only with leak detection on. Hooks write without a lock (single dict operations,
+    atomic under the GIL). The recorder refers to the current ledger weakly: a pool that is gone takes
+    its entries with it.
+    """
+
+    __slots__ = ("__weakref__", "checked_out", "idle_since", "origins")
+
+    def __init__(self, idle: Iterable[object] = (), now: float = 0.0) -> None:
+        self.checked_out: dict[object, float] = {}
+        self.idle_since: dict[object, float] = dict.fromkeys(idle, now)
+        self.origins: dict[object, Origin] = {}
+
+    def forget(self, key: object) -> None:
+        """Drop every trace of ``key`` (a connection closed for good, detached or reset away)."""
+        self.checked_out.pop(key, None)
+        self.idle_since.pop(key, None)
+        self.origins.pop(key, None)
+
+    def clear(self) -> None:
+        self.checked_out.clear()
+        self.idle_since.clear()
+        self.origins.clear()
+
+
+def capture_origin(depth: int) -> Origin:
+    """Up to ``ORIGIN_FRAMES`` frames of the caller, from ``depth`` frames above this one's caller.
+
+    Unrolled, with no exception on the way (a top of stack ends the tuple early): every attribute
+    read here is paid on every checkout with leak detection on, and each frame looked at costs a
+    frame object (about 1,000 instructions). Frame objects are only looked at, never kept.
+    """
+    try:
+        f0 = getframe(depth + 1)
+    except ValueError:  # a shallower stack than expected: start at the caller
+        f0 = getframe(1)
+    f1 = f0.f_back
+    if f1 is None:
+        return (f0.f_code, f0.f_lasti)
+    f2 = f1.f_back
+    if f2 is None:
+        return (f0.f_code, f0.f_lasti, f1.f_code, f1.f_lasti)
+    return (f0.f_code, f0.f_lasti, f1.f_code, f1.f_lasti, f2.f_code, f2.f_lasti)
+
+
+def capture_origin_outside(package_dir: str) -> Origin:
+    """Like ``capture_origin``, from the first frame of the caller whose code is not under
+    ``package_dir`` (a library's own frames between the hook and the application vary by call path)."""
+    frame = getframe(2)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package_dir):
+        frame = frame.f_back
+    spots: list[object] = []
+    while frame is not None and len(spots) < 2 * ORIGIN_FRAMES:
+        spots += (frame.f_code, frame.f_lasti)
+        frame = frame.f_back  # type: ignore[assignment]
+    return tuple(spots)
+
+
+def format_origin(origin: Origin | None) -> str:
+    """The frames of an ``Origin``, innermost last, as ``traceback`` prints them."""
+    if not origin:
+        return "  (stack not recorded)"
+    lines = []
+    for code, lasti in reversed(list(zip(origin[::2], origin[1::2], strict=True))):
+        assert isinstance(code, CodeType)
+        assert isinstance(lasti, int)
+        line = _line_of(code, lasti)
+        lines.append(f'  File "{code.co_filename}", line {line}, in {code.co_name}')
+        text = linecache.getline(code.co_filename, line).strip() if line else ""
+        if text:
+            lines.append(f"    {text}")
+    return "\n".join(lines)
+
+
+def _line_of(code: CodeType, lasti: int) -> int:
+    for start, end, line in code.co_lines():
+        if start <= lasti < end and line is not None:
+            return line
+    return code.co_firstlineno
 
 
 @dataclass
 class Recorder:
     """Everything one instrumented pool records, and the few reads the collector needs.
 
-    Hot-path fields (``requested``, ``handed``, ``waits``, ``uses``, ``stamps``) are written without a
-    lock by pool hooks. The rare events (connects, closes, failures, leaks) take ``_lock``; so does
-    every read. Each request ends as exactly one of ``handed`` or ``failures``, counted before the
-    request is complete, so ``pending = requested - handed - failures`` read in that order (the
-    answers first) is never negative and counters never go down between scrapes.
+    Hot-path fields (``requested``, ``handed``, ``waits``, ``uses`` and the current ``Ledger``) are
+    written without a lock by pool hooks. The rare events (connects, closes, failures, leaks) take
+    ``_lock``; so does every read. Each request ends as exactly one of ``handed`` or ``failures``,
+    counted before the request is complete, so ``pending = requested - handed - failures`` read in that
+    order (the answers first) is never negative and counters never go down between scrapes.
     """
 
     name: str
@@ -166,10 +253,6 @@ class Recorder:
     waits: Samples = field(default_factory=Samples)
     uses: Samples = field(default_factory=Samples)
     creates: Samples = field(default_factory=Samples)
-    # pool entry -> its Stamp: one dict read and one write per checkin, no id() call, no pop().
-    # A SQLAlchemy pool writes to a dict of its own (``stamps`` is the current pool's) so that a pool
-    # dropped by dispose() takes its entries with it when it is collected.
-    stamps: dict[object, Stamp] = field(default_factory=dict)
     leaked: set[object] = field(default_factory=set)
     failures: int = 0
     timeouts: int = 0
@@ -179,19 +262,39 @@ class Recorder:
     internal_errors: int = 0
     min_idle: int = 0
     _logged_internal: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _ledger: Callable[[], Ledger | None] = lambda: None
+    # Reentrant: the garbage collector can run a finalizer on a thread that holds this lock (a scrape
+    # allocates while folding), and SQLAlchemy returns a dropped connection from one: the checkin and
+    # close it records take this lock again.
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def ledger(self) -> Ledger:
+        """The current pool's ledger (an empty one once that pool is gone)."""
+        return self._ledger() or Ledger()
+
+    def adopt(self, ledger: Ledger) -> None:
+        """Record into ``ledger`` from now on (a new pool: the instrumented one, or its recreation)."""
+        self._ledger = weakref.ref(ledger)
 
     # -- rare events (off the hot path) ------------------------------------------------------------
 
-    def checkout_failed(self, exc: BaseException) -> None:
-        """A caller's checkout raised: a pool timeout, or a failed attempt to connect."""
+    def checkout_failed(self, exc: BaseException, started: float, *, timed_out: bool) -> None:
+        """A caller's checkout raised: the pool timed out (``timed_out``), or connecting failed.
+
+        A timed-out checkout is a wait like any other (the longest there is): it goes into the wait
+        histogram, so an alert on slow checkouts sees an exhausted pool.
+        """
         try:
+            waited = self.clock() - started
             with self._lock:
                 self.failures += 1
-                if isinstance(exc, PoolTimeoutError) or reason_of(exc) == "pool_timeout":
+                if timed_out:
                     self.timeouts += 1
                 else:
                     self.connect_errors[_connect_reason(exc)] += 1
+            if timed_out:
+                self.waits.append(waited)
         except Exception as error:
             self.internal_error(error)
 
@@ -199,11 +302,6 @@ class Recorder:
         """An attempt to open a connection failed outside a caller's checkout (housekeeping refill)."""
         with self._lock:
             self.connect_errors[_connect_reason(exc)] += 1
-
-    def timed_out(self) -> None:
-        with self._lock:
-            self.failures += 1
-            self.timeouts += 1
 
     def connected(self, seconds: float) -> None:
         self.creates.append(seconds)
@@ -230,21 +328,26 @@ class Recorder:
         except Exception:  # noqa: S110 - the last line of defence must not raise into the host
             pass
 
-    def returned(self, key: object, checkout: Checkout) -> None:
-        """A leaked connection came back (called from the checkin hook only for leaked ones)."""
+    def returned(self, key: object, started: float) -> None:
+        """A leaked connection came back (called from the checkin hook only while leaks are known)."""
         with self._lock:
             if key not in self.leaked:
                 return
             self.leaked.discard(key)
-        held = self.clock() - checkout[0]
+        held = self.clock() - started
         log.info("pool %s: leaked connection returned after %.1fs", self.name, held)
 
-    # -- scraping side ---------------------------------------------------------------------------
+    # -- housekeeping ------------------------------------------------------------------------------
 
     def idle_since(self, key: object) -> float | None:
-        """When a pool entry was last returned, pinged or opened; None if out or never seen."""
-        stamp = self.stamps.get(key)
-        return stamp if isinstance(stamp, float) else None
+        """When an idle pool entry was last returned, pinged or opened; None if never seen."""
+        return self.ledger.idle_since.get(key)
+
+    def mark_idle(self, key: object) -> None:
+        """``key`` is idle as of now (pinged, or opened by housekeeping)."""
+        self.ledger.idle_since[key] = self.clock()
+
+    # -- scraping side ---------------------------------------------------------------------------
 
     def pending(self) -> int:
         """Callers inside a checkout now (waiting in the queue, connecting or pre-pinging)."""
@@ -265,27 +368,27 @@ class Recorder:
         """Connections held past ``leak_threshold`` now; warn once for each new one."""
         if self.leak_threshold is None:
             return 0
+        ledger = self.ledger
         now = self.clock()
-        current = self.stamps.copy()  # one C call: atomic under the GIL while hooks write
-        out = {key: stamp for key, stamp in current.items() if isinstance(stamp, tuple)}
-        held = [(key, c) for key, c in out.items() if now - c[0] > self.leak_threshold]
-        fresh: list[tuple[object, Checkout]] = []
+        out = ledger.checked_out.copy()  # one C call: atomic under the GIL while hooks write
+        held = [(key, started) for key, started in out.items() if now - started > self.leak_threshold]
+        fresh: list[tuple[float, Origin | None]] = []
         with self._lock:
-            for key, checkout in held:
+            for key, started in held:
                 if key not in self.leaked:
                     self.leaked.add(key)
                     self.leaks_total += 1
-                    fresh.append((key, checkout))
+                    fresh.append((started, ledger.origins.get(key)))
             # Forget leaks whose connection went away without a checkin (detached, pool disposed).
             self.leaked.intersection_update(out.keys())  # in place: hooks hold this set
             count = len(self.leaked)
-        for _key, checkout in fresh:
+        for started, origin in fresh:
             log.warning(
                 "pool %s: connection held for %.1fs (leak_threshold %gs); checked out at:\n%s",
                 self.name,
-                now - checkout[0],
+                now - started,
                 self.leak_threshold,
-                _stack(checkout[1]),
+                format_origin(origin),
             )
         return count
 
@@ -369,11 +472,3 @@ class Snapshot:
 def _connect_reason(exc: BaseException) -> str:
     reason = reason_of(exc)
     return reason if reason in CONNECT_ERROR_REASONS else "other"
-
-
-def _stack(frame: FrameType | None) -> str:
-    if frame is None:
-        return "  (stack not recorded)"
-    # The frames are alive (the connection holds them); lines are where each frame is now, which for
-    # the caller still holding the connection is the line it is blocked or running at.
-    return "".join(traceback.format_stack(frame, limit=LEAK_STACK_LIMIT)).rstrip()

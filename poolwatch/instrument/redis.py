@@ -1,25 +1,29 @@
 """Instrumenting a redis-py connection pool (``ConnectionPool`` or ``BlockingConnectionPool``).
 
 As for SQLAlchemy, hooks record raw facts without a lock and the collector reads sizes at scrape
-time. Here the pool's class is swapped for a per-instrumentation subclass whose ``get_connection()``
-and ``release()`` wrap redis-py's: a class swap survives redis-py's ``reset()`` after a fork.
-redis-py opens the socket inside ``get_connection()``, so wait time includes connecting.
+time. ``get_connection()``, ``release()``, ``make_connection()`` and ``reset()`` are shadowed by hooks
+set as instance attributes on the pool: the pool's class, its ``connection_class`` and its
+connections' classes stay what they were. Each hook looks redis-py's method up on the pool's class
+when it is called, so a later patch is honoured; instance attributes survive ``reset()`` after a fork
+(which the ``reset`` hook follows by forgetting every connection). redis-py opens the socket inside
+``get_connection()``, so wait time includes connecting.
 
-Connects are timed by the pool's ``connection_class``, replaced by a subclass that wraps the two
-methods redis-py calls only when it actually opens a connection: ``_connect()`` (the socket) and the
-handshake after it (AUTH, HELLO, SETNAME, SELECT). ``connect()`` itself runs on every checkout and
-returns at once when connected, so it is left alone. ``reset()`` keeps ``connection_class``.
-
-The private parts read are in ``pool_internals()``, pinned by a test to the installed redis-py version.
+Connects are timed from the socket to the end of the handshake (AUTH, HELLO, SETNAME, SELECT): the
+start by a ``_connect`` attribute on each connection of the pool that calls its class's ``_connect``
+(looked up at each call), the end by redis-py's public connect callback, which runs only after a
+successful handshake. Every private name of redis-py poolwatch reads is read in this module
+(``pool_internals()``, once per pool), pinned by tests/unit/test_redis_internals.py.
 """
 
 from __future__ import annotations
 
+import os
 import random
-import sys
+import threading
 import time
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import redis
@@ -27,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
 from poolwatch.instrument.collector import PoolState, collector_for
-from poolwatch.instrument.recorder import MAX_JITTER, Recorder
+from poolwatch.instrument.recorder import MAX_JITTER, Ledger, Recorder, capture_origin_outside
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -37,19 +41,24 @@ if TYPE_CHECKING:
 # redis-py says "pool exhausted" with these (BlockingConnectionPool's wait timed out / the
 # ConnectionPool's max_connections reached).
 _EXHAUSTED_MESSAGES = ("no connection available", "too many connections")
-# Set on each connection poolwatch times: (recorder-clock time it last connected, its share of the
-# max-lifetime jitter). redis-py reconnects the same object after a disconnect: both are redrawn then.
-OPENED: Final = "_poolwatch_opened"
-_STARTED: Final = "_poolwatch_started"  # recorder-clock time the socket being opened was asked for
+# redis-py's own frames (client, pipeline, PubSub) between a checkout and the application are skipped.
+_REDIS_DIR: Final = str(Path(redis.__file__).parent) + os.sep
+# The attribute of the pool's get_connection hook that marks the pool as instrumented: the pool's own
+# __dict__ gets no key but the names of the methods it shadows.
+ATTACHED: Final = "_poolwatch"
+_HOOKED: Final = ("get_connection", "release", "make_connection", "reset")
 
 
 @dataclass(frozen=True, slots=True)
 class RedisPoolInternals:
-    """The private parts of a redis-py pool poolwatch reads, in one place."""
+    """The private parts of a redis-py pool poolwatch reads, as accessors built once per pool.
+
+    Accessors, not values: ``reset()`` (after a fork) replaces the lists and the queue they read.
+    """
 
     # The lock redis-py holds while it hands out a free connection: ConnectionPool's ``_lock``, and
     # for BlockingConnectionPool its queue's mutex (its get_connection() never takes ``_lock``).
-    lock: Any
+    lock: Callable[[], Any]
     # The free connections, read while ``lock`` is held (takes no lock itself).
     idle: Callable[[], list[Any]]
     free: Callable[[], Any]
@@ -58,27 +67,51 @@ class RedisPoolInternals:
 
 
 def pool_internals(pool: redis.ConnectionPool) -> RedisPoolInternals:
-    """Every private attribute of redis-py poolwatch uses (tested against the installed version)."""
+    """Every private attribute of redis-py poolwatch uses (pinned by a test)."""
     if isinstance(pool, redis.BlockingConnectionPool):
-        queue = pool.pool
-        lock = queue.mutex
-        idle: Callable[[], list[Any]] = lambda: [c for c in queue.queue if c is not None]  # noqa: E731
-    else:
-        lock = pool._lock  # noqa: SLF001
-        idle = lambda: list(pool._available_connections)  # noqa: E731, SLF001
+        blocking = pool
+
+        def idle() -> list[Any]:
+            return [c for c in blocking.pool.queue if c is not None]
+
+        def in_use() -> list[Any]:
+            free = {id(c) for c in idle()}
+            return [c for c in blocking._connections if id(c) not in free]
+
+        return RedisPoolInternals(
+            lock=lambda: blocking.pool.mutex,
+            idle=idle,
+            free=idle,
+            in_use=in_use,
+            connected=_connected,
+        )
     return RedisPoolInternals(
-        lock=lock,
-        idle=idle,
-        free=pool._get_free_connections,  # noqa: SLF001
-        in_use=pool._get_in_use_connections,  # noqa: SLF001
-        connected=lambda connection: getattr(connection, "_sock", None) is not None,
+        lock=lambda: pool._lock,
+        idle=lambda: list(pool._available_connections),
+        free=lambda: list(pool._available_connections),
+        in_use=lambda: list(pool._in_use_connections),
+        connected=_connected,
     )
 
 
-def opened(connection: object) -> tuple[float, float] | None:
-    """When ``connection`` last connected (recorder clock) and its lifetime jitter; None if unknown."""
-    stamp = vars(connection).get(OPENED)
-    return stamp if isinstance(stamp, tuple) else None
+def _connected(connection: Any) -> bool:
+    return getattr(connection, "_sock", None) is not None
+
+
+def _register_connect_callback(connection: Any, callback: Callable[[Any], None]) -> None:
+    """redis-py's connect callback (public since 5.1; ``_register_connect_callback`` in 5.0)."""
+    register = getattr(connection, "register_connect_callback", None)
+    if register is None:
+        register = connection._register_connect_callback
+    register(callback)
+
+
+def _times_connects(connection_class: type[Any]) -> bool:
+    """Whether connections of this class can be timed: redis-py's socket step and connect callback."""
+    register = getattr(connection_class, "register_connect_callback", None) or getattr(
+        connection_class, "_register_connect_callback", None
+    )
+    return callable(getattr(connection_class, "_connect", None)) and callable(register)
 
 
 class RedisInstrumentation:
@@ -88,19 +121,28 @@ class RedisInstrumentation:
         self.name = name
         self.recorder = recorder
         self._pool = weakref.ref(pool)
+        self._internals = pool_internals(pool)
+        # connection -> recorder-clock time its socket step started (a connect under way)
+        self._starts: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        # connection -> (recorder-clock time it last connected, its share of the max-lifetime jitter)
+        self._opened: weakref.WeakKeyDictionary[Any, tuple[float, float]] = weakref.WeakKeyDictionary()
+        self._lock = threading.RLock()  # WeakKeyDictionary writes from several threads (and finalizers)
         self._registry_remove: Callable[[], None] | None = None
 
     @property
     def pool(self) -> redis.ConnectionPool | None:
         return self._pool()
 
+    def internals(self) -> RedisPoolInternals:
+        """The pool's internals (accessors built when it was instrumented)."""
+        return self._internals
+
     def state(self) -> PoolState | None:
         pool = self._pool()
         if pool is None:
             return None
-        internals = pool_internals(pool)
-        used = len(internals.in_use())
-        idle = len(internals.free())
+        used = len(self._internals.in_use())
+        idle = len(self._internals.free())
         limit = float(pool.max_connections)
         return PoolState(idle=idle, used=used, size=int(min(limit, 2**31)), max_connections=limit, overflow=0)
 
@@ -108,6 +150,51 @@ class RedisInstrumentation:
         if self._registry_remove is not None:
             self._registry_remove()
             self._registry_remove = None
+
+    def opened(self, connection: object) -> tuple[float, float] | None:
+        """When ``connection`` last connected (recorder clock) and its lifetime jitter; None if unknown."""
+        return self._opened.get(connection)
+
+    def forget_opened(self, connection: object) -> None:
+        with self._lock:
+            self._opened.pop(connection, None)
+
+    # -- connect timing ------------------------------------------------------------------------
+
+    def watch(self, connection: Any, *, connected_now: bool = False) -> None:
+        """Time ``connection``'s connects from now on (a connection of this pool, new or adopted)."""
+        if "_connect" in vars(connection) or not _times_connects(type(connection)):
+            return  # watched already, or a proxy (client-side caching) whose inner connection connects
+        ref: Callable[[], Any] = weakref.ref(connection)
+        clock, starts, lock = self.recorder.clock, self._starts, self._lock
+        internal = self.recorder.internal_error
+
+        def _connect() -> Any:
+            target = ref()
+            try:
+                with lock:
+                    starts[target] = clock()
+            except Exception as exc:
+                internal(exc)
+            return type(target)._connect(target)
+
+        vars(connection)["_connect"] = _connect
+        _register_connect_callback(connection, self._on_connect)
+        if connected_now:  # opened before instrument_redis(): it ages from now
+            with self._lock:
+                self._opened[connection] = (clock(), random.uniform(0.0, MAX_JITTER))  # noqa: S311
+
+    def _on_connect(self, connection: Any) -> None:
+        """redis-py's connect callback: the handshake succeeded (runs on every connect and reconnect)."""
+        try:
+            now = self.recorder.clock()
+            with self._lock:
+                started = self._starts.pop(connection, None)
+                self._opened[connection] = (now, random.uniform(0.0, MAX_JITTER))  # noqa: S311
+            if started is not None:
+                self.recorder.connected(now - started)
+        except Exception as exc:
+            self.recorder.internal_error(exc)
 
 
 def instrument_redis(
@@ -119,159 +206,154 @@ def instrument_redis(
     clock: Callable[[], float] = time.perf_counter,
     counts_from: Recorder | None = None,
 ) -> RedisInstrumentation:
-    """Export the metrics of a redis-py client's (or pool's) connection pool on ``registry``
-    (``counts_from``: as for ``instrument``)."""
+    """Export the metrics of a redis-py client's (or pool's) connection pool on ``registry``.
+
+    Everything is checked before anything changes: a ``TypeError`` / ``ValueError`` leaves the pool
+    as it was (not a redis-py pool, instrumented already, the name taken on this registry, a bad
+    ``leak_threshold``). Connections of a class without redis-py's connect steps (``_connect()`` and
+    the connect callback: a test double, say) are counted like any other but their connects are not
+    timed. ``counts_from``: as for ``instrument``.
+    """
     pool = client_or_pool.connection_pool if isinstance(client_or_pool, redis.Redis) else client_or_pool
     if not isinstance(pool, redis.ConnectionPool):
         raise TypeError(
             f"poolwatch.instrument_redis({name!r}): {type(pool).__name__} is not a ConnectionPool"
         )
-    if getattr(type(pool), "_poolwatch", None) is not None:
+    if getattr(vars(pool).get("get_connection"), ATTACHED, None) is not None:
         raise ValueError(f"poolwatch.instrument_redis({name!r}): this pool is already instrumented")
-    if leak_threshold is not None and leak_threshold <= 0:
+    if leak_threshold is not None and not leak_threshold > 0:
         raise ValueError(f"poolwatch.instrument_redis({name!r}): leak_threshold must be > 0")
+    collector = collector_for(registry)
     recorder = Recorder(name, leak_threshold=leak_threshold, clock=clock)
     if counts_from is not None:  # before the collector can read it: never a drop to 0
         recorder.carry(counts_from)
     instrumentation = RedisInstrumentation(pool, name, recorder)
-    collector = collector_for(registry)
-    collector.add(name, instrumentation)
-    instrumentation._registry_remove = lambda: collector.remove(name, instrumentation)  # noqa: SLF001
-    pool.__class__ = _instrumented_class(type(pool), recorder)
-    _time_connects(pool, recorder)
+    collector.add(name, instrumentation)  # raises ValueError if the name is taken: nothing changed yet
+    instrumentation._registry_remove = lambda: collector.remove(name, instrumentation)
+    try:
+        _hook(pool, instrumentation)
+    except BaseException:
+        for hooked in _HOOKED:
+            vars(pool).pop(hooked, None)
+        instrumentation.remove()
+        raise
     return instrumentation
 
 
-def _time_connects(pool: redis.ConnectionPool, recorder: Recorder) -> None:
-    """Time the pool's connects from now on, its existing connections' included.
+def _hook(pool: redis.ConnectionPool, instrumentation: RedisInstrumentation) -> None:
+    """Shadow the pool's checkout, release, connection making and reset (instance attributes).
 
-    A connection opened before ``instrument_redis()`` has no known open time: it ages from now.
+    The hooks refer to the pool weakly: no reference cycle keeps a dropped pool (and its sockets)
+    alive until the garbage collector runs.
     """
-    base = pool.connection_class
-    timed = _timed_connection_class(base, recorder)
-    pool.connection_class = timed
-    internals = pool_internals(pool)
-    now = recorder.clock()
+    recorder, internals = instrumentation.recorder, instrumentation.internals()
+    ref: Callable[[], Any] = weakref.ref(pool)
+    with internals.lock():
+        idle = internals.idle()
+    ledger = Ledger(idle, recorder.clock())
+
+    def make_connection() -> Any:
+        this = ref()
+        connection = type(this).make_connection(this)
+        try:
+            instrumentation.watch(connection)
+        except Exception as exc:
+            recorder.internal_error(exc)
+        return connection
+
+    def reset() -> None:
+        this = ref()
+        type(this).reset(this)
+        ledger.clear()  # redis-py forgets its connections (after a fork): so does poolwatch
+
     for connection in [*internals.free(), *internals.in_use()]:
-        if type(connection) is base:  # not a client-side-caching proxy, nor another class
-            connection.__class__ = timed  # same layout, methods only: safe on a live object
-            if internals.connected(connection):
-                vars(connection)[OPENED] = (now, random.uniform(0.0, MAX_JITTER))  # noqa: S311
-
-
-def _timed_connection_class(base: type[Any], recorder: Recorder) -> type[Any]:
-    """A subclass of ``base`` recording each actual connect's duration and time into ``recorder``.
-
-    Only poolwatch's own work is guarded: redis-py's errors pass through untouched (a failed connect
-    is counted once, as a connect error, by the checkout hook).
-    """
-    clock = recorder.clock
-    base_socket = base._connect  # noqa: SLF001
-    # Newer redis-py handshakes in on_connect_check_health() (on_connect() calls it), older in on_connect().
-    handshake_name = "on_connect_check_health" if hasattr(base, "on_connect_check_health") else "on_connect"
-    base_handshake = getattr(base, handshake_name)
-
-    def _connect(self: Any) -> Any:
-        try:
-            started: float | None = clock()
-        except Exception as exc:
-            recorder.internal_error(exc)
-            started = None
-        sock = base_socket(self)
-        self.__dict__[_STARTED] = started  # every redis-py connection has a __dict__
-        return sock
-
-    def handshake(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            result = base_handshake(self, *args, **kwargs)
-        finally:
-            started = self.__dict__.pop(_STARTED, None)
-        try:
-            now = clock()
-            if started is not None:
-                recorder.connected(now - started)
-            self.__dict__[OPENED] = (now, random.uniform(0.0, MAX_JITTER))  # noqa: S311 - not crypto
-        except Exception as exc:
-            recorder.internal_error(exc)
-        return result
-
-    return type(
-        base.__name__,
-        (base,),
+        _watch(instrumentation, connection)
+    get_connection, release = _checkout_hooks(ref, recorder, ledger)
+    get_connection.__doc__ = type(pool).get_connection.__doc__
+    setattr(get_connection, ATTACHED, ledger)
+    release.__doc__ = type(pool).release.__doc__
+    vars(pool).update(
         {
-            "_connect": _connect,
-            handshake_name: handshake,
-            "__module__": base.__module__,  # the pool's repr names its connection class
-            "__qualname__": base.__qualname__,
-            "_poolwatch": recorder,
-        },
+            "get_connection": get_connection,
+            "release": release,
+            "make_connection": make_connection,
+            "reset": reset,
+        }
     )
+    recorder.adopt(ledger)
 
 
-def _instrumented_class(base: type[redis.ConnectionPool], recorder: Recorder) -> type[redis.ConnectionPool]:
+def _watch(instrumentation: RedisInstrumentation, connection: Any) -> None:
+    """Adopt a connection the pool had before instrumenting: its connect times are all that is lost
+    if this fails."""
+    try:
+        connected = instrumentation.internals().connected(connection)
+        instrumentation.watch(connection, connected_now=connected)
+    except Exception as exc:
+        instrumentation.recorder.internal_error(exc)
+
+
+def _checkout_hooks(
+    ref: Callable[[], Any], recorder: Recorder, ledger: Ledger
+) -> tuple[Callable[..., Any], Callable[[Any], None]]:
     clock = recorder.clock
     count = next
     requested = recorder.requested.counter
     handed = recorder.handed.counter
     wait = recorder.waits.append
     use = recorder.uses.append
-    stamps = recorder.stamps
+    internal = recorder.internal_error
+    checked_out = ledger.checked_out
+    take = checked_out.pop
+    idle_since = ledger.idle_since
+    origins = ledger.origins
     leaked = recorder.leaked
-    getframe = sys._getframe if recorder.leak_threshold is not None else None  # noqa: SLF001
-    base_get = base.get_connection
-    base_release = base.release
-    base_reset = base.reset
+    tracking = recorder.leak_threshold is not None
 
-    def get_connection(self: redis.ConnectionPool, *args: Any, **kwargs: Any) -> Any:
+    def get_connection(*args: Any, **kwargs: Any) -> Any:
         start = clock()
         count(requested)
+        this = ref()
         try:
-            connection = base_get(self, *args, **kwargs)
+            connection = type(this).get_connection(this, *args, **kwargs)
         except BaseException as exc:
-            _failed(recorder, exc)
+            _failed(recorder, exc, start)
             raise
         now = clock()
         count(handed)
         wait(now - start)
         try:
-            stamps[connection] = (now, getframe(1) if getframe is not None else None)
+            if tracking:
+                origins[connection] = capture_origin_outside(_REDIS_DIR)
+            checked_out[connection] = now
         except Exception as exc:
-            recorder.internal_error(exc)
+            internal(exc)
         return connection
 
-    def release(self: redis.ConnectionPool, connection: Any) -> None:
+    def release(connection: Any) -> None:
         try:
             now = clock()
-            checkout = stamps[connection]
-            stamps[connection] = now
-            use(now - checkout[0])  # type: ignore[index]
-            if leaked:
-                recorder.returned(connection, checkout)  # type: ignore[arg-type]
-        except KeyError:  # checked out before instrument_redis(): no use time to record
-            stamps[connection] = now
+            started = take(connection, None)  # None: never handed out (a failed connect), or earlier
+            idle_since[connection] = now
+            if started is not None:
+                use(now - started)
+                if tracking:
+                    origins.pop(connection, None)
+                    if leaked:
+                        recorder.returned(connection, started)
         except Exception as exc:
-            recorder.internal_error(exc)
-        base_release(self, connection)
+            internal(exc)
+        this = ref()
+        type(this).release(this, connection)
 
-    def reset(self: redis.ConnectionPool) -> None:
-        base_reset(self)
-        stamps.clear()  # redis-py forgets its connections (after a fork): so does poolwatch
-
-    return type(
-        base.__name__,
-        (base,),
-        {"get_connection": get_connection, "release": release, "reset": reset, "_poolwatch": recorder},
-    )
+    return get_connection, release
 
 
-def _failed(recorder: Recorder, exc: BaseException) -> None:
+def _failed(recorder: Recorder, exc: BaseException, started: float) -> None:
     try:
         exhausted = isinstance(exc, MaxConnectionsError) or (
             isinstance(exc, RedisConnectionError) and str(exc).lower().startswith(_EXHAUSTED_MESSAGES)
         )
-        if exhausted:
-            recorder.timed_out()
-        else:
-            recorder.checkout_failed(exc)
+        recorder.checkout_failed(exc, started, timed_out=exhausted)
     except Exception as error:
         recorder.internal_error(error)

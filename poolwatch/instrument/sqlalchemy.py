@@ -1,35 +1,40 @@
-"""Instrumenting a SQLAlchemy engine's QueuePool: hot-path hooks, close reasons, scrape-time sizes.
+"""Instrumenting a SQLAlchemy QueuePool (an engine's, or one built directly): hooks, close reasons, sizes.
 
 Wait time runs from the request to the connection handed out, but SQLAlchemy has no "checkout
 requested" event (``checkout`` fires after queueing, connecting and pre-ping), and dispatching its
 ``checkin`` event alone costs ~1 us of a ~15 us cycle. So the pool's ``connect()`` and
-``_return_conn()`` are replaced by hooks set as instance attributes on the pool: each does what the
-method it shadows did (one call into SQLAlchemy) plus a few GIL-atomic writes, so no frame is added
-to the cycle. ``recreate()`` is hooked as well, so the pool ``engine.dispose()`` builds is patched
-before the engine uses it.
+``_return_conn()`` are shadowed by hooks set as instance attributes on the pool (its class, and so
+``type(pool)``, stays what it was). Each hook does what the method it shadows does, one call into
+SQLAlchemy looked up when the hook runs, so no frame is added to the cycle; if the pool's class
+overrides that method, or it was patched since, the hook calls it instead: a later patch is
+honoured. ``recreate()`` is hooked as well, so the pool ``engine.dispose()`` builds is hooked before
+the engine uses it.
 
-Rarer facts come from public pool events registered on the engine (connect, invalidate, close,
-detach); those travel to recreated pools with the pool's dispatch. The private names used are read in
-``pool_internals()``, pinned by a test to the installed SQLAlchemy.
+Rarer facts come from public pool events (connect, invalidate, close, detach), registered on the pool
+and carried by SQLAlchemy to the pools it recreates. Per-connection facts (a lifetime jitter, why a
+connection is being closed) live in poolwatch's own weak map, never in the application's
+``Connection.info``. Every private name of SQLAlchemy poolwatch reads is read in this module:
+``pool_internals()`` once per pool, and ``_connection_record`` / ``last_connect_time`` per connection,
+pinned by tests/unit/test_sqlalchemy_internals.py.
 """
 
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
 import weakref
 from dataclasses import dataclass
-from types import MethodType
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import Pool, QueuePool
+from sqlalchemy.pool.base import _ConnectionFairy
 
 from poolwatch.instrument.collector import PoolState, collector_for
-from poolwatch.instrument.recorder import MAX_JITTER, Recorder, Stamp
+from poolwatch.instrument.recorder import MAX_JITTER, Ledger, Recorder, capture_origin
 
 if TYPE_CHECKING:
     from collections import deque
@@ -40,33 +45,27 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-# Keys poolwatch keeps in ``ConnectionPoolEntry.info`` (cleared by SQLAlchemy on reconnect).
-LIFETIME_JITTER: Final = "poolwatch.jitter"  # this connection's share of the max-lifetime jitter
-CLOSE_REASON: Final = "poolwatch.close_reason"
 # The application's frame, seen from the connect hook: hook < Engine.raw_connection <
-# Connection.__init__ < Engine.connect < application. A leak warning needs a frame reference taken at
-# checkout; a referenced frame that *returns* is copied off the stack and materialises its caller
-# (~0.3 us each), so the reference is taken past SQLAlchemy's frames, which return at once.
+# Connection.__init__ < Engine.connect < application.
 CALLER_DEPTH: Final = 4
+# The attribute of the pool's connect hook that holds what the hooks share (and marks the pool as
+# instrumented): the pool's own __dict__ gets no key but the names of the methods it shadows.
+ATTACHED: Final = "_poolwatch"
+_HOOKED: Final = ("connect", "_return_conn", "dispose", "recreate")
+_EVENTS: Final = ("connect", "invalidate", "soft_invalidate", "close", "detach")
 
-_closing = threading.local()  # .reason while poolwatch or dispose() closes connections on this thread
+_closing = threading.local()  # .reason while dispose() closes connections on this thread
 
 
 @dataclass(frozen=True, slots=True)
 class PoolInternals:
-    """The private parts of a QueuePool poolwatch uses, read in one place (``pool_internals``)."""
+    """The private parts of a QueuePool poolwatch uses, read once per pool (``pool_internals``).
 
-    # Hot path, chosen for cost (see the module docstring): ``checkout`` is what ``Pool.connect()``
-    # does and ``return_conn`` what ``Pool._return_conn()`` does, so the hooks replace those frames
-    # instead of adding one each; the hook reads the pool entry behind a checked-out connection as
-    # ``connection._connection_record`` (a slot; the public ``.info`` property costs ~0.8 us);
-    # ``return_conn_name`` is the method every checkin ends in (``_ConnectionRecord.checkin``),
-    # hooked because the checkin event costs ~1 us.
-    checkout: Callable[[Pool], PoolProxiedConnection]
-    return_conn_name: str
-    return_conn: Callable[[ConnectionPoolEntry], None]
-    # Housekeeping and gauges. ``idle_records`` / ``mutex`` exist for the threaded QueuePool only.
-    idle_records: deque[Any]
+    Housekeeping and gauges only; ``idle_records`` / ``mutex`` exist for the threaded QueuePool.
+    """
+
+    dialect: Any  # pings and rolls back (the engine's dialect; a pool built directly has its own)
+    idle_records: deque[Any] | None
     mutex: Any
     max_overflow: int
     recycle: float
@@ -78,54 +77,83 @@ class PoolInternals:
 
 
 def pool_internals(pool: QueuePool) -> PoolInternals:
-    """Every private name of SQLAlchemy poolwatch uses (pinned by a test to the installed version)."""
-    from sqlalchemy.pool.base import _ConnectionFairy  # noqa: PLC0415 - private: used here only
-
-    pool_class = type(pool)
-    # A pool class that overrides connect() or _return_conn() keeps its own code in the chain.
-    plain_connect = pool_class.connect is Pool.connect
-    plain_return = pool_class._return_conn is Pool._return_conn  # noqa: SLF001
-    queue = pool._pool  # noqa: SLF001
-    give_back = pool._do_return_conn  # noqa: SLF001
+    """Every private attribute of a SQLAlchemy pool poolwatch uses (pinned by a test)."""
+    queue = pool._pool
     return PoolInternals(
-        checkout=_ConnectionFairy._checkout if plain_connect else pool_class.connect,  # noqa: SLF001
-        return_conn_name="_return_conn",
-        return_conn=give_back if plain_return else MethodType(pool_class._return_conn, pool),  # noqa: SLF001
-        idle_records=getattr(queue, "queue", None),  # type: ignore[arg-type]
+        dialect=pool._dialect,
+        idle_records=getattr(queue, "queue", None),
         mutex=getattr(queue, "mutex", None),
-        max_overflow=pool._max_overflow,  # noqa: SLF001
-        recycle=pool._recycle,  # noqa: SLF001
-        invalidate_time=lambda: pool._invalidate_time,  # noqa: SLF001
-        inc_overflow=pool._inc_overflow,  # noqa: SLF001
-        dec_overflow=pool._dec_overflow,  # noqa: SLF001
-        create=pool._create_connection,  # noqa: SLF001
-        give_back=give_back,
+        max_overflow=pool._max_overflow,
+        recycle=pool._recycle,
+        invalidate_time=lambda: pool._invalidate_time,
+        inc_overflow=pool._inc_overflow,
+        dec_overflow=pool._dec_overflow,
+        create=pool._create_connection,
+        give_back=pool._do_return_conn,
     )
 
 
-class SQLAlchemyInstrumentation:
-    """The instrumentation of one engine: its recorder, and what the collector reads at scrape time."""
+def record_of(connection: PoolProxiedConnection) -> ConnectionPoolEntry:
+    """The pool entry behind a checked-out connection (a slot: the public ``.info`` costs ~0.8 us)."""
+    return cast("Any", connection)._connection_record  # type: ignore[no-any-return]
 
-    def __init__(self, engine: Engine, name: str, recorder: Recorder) -> None:
+
+def connected_at(record: ConnectionPoolEntry) -> float:
+    """Unix time the entry last opened its connection (``_ConnectionRecord.last_connect_time``)."""
+    return float(cast("Any", record).last_connect_time)
+
+
+@dataclass(slots=True)
+class _Facts:
+    """What poolwatch knows of one connection beyond the hot path."""
+
+    jitter: float = 0.0  # this connection's share of the max-lifetime jitter, drawn at each connect
+    close_reason: str | None = None  # why it is being closed, when poolwatch knows before the close
+
+
+@dataclass(frozen=True, slots=True)
+class _Attached:
+    """Set on an instrumented pool as ``_poolwatch``: the pool's internals and ledger."""
+
+    instrumentation: SQLAlchemyInstrumentation
+    internals: PoolInternals
+    ledger: Ledger
+
+
+class SQLAlchemyInstrumentation:
+    """The instrumentation of one engine or pool: its recorder, and what the collector reads."""
+
+    def __init__(self, target: Engine | QueuePool, name: str, recorder: Recorder) -> None:
         self.name = name
         self.recorder = recorder
-        self._engine = weakref.ref(engine)
+        self._target = weakref.ref(target)
+        self._facts: weakref.WeakKeyDictionary[ConnectionPoolEntry, _Facts] = weakref.WeakKeyDictionary()
+        self._facts_lock = threading.RLock()  # reentrant: a dropped connection's finalizer closes it
         self._registry_remove: Callable[[], None] | None = None
 
     @property
     def engine(self) -> Engine | None:
-        return self._engine()
+        target = self._target()
+        return None if target is None or isinstance(target, Pool) else target
 
     @property
     def pool(self) -> QueuePool | None:
-        engine = self._engine()
-        return None if engine is None else engine.pool  # type: ignore[return-value]
+        target = self._target()
+        if target is None or isinstance(target, Pool):
+            return target
+        return target.pool  # type: ignore[return-value]
+
+    def internals(self) -> PoolInternals | None:
+        """The current pool's internals (read when it was hooked); None when the pool is gone."""
+        attached = _attached(self.pool)
+        return None if attached is None else attached.internals
 
     def state(self) -> PoolState | None:
         pool = self.pool
-        if pool is None:
+        internals = self.internals()
+        if pool is None or internals is None:
             return None
-        max_overflow = pool_internals(pool).max_overflow
+        max_overflow = internals.max_overflow
         return PoolState(
             idle=pool.checkedin(),
             used=pool.checkedout(),
@@ -140,9 +168,40 @@ class SQLAlchemyInstrumentation:
             self._registry_remove()
             self._registry_remove = None
 
+    # -- per-connection facts (rare events and housekeeping) ---------------------------------------
+
+    def facts(self, record: ConnectionPoolEntry) -> _Facts:
+        with self._facts_lock:  # WeakKeyDictionary.setdefault is not atomic
+            facts = self._facts.get(record)
+            if facts is None:
+                facts = self._facts[record] = _Facts()
+            return facts
+
+    def jitter(self, record: ConnectionPoolEntry) -> float:
+        facts = self._facts.get(record)
+        return 0.0 if facts is None else facts.jitter
+
+    def tag_close(self, record: ConnectionPoolEntry, reason: str) -> None:
+        """Count the next close of ``record`` under ``reason`` (unless already tagged)."""
+        facts = self.facts(record)
+        if facts.close_reason is None:
+            facts.close_reason = reason
+
+    def close_with_reason(self, record: ConnectionPoolEntry, reason: str) -> None:
+        """Close a pooled connection, counting it under ``reason`` (for housekeeping)."""
+        self.facts(record).close_reason = reason
+        record.close()
+
+    def invalidate_with_reason(
+        self, record: ConnectionPoolEntry, reason: str, error: BaseException | None
+    ) -> None:
+        """Invalidate a pooled connection, counting its close under ``reason`` (for housekeeping)."""
+        self.facts(record).close_reason = reason
+        record.invalidate(error)
+
 
 def instrument(
-    engine: Engine | AsyncEngine,
+    engine: Engine | AsyncEngine | QueuePool,
     *,
     name: str,
     registry: CollectorRegistry | None = None,
@@ -150,127 +209,167 @@ def instrument(
     clock: Callable[[], float] = time.perf_counter,
     counts_from: Recorder | None = None,
 ) -> SQLAlchemyInstrumentation:
-    """Export ``engine``'s pool metrics on ``registry`` (prometheus_client's default when None).
+    """Export the pool metrics of ``engine`` (or of a QueuePool built directly) on ``registry``.
 
-    Works for QueuePool engines and for ``AsyncEngine`` (AsyncAdaptedQueuePool); keeps working after
-    ``engine.dispose()``. A second pool with the same name on one registry, or instrumenting one engine
-    twice, raises ``ValueError``. ``leak_threshold`` (seconds) turns on leak detection.
-    ``counts_from``: the recorder of a pool this one replaces under the same name (a target rebuilt
-    on reload), whose counters and histograms this one's count on from.
+    ``registry`` is prometheus_client's default when None. Works for QueuePool engines and for
+    ``AsyncEngine`` (AsyncAdaptedQueuePool); keeps working after ``engine.dispose()``. Everything is
+    checked before anything changes: a ``TypeError`` / ``ValueError`` leaves the engine as it was
+    (not a QueuePool, instrumented already, the name taken on this registry, a bad
+    ``leak_threshold``). ``leak_threshold`` (seconds) turns on leak detection. ``counts_from``: the
+    recorder of a pool this one replaces under the same name (a target rebuilt on reload), whose
+    counters and histograms this one's count on from.
     """
-    sync_engine: Engine = cast("Engine", getattr(engine, "sync_engine", engine))  # AsyncEngine wraps one
-    pool = sync_engine.pool
+    target: Engine | QueuePool = cast("Any", getattr(engine, "sync_engine", engine))  # AsyncEngine wraps one
+    pool = _checked(target if isinstance(target, Pool) else target.pool, name, leak_threshold)
+    collector = collector_for(registry)
+    recorder = Recorder(name, leak_threshold=leak_threshold, clock=clock)
+    if counts_from is not None:  # before the collector can read it: never a drop to 0
+        recorder.carry(counts_from)
+    instrumentation = SQLAlchemyInstrumentation(target, name, recorder)
+    collector.add(name, instrumentation)  # raises ValueError if the name is taken: nothing changed yet
+    instrumentation._registry_remove = lambda: collector.remove(name, instrumentation)
+    listeners = _RareEvents(instrumentation)
+    try:
+        for name_ in _EVENTS:
+            event.listen(pool, name_, getattr(listeners, f"on_{name_}"))
+        _hook(pool, instrumentation)
+    except BaseException:
+        for name_ in _EVENTS:
+            if event.contains(pool, name_, getattr(listeners, f"on_{name_}")):
+                event.remove(pool, name_, getattr(listeners, f"on_{name_}"))
+        for hooked in _HOOKED:
+            vars(pool).pop(hooked, None)
+        instrumentation.remove()
+        raise
+    return instrumentation
+
+
+def _checked(pool: Pool, name: str, leak_threshold: float | None) -> QueuePool:
+    """``pool``, if poolwatch can instrument it; else the error, before anything changed."""
     if not isinstance(pool, QueuePool):
         raise TypeError(
             f"poolwatch.instrument({name!r}): {type(pool).__name__} is not a QueuePool; "
             "pool metrics need QueuePool or AsyncAdaptedQueuePool"
         )
-    if vars(pool).get("_poolwatch") is not None:
+    if _attached(pool) is not None:
         raise ValueError(f"poolwatch.instrument({name!r}): this engine is already instrumented")
-    if leak_threshold is not None and leak_threshold <= 0:
+    if leak_threshold is not None and not leak_threshold > 0:
         raise ValueError(f"poolwatch.instrument({name!r}): leak_threshold must be > 0")
-    recorder = Recorder(name, leak_threshold=leak_threshold, clock=clock)
-    if counts_from is not None:  # before the collector can read it: never a drop to 0
-        recorder.carry(counts_from)
-    instrumentation = SQLAlchemyInstrumentation(sync_engine, name, recorder)
-    collector = collector_for(registry)
-    collector.add(name, instrumentation)
-    instrumentation._registry_remove = lambda: collector.remove(name, instrumentation)  # noqa: SLF001
-    _listen(sync_engine, recorder)
-    _patch(pool, recorder)
-    return instrumentation
+    try:
+        pool_internals(pool)
+    except AttributeError as exc:
+        raise TypeError(
+            f"poolwatch.instrument({name!r}): {type(pool).__name__} lacks what poolwatch reads ({exc})"
+        ) from None
+    return pool
 
 
-def _patch(pool: QueuePool, recorder: Recorder) -> QueuePool:
-    """Hook ``pool`` through instance attributes, which shadow its class's methods.
+def _attached(pool: object) -> _Attached | None:
+    hook = vars(pool).get("connect") if pool is not None else None
+    attached = getattr(hook, ATTACHED, None)
+    return attached if isinstance(attached, _Attached) else None
 
-    Instance attributes rather than a subclass: a swapped class measured ~2 % slower per cycle (a
-    deeper MRO on every attribute SQLAlchemy looks up on the pool). ``recreate`` is hooked too, so
-    the pool ``engine.dispose()`` puts in place is patched before the engine hands it out.
+
+def _hook(pool: QueuePool, instrumentation: SQLAlchemyInstrumentation) -> QueuePool:
+    """Shadow ``pool``'s connect, return, dispose and recreate with hooks (instance attributes).
+
+    Instance attributes rather than a subclass: the pool's class stays the application's, and a
+    swapped class measured ~2 % slower per cycle (a deeper MRO on every attribute SQLAlchemy looks up
+    on the pool). Its idle connections are idle as of now.
     """
-    base = type(pool)
+    recorder = instrumentation.recorder
     internals = pool_internals(pool)
-
-    def dispose() -> None:
-        _closing.reason = "dispose"
-        try:
-            base.dispose(pool)
-        finally:
-            _closing.reason = None
-
-    def recreate() -> QueuePool:
-        return _patch(base.recreate(pool), recorder)
-
-    # This pool's own stamps (see Recorder.stamps); its idle connections are idle as of now.
     idle: list[Any] = []
     if internals.idle_records is not None:  # the threaded QueuePool; an async pool starts empty here
         with internals.mutex:
             idle = list(internals.idle_records)
-    stamps: dict[object, Stamp] = dict.fromkeys(idle, recorder.clock())
-    recorder.stamps = stamps
+    ledger = Ledger(idle, recorder.clock())
+
+    def dispose() -> None:
+        _closing.reason = "dispose"
+        try:
+            type(pool).dispose(pool)
+        finally:
+            _closing.reason = None
+
+    def recreate() -> QueuePool:
+        new = type(pool).recreate(pool)
+        return _hook(new, instrumentation) if isinstance(new, QueuePool) else new
+
+    connect = _connect_hook(pool, recorder, ledger)
+    setattr(connect, ATTACHED, _Attached(instrumentation, internals, ledger))
     vars(pool).update(
         {
-            "connect": _connect_hook(pool, internals, recorder, stamps),
-            internals.return_conn_name: _checkin_hook(internals.return_conn, recorder, stamps),
+            "connect": connect,
+            "_return_conn": _return_hook(pool, recorder, ledger),
             "dispose": dispose,
             "recreate": recreate,
-            "_poolwatch": recorder,
         }
     )
+    recorder.adopt(ledger)
     return pool
 
 
-def _connect_hook(
-    pool: Pool, internals: PoolInternals, recorder: Recorder, stamps: dict[object, Stamp]
+def _connect_hook(  # noqa: PLR0915 - unrolled on purpose: each local saves a lookup per checkout
+    pool: Pool, recorder: Recorder, ledger: Ledger
 ) -> Callable[[], PoolProxiedConnection]:
     # Everything the hot path touches is bound to a local of this closure once, and the leak and
     # no-leak variants are separate functions: every bytecode here is paid on every checkout. The
-    # record is read as ``connection._connection_record`` (a slot: no call), pinned by a test.
+    # pool's own connect() is looked up on its class at each call, so a later patch is honoured.
     clock = recorder.clock
     count = next
     requested = recorder.requested.counter
     handed = recorder.handed.counter
     wait = recorder.waits.append
     failed = recorder.checkout_failed
-    base_connect = internals.checkout
-    getframe = sys._getframe  # noqa: SLF001
+    internal = recorder.internal_error
+    checked_out = ledger.checked_out
+    origins = ledger.origins
+    plain_connect = Pool.connect
+    fairy = _ConnectionFairy
 
     def connect() -> PoolProxiedConnection:
         start = clock()
         count(requested)
         try:
-            connection = base_connect(pool)
+            # What Pool.connect() does, without its frame; a class that overrides it, or a later
+            # patch of it, is called instead (both looked up now).
+            if type(pool).connect is plain_connect:
+                connection: PoolProxiedConnection = fairy._checkout(pool)
+            else:
+                connection = type(pool).connect(pool)
         except BaseException as exc:
-            failed(exc)
+            failed(exc, start, timed_out=isinstance(exc, PoolTimeoutError))
             raise
         now = clock()
         count(handed)
         wait(now - start)
         try:
-            stamps[connection._connection_record] = (now, None)  # noqa: SLF001
+            checked_out[connection._connection_record] = now
         except Exception as exc:
-            recorder.internal_error(exc)
+            internal(exc)
         return connection
 
     def connect_tracking_leaks() -> PoolProxiedConnection:
         start = clock()
         count(requested)
         try:
-            connection = base_connect(pool)
+            if type(pool).connect is plain_connect:
+                connection: PoolProxiedConnection = fairy._checkout(pool)
+            else:
+                connection = type(pool).connect(pool)
         except BaseException as exc:
-            failed(exc)
+            failed(exc, start, timed_out=isinstance(exc, PoolTimeoutError))
             raise
         now = clock()
         count(handed)
         wait(now - start)
         try:
-            try:
-                frame = getframe(CALLER_DEPTH)
-            except ValueError:  # a shallower entry point than Engine.connect()
-                frame = getframe(1)
-            stamps[connection._connection_record] = (now, frame)  # noqa: SLF001
+            record = connection._connection_record
+            origins[record] = capture_origin(CALLER_DEPTH)
+            checked_out[record] = now
         except Exception as exc:
-            recorder.internal_error(exc)
+            internal(exc)
         return connection
 
     hook = connect if recorder.leak_threshold is None else connect_tracking_leaks
@@ -278,52 +377,54 @@ def _connect_hook(
     return hook
 
 
-def _checkin_hook(
-    base_return: Callable[[ConnectionPoolEntry], None], recorder: Recorder, stamps: dict[object, Stamp]
-) -> Callable[[ConnectionPoolEntry], None]:
+def _return_hook(pool: Pool, recorder: Recorder, ledger: Ledger) -> Callable[[ConnectionPoolEntry], None]:
     clock = recorder.clock
     use = recorder.uses.append
     leaked = recorder.leaked
+    internal = recorder.internal_error
+    take = ledger.checked_out.pop
+    idle_since = ledger.idle_since
+    forget_origin = ledger.origins.pop
+    tracking = recorder.leak_threshold is not None
+    plain_return = Pool._return_conn
 
     def return_conn(record: ConnectionPoolEntry) -> None:
         try:
             now = clock()
-            checkout = stamps[record]
-            stamps[record] = now
-            use(now - checkout[0])  # type: ignore[index]
-            if leaked:
-                recorder.returned(record, checkout)  # type: ignore[arg-type]
-        except KeyError:  # checked out before instrument(): no use time to record
-            stamps[record] = now
+            started = take(record, None)  # None: never handed out (a failed connect), or before instrument()
+            idle_since[record] = now
+            if started is not None:
+                use(now - started)
+                if tracking:
+                    forget_origin(record, None)
+                    if leaked:
+                        recorder.returned(record, started)
         except Exception as exc:
-            recorder.internal_error(exc)
-        base_return(record)
+            internal(exc)
+        # What Pool._return_conn() does, without its frame (unless overridden or patched since).
+        if type(pool)._return_conn is plain_return:
+            pool._do_return_conn(record)
+        else:
+            type(pool)._return_conn(pool, record)
 
     return return_conn
-
-
-def _listen(engine: Engine, recorder: Recorder) -> None:
-    listeners = _RareEvents(engine, recorder)
-    event.listen(engine, "connect", listeners.on_connect)
-    event.listen(engine, "invalidate", listeners.on_invalidate)
-    event.listen(engine, "soft_invalidate", listeners.on_soft_invalidate)
-    event.listen(engine, "close", listeners.on_close)
-    event.listen(engine, "detach", listeners.on_detach)
 
 
 class _RareEvents:
     """Listeners for events off the checkout path: connects, invalidations, closes, detaches."""
 
-    def __init__(self, engine: Engine, recorder: Recorder) -> None:
-        self._engine = weakref.ref(engine)
-        self._recorder = recorder
+    def __init__(self, instrumentation: SQLAlchemyInstrumentation) -> None:
+        self._instrumentation = instrumentation
+        self._recorder = instrumentation.recorder
 
     def on_connect(self, _dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         try:
             # The record is stamped just before the driver's connect; this listener runs right after
             # it (and after the dialect's own on-connect set-up).
             self._recorder.connected(max(0.0, time.time() - connected_at(record)))
-            record.info[LIFETIME_JITTER] = random.uniform(0.0, MAX_JITTER)  # noqa: S311 - not crypto
+            facts = self._instrumentation.facts(record)
+            facts.jitter = random.uniform(0.0, MAX_JITTER)  # noqa: S311 - not crypto
+            facts.close_reason = None
         except Exception as exc:
             self._recorder.internal_error(exc)
 
@@ -333,13 +434,13 @@ class _RareEvents:
         try:
             # SQLAlchemy raises DisconnectionError on checkout when pre-ping finds a dead connection.
             reason = "pre_ping_failed" if isinstance(exc, DisconnectionError) else "invalidated"
-            record.info.setdefault(CLOSE_REASON, reason)
+            self._instrumentation.tag_close(record, reason)
         except Exception as error:
             self._recorder.internal_error(error)
 
     def on_soft_invalidate(self, _dbapi_connection: Any, record: ConnectionPoolEntry, _exc: Any) -> None:
         try:
-            record.info.setdefault(CLOSE_REASON, "invalidated")
+            self._instrumentation.tag_close(record, "invalidated")
         except Exception as error:
             self._recorder.internal_error(error)
 
@@ -347,47 +448,36 @@ class _RareEvents:
         try:
             # Forget an idle connection; one closed while checked out keeps its checkout time
             # until it is returned (its use time is still counted then).
-            stamps = self._recorder.stamps
-            if not isinstance(stamps.get(record), tuple):
-                stamps.pop(record, None)
-            self._recorder.close(_close_reason(record, self._engine()))
+            ledger = self._recorder.ledger
+            if record not in ledger.checked_out:
+                ledger.idle_since.pop(record, None)
+            self._recorder.close(self._close_reason(record))
         except Exception as exc:
             self._recorder.internal_error(exc)
 
     def on_detach(self, _dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         try:
-            self._recorder.stamps.pop(record, None)
+            self._recorder.ledger.forget(record)
         except Exception as exc:
             self._recorder.internal_error(exc)
 
-
-def connected_at(record: ConnectionPoolEntry) -> float:
-    """Unix time the record last opened its connection (``_ConnectionRecord.last_connect_time``)."""
-    return float(cast("Any", record).last_connect_time)
-
-
-def _close_reason(record: ConnectionPoolEntry, engine: Engine | None) -> str:
-    """Why the pool closes this connection, decided inside the ``close`` event."""
-    tagged = record.info.pop(CLOSE_REASON, None)
-    if tagged is not None:
-        return str(tagged)
-    reason = getattr(_closing, "reason", None)
-    if reason is not None:
-        return str(reason)
-    pool = engine.pool if engine is not None else None
-    if isinstance(pool, QueuePool):
-        internals = pool_internals(pool)
-        if internals.recycle > -1 and time.time() - connected_at(record) > internals.recycle:
-            return "recycled"
-        if internals.invalidate_time() > connected_at(record):
-            return "invalidated"
-        # QueuePool closes a healthy connection on checkin only when its queue is full: overflow.
-        if pool.checkedin() >= pool.size():
-            return "overflow"
-    return "error"
-
-
-def close_with_reason(record: ConnectionPoolEntry, reason: str) -> None:
-    """Close a pooled connection, counting it under ``reason`` (for housekeeping)."""
-    record.info[CLOSE_REASON] = reason
-    record.close()
+    def _close_reason(self, record: ConnectionPoolEntry) -> str:
+        """Why the pool closes this connection, decided inside the ``close`` event."""
+        facts = self._instrumentation.facts(record)
+        tagged, facts.close_reason = facts.close_reason, None
+        if tagged is not None:
+            return tagged
+        reason = getattr(_closing, "reason", None)
+        if reason is not None:
+            return str(reason)
+        pool, internals = self._instrumentation.pool, self._instrumentation.internals()
+        if pool is not None and internals is not None:
+            opened = connected_at(record)
+            if internals.recycle > -1 and time.time() - opened > internals.recycle:
+                return "recycled"
+            if internals.invalidate_time() > opened:
+                return "invalidated"
+            # QueuePool closes a healthy connection on checkin only when its queue is full: overflow.
+            if pool.checkedin() >= pool.size():
+                return "overflow"
+        return "error"

@@ -317,6 +317,29 @@ def _checkout_time(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _footprint(data: dict[str, Any]) -> list[str]:
+    base, extra = data["baseline"], data["poolwatch_over_baseline"]
+
+    def row(measure: str, key: str, unit: Callable[[float], str]) -> str:
+        low, high = extra[f"{key}_iqr"]
+        return f"| {measure} | {unit(base[key])} | {unit(extra[key])} | {unit(low)} to {unit(high)} |"
+
+    version = f"{_ms(data['cli_version_ms'])} wall, {_ms(data['cli_version_cpu_ms'])} CPU"
+    what = f"Baseline: {base['what']}. poolwatch: {extra['what']}."
+    return [
+        f"**Conditions:** {_conditions(data['header'])}.",
+        "",
+        f"**Command:** `{data['command']}`",
+        "",
+        *_head("measure", "baseline", "poolwatch adds (median)", "interquartile range"),
+        row("resident memory", "rss_mb", lambda mb: f"{mb:g} MB"),
+        row("import and instrument, CPU time", "import_cpu_ms", _ms),
+        row("import and instrument, wall time", "import_ms", _ms),
+        "",
+        f"{what} `poolwatch --version`, a whole process: {version}.",
+    ]
+
+
 HTTP_SCENARIOS: Final = {
     "sequential": "one scraper, 200 scrapes, keep-alive",
     "concurrent": "50 scrapers at once, keep-alive",
@@ -372,6 +395,7 @@ RENDERERS: Final[dict[str, Callable[[dict[str, Any]], list[str]]]] = {
     "http_attack": _http_attack,
     "checkout_time": _checkout_time,
     "cli_startup": _cli_startup,
+    "footprint": _footprint,
     "reaper": _reaper,
     "scale": _scale,
     "scrape": _scrape,

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 
 import poolwatch
 from poolwatch.housekeeping import BackgroundHousekeeper, Housekeeper, HousekeepingPolicy, start_housekeeping
-from poolwatch.instrument.sqlalchemy import LIFETIME_JITTER, MAX_JITTER, pool_internals
+from poolwatch.instrument.sqlalchemy import MAX_JITTER, pool_internals
 from tests.poolmetrics import FakeClock, churning, sample
 
 if TYPE_CHECKING:
@@ -119,7 +119,8 @@ def test_max_lifetime_retires_old_connections_with_jitter(pg, pools) -> None:
     pool = make(pg, pools, pool_size=4)
     pool.fill(4)
     internals = pool_internals(pool.engine.pool)  # type: ignore[arg-type]
-    jitters = [record.info[LIFETIME_JITTER] for record in internals.idle_records]
+    assert internals.idle_records is not None
+    jitters = [pool.instrumentation.jitter(record) for record in internals.idle_records]
     assert all(0 <= j <= MAX_JITTER for j in jitters)
     assert len(set(jitters)) == 4  # drawn per connection
     start = time.time()

@@ -14,7 +14,7 @@ from redis.retry import Retry
 import poolwatch
 from poolwatch.housekeeping import Housekeeper, HousekeepingPolicy
 from poolwatch.instrument.recorder import MAX_JITTER
-from poolwatch.instrument.redis import opened, pool_internals
+from poolwatch.instrument.redis import pool_internals
 from tests.poolmetrics import FakeClock, churning, sample
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def make(request: pytest.FixtureRequest, redis_server: RedisServer, pools: list[
 def test_max_lifetime_retires_old_idle_connections_with_jitter(make) -> None:
     pool = make(max_connections=10)
     connections = pool.fill(4)
-    stamps = {c: opened(c) for c in connections}
+    stamps = {c: pool.instrumentation.opened(c) for c in connections}
     assert all(s is not None and s[0] == pool.clock.now for s in stamps.values())
     jitters = {c: s[1] for c, s in stamps.items() if s is not None}
     assert all(0 <= j <= MAX_JITTER for j in jitters.values())

@@ -262,7 +262,7 @@ def test_private_redis_api_matches_the_installed_version(redis_server) -> None:
         assert internals.connected(connection)
         pool.release(connection)
         assert list(internals.free()) == [connection]
-        with internals.lock:
+        with internals.lock():
             assert internals.idle() == [connection]
         connection.disconnect()
         assert not internals.connected(connection)
@@ -277,7 +277,7 @@ def test_housekeeping_lock_keeps_free_connections_from_being_handed_out(redis_se
     internals = pool_internals(pool)
     taken: list[object] = []
     caller = threading.Thread(target=lambda: taken.append(pool.get_connection()))
-    with internals.lock:
+    with internals.lock():
         caller.start()
         # Until the caller either got a connection (the failure) or waits for the lock in
         # get_connection(), which it does for as long as the lock is held.

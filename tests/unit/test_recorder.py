@@ -59,7 +59,7 @@ def test_pending_is_requests_not_yet_answered() -> None:
     for _ in range(3):
         recorder.requested.hit()
     recorder.handed.hit()
-    recorder.checkout_failed(RuntimeError("connection refused"))
+    recorder.checkout_failed(RuntimeError("connection refused"), 0.0, timed_out=False)
     assert recorder.pending() == 1
     snapshot = recorder.snapshot()
     assert snapshot.pending == 1

@@ -1,0 +1,190 @@
+"""Instrumented pools through server outages while eight threads use them: stopped, killed with -9,
+backends terminated, Redis SHUTDOWN. The application sees the outages; poolwatch's hooks never fail
+(``poolwatch_instrumentation_errors_total`` stays 0) and the counts still add up."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from sqlalchemy import create_engine, text
+
+import poolwatch
+from poolwatch.exposition import Renderer
+from tests.poolmetrics import sample
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+pytestmark = [pytest.mark.integration, pytest.mark.destructive]
+
+THREADS = 8
+
+
+class Workload:
+    """``THREADS`` threads running ``work`` in a loop (its errors counted, never raised) and a thread
+    scraping the registry both ways, until stopped."""
+
+    def __init__(self, registry: CollectorRegistry, work: Callable[[], None]) -> None:
+        self.registry = registry
+        self.work = work
+        self.done = 0
+        self.failed = 0
+        self.unexpected: list[BaseException] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop) for _ in range(THREADS)]
+        self._threads.append(threading.Thread(target=self._scrape))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if not self._once():
+                time.sleep(0.01)  # an application would back off too; keeps a dead server's loop cheap
+
+    def _once(self) -> bool:
+        try:
+            self.work()
+        except Exception:  # the outage, as the application sees it
+            with self._lock:
+                self.failed += 1
+            return False
+        with self._lock:
+            self.done += 1
+        return True
+
+    def _scrape(self) -> None:
+        renderer = Renderer(self.registry)
+        try:
+            while not self._stop.is_set():
+                generate_latest(self.registry)
+                renderer.render()
+        except BaseException as exc:
+            self.unexpected.append(exc)
+
+    def progress(self, more: int = 50, timeout: float = 60) -> None:
+        """Wait until ``more`` further units of work succeeded."""
+        target = self.done + more
+        _wait(lambda: self.done >= target, timeout, f"{more} successful calls")
+
+    def failures(self, more: int = 1, timeout: float = 60) -> None:
+        target = self.failed + more
+        _wait(lambda: self.failed >= target, timeout, f"{more} failed calls")
+
+    @contextmanager
+    def running(self) -> Iterator[Workload]:
+        for thread in self._threads:
+            thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            for thread in self._threads:
+                thread.join(60)
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout}s")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("pre_ping", [False, True])
+def test_postgres_outages_cause_no_internal_error(pg_factory, pre_ping) -> None:
+    server = pg_factory()
+    app = f"pw-faults-{uuid.uuid4().hex[:8]}"
+    engine = create_engine(
+        server.url(),
+        pool_size=4,
+        max_overflow=2,
+        pool_timeout=2,
+        pool_pre_ping=pre_ping,
+        connect_args={"application_name": app, "connect_timeout": 2},
+    )
+    registry = CollectorRegistry()
+    poolwatch.instrument(engine, name="pg", registry=registry, leak_threshold=0.5)
+
+    def work() -> None:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    with Workload(registry, work).running() as load:
+        load.progress()
+        server.stop()
+        load.failures(20)
+        server.start()
+        load.progress()
+        server.kill()
+        load.failures(20)
+        server.start()
+        load.progress()
+        for _ in range(3):
+            server.terminate(app)
+            load.progress()
+    engine.dispose()
+    assert load.unexpected == []
+    assert sample(registry, "instrumentation_errors_total", "pg") == 0
+    assert sample(registry, "pool_pending_requests", "pg") == 0
+    assert sample(registry, "pool_connections", "pg", state="used") == 0
+    checkouts = sample(registry, "pool_checkouts_total", "pg")
+    assert checkouts >= load.done
+    assert sample(registry, "pool_use_seconds_count", "pg") == checkouts
+
+
+def _shutdown(server: Any) -> None:
+    """SHUTDOWN NOSAVE from a client, then forget the exited process."""
+    with suppress(redis.ConnectionError):
+        server.client().shutdown(nosave=True)
+    executor = server._executor
+    _wait(lambda: executor.process is None or executor.process.poll() is not None, 30, "redis exit")
+    with suppress(Exception):
+        executor.stop()
+    server._executor = None
+
+
+@pytest.mark.parametrize("pool_class", [redis.ConnectionPool, redis.BlockingConnectionPool])
+def test_redis_outages_cause_no_internal_error(redis_factory, pool_class) -> None:
+    server = redis_factory()
+    name = f"pw-faults-{uuid.uuid4().hex[:8]}"
+    pool = pool_class(
+        host=server.host, port=server.port, client_name=name, max_connections=6, socket_connect_timeout=2
+    )
+    registry = CollectorRegistry()
+    poolwatch.instrument_redis(pool, name="cache", registry=registry, leak_threshold=0.5)
+    client = redis.Redis(connection_pool=pool)
+
+    def work() -> None:
+        client.ping()
+
+    with Workload(registry, work).running() as load:
+        load.progress()
+        _shutdown(server)
+        load.failures(20)
+        server.start()
+        load.progress()
+        server.kill()
+        load.failures(20)
+        server.start()
+        load.progress()
+        admin = server.client()
+        for _ in range(3):
+            for entry in admin.client_list():
+                if entry.get("name") == name:
+                    with suppress(redis.ResponseError):
+                        admin.client_kill_filter(_id=entry["id"])
+            load.progress()
+        admin.close()
+    pool.disconnect()
+    assert load.unexpected == []
+    assert sample(registry, "instrumentation_errors_total", "cache") == 0
+    assert sample(registry, "pool_pending_requests", "cache") == 0
+    checkouts = sample(registry, "pool_checkouts_total", "cache")
+    assert checkouts >= load.done
+    assert sample(registry, "pool_use_seconds_count", "cache") == checkouts

@@ -1,0 +1,111 @@
+"""Library mode loads nothing only the daemon needs; the command says in one line what is missing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+DAEMON_ONLY = ("apscheduler", "pydantic", "pydantic_settings", "yaml", "bcrypt", "psycopg2")
+
+
+def loaded_after(code: str) -> set[str]:
+    """Top-level modules loaded by a fresh interpreter after running ``code``."""
+    script = textwrap.dedent(code) + "\nimport json, sys; print(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return {name.partition(".")[0] for name in json.loads(done.stdout.splitlines()[-1])}
+
+
+def test_import_and_instrument_load_no_daemon_module_and_no_redis() -> None:
+    loaded = loaded_after(
+        """
+        import sqlalchemy
+        import poolwatch
+        from prometheus_client import CollectorRegistry
+        engine = sqlalchemy.create_engine("sqlite://", poolclass=sqlalchemy.pool.QueuePool)
+        poolwatch.instrument(engine, name="app", registry=CollectorRegistry(), leak_threshold=30)
+        with engine.connect():
+            pass
+        """
+    )
+    assert loaded.isdisjoint((*DAEMON_ONLY, "redis")), sorted(loaded & {*DAEMON_ONLY, "redis"})
+    assert "poolwatch" in loaded
+
+
+def test_instrument_stays_the_function_when_its_subpackage_is_imported() -> None:
+    loaded = loaded_after(
+        """
+        import poolwatch.instrument.sqlalchemy
+        import poolwatch
+        assert callable(poolwatch.instrument), poolwatch.instrument
+        from poolwatch import instrument
+        assert instrument is poolwatch.instrument
+        """
+    )
+    assert "sqlalchemy" in loaded
+
+
+def test_instrument_redis_loads_redis_and_still_no_daemon_module() -> None:
+    loaded = loaded_after(
+        """
+        import redis
+        import poolwatch
+        from prometheus_client import CollectorRegistry
+        poolwatch.instrument_redis(redis.Redis(), name="cache", registry=CollectorRegistry())
+        """
+    )
+    assert loaded.isdisjoint(DAEMON_ONLY), sorted(loaded & set(DAEMON_ONLY))
+
+
+def test_version_loads_no_daemon_module() -> None:
+    loaded = loaded_after(
+        """
+        import sys
+        from poolwatch.launcher import main
+        assert main(["--version"]) == 0
+        """
+    )
+    assert loaded.isdisjoint((*DAEMON_ONLY, "redis", "sqlalchemy", "prometheus_client"))
+
+
+def test_a_missing_daemon_dependency_is_one_line_naming_the_install() -> None:
+    blocker = """
+        import sys
+        class Missing:
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] == "pydantic":
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        sys.meta_path.insert(0, Missing())
+        from poolwatch.launcher import main
+        sys.exit(main(["config"]))
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(blocker)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "poolwatch: the daemon needs pydantic, which is not installed: pip install 'poolwatch[daemon]'\n"
+    )
+
+
+def test_a_lazy_name_whose_dependency_is_missing_says_what_to_install() -> None:
+    script = """
+        import sys
+        class Missing:
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] == "redis":
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        sys.meta_path.insert(0, Missing())
+        import poolwatch
+        try:
+            poolwatch.instrument_redis
+        except ModuleNotFoundError as exc:
+            print(exc)
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, check=False
+    )
+    assert done.stdout.strip() == (
+        "poolwatch.instrument_redis needs redis, which is not installed: pip install 'poolwatch[redis]'"
+    )
