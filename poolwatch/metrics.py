@@ -105,13 +105,20 @@ def _spec(
     return MetricSpec(name, kind, help_, labels, unit=unit, group=group, **more)
 
 
-_POOL = ("pool",)
+# Pool series name their pool and the server it connects to (``host:port/database``, credential-free:
+# serverlabel.py), the label census series share, so fleet-wide ceilings meet the server's limit.
+_POOL = ("pool", "server")
+# The use-time histogram and leak counts also say what held the connection: a bounded label, empty
+# when the application names no holder (Prometheus treats an empty label as no label).
+_HELD = ("pool", "server", "holder")
 _TARGET = ("target",)
 _JOB = ("task", "target")
 
 # The pool families, in the order the collector emits them (instrument/collector.py reads each).
 POOL_METRICS: Final = (
-    _spec("pool", "pool_connections", "gauge", "Open pooled connections by state.", ("pool", "state")),
+    _spec(
+        "pool", "pool_connections", "gauge", "Open pooled connections by state.", ("pool", "server", "state")
+    ),
     _spec("pool", "pool_max_connections", "gauge", "Most connections the pool may open.", _POOL),
     _spec("pool", "pool_size", "gauge", "Persistent size of the pool (connections kept when idle).", _POOL),
     _spec("pool", "pool_min_idle", "gauge", "Idle connections housekeeping keeps open.", _POOL),
@@ -129,8 +136,8 @@ POOL_METRICS: Final = (
         "pool",
         "pool_use_seconds",
         "histogram",
-        "How long connections were held by callers.",
-        _POOL,
+        "How long connections were held by callers, by holder (route template or job).",
+        _HELD,
         buckets=LATENCY_BUCKETS,
     ),
     _spec(
@@ -148,13 +155,23 @@ POOL_METRICS: Final = (
         "pool_connect_errors",
         "counter",
         "Failed attempts to open a connection, by reason.",
-        ("pool", "reason"),
+        ("pool", "server", "reason"),
     ),
-    _spec("pool", "pool_closed", "counter", "Connections closed, by reason.", ("pool", "reason")),
+    _spec("pool", "pool_closed", "counter", "Connections closed, by reason.", ("pool", "server", "reason")),
     _spec(
-        "pool", "pool_leaked_connections", "gauge", "Connections held longer than leak_threshold now.", _POOL
+        "pool",
+        "pool_leaked_connections",
+        "gauge",
+        "Connections held longer than leak_threshold now, by holder.",
+        _HELD,
     ),
-    _spec("pool", "pool_leaks", "counter", "Connections ever held longer than leak_threshold.", _POOL),
+    _spec(
+        "pool",
+        "pool_leaks",
+        "counter",
+        "Connections ever held longer than leak_threshold (counted at the latest on return), by holder.",
+        _HELD,
+    ),
     _spec(
         "pool",
         "instrumentation_errors",
