@@ -43,7 +43,8 @@ MAX_LABEL: Final = 120
 
 class Holder:
     """What holds the connections checked out in this context: a fixed name, or a request whose
-    route template is resolved when first asked for (``resolve``) and kept once ``settle()`` runs."""
+    route template is resolved when first asked for (``resolve``: empty while not known yet) and
+    kept from the first time it is known, or once ``settle()`` runs."""
 
     __slots__ = ("_label", "_resolve")
 
@@ -59,14 +60,18 @@ class Holder:
         if resolve is None:
             return ""
         try:
-            return resolve()[:MAX_LABEL]
+            label = resolve()[:MAX_LABEL]
         except Exception:  # a half-built request: not worth failing a scrape or a warning for
             return ""
+        if label:  # known for good: keep it, and let go of what it was read from
+            self._label, self._resolve = label, None
+        return label
 
-    def settle(self) -> None:
-        """Fix the label now and drop what it was read from (called when the request is over)."""
+    def settle(self, fallback: str = "") -> None:
+        """Fix the label now (``fallback`` if it cannot be known) and drop what it was read from
+        (called when the request is over)."""
         if self._label is None:
-            self._label = self.label
+            self._label = self.label or fallback
         self._resolve = None
 
     def __repr__(self) -> str:

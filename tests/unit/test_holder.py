@@ -98,9 +98,11 @@ def test_a_request_holder_resolves_late_and_settles() -> None:
     assert holder.label == ""  # not routed yet: no label, no exception
     scope["route"] = "/orders/{id}"
     assert holder.label == "GET /orders/{id}"
-    holder.settle()
     scope["route"] = "/elsewhere"
-    assert holder.label == "GET /orders/{id}"
+    assert holder.label == "GET /orders/{id}"  # kept from the first time it was known
+    never_routed = Holder(resolve=lambda: "")
+    never_routed.settle(fallback="GET (unrouted)")
+    assert never_routed.label == "GET (unrouted)"
 
 
 def test_labels_are_bounded_longest_holding_first_and_kept() -> None:
