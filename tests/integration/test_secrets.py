@@ -182,6 +182,11 @@ def test_no_password_in_any_output_with_a_configuration_file(
     finally:
         lingering.close()
     assert "secret-holder" in "".join(texts), "the status shows the idle transaction's application"
+    # Pool and census series name their server by host, port and database: never a user or password.
+    servers = {label for text in texts for label in re.findall(r'server="([^"]*)"', text)}
+    assert f"{pg.host}:{pg.port}/postgres" in servers
+    assert f"{redis.host}:{redis.port}/0" in servers
+    assert not [label for label in servers if "@" in label or "secret" in label], servers
     for command in (
         ["config", "-c", str(path)],
         ["check", "-c", str(path)],
