@@ -3,6 +3,7 @@ Flask applications and named jobs label the use-time histogram and the leak coun
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -172,3 +173,25 @@ def test_redis_connections_are_held_by_the_current_holder(redis_server: RedisSer
         assert client.get("k") == b"v"
     client.ping()
     assert by_holder(registry, "pool_use_seconds_count", pool="cache") == {"": 1, "cache-warmer": 2}
+
+
+def test_async_engine_checkouts_are_held_by_the_task_holder(pg: PostgresServer) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    registry = CollectorRegistry()
+    engine = create_async_engine(pg.url(driver="postgresql+asyncpg"), pool_size=2)
+    poolwatch.instrument(engine, name="app", registry=registry)
+
+    @poolwatch.holder("async-job")
+    async def job() -> None:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def main() -> None:
+        await asyncio.gather(job(), job())
+        async with engine.connect() as connection:  # no holder here
+            await connection.execute(text("SELECT 1"))
+        await engine.dispose()
+
+    asyncio.run(main())
+    assert by_holder(registry, "pool_use_seconds_count") == {"": 1, "async-job": 2}
