@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from poolwatch.assess import health, rank
 
 if TYPE_CHECKING:
-    from poolwatch.status import StatusDoc, TargetDoc
+    from poolwatch.status import CountsDoc, StatusDoc, TargetDoc
 
 NOW = 1_750_000_000.0
 
@@ -104,7 +104,7 @@ def document(*targets: TargetDoc) -> StatusDoc:
         t["health"] = health(t)
         docs.append(t)
     docs.sort(key=rank)
-    counts = {"critical": 0, "warning": 0, "unknown": 0, "ok": 0}
+    counts: CountsDoc = {"critical": 0, "warning": 0, "unknown": 0, "ok": 0}
     for t in docs:
         counts[t["health"]] += 1
     return {
@@ -113,6 +113,6 @@ def document(*targets: TargetDoc) -> StatusDoc:
         "source": "file /etc/poolwatch.yaml",
         "generated_at": NOW,
         "healthy": True,
-        "counts": counts,  # type: ignore[typeddict-item]
+        "counts": counts,
         "targets": docs,
     }

@@ -209,13 +209,11 @@ def test_host_name_that_does_not_resolve() -> None:
     }
     with running_daemon(config) as daemon, Scraper(f"{daemon.base_url}/metrics") as scraper:
         for name in ("nodns_pg", "nodns_redis"):
-            wait_for(
-                lambda name=name: (
-                    metric(daemon, "poolwatch_probe_failures_total", target=name, reason="dns") >= 2
-                ),
-                5,
-                f"{name}: dns failures counted",
-            )
+
+            def dns_failures_counted(name: str = name) -> bool:
+                return metric(daemon, "poolwatch_probe_failures_total", target=name, reason="dns") >= 2
+
+            wait_for(dns_failures_counted, 5, f"{name}: dns failures counted")
             assert metric(daemon, "poolwatch_up", target=name) == 0
         status = {t["name"]: t for t in daemon.status()["targets"]}
         assert "poolwatch-no-such-host.invalid" in status["nodns_pg"]["error"]

@@ -12,7 +12,8 @@ from sqlalchemy import create_engine, text
 
 import poolwatch
 from poolwatch.housekeeping import BackgroundHousekeeper, Housekeeper, HousekeepingPolicy, start_housekeeping
-from poolwatch.instrument.sqlalchemy import MAX_JITTER, pool_internals
+from poolwatch.instrument.recorder import MAX_JITTER
+from poolwatch.instrument.sqlalchemy import pool_internals
 from tests.poolmetrics import FakeClock, churning, sample
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ class Pool:
         self.clock = FakeClock()
         self.registry = CollectorRegistry()
         args = {"application_name": self.app, "connect_timeout": 5}
-        self.engine: Engine = create_engine(pg.url(), connect_args=args, **options)  # type: ignore[arg-type]
+        self.engine: Engine = create_engine(pg.url(), connect_args=args, **options)
         self.instrumentation = poolwatch.instrument(
             self.engine, name="hk", registry=self.registry, clock=self.clock
         )

@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from poolwatch import exposition
 from poolwatch.http import Endpoint
 from poolwatch.metrics import Metrics
+from tests.statusdocs import document
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -209,7 +210,7 @@ def call(endpoint: Endpoint, accept: str, encoding: str = "") -> tuple[str, dict
 
 
 def test_endpoint_serves_text_to_prometheus_and_openmetrics_to_who_insists(registry):
-    endpoint = Endpoint(registry, healthy=lambda: True, ready=lambda: True, status=dict)
+    endpoint = Endpoint(registry, healthy=lambda: True, ready=lambda: True, status=document)
     prometheus_accept = (
         "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
         "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
