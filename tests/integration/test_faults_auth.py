@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from poolwatch.reaper.job import ReaperJob
+from poolwatch.reaper.postgres import PostgresReaper
 from tests.daemonkit import Scraper, metric, running_daemon, scrape, value, wait_for
 from tests.tcpproxy import TcpProxy
 
@@ -154,7 +156,9 @@ def test_a_reaper_deferred_by_the_backoff_gives_up_its_lease(pg: PostgresServer)
         wait_for(lambda: metric(daemon, "poolwatch_reaper_leader", target=name) == 1, 10, "leader")
         wait_for(lambda: _census_series(daemon, name) > 0, 10, "a census")
         reaper = next(job for job in daemon.runtime(name).jobs if job.task == "reaper")
-        lease = reaper.reaper.lease  # type: ignore[attr-defined]
+        assert isinstance(reaper, ReaperJob)
+        assert isinstance(reaper.reaper, PostgresReaper)
+        lease = reaper.reaper.lease
         lease_pid = lease.pid
         assert lease_pid is not None
         pg.execute("ALTER ROLE lease_user PASSWORD 'changed-password'")

@@ -16,6 +16,7 @@ from tests.daemonkit import Scraper, metric, running_daemon, scrape, value, wait
 from tests.tcpproxy import TcpProxy
 
 if TYPE_CHECKING:
+    from poolwatch.daemon import Daemon
     from tests.servers import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.integration
@@ -23,8 +24,8 @@ pytestmark = pytest.mark.integration
 SLACK = 1.5
 
 
-def _count(daemon: object, target: str) -> float:
-    return metric(daemon, "poolwatch_probe_duration_seconds_count", target=target)  # type: ignore[arg-type]
+def _count(daemon: Daemon, target: str) -> float:
+    return metric(daemon, "poolwatch_probe_duration_seconds_count", target=target)
 
 
 def test_hung_and_slow_targets_time_out_on_schedule_without_delaying_others(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import QueuePool
 
 import poolwatch
 from poolwatch.housekeeping import BackgroundHousekeeper, Housekeeper, HousekeepingPolicy, start_housekeeping
@@ -119,7 +120,8 @@ def test_keepalive_pings_live_connections_and_leaves_them_idle_not_in_transactio
 def test_max_lifetime_retires_old_connections_with_jitter(pg, pools) -> None:
     pool = make(pg, pools, pool_size=4)
     pool.fill(4)
-    internals = pool_internals(pool.engine.pool)  # type: ignore[arg-type]
+    assert isinstance(pool.engine.pool, QueuePool)
+    internals = pool_internals(pool.engine.pool)
     assert internals.idle_records is not None
     jitters = [pool.instrumentation.jitter(record) for record in internals.idle_records]
     assert all(0 <= j <= MAX_JITTER for j in jitters)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import math
 import re
+from typing import Any
 
 import prometheus_client
 import pytest
@@ -193,7 +194,7 @@ def test_format_value_agrees_with_prometheus_client():
 
 
 def call(endpoint: Endpoint, accept: str, encoding: str = "") -> tuple[str, dict[str, str], bytes]:
-    seen: dict[str, object] = {}
+    seen: dict[str, Any] = {}
 
     def start_response(status, headers):
         seen["status"], seen["headers"] = status, dict(headers)
@@ -206,7 +207,7 @@ def call(endpoint: Endpoint, accept: str, encoding: str = "") -> tuple[str, dict
         "HTTP_ACCEPT_ENCODING": encoding,
     }
     body = b"".join(endpoint(environ, start_response))
-    return str(seen["status"]), seen["headers"], body  # type: ignore[return-value]
+    return str(seen["status"]), seen["headers"], body
 
 
 def test_endpoint_serves_text_to_prometheus_and_openmetrics_to_who_insists(registry):
