@@ -126,14 +126,22 @@ def test_a_forked_child_counts_only_its_own() -> None:
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        ({"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/dir"}, "PROMETHEUS_MULTIPROC_DIR='/nonexistent/dir' is not"),
+        (
+            {"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/dir"},
+            "PROMETHEUS_MULTIPROC_DIR='/nonexistent/dir' is not",
+        ),
         ({"POOLWATCH_MULTIPROC_INTERVAL": "0"}, "POOLWATCH_MULTIPROC_INTERVAL='0': expected a number"),
         ({"POOLWATCH_MULTIPROC_INTERVAL": "soon"}, "POOLWATCH_MULTIPROC_INTERVAL='soon': expected"),
-        ({"POOLWATCH_MULTIPROC_GAUGES": "pid"}, "POOLWATCH_MULTIPROC_GAUGES='pid': expected one of sum, worker"),
+        (
+            {"POOLWATCH_MULTIPROC_GAUGES": "pid"},
+            "POOLWATCH_MULTIPROC_GAUGES='pid': expected one of sum, worker",
+        ),
     ],
 )
-def test_bad_settings_are_one_line_naming_the_variable(tmp_path: Path, environ: dict[str, str], message: str) -> None:
-    with pytest.raises(ValueError, match="expected|not a directory") as raised:
+def test_bad_settings_are_one_line_naming_the_variable(
+    tmp_path: Path, environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=r"expected|not a directory") as raised:
         settings_from_environment({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), **environ})
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)
@@ -141,7 +149,9 @@ def test_bad_settings_are_one_line_naming_the_variable(tmp_path: Path, environ: 
 
 def test_settings_are_off_without_the_directory(tmp_path: Path) -> None:
     assert settings_from_environment({}) is None
-    settings = settings_from_environment({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "POOLWATCH_MULTIPROC_GAUGES": "worker"})
+    settings = settings_from_environment(
+        {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "POOLWATCH_MULTIPROC_GAUGES": "worker"}
+    )
     assert settings is not None
     assert settings.per_worker
     assert settings.interval == 1.0
@@ -173,7 +183,9 @@ def test_a_pool_used_across_fork_is_counted_once_and_its_use_in_the_child_flagge
     directory.mkdir()
     script = textwrap.dedent(FORK.format(db=tmp_path / "db.sqlite"))
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory), "POOLWATCH_MULTIPROC_INTERVAL": "30"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
     samples = merged(directory)
     assert samples["poolwatch_pool_checkouts_total", (("pool", "app"),)] == 12  # 5 + 7: none twice
