@@ -3,6 +3,7 @@
 Each worker opens its own engine (no ``--preload``), named in PostgreSQL after the worker's pid
 (``<FLEET_APPLICATION>-<pid>``) so a test can count every worker's server sessions; ``/work`` checks
 out one connection and answers the worker's pid; ``/metrics`` is poolwatch's endpoint.
+``FLEET_WARM_UP`` checks one out at import (what breaks under ``--preload``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ ENGINE = sqlalchemy.create_engine(
     connect_args={"application_name": f"{os.environ['FLEET_APPLICATION']}-{os.getpid()}"},
 )
 poolwatch.instrument(ENGINE, name="app")
+if os.environ.get("FLEET_WARM_UP"):  # a connection opened at import: in gunicorn's master with --preload
+    with ENGINE.connect():
+        pass
 
 
 def work() -> int:

@@ -44,6 +44,7 @@ workers = {workers}
 worker_class = "{worker_class}"
 max_requests = {max_requests}
 max_requests_jitter = 0
+preload_app = {preload}
 graceful_timeout = 10
 
 
@@ -75,6 +76,7 @@ class App:
         self.directory = directory
         self.name = name
         self.pg = pg
+        self.log: Path | None = None
         self.client = httpx.Client(timeout=30, follow_redirects=True)  # Starlette: /metrics -> /metrics/
 
     def work(self) -> int:
@@ -116,7 +118,7 @@ class App:
 def start_app(pg: PostgresServer, tmp_path: Path) -> Iterator[Callable[..., App]]:
     apps: list[App] = []
 
-    def start(server: str, *, max_requests: int = 0) -> App:
+    def start(server: str, *, max_requests: int = 0, preload: bool = False) -> App:
         port = free_port()
         directory = tmp_path / f"multiproc-{len(apps)}"
         directory.mkdir()
@@ -127,6 +129,7 @@ def start_app(pg: PostgresServer, tmp_path: Path) -> Iterator[Callable[..., App]
             "POOLWATCH_MULTIPROC_INTERVAL": str(INTERVAL),
             "FLEET_DATABASE_URL": pg.url(),
             "FLEET_APPLICATION": name,
+            **({"FLEET_WARM_UP": "1"} if preload else {}),
         }
         if server == "uvicorn":
             command = [sys.executable, "-m", "uvicorn", "tests.fleet.app:asgi", "--workers", str(WORKERS)]
@@ -137,16 +140,23 @@ def start_app(pg: PostgresServer, tmp_path: Path) -> Iterator[Callable[..., App]
             bind = f"{LOOPBACK}:{port}"
             config.write_text(
                 GUNICORN_CONFIG.format(
-                    bind=bind, workers=WORKERS, worker_class=worker_class, max_requests=max_requests
+                    bind=bind,
+                    workers=WORKERS,
+                    worker_class=worker_class,
+                    max_requests=max_requests,
+                    preload=preload,
                 )
             )
             target = "tests.fleet.app:asgi" if "uvicorn" in worker_class else "tests.fleet.app:wsgi"
             command = [sys.executable, "-m", "gunicorn", "-c", str(config), target]
-        process = subprocess.Popen(command, cwd=ROOT, env=env)
+        log = (tmp_path / f"{name}.log").open("wb")
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=log)
         app = App(process, port, directory, name, pg)
+        app.log = Path(log.name)
         apps.append(app)
-        # Every worker has instrumented its pool and written its slot.
-        wait_for(lambda: _answers(app) and app.value("pool_size") == WORKERS * POOL_SIZE, f"{server} up")
+        # Every worker (and with --preload the master, whose pool it is) has written its slot.
+        pools = WORKERS + 1 if preload else WORKERS
+        wait_for(lambda: _answers(app) and app.value("pool_size") == pools * POOL_SIZE, f"{server} up")
         return app
 
     yield start
@@ -211,3 +221,16 @@ def test_recycled_workers_keep_counters_exact_and_files_bounded(start_app: Calla
     # Slots: the peak number of workers alive at once (a recycled one and its replacement overlap).
     assert app.slot_count() <= 2 * WORKERS, sorted(p.name for p in app.directory.iterdir())
     assert len(list(app.directory.iterdir())) <= 4 * app.slot_count()  # a lock and three files each
+
+
+def test_a_pool_created_before_fork_is_flagged_and_still_counted_exactly(
+    start_app: Callable[..., App],
+) -> None:
+    app = start_app("sync", preload=True)  # the master opens a connection, the workers inherit it
+    served = [app.work() for _ in range(30)]
+    # The master's own checkout counts once (in its slot), never again in the workers that inherited it.
+    wait_for(lambda: app.value("pool_checkouts_total") == len(served) + 1, "checkouts exact under --preload")
+    wait_for(lambda: app.value("pool_inherited_checkouts_total") == len(served), "inherited checkouts")
+    assert app.log is not None
+    warned = app.log.read_text().count("forked from it: both now share its connections")
+    assert 1 <= warned <= len(set(served)), "warned once per worker that used the inherited pool"
