@@ -135,6 +135,7 @@ class Flusher:
         self._slot: Slot | None = None
         self._inherited: Values = {}
         self._failed_once = False
+        self._closed = False
 
     @property
     def slot(self) -> Slot | None:
@@ -161,7 +162,7 @@ class Flusher:
         """Write this process's samples into its slot, and clear the gauges of slots gone free."""
         try:
             with self._lock:
-                if self._stop.is_set() and self._slot is None:
+                if self._closed:
                     return
                 if self._slot is None:
                     self._slot = Slot.take(self.settings.directory)
@@ -176,8 +177,9 @@ class Flusher:
     def close(self) -> None:
         """Last flush, then free the slot (its gauges zeroed): at interpreter exit. Safe to call twice."""
         self._stop.set()
-        self.flush()
+        self.flush()  # even if the thread never ran: a process that counted and exits at once
         with self._lock:
+            self._closed = True
             if self._slot is not None:
                 self._slot.release()
                 self._slot = None
