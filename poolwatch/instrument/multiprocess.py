@@ -141,12 +141,16 @@ class Flusher:
     def slot(self) -> Slot | None:
         return self._slot
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="poolwatch-multiprocess", daemon=True)
+    def start(self, *, at_once: bool = True) -> None:
+        """Run the writer thread; ``at_once``: take a slot and write now, not one interval later."""
+        self._thread = threading.Thread(
+            target=self._run, args=(at_once,), name="poolwatch-multiprocess", daemon=True
+        )
         self._thread.start()
 
-    def _run(self) -> None:
-        self.flush()  # take the slot now: the process's series appear from its start
+    def _run(self, at_once: bool) -> None:
+        if at_once:
+            self.flush()  # take the slot now: the process's series appear from its start
         while not self._stop.wait(self.settings.interval):
             self.flush()
 
@@ -244,7 +248,8 @@ def after_fork_in_child() -> None:
         return
     try:
         _flusher = _flusher.after_fork_in_child()
-        _flusher.start()
+        # One interval later: a child that execs at once (subprocess with preexec_fn) writes nothing.
+        _flusher.start(at_once=False)
     except Exception:
         _flusher = None
         log.exception("poolwatch: re-arming multiprocess export after fork failed")
