@@ -53,8 +53,9 @@ def child_exit(server, worker):
 """
 
 
-def wait_for(condition: Callable[[], object], what: str, deadline: float = 60.0) -> None:
-    """Poll ``condition`` until it is true; fail naming ``what`` (and the last value) after ``deadline``."""
+def wait_for(condition: Callable[[], object], what: str, deadline: float = 180.0) -> None:
+    """Poll ``condition`` until it is true; fail naming ``what`` (and the last value) after ``deadline``
+    (generous: on a loaded machine a replacement uvicorn worker took over a minute to import the app)."""
     end = time.monotonic() + deadline
     last: object = None
     while time.monotonic() < end:
