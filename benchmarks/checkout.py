@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from tests.servers import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("bare", "poolwatch", "poolwatch-noleak", "naive")
+VARIANTS = ("bare", "poolwatch", "poolwatch-noleak", "naive", "poolwatch-multiprocess")
 
 
 def worker(variant: str, url: str) -> None:
@@ -56,6 +56,16 @@ def worker(variant: str, url: str) -> None:
 
     engine = create_engine(url, pool_size=5, max_overflow=10)
     registry = CollectorRegistry()
+    if variant == "poolwatch-multiprocess":
+        # prometheus_client's multiprocess recipe: this worker takes a slot of a directory of its own
+        # and writes its pool's samples there from a thread of its own. That thread's cost is per
+        # interval, not per checkout, and callgrind stretches a second fifty-fold: its interval is set
+        # past the run (POOLWATCH_MULTIPROC_INTERVAL overrides), so the checkout path is what is counted.
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="poolwatch-bench-")
+        os.environ.setdefault("POOLWATCH_MULTIPROC_INTERVAL", "3600")
+        poolwatch.instrument(engine, name="bench", registry=registry, leak_threshold=60.0)
     if variant == "poolwatch":
         poolwatch.instrument(engine, name="bench", registry=registry, leak_threshold=60.0)
     elif variant == "poolwatch-noleak":
@@ -143,7 +153,18 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="--instructions: count each variant N times")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="--instructions: parallel runs")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--modes", default="loop,run", help="--instructions: loop (checkout path), run (plus a scrape)"
+    )
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help="comma-separated variants to run (bare always runs)"
+    )
     args = parser.parse_args()
+    chosen = {"bare", *args.variants.split(",")}
+    unknown = chosen - set(VARIANTS)
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(sorted(unknown))}; known: {', '.join(VARIANTS)}")
+    args.chosen = tuple(v for v in VARIANTS if v in chosen)
     if args.worker:
         worker(args.worker, args.url)
         return 0
@@ -158,7 +179,7 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, url: str) -> int:
-    variants = (args.profile,) if args.profile else VARIANTS
+    variants = (args.profile,) if args.profile else args.chosen
     processes = 1 if args.profile else args.processes
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, __file__, "--url", url, "--worker"]
@@ -244,15 +265,15 @@ def instructions(args: argparse.Namespace, url: str) -> int:
         assert match, done.stderr[-2000:]
         return int(match.group(1))
 
-    modes = ("loop", "run")
-    jobs = [(v, m, n, r) for r in range(args.repeat) for m in modes for v in VARIANTS for n in (low, high)]
+    modes = tuple(m for m in ("loop", "run") if m in args.modes.split(","))
+    jobs = [(v, m, n, r) for r in range(args.repeat) for m in modes for v in args.chosen for n in (low, high)]
     with ThreadPoolExecutor(max_workers=args.jobs) as executor:  # counts do not depend on the load
         counts = dict(zip(jobs, executor.map(collected, jobs), strict=True))
     # per_cycle[mode][variant][repeat]: instructions per cycle, start-up cancelled
     per_cycle = {
         m: {
             v: [(counts[v, m, high, r] - counts[v, m, low, r]) / (high - low) for r in range(args.repeat)]
-            for v in VARIANTS
+            for v in args.chosen
         }
         for m in modes
     }
@@ -262,11 +283,13 @@ def instructions(args: argparse.Namespace, url: str) -> int:
         f" {args.repeat} repeats, PYTHONHASHSEED=0"
     )
     summary: dict[str, dict[str, dict[str, object]]] = {}
-    for mode, title in (("loop", "checkout path alone"), ("run", "checkout path plus one scrape")):
+    titles = {"loop": "checkout path alone", "run": "checkout path plus one scrape"}
+    for mode in modes:
+        title = titles[mode]
         print(f"\n{mode}: instructions per cycle, {title}; ratios to bare of the same repeat")
         print(f"{'variant':18} {'median':>10} {'ratio':>8} {'per-repeat ratios':>30}")
         bare = per_cycle[mode]["bare"]
-        for v in VARIANTS:
+        for v in args.chosen:
             ratios = [x / b for x, b in zip(per_cycle[mode][v], bare, strict=True)]
             median = statistics.median(per_cycle[mode][v])
             ratio = statistics.median(ratios)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         get_session,
         session_scope,
     )
+    from poolwatch.endpoint import make_asgi_app, make_wsgi_app
     from poolwatch.errors import (
         AuthenticationFailedError,
         CallTimeoutError,
@@ -79,6 +80,8 @@ _LAZY: Final = {
     "holder": "poolwatch.instrument.holder",
     "instrument": "poolwatch.instrument.sqlalchemy",
     "instrument_redis": "poolwatch.instrument.redis",
+    "make_asgi_app": "poolwatch.endpoint",
+    "make_wsgi_app": "poolwatch.endpoint",
 }
 # What to install when a lazily loaded name needs a package the plain install does not bring.
 INSTALL_HINT: Final = {
@@ -144,5 +147,7 @@ __all__ = [
     "holder",
     "instrument",
     "instrument_redis",
+    "make_asgi_app",
+    "make_wsgi_app",
     "session_scope",
 ]

@@ -181,6 +181,13 @@ POOL_METRICS: Final = (
         "Failures of poolwatch's own pool hooks (never raised to the host).",
         _POOL,
     ),
+    _spec(
+        "pool",
+        "pool_inherited_checkouts",
+        "counter",
+        "Checkouts from a pool created in another process before a fork (connections shared).",
+        _POOL,
+    ),
 )
 
 PROBE_UP = _spec("probe", "up", "gauge", "1 if the last probe of the target succeeded, else 0.", _TARGET)

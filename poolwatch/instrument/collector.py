@@ -8,6 +8,7 @@ same family names would clash). Each scrape builds fresh metric families, like p
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -17,6 +18,10 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import prometheus_client.registry
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from poolwatch.instrument.multiprocess import after_fork_in_child as multiprocess_after_fork_in_child
+from poolwatch.instrument.multiprocess import after_fork_in_parent as multiprocess_after_fork_in_parent
+from poolwatch.instrument.multiprocess import arm as arm_multiprocess
+from poolwatch.instrument.multiprocess import before_fork as multiprocess_before_fork
 from poolwatch.instrument.recorder import CLOSE_REASONS, CONNECT_ERROR_REASONS
 from poolwatch.metrics import POOL_METRICS, Rows
 
@@ -71,6 +76,13 @@ class PoolCollector(Collector):
         with self._lock:
             if self._pools.get(name) is source:
                 del self._pools[name]
+
+    def after_fork_in_child(self) -> None:
+        """Renew the locks this collector and its pools' recorders share with threads the forked
+        child does not have (one may have held a lock at the fork: the child would wait forever)."""
+        self._lock = threading.RLock()
+        for source in list(self._pools.values()):
+            source.recorder.after_fork_in_child()
 
     def describe(self) -> Iterator[Metric]:
         # Names only, so the registry can check for clashes without calling collect().
@@ -169,6 +181,7 @@ _SERIES: Final[dict[str, Series]] = {
     "pool_leaked_connections": _by_holder(lambda snap: snap.leaked, lambda snap: snap.leaked_by_holder),
     "pool_leaks": _by_holder(lambda snap: snap.leaks_total, lambda snap: snap.leaks_by_holder),
     "instrumentation_errors": _recorded(lambda snap: snap.internal_errors),
+    "pool_inherited_checkouts": _recorded(lambda snap: snap.inherited_checkouts),
 }
 
 
@@ -186,4 +199,36 @@ def collector_for(registry: CollectorRegistry | None) -> PoolCollector:
             collector = PoolCollector()
             target.register(collector)
             _collectors[target] = collector
-        return collector
+    arm_multiprocess(collectors)
+    return collector
+
+
+def collectors() -> list[PoolCollector]:
+    """Every pool collector of this process (the multiprocess flusher writes them all)."""
+    with _collectors_lock:
+        return list(_collectors.values())
+
+
+def _before_fork() -> None:
+    # In the order a flush takes them: the flusher's lock, then this one.
+    multiprocess_before_fork()
+    _collectors_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    multiprocess_after_fork_in_parent()
+    _collectors_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    # Locks first: the child's flusher reads the pools through them.
+    global _collectors_lock  # noqa: PLW0603 - renewed in the child: its holder may be gone
+    _collectors_lock = threading.Lock()
+    for collector in list(_collectors.values()):
+        collector.after_fork_in_child()
+    multiprocess_after_fork_in_child()
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)

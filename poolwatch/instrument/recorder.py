@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import linecache
 import logging
+import os
 import threading
 import time
 import weakref
@@ -168,9 +169,10 @@ class Ledger:
     that is gone takes its entries with it.
     """
 
-    __slots__ = ("__weakref__", "checked_out", "holders", "idle_since", "origins")
+    __slots__ = ("__weakref__", "checked_out", "holders", "idle_since", "origins", "pid")
 
     def __init__(self, idle: Iterable[object] = (), now: float = 0.0) -> None:
+        self.pid = os.getpid()  # the process the pool was hooked in: used in another, it was forked
         self.checked_out: dict[object, float] = {}
         self.idle_since: dict[object, float] = dict.fromkeys(idle, now)
         self.origins: dict[object, Origin] = {}
@@ -286,6 +288,11 @@ class Recorder:
     leaks_total: int = 0
     internal_errors: int = 0
     min_idle: int = 0
+    # Fork safety: checkouts counted when this process was forked, and those since from a pool created
+    # before the fork (in the parent), whose connections parent and child then share.
+    handed_at_fork: int = 0
+    inherited_checkouts: int = 0
+    _warned_inherited: bool = False
     _logged_internal: bool = False
     _ledger: Callable[[], Ledger | None] = lambda: None
     # Reentrant: the garbage collector can run a finalizer on a thread that holds this lock (a scrape
@@ -391,6 +398,33 @@ class Recorder:
         """``key`` is idle as of now (pinged, or opened by housekeeping)."""
         self.ledger.idle_since[key] = self.clock()
 
+    def after_fork_in_child(self) -> None:
+        """In a forked child (one thread): a lock of its own, and checkouts counted from here."""
+        self._lock = threading.RLock()
+        self.handed_at_fork = self.handed.value()
+        self.inherited_checkouts = 0
+        self._warned_inherited = False
+
+    def _inherited_use(self, handed: int) -> int:
+        """Checkouts in this process from a pool hooked in another one (created before a fork);
+        warns once. Under ``_lock``."""
+        ledger = self._ledger()
+        if ledger is None or ledger.pid == os.getpid():
+            return self.inherited_checkouts
+        self.inherited_checkouts = max(self.inherited_checkouts, handed - self.handed_at_fork)
+        if self.inherited_checkouts and not self._warned_inherited:
+            self._warned_inherited = True
+            log.warning(
+                "pool %s was created in process %d and is used in process %d, forked from it: both "
+                "now share its connections. Create the engine after the fork (gunicorn without "
+                "--preload), or call engine.dispose(close=False) in the child first (gunicorn's "
+                "post_fork hook); counted in poolwatch_pool_inherited_checkouts_total",
+                self.name,
+                ledger.pid,
+                os.getpid(),
+            )
+        return self.inherited_checkouts
+
     # -- scraping side ---------------------------------------------------------------------------
 
     def pending(self) -> int:
@@ -479,9 +513,10 @@ class Recorder:
         leaked = self.check_leaks()
         self.fold()
         with self._lock:
+            checkouts = self.handed.value()
             return Snapshot(
                 pending=self._pending(),
-                checkouts=self.handed.value(),
+                checkouts=checkouts,
                 timeouts=self.timeouts,
                 connect_errors=dict(self.connect_errors),
                 closed=dict(self.closed),
@@ -495,6 +530,7 @@ class Recorder:
                 holder_uses=self.by_holder.cumulative(),
                 leaked_by_holder=self.by_holder.leaked_now(),
                 leaks_by_holder=self.by_holder.leaks_total(),
+                inherited_checkouts=self._inherited_use(checkouts),
             )
 
 
@@ -524,6 +560,7 @@ class Snapshot:
     holder_uses: list[tuple[str, tuple[list[tuple[str, float]], float]]] = field(default_factory=list)
     leaked_by_holder: dict[str, int] = field(default_factory=dict)
     leaks_by_holder: dict[str, int] = field(default_factory=dict)
+    inherited_checkouts: int = 0
 
 
 def _by(holder: Holder | None) -> str:

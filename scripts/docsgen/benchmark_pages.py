@@ -25,6 +25,7 @@ VARIANT_NAMES: Final = {
     "poolwatch": "poolwatch (every metric, leak detection on)",
     "poolwatch-noleak": "poolwatch without leak detection",
     "naive": "naive prometheus_client wiring",
+    "poolwatch-multiprocess": "poolwatch with PROMETHEUS_MULTIPROC_DIR (its writer thread counted)",
 }
 # The checkout path's budget: instrumented at most this many times a bare checkout, in instructions.
 CHECKOUT_BUDGET: Final = 1.10
@@ -390,12 +391,64 @@ def _http_attack(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _multiprocess(data: dict[str, Any]) -> list[str]:
+    lines = [
+        f"**Conditions:** {_conditions(data['header'])}.",
+        "",
+        f"**Command:** `{data['command']}`",
+        "",
+        (
+            f"{data['workers']} worker processes x {data['pools']} pools alive, then {data['recycles']:,} "
+            "more workers recycled one after another (each takes a slot, counts, writes and exits); "
+            f"{data['scrapes']} scrapes of the endpoint each time."
+        ),
+        "",
+        *_head("endpoint", "p50", "p90", "CPU per scrape", "body", "files", "on disk"),
+    ]
+    for title, key in (("workers alive", "live"), (f"after {data['recycles']:,} recycles", "after_recycles")):
+        row = data[key]
+        size, disk = row["body_bytes"] / 1024, row["bytes_on_disk"] / 2**20
+        lines.append(
+            f"| {title} | {_ms(row['median_ms'])} | {_ms(row['p90_ms'])} | {_ms(row['cpu_median_ms'])} "
+            f"| {size:.0f} KiB | {row['files']} | {disk:.1f} MiB |"
+        )
+    lines += [
+        "",
+        (
+            f"Checkouts exported: {data['checkouts_exported']:,.0f} of the {data['checkouts_expected']:,} "
+            f"the workers made; a recycle took {_ms(data['recycle_ms'])} (fork to exit)."
+        ),
+    ]
+    checkout = data.get("checkout")
+    if checkout:
+        loop = checkout["instructions_per_cycle"]["loop"]
+        ratio = loop["poolwatch-multiprocess"]["median_ratio"]
+        verdict = "within" if ratio <= CHECKOUT_BUDGET else "over"
+        lines += [
+            "",
+            f"Checkout path under callgrind ({_conditions(checkout['header'])}; `{checkout['command']}`):",
+            "",
+            *_head("variant", "instructions per cycle", "ratio to bare"),
+            *(
+                f"| {VARIANT_NAMES[name]} | {row['median_instructions']:,} | {row['median_ratio']:.3f}x |"
+                for name, row in loop.items()
+            ),
+            "",
+            (
+                f"In multiprocess mode the checkout path costs **{ratio:.3f}x** a bare checkout: "
+                f"{verdict} the {CHECKOUT_BUDGET:.2f}x budget."
+            ),
+        ]
+    return lines
+
+
 RENDERERS: Final[dict[str, Callable[[dict[str, Any]], list[str]]]] = {
     "checkout_instructions": _checkout_instructions,
     "http_attack": _http_attack,
     "checkout_time": _checkout_time,
     "cli_startup": _cli_startup,
     "footprint": _footprint,
+    "multiprocess": _multiprocess,
     "reaper": _reaper,
     "scale": _scale,
     "scrape": _scrape,

@@ -115,7 +115,8 @@ def test_the_port_is_the_same_everywhere():
     assert parse_listen(service["environment"]["POOLWATCH_LISTEN"]) == ("0.0.0.0", PORT)
     assert [p.rsplit(":", 1)[-1] for p in service["ports"]] == [str(PORT)]
     assert all(p.startswith("127.0.0.1:") for s in compose()["services"].values() for p in s.get("ports", []))
-    assert [t for _, _, t in scrape_targets(COMPOSE_DIR / "prometheus.yml")] == [f"poolwatch:{PORT}"]
+    compose_targets = [t for _, _, t in scrape_targets(COMPOSE_DIR / "prometheus.yml")]
+    assert compose_targets == [f"poolwatch:{PORT}", "app:8000"]  # the daemon, and the example app
     assert [t for _, _, t in scrape_targets(SCRAPE_CONFIG)] == [f"127.0.0.1:{PORT}"]
 
     (port,) = container()["ports"]
@@ -154,8 +155,9 @@ def test_the_scrape_job_is_named_as_the_not_scraped_alert_expects():
     assert isinstance(rules, dict)
     (rule,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "PoolwatchNotScraped"]
     assert set(re.findall(r'up\{job="([^"]+)"\}', rule["expr"])) == {"poolwatch"}
-    for config in (SCRAPE_CONFIG, COMPOSE_DIR / "prometheus.yml"):
-        assert {job for job, _, _ in scrape_targets(config)} == {"poolwatch"}
+    assert {job for job, _, _ in scrape_targets(SCRAPE_CONFIG)} == {"poolwatch"}
+    # The compose demo also scrapes its example application, under a job of its own.
+    assert {job for job, _, _ in scrape_targets(COMPOSE_DIR / "prometheus.yml")} == {"poolwatch", "app"}
     # The Prometheus Operator names the job after the Service (no jobLabel set).
     assert k8s("Service")["metadata"]["name"] == "poolwatch"
     assert "jobLabel" not in k8s("ServiceMonitor")["spec"]
