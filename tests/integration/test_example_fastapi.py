@@ -56,7 +56,7 @@ def test_the_example_app_exports_every_workers_pool(pg: PostgresServer, tmp_path
         )
 
     def get(path: str) -> int:
-        return (
+        return int(
             client.get(f"{base}{path}", headers={"Connection": "close"}).raise_for_status().json()["worker"]
         )
 
