@@ -527,10 +527,10 @@ class Recorder:
                 uses=self.uses.cumulative(),
                 creates=self.creates.cumulative(),
                 min_idle=self.min_idle,
+                inherited_checkouts=self._inherited_use(checkouts),
                 holder_uses=self.by_holder.cumulative(),
                 leaked_by_holder=self.by_holder.leaked_now(),
                 leaks_by_holder=self.by_holder.leaks_total(),
-                inherited_checkouts=self._inherited_use(checkouts),
             )
 
 
@@ -556,11 +556,11 @@ class Snapshot:
     uses: tuple[list[tuple[str, float]], float]
     creates: tuple[list[tuple[str, float]], float]
     min_idle: int
+    inherited_checkouts: int = 0
     # By bounded holder label (never the empty label, which the unlabelled values above stand for).
     holder_uses: list[tuple[str, tuple[list[tuple[str, float]], float]]] = field(default_factory=list)
     leaked_by_holder: dict[str, int] = field(default_factory=dict)
     leaks_by_holder: dict[str, int] = field(default_factory=dict)
-    inherited_checkouts: int = 0
 
 
 def _by(holder: Holder | None) -> str:

@@ -25,7 +25,7 @@ VARIANT_NAMES: Final = {
     "poolwatch": "poolwatch (every metric, leak detection on)",
     "poolwatch-noleak": "poolwatch without leak detection",
     "naive": "naive prometheus_client wiring",
-    "poolwatch-multiprocess": "poolwatch with PROMETHEUS_MULTIPROC_DIR (its writer thread counted)",
+    "poolwatch-multiprocess": "poolwatch with PROMETHEUS_MULTIPROC_DIR (its writer idle in the run)",
 }
 # The checkout path's budget: instrumented at most this many times a bare checkout, in instructions.
 CHECKOUT_BUDGET: Final = 1.10

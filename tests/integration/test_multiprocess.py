@@ -95,8 +95,13 @@ class App:
         }
 
     def value(self, name: str, **labels: str) -> float:
-        wanted = tuple(sorted({"pool": "app", **labels}.items()))
-        return self.samples().get((f"poolwatch_{name}", wanted), 0.0)
+        """The sum of the series ``name`` of the pool ``app`` with ``labels`` (any server label)."""
+        wanted = {("pool", "app"), *labels.items()}
+        return sum(
+            value
+            for (sample, pairs), value in self.samples().items()
+            if sample == f"poolwatch_{name}" and wanted <= set(pairs)
+        )
 
     def connections(self) -> float:
         return self.value("pool_connections", state="idle") + self.value("pool_connections", state="used")

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 SPECS = {spec.name: spec for spec in POOL_METRICS}
+APP = (("pool", "app"), ("server", "db"))  # the labels of one pool's series, sorted
+IDLE = (("pool", "app"), ("server", "db"), ("state", "idle"))
 
 
 def merged(directory: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -33,15 +35,21 @@ def merged(directory: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
     }
 
 
+def of_pool(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+    """The value of the pool ``app``'s series ``name``, whatever its server label."""
+    (value,) = [v for (n, labels), v in samples.items() if n == name and ("pool", "app") in labels]
+    return value
+
+
 def pool_rows(checkouts: int, idle: int, waits: list[float]) -> list[Rows]:
     spec = SPECS["pool_wait_seconds"]
     assert spec.buckets is not None
     pairs = [(repr(float(b)), float(sum(w <= b for w in waits))) for b in spec.buckets]
     pairs.append(("+Inf", float(len(waits))))
     return [
-        Rows(SPECS["pool_checkouts"], [(("app",), checkouts)]),
-        Rows(SPECS["pool_connections"], [(("app", "idle"), idle), (("app", "used"), 0)]),
-        Rows(spec, [(("app",), (pairs, sum(waits)))]),
+        Rows(SPECS["pool_checkouts"], [(("app", "db"), checkouts)]),
+        Rows(SPECS["pool_connections"], [(("app", "db", "idle"), idle), (("app", "db", "used"), 0)]),
+        Rows(spec, [(("app", "db"), (pairs, sum(waits)))]),
     ]
 
 
@@ -67,12 +75,12 @@ def test_multiprocess_collector_sums_the_slots(tmp_path: Path) -> None:
     write(one, pool_rows(5, 1, [0.001, 0.2]))
     write(two, pool_rows(7, 2, [0.003]))
     samples = merged(tmp_path)
-    assert samples["poolwatch_pool_checkouts_total", (("pool", "app"),)] == 12
-    assert samples["poolwatch_pool_connections", (("pool", "app"), ("state", "idle"))] == 3
-    assert samples["poolwatch_pool_wait_seconds_count", (("pool", "app"),)] == 3
-    assert samples["poolwatch_pool_wait_seconds_bucket", (("le", "0.005"), ("pool", "app"))] == 2
-    assert samples["poolwatch_pool_wait_seconds_bucket", (("le", "+Inf"), ("pool", "app"))] == 3
-    assert samples["poolwatch_pool_wait_seconds_sum", (("pool", "app"),)] == pytest.approx(0.204)
+    assert samples["poolwatch_pool_checkouts_total", APP] == 12
+    assert samples["poolwatch_pool_connections", IDLE] == 3
+    assert samples["poolwatch_pool_wait_seconds_count", APP] == 3
+    assert samples["poolwatch_pool_wait_seconds_bucket", (("le", "0.005"), *APP)] == 2
+    assert samples["poolwatch_pool_wait_seconds_bucket", (("le", "+Inf"), *APP)] == 3
+    assert samples["poolwatch_pool_wait_seconds_sum", APP] == pytest.approx(0.204)
 
 
 def test_a_new_holder_counts_on_from_the_slots_last_values(tmp_path: Path) -> None:
@@ -82,13 +90,13 @@ def test_a_new_holder_counts_on_from_the_slots_last_values(tmp_path: Path) -> No
     new = Slot.take(tmp_path)
     assert new.number == 0
     samples = merged(tmp_path)
-    assert samples["poolwatch_pool_connections", (("pool", "app"), ("state", "idle"))] == 0
-    assert samples["poolwatch_pool_checkouts_total", (("pool", "app"),)] == 40
+    assert samples["poolwatch_pool_connections", IDLE] == 0
+    assert samples["poolwatch_pool_checkouts_total", APP] == 40
     write(new, pool_rows(3, 1, [0.5]))
     samples = merged(tmp_path)
-    assert samples["poolwatch_pool_checkouts_total", (("pool", "app"),)] == 43
-    assert samples["poolwatch_pool_wait_seconds_count", (("pool", "app"),)] == 5
-    assert samples["poolwatch_pool_connections", (("pool", "app"), ("state", "idle"))] == 1
+    assert samples["poolwatch_pool_checkouts_total", APP] == 43
+    assert samples["poolwatch_pool_wait_seconds_count", APP] == 5
+    assert samples["poolwatch_pool_connections", IDLE] == 1
 
 
 def test_live_workers_zero_the_gauges_of_slots_whose_process_is_gone(tmp_path: Path) -> None:
@@ -99,8 +107,8 @@ def test_live_workers_zero_the_gauges_of_slots_whose_process_is_gone(tmp_path: P
     gone.abandon()
     assert clear_free_slots(tmp_path, live.number) == [gone.number]
     samples = merged(tmp_path)
-    assert samples["poolwatch_pool_connections", (("pool", "app"), ("state", "idle"))] == 1
-    assert samples["poolwatch_pool_checkouts_total", (("pool", "app"),)] == 2  # counters stay
+    assert samples["poolwatch_pool_connections", IDLE] == 1
+    assert samples["poolwatch_pool_checkouts_total", APP] == 2  # counters stay
     assert set(read_values(data_path(tmp_path, gone.number, "gauge")).values()) == {0.0}
     assert clear_free_slots(tmp_path, live.number) == []  # nothing left to clear
 
@@ -110,8 +118,8 @@ def test_per_worker_gauges_carry_the_slot_number(tmp_path: Path) -> None:
     write(one, pool_rows(1, 1, []), worker="0")
     write(two, pool_rows(1, 2, []), worker="1")
     samples = merged(tmp_path)
-    assert samples["poolwatch_pool_connections", (("pool", "app"), ("state", "idle"), ("worker", "1"))] == 2
-    assert samples["poolwatch_pool_checkouts_total", (("pool", "app"),)] == 2
+    assert samples["poolwatch_pool_connections", (*IDLE, ("worker", "1"))] == 2
+    assert samples["poolwatch_pool_checkouts_total", APP] == 2
 
 
 def test_a_forked_child_counts_only_its_own() -> None:
@@ -188,8 +196,8 @@ def test_a_pool_used_across_fork_is_counted_once_and_its_use_in_the_child_flagge
     )
     assert done.returncode == 0, done.stderr
     samples = merged(directory)
-    assert samples["poolwatch_pool_checkouts_total", (("pool", "app"),)] == 12  # 5 + 7: none twice
-    assert samples["poolwatch_pool_inherited_checkouts_total", (("pool", "app"),)] == 7
+    assert of_pool(samples, "poolwatch_pool_checkouts_total") == 12  # 5 + 7: none twice
+    assert of_pool(samples, "poolwatch_pool_inherited_checkouts_total") == 7
     assert done.stderr.count("is used in process") == 1, done.stderr
     assert "engine.dispose(close=False)" in done.stderr
     assert slot_numbers(directory) == [0, 1]
