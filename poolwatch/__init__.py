@@ -42,8 +42,8 @@ if TYPE_CHECKING:
         TransactionFailedError,
     )
     from poolwatch.health import Health
+    from poolwatch.instrument.dispatch import instrument
     from poolwatch.instrument.redis import instrument_redis
-    from poolwatch.instrument.sqlalchemy import instrument
 
 _ERRORS: Final = (
     "AuthenticationFailedError",
@@ -71,7 +71,7 @@ _LAZY: Final = {
     **dict.fromkeys(_ERRORS, "poolwatch.errors"),
     **dict.fromkeys(_SESSIONS, "poolwatch.database"),
     "Health": "poolwatch.health",
-    "instrument": "poolwatch.instrument.sqlalchemy",
+    "instrument": "poolwatch.instrument.dispatch",
     "instrument_redis": "poolwatch.instrument.redis",
 }
 # What to install when a lazily loaded name needs a package the plain install does not bring.

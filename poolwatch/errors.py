@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import socket
+import sys
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from poolwatch.masking import mask_text
@@ -86,18 +87,29 @@ def _drivers() -> tuple[ModuleType, ModuleType]:
     return sa_exc, redis_exc
 
 
-@functools.cache
 def _type_reasons() -> tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Reason], ...]:
+    """The exception types that say why, from the driver modules already loaded only (an error of a
+    driver that is not loaded cannot occur): a library-mode process may not have them installed."""
+    return _type_reasons_of(sys.modules.get("sqlalchemy.exc"), sys.modules.get("redis.exceptions"))
+
+
+@functools.cache
+def _type_reasons_of(
+    sa_exc: ModuleType | None, redis_exc: ModuleType | None
+) -> tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Reason], ...]:
     # Checked in order: SQLAlchemy's pool TimeoutError is not the builtin TimeoutError.
-    sa_exc, redis_exc = _drivers()
-    return (
-        (sa_exc.TimeoutError, "pool_timeout"),
-        ((TimeoutError, redis_exc.TimeoutError), "timeout"),
-        (redis_exc.AuthenticationError, "auth"),
+    reasons: list[tuple[type[BaseException] | tuple[type[BaseException], ...], Reason]] = []
+    if sa_exc is not None:
+        reasons.append((sa_exc.TimeoutError, "pool_timeout"))
+    reasons.append((TimeoutError, "timeout"))
+    if redis_exc is not None:
+        reasons += [(redis_exc.TimeoutError, "timeout"), (redis_exc.AuthenticationError, "auth")]
+    reasons += [
         (socket.gaierror, "dns"),
         (ConnectionRefusedError, "refused"),
         ((ConnectionResetError, BrokenPipeError), "reset"),
-    )
+    ]
+    return tuple(reasons)
 
 
 class PoolwatchError(Exception):

@@ -58,6 +58,20 @@ def test_instrument_redis_loads_redis_and_still_no_daemon_module() -> None:
     assert loaded.isdisjoint(DAEMON_ONLY), sorted(loaded & set(DAEMON_ONLY))
 
 
+def test_instrumenting_a_psycopg_pool_loads_neither_sqlalchemy_nor_redis() -> None:
+    loaded = loaded_after(
+        """
+        import psycopg_pool
+        import poolwatch
+        from prometheus_client import CollectorRegistry
+        pool = psycopg_pool.ConnectionPool("dbname=none", min_size=0, max_size=1, open=False)
+        poolwatch.instrument(pool, name="pp", registry=CollectorRegistry())
+        """
+    )
+    assert loaded.isdisjoint((*DAEMON_ONLY, "redis", "sqlalchemy", "asyncpg")), sorted(loaded)
+    assert "psycopg_pool" in loaded
+
+
 def test_version_loads_no_daemon_module() -> None:
     loaded = loaded_after(
         """

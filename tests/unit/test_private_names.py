@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "poolwatch"
-ADAPTERS = {PACKAGE / "instrument" / "sqlalchemy.py", PACKAGE / "instrument" / "redis.py"}
+ADAPTERS = {PACKAGE / "instrument" / f"{name}.py" for name in ("sqlalchemy", "redis", "psycopg_pool")}
 
 # Every private (or undocumented) name of either library poolwatch reads, in the adapters.
 LIBRARY_PRIVATE = frozenset(
