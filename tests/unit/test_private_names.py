@@ -6,7 +6,9 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "poolwatch"
-ADAPTERS = {PACKAGE / "instrument" / f"{name}.py" for name in ("sqlalchemy", "redis", "psycopg_pool")}
+ADAPTERS = {
+    PACKAGE / "instrument" / f"{name}.py" for name in ("sqlalchemy", "redis", "psycopg_pool", "asyncpg")
+}
 
 # Every private (or undocumented) name of either library poolwatch reads, in the adapters.
 LIBRARY_PRIVATE = frozenset(
