@@ -244,8 +244,11 @@ def _returning(recorder: Recorder, ledger: Ledger, key: Callable[[Any], object])
     return returning
 
 
-def timed_connect(recorder: Recorder, connect: Callable[..., Any]) -> Callable[..., Any]:
-    """A synchronous connect function that records its time, or its failure by reason."""
+def timed_connect(
+    recorder: Recorder, connect: Callable[..., Any], *, count_failures: bool = True
+) -> Callable[..., Any]:
+    """A synchronous connect function that records its time, or its failure by reason (unless
+    ``count_failures`` is off: the checkout hook that called it counts the failure)."""
     clock = recorder.clock
 
     def connect_timed(*args: Any, **kwargs: Any) -> Any:
@@ -253,7 +256,8 @@ def timed_connect(recorder: Recorder, connect: Callable[..., Any]) -> Callable[.
         try:
             connection = connect(*args, **kwargs)
         except BaseException as exc:
-            _connect_failed(recorder, exc)
+            if count_failures:
+                _connect_failed(recorder, exc)
             raise
         recorder.connected(clock() - start)
         return connection

@@ -43,6 +43,10 @@ LIBRARY_PRIVATE = frozenset(
         "_created_connections",
         "_connections",
         "_checkpid",
+        # asyncpg, psycopg2.pool
+        "_holders",
+        "_queue",
+        "_used",
     }
 )
 
