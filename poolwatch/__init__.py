@@ -42,8 +42,7 @@ if TYPE_CHECKING:
         TransactionFailedError,
     )
     from poolwatch.health import Health
-    from poolwatch.instrument.dispatch import instrument
-    from poolwatch.instrument.redis import instrument_redis
+    from poolwatch.instrument.dispatch import instrument, instrument_redis
 
 _ERRORS: Final = (
     "AuthenticationFailedError",
@@ -72,7 +71,7 @@ _LAZY: Final = {
     **dict.fromkeys(_SESSIONS, "poolwatch.database"),
     "Health": "poolwatch.health",
     "instrument": "poolwatch.instrument.dispatch",
-    "instrument_redis": "poolwatch.instrument.redis",
+    "instrument_redis": "poolwatch.instrument.dispatch",
 }
 # What to install when a lazily loaded name needs a package the plain install does not bring.
 INSTALL_HINT: Final = {

@@ -15,14 +15,14 @@ import importlib
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from poolwatch.instrument.dispatch import instrument
-    from poolwatch.instrument.redis import RedisInstrumentation, instrument_redis
+    from poolwatch.instrument.dispatch import instrument, instrument_redis
+    from poolwatch.instrument.redis import RedisInstrumentation
     from poolwatch.instrument.sqlalchemy import SQLAlchemyInstrumentation
 
 _LAZY: Final = {
     "instrument": "poolwatch.instrument.dispatch",
     "RedisInstrumentation": "poolwatch.instrument.redis",
-    "instrument_redis": "poolwatch.instrument.redis",
+    "instrument_redis": "poolwatch.instrument.dispatch",
     "SQLAlchemyInstrumentation": "poolwatch.instrument.sqlalchemy",
 }
 

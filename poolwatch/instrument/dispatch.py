@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final, overload
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import redis
     from prometheus_client.registry import CollectorRegistry
     from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
     from poolwatch.instrument.common import Instrumentation
     from poolwatch.instrument.recorder import Recorder
+    from poolwatch.instrument.redis import RedisInstrumentation
     from poolwatch.instrument.sqlalchemy import SQLAlchemyInstrumentation
 
 # (module, class name) of a class in the object's MRO -> (adapter module, its function).
@@ -110,3 +112,51 @@ def instrument(
     module, function = found
     adapter: Callable[..., Any] = getattr(importlib.import_module(module), function)
     return adapter(obj, name=name, registry=registry, leak_threshold=leak_threshold, **options)
+
+
+_REDIS_ADAPTERS: Final = {"instrument_redis", "instrument_redis_async"}
+
+
+@overload
+def instrument_redis(
+    client_or_pool: redis.Redis | redis.ConnectionPool,
+    *,
+    name: str,
+    registry: CollectorRegistry | None = None,
+    leak_threshold: float | None = None,
+    clock: Callable[[], float] = ...,
+    counts_from: Recorder | None = None,
+) -> RedisInstrumentation: ...
+
+
+@overload
+def instrument_redis(
+    client_or_pool: object,
+    *,
+    name: str,
+    registry: CollectorRegistry | None = None,
+    leak_threshold: float | None = None,
+    clock: Callable[[], float] = ...,
+    counts_from: Recorder | None = None,
+) -> Instrumentation: ...
+
+
+def instrument_redis(
+    client_or_pool: object,
+    *,
+    name: str,
+    registry: CollectorRegistry | None = None,
+    leak_threshold: float | None = None,
+    **options: Any,
+) -> Any:
+    """Export the metrics of a redis-py client's or pool's connections, sync or ``redis.asyncio``."""
+    found = adapter_of(client_or_pool)
+    if found is None or found[1] not in _REDIS_ADAPTERS:
+        raise TypeError(
+            f"poolwatch.instrument_redis({name!r}): {type(client_or_pool).__name__} is not a redis-py "
+            "client or connection pool (redis.Redis, redis.ConnectionPool, redis.asyncio.Redis, "
+            "redis.asyncio.ConnectionPool, or their Blocking pools)"
+        )
+    module, function = found
+    adapter: Callable[..., Any] = getattr(importlib.import_module(module), function)
+    return adapter(client_or_pool, name=name, registry=registry, leak_threshold=leak_threshold, **options)

@@ -9,7 +9,6 @@ PACKAGE = Path(__file__).resolve().parents[2] / "poolwatch"
 ADAPTERS = {
     PACKAGE / "instrument" / f"{name}.py"
     for name in ("sqlalchemy", "redis", "redis_async", "psycopg_pool", "asyncpg", "psycopg2_pool")
-    if (PACKAGE / "instrument" / f"{name}.py").exists()
 }
 
 # Every private (or undocumented) name of either library poolwatch reads, in the adapters.
