@@ -108,12 +108,12 @@ def test_a_lazy_name_whose_dependency_is_missing_says_what_to_install() -> None:
         import sys
         class Missing:
             def find_spec(self, name, path=None, target=None):
-                if name.partition(".")[0] == "redis":
+                if name.partition(".")[0] == "pydantic":
                     raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         sys.meta_path.insert(0, Missing())
         import poolwatch
         try:
-            poolwatch.instrument_redis
+            poolwatch.Database
         except ModuleNotFoundError as exc:
             print(exc)
     """
@@ -121,5 +121,5 @@ def test_a_lazy_name_whose_dependency_is_missing_says_what_to_install() -> None:
         [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, check=False
     )
     assert done.stdout.strip() == (
-        "poolwatch.instrument_redis needs redis, which is not installed: pip install 'poolwatch[redis]'"
+        "poolwatch.Database needs pydantic, which is not installed: pip install 'poolwatch[daemon]'"
     )
