@@ -110,8 +110,16 @@ def instrument(
             f"{type(obj).__qualname__}; supported: {SUPPORTED}"
         )
     module, function = found
+    if module == "poolwatch.instrument.sqlalchemy" and _on_nullpool(obj):
+        module, function = "poolwatch.instrument.sqlalchemy_nullpool", "instrument_nullpool"
     adapter: Callable[..., Any] = getattr(importlib.import_module(module), function)
     return adapter(obj, name=name, registry=registry, leak_threshold=leak_threshold, **options)
+
+
+def _on_nullpool(obj: object) -> bool:
+    """An engine (sync or async) whose pool is a NullPool."""
+    pool = getattr(getattr(obj, "sync_engine", obj), "pool", None)
+    return any(cls.__name__ == "NullPool" for cls in type(pool).__mro__)
 
 
 _REDIS_ADAPTERS: Final = {"instrument_redis", "instrument_redis_async"}

@@ -8,7 +8,15 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "poolwatch"
 ADAPTERS = {
     PACKAGE / "instrument" / f"{name}.py"
-    for name in ("sqlalchemy", "redis", "redis_async", "psycopg_pool", "asyncpg", "psycopg2_pool")
+    for name in (
+        "sqlalchemy",
+        "sqlalchemy_nullpool",
+        "redis",
+        "redis_async",
+        "psycopg_pool",
+        "asyncpg",
+        "psycopg2_pool",
+    )
 }
 
 # Every private (or undocumented) name of either library poolwatch reads, in the adapters.
