@@ -254,7 +254,7 @@ def translate(exc: BaseException, *, target: str = "") -> PoolwatchError | None:
 
 def _translate_dbapi(exc: Any, prefix: str) -> PoolwatchError:
     orig = exc.orig
-    sqlstate: str | None = getattr(orig, "pgcode", None)
+    sqlstate = sqlstate_of(orig)
     message = f"{prefix}{first_line(orig if orig is not None else exc)}"
     if sqlstate in _RETRYABLE_TX_SQLSTATES or mysql_code(orig) in _MYSQL_RETRYABLE_TX:
         return TransactionFailedError(message, retryable=True, sqlstate=sqlstate)

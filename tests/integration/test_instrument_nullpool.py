@@ -85,3 +85,19 @@ def test_an_async_engine_on_nullpool(pg) -> None:
         await engine.dispose()
 
     asyncio.run(asyncio.wait_for(body(), timeout=60))
+
+
+def test_the_daemon_takes_a_psycopg_3_target(pg) -> None:
+    from poolwatch.config import validate
+    from poolwatch.database import create_target_engine, select_one
+
+    settings = validate(
+        {"targets": [{"name": "pg3", "kind": "postgres", "url": pg.url(driver="postgresql+psycopg")}]}
+    )
+    engine = create_target_engine(settings.targets[0])
+    assert engine.dialect.driver == "psycopg"
+    registry = CollectorRegistry()
+    poolwatch.instrument(engine, name="pg3", registry=registry)
+    select_one(engine)
+    assert sample(registry, "pool_checkouts_total", "pg3") == 1
+    engine.dispose()
