@@ -3,6 +3,11 @@
     .venv/bin/python benchmarks/checkout.py                 # starts its own PostgreSQL
     .venv/bin/python benchmarks/checkout.py --url postgresql+psycopg2://user:pw@host/db
     .venv/bin/python benchmarks/checkout.py --instructions  # callgrind instruction counts (valgrind)
+    .venv/bin/python benchmarks/checkout.py --instructions --kind asyncpg  # another pool kind
+
+``--kind`` picks the pool: ``sqlalchemy`` (the default, described here) or one of the kinds of
+benchmarks/checkout_kinds.py (psycopg_pool, psycopg_pool_async, asyncpg, psycopg2_pool,
+redis_async), each with its library's bare acquire/release cycle and the poolwatch variants.
 
 The cycle is ``with engine.connect(): pass`` (QueuePool, psycopg2). Each variant runs in worker
 processes of its own (its own engine, its own interpreter state; ``--processes`` of them, default 4,
@@ -38,8 +43,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import checkout_kinds
+
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("bare", "poolwatch", "poolwatch-noleak", "naive")
+KIND_VARIANTS = ("bare", "poolwatch", "poolwatch-noleak")  # no naive wiring for the other kinds
+
+
+def variants_of(kind: str) -> tuple[str, ...]:
+    return VARIANTS if kind == "sqlalchemy" else KIND_VARIANTS
 
 
 def worker(variant: str, url: str) -> None:
@@ -126,6 +138,15 @@ def start_postgres():
     return PostgresServer().start()
 
 
+def start_redis():
+    import tempfile
+
+    sys.path.insert(0, str(ROOT))
+    from tests.servers import RedisServer
+
+    return RedisServer(Path(tempfile.mkdtemp(prefix="poolwatch-bench-redis-"))).start()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="PostgreSQL URL (default: start a throw-away server)")
@@ -138,26 +159,34 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=4, help="worker processes per variant (timing)")
     parser.add_argument("--repeat", type=int, default=3, help="--instructions: count each variant N times")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="--instructions: parallel runs")
+    parser.add_argument("--kind", choices=("sqlalchemy", *checkout_kinds.KINDS), default="sqlalchemy")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.url)
+        if args.kind == "sqlalchemy":
+            worker(args.worker, args.url)
+        else:
+            checkout_kinds.worker(args.kind, args.worker, args.url)
         return 0
 
-    server = None if args.url else start_postgres()
-    url = args.url or server.url()
+    if args.kind in checkout_kinds.NEEDS_REDIS and not args.url:
+        server = start_redis()
+        url = server.url()
+    else:
+        server = None if args.url else start_postgres()
+        url = args.url or server.url()
     try:
         return instructions(args, url) if args.instructions else run(args, url)
     finally:
         if server is not None:
-            server.destroy()
+            getattr(server, "destroy", server.stop)()
 
 
 def run(args: argparse.Namespace, url: str) -> int:
-    variants = (args.profile,) if args.profile else VARIANTS
+    variants = (args.profile,) if args.profile else variants_of(args.kind)
     processes = 1 if args.profile else args.processes
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, __file__, "--url", url, "--worker"]
+    command = [sys.executable, __file__, "--url", url, "--kind", args.kind, "--worker"]
     pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True, "cwd": ROOT, "env": env}
     # Several processes per variant: one process's memory layout can make it a few per cent faster
     # or slower for its whole life, which interleaving rounds does not average out; round r runs on
@@ -218,6 +247,8 @@ def instructions(args: argparse.Namespace, url: str) -> int:
             __file__,
             "--url",
             url,
+            "--kind",
+            args.kind,
             "--worker",
             variant,
         ]
@@ -236,28 +267,29 @@ def instructions(args: argparse.Namespace, url: str) -> int:
         return int(match.group(1))
 
     modes = ("loop", "run")
-    jobs = [(v, m, n, r) for r in range(args.repeat) for m in modes for v in VARIANTS for n in (low, high)]
+    variants = variants_of(args.kind)
+    jobs = [(v, m, n, r) for r in range(args.repeat) for m in modes for v in variants for n in (low, high)]
     with ThreadPoolExecutor(max_workers=args.jobs) as executor:  # counts do not depend on the load
         counts = dict(zip(jobs, executor.map(collected, jobs), strict=True))
     # per_cycle[mode][variant][repeat]: instructions per cycle, start-up cancelled
     per_cycle = {
         m: {
             v: [(counts[v, m, high, r] - counts[v, m, low, r]) / (high - low) for r in range(args.repeat)]
-            for v in VARIANTS
+            for v in variants
         }
         for m in modes
     }
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(
-        f"# {stamp}, Python {platform.python_version()}, callgrind, {low} and {high} cycles per variant,"
-        f" {args.repeat} repeats, PYTHONHASHSEED=0"
+        f"# {stamp}, {args.kind}, Python {platform.python_version()}, callgrind, "
+        f"{low} and {high} cycles per variant, {args.repeat} repeats, PYTHONHASHSEED=0"
     )
     summary: dict[str, dict[str, dict[str, object]]] = {}
     for mode, title in (("loop", "checkout path alone"), ("run", "checkout path plus one scrape")):
         print(f"\n{mode}: instructions per cycle, {title}; ratios to bare of the same repeat")
         print(f"{'variant':18} {'median':>10} {'ratio':>8} {'per-repeat ratios':>30}")
         bare = per_cycle[mode]["bare"]
-        for v in VARIANTS:
+        for v in variants:
             ratios = [x / b for x, b in zip(per_cycle[mode][v], bare, strict=True)]
             median = statistics.median(per_cycle[mode][v])
             ratio = statistics.median(ratios)
@@ -269,7 +301,7 @@ def instructions(args: argparse.Namespace, url: str) -> int:
                 "ratios": [round(r, 4) for r in ratios],
                 "instructions": [round(x) for x in per_cycle[mode][v]],
             }
-    print(json.dumps({"instructions_per_cycle": summary}))
+    print(json.dumps({"kind": args.kind, "instructions_per_cycle": summary}))
     return 0
 
 

@@ -51,10 +51,6 @@ def _exhausted(exc: BaseException) -> bool:
     return isinstance(exc, asyncio.CancelledError | TimeoutError)
 
 
-def _holder(connection: Any) -> object:
-    return connection
-
-
 class AsyncpgInstrumentation(Base):
     """The instrumentation of one asyncpg pool."""
 
@@ -130,13 +126,13 @@ def instrument_asyncpg(
 def _hook(pool: asyncpg.Pool, queue: Any, recorder: Recorder) -> None:
     ledger = Ledger()
     get, put = async_checkout_hooks(
-        lambda cls: cls.get,
-        lambda cls: cls.put_nowait,
+        "get",
+        "put_nowait",
         weakref.ref(queue),
         recorder,
         ledger,
         exhausted=_exhausted,
-        key=_holder,
+        key=None,
         library_dir=_LIBRARY_DIR,
         put_is_async=False,
     )

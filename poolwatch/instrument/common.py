@@ -92,18 +92,22 @@ def failed(
 
 
 def checkout_hooks(
-    get_method: Callable[[Any], Callable[..., Any]],
-    put_method: Callable[[Any], Callable[..., Any]],
+    get_name: str,
+    put_name: str,
     owner: Callable[[], Any],
     recorder: Recorder,
     ledger: Ledger,
     *,
     exhausted: Callable[[BaseException], bool],
-    key: Callable[[Any], object],
+    key: Callable[[Any], object] | None,
     library_dir: str,
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """Hooks for a synchronous pair: ``get_method(cls)`` / ``put_method(cls)`` give the pool class's
-    own methods, ``owner()`` the pool (weakly held), ``key(connection)`` its ledger key."""
+    """Hooks for a synchronous pair: ``get_name`` / ``put_name`` name the pool class's own methods
+    (looked up on the class at each call), ``owner()`` gives the pool (weakly held),
+    ``key(connection)`` the connection's ledger key (the connection itself when None).
+
+    Every bytecode here is paid on every cycle: no helper calls on the way (a lookup with the
+    builtin ``getattr``, the key only when there is a key function)."""
     clock = recorder.clock
     count = next
     requested = recorder.requested.counter
@@ -122,7 +126,7 @@ def checkout_hooks(
         count(requested)
         this = owner()
         try:
-            connection = get_method(type(this))(this, *args, **kwargs)
+            connection = getattr(type(this), get_name)(this, *args, **kwargs)
         except BaseException as exc:
             failed(recorder, exc, start, exhausted)
             raise
@@ -130,7 +134,7 @@ def checkout_hooks(
         count(handed)
         wait(now - start)
         try:
-            held = key(connection)
+            held = connection if key is None else key(connection)
             if tracking:
                 origins[held] = capture_origin_outside(library_dir)
             checked_out[held] = now
@@ -140,7 +144,7 @@ def checkout_hooks(
 
     def put(connection: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            held = key(connection)
+            held = connection if key is None else key(connection)
             started = take(held, None)  # None: not handed out through this hook
             if started is not None:
                 use(clock() - started)
@@ -151,20 +155,20 @@ def checkout_hooks(
         except Exception as exc:
             internal(exc)
         this = owner()
-        return put_method(type(this))(this, connection, *args, **kwargs)
+        return getattr(type(this), put_name)(this, connection, *args, **kwargs)
 
     return get, put
 
 
 def async_checkout_hooks(
-    get_method: Callable[[Any], Callable[..., Awaitable[Any]]],
-    put_method: Callable[[Any], Callable[..., Any]],
+    get_name: str,
+    put_name: str,
     owner: Callable[[], Any],
     recorder: Recorder,
     ledger: Ledger,
     *,
     exhausted: Callable[[BaseException], bool],
-    key: Callable[[Any], object],
+    key: Callable[[Any], object] | None,
     library_dir: str,
     put_is_async: bool,
 ) -> tuple[Callable[..., Awaitable[Any]], Callable[..., Any]]:
@@ -186,7 +190,7 @@ def async_checkout_hooks(
         count(requested)
         this = owner()
         try:
-            connection = await get_method(type(this))(this, *args, **kwargs)
+            connection = await getattr(type(this), get_name)(this, *args, **kwargs)
         except BaseException as exc:
             failed(recorder, exc, start, exhausted)
             raise
@@ -194,7 +198,7 @@ def async_checkout_hooks(
         count(handed)
         wait(now - start)
         try:
-            held = key(connection)
+            held = connection if key is None else key(connection)
             if tracking:
                 origins[held] = capture_origin_outside(library_dir)
             checked_out[held] = now
@@ -207,19 +211,21 @@ def async_checkout_hooks(
         async def put_async(connection: Any, *args: Any, **kwargs: Any) -> Any:
             returning(connection)
             this = owner()
-            return await put_method(type(this))(this, connection, *args, **kwargs)
+            return await getattr(type(this), put_name)(this, connection, *args, **kwargs)
 
         return get, put_async
 
     def put(connection: Any, *args: Any, **kwargs: Any) -> Any:
         returning(connection)
         this = owner()
-        return put_method(type(this))(this, connection, *args, **kwargs)
+        return getattr(type(this), put_name)(this, connection, *args, **kwargs)
 
     return get, put
 
 
-def _returning(recorder: Recorder, ledger: Ledger, key: Callable[[Any], object]) -> Callable[[Any], None]:
+def _returning(
+    recorder: Recorder, ledger: Ledger, key: Callable[[Any], object] | None
+) -> Callable[[Any], None]:
     """Records a connection coming back (never raises)."""
     clock = recorder.clock
     use = recorder.uses.append
@@ -230,7 +236,7 @@ def _returning(recorder: Recorder, ledger: Ledger, key: Callable[[Any], object])
 
     def returning(connection: Any) -> None:
         try:
-            held = key(connection)
+            held = connection if key is None else key(connection)
             started = take(held, None)  # None: not handed out through this hook
             if started is not None:
                 use(clock() - started)

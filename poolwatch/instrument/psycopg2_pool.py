@@ -45,10 +45,6 @@ def _exhausted(exc: BaseException) -> bool:
     return isinstance(exc, psycopg2.pool.PoolError) and "exhausted" in str(exc)
 
 
-def _same(connection: Any) -> object:
-    return connection
-
-
 class Psycopg2PoolInstrumentation(Base):
     """The instrumentation of one psycopg2 pool."""
 
@@ -114,13 +110,13 @@ def _hook(pool: psycopg2.pool.AbstractConnectionPool, recorder: Recorder) -> Non
     ledger = Ledger()
     ref: Callable[[], Any] = weakref.ref(pool)
     get, put = checkout_hooks(
-        lambda cls: cls.getconn,
-        lambda cls: cls.putconn,
+        "getconn",
+        "putconn",
         ref,
         recorder,
         ledger,
         exhausted=_exhausted,
-        key=_same,
+        key=None,
         library_dir=_LIBRARY_DIR,
     )
 

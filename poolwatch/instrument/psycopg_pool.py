@@ -131,8 +131,8 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
     put: Callable[..., Any]
     if is_async:
         get, put = async_checkout_hooks(
-            lambda cls: cls.getconn,
-            lambda cls: cls.putconn,
+            "getconn",
+            "putconn",
             ref,
             recorder,
             ledger,
@@ -149,8 +149,8 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
         connect = async_timed_connect(recorder, class_connect)
     else:
         get, put = checkout_hooks(
-            lambda cls: cls.getconn,
-            lambda cls: cls.putconn,
+            "getconn",
+            "putconn",
             ref,
             recorder,
             ledger,

@@ -116,8 +116,8 @@ def instrument_redis_async(
 def _hook(pool: redis.asyncio.ConnectionPool, recorder: Recorder) -> None:
     ledger = Ledger()
     get, put = async_checkout_hooks(
-        lambda cls: cls.get_connection,
-        lambda cls: cls.release,
+        "get_connection",
+        "release",
         weakref.ref(pool),
         recorder,
         ledger,

@@ -113,8 +113,8 @@ def instrument_nullpool(
 def _hook(pool: NullPool, recorder: Recorder, on_connect: Callable[..., None]) -> None:
     ledger = Ledger()
     connect, return_conn = checkout_hooks(
-        lambda cls: cls.connect,
-        lambda cls: cls._return_conn,
+        "connect",
+        "_return_conn",
         weakref.ref(pool),
         recorder,
         ledger,
