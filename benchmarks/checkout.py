@@ -159,6 +159,9 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=4, help="worker processes per variant (timing)")
     parser.add_argument("--repeat", type=int, default=3, help="--instructions: count each variant N times")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="--instructions: parallel runs")
+    parser.add_argument(
+        "--loop-only", action="store_true", help="--instructions: the checkout path alone, no scrape runs"
+    )
     parser.add_argument("--kind", choices=("sqlalchemy", *checkout_kinds.KINDS), default="sqlalchemy")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -266,7 +269,7 @@ def instructions(args: argparse.Namespace, url: str) -> int:
         assert match, done.stderr[-2000:]
         return int(match.group(1))
 
-    modes = ("loop", "run")
+    modes = ("loop",) if args.loop_only else ("loop", "run")
     variants = variants_of(args.kind)
     jobs = [(v, m, n, r) for r in range(args.repeat) for m in modes for v in variants for n in (low, high)]
     with ThreadPoolExecutor(max_workers=args.jobs) as executor:  # counts do not depend on the load
@@ -285,7 +288,8 @@ def instructions(args: argparse.Namespace, url: str) -> int:
         f"{low} and {high} cycles per variant, {args.repeat} repeats, PYTHONHASHSEED=0"
     )
     summary: dict[str, dict[str, dict[str, object]]] = {}
-    for mode, title in (("loop", "checkout path alone"), ("run", "checkout path plus one scrape")):
+    titles = {"loop": "checkout path alone", "run": "checkout path plus one scrape"}
+    for mode, title in ((m, titles[m]) for m in modes):
         print(f"\n{mode}: instructions per cycle, {title}; ratios to bare of the same repeat")
         print(f"{'variant':18} {'median':>10} {'ratio':>8} {'per-repeat ratios':>30}")
         bare = per_cycle[mode]["bare"]
