@@ -315,10 +315,11 @@ def _checkout_kinds(data: dict[str, Any]) -> list[str]:
             )
         lines.append("")
     lines += [
-        (
-            f"**CPU time** ({_conditions(data['time_header'])}; `{data['time_command']}`), median "
-            "microseconds per cycle and the median of the per-round ratios to bare:"
-        ),
+        f"**Conditions:** {_conditions(data['time_header'])}.",
+        "",
+        f"**Command:** `{data['time_command']}`",
+        "",
+        "CPU time, median microseconds per cycle and the median of the per-round ratios to bare:",
         "",
         *_head(
             "pool kind",
