@@ -37,12 +37,12 @@ def _sync_cycle(kind: str, url: str) -> tuple[Any, Any, Any]:
         return pool, cycle, pool.close
     import psycopg2.pool
 
-    pool = psycopg2.pool.ThreadedConnectionPool(2, 4, _dsn(url))
+    p2 = psycopg2.pool.ThreadedConnectionPool(2, 4, _dsn(url))
 
     def cycle2() -> None:
-        pool.putconn(pool.getconn())
+        p2.putconn(p2.getconn())
 
-    return pool, cycle2, pool.closeall
+    return p2, cycle2, p2.closeall
 
 
 async def _async_pool(kind: str, url: str) -> tuple[Any, Any, Any]:
@@ -60,20 +60,20 @@ async def _async_pool(kind: str, url: str) -> tuple[Any, Any, Any]:
     if kind == "asyncpg":
         import asyncpg
 
-        pool = await asyncpg.create_pool(_dsn(url), min_size=2, max_size=4)
+        apg = await asyncpg.create_pool(_dsn(url), min_size=2, max_size=4)
 
         async def cycle2() -> None:
-            await pool.release(await pool.acquire())
+            await apg.release(await apg.acquire())
 
-        return pool, cycle2, pool.close
+        return apg, cycle2, apg.close
     import redis.asyncio
 
-    pool = redis.asyncio.ConnectionPool.from_url(url, max_connections=4)
+    rpool = redis.asyncio.ConnectionPool.from_url(url, max_connections=4)
 
     async def cycle3() -> None:
-        await pool.release(await pool.get_connection())
+        await rpool.release(await rpool.get_connection())
 
-    return pool, cycle3, pool.disconnect
+    return rpool, cycle3, rpool.disconnect
 
 
 def _dsn(url: str) -> str:

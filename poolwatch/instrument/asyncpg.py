@@ -90,6 +90,7 @@ def instrument_asyncpg(
     leak_threshold: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
     counts_from: Recorder | None = None,
+    server: str | None = None,
 ) -> AsyncpgInstrumentation:
     """Export the metrics of an asyncpg pool on ``registry`` (the pool must have been awaited).
 
@@ -108,6 +109,7 @@ def instrument_asyncpg(
     check_threshold("instrument", name, leak_threshold)
     recorder = new_recorder(name, leak_threshold, clock, counts_from)
     instrumentation = AsyncpgInstrumentation(pool, name, recorder)
+    instrumentation.server = server or ""
     original_connect = pool._connect
 
     def hook() -> None:

@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from poolwatch.instrument.collector import PoolSource, collector_for
+from poolwatch.instrument.holder import current as current_holder
 from poolwatch.instrument.recorder import Recorder, capture_origin_outside
 
 if TYPE_CHECKING:
@@ -70,9 +71,10 @@ def register(registry: CollectorRegistry | None, instrumentation: Any, hook: Cal
 class Base:
     """The parts every adapter's instrumentation class shares."""
 
-    def __init__(self, name: str, recorder: Recorder) -> None:
+    def __init__(self, name: str, recorder: Recorder, server: str = "") -> None:
         self.name = name
         self.recorder = recorder
+        self.server = server  # the ``server`` label (empty unless given: ``instrument(..., server=)``)
         self.registry_remove: Callable[[], None] | None = None
 
     def remove(self) -> None:
@@ -91,7 +93,7 @@ def failed(
         recorder.internal_error(error)
 
 
-def checkout_hooks(  # noqa: C901 - unrolled on purpose: each branch saves work per checkout
+def checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: each branch saves work per checkout
     get_name: str,
     put_name: str,
     owner: Callable[[], Any],
@@ -120,6 +122,10 @@ def checkout_hooks(  # noqa: C901 - unrolled on purpose: each branch saves work 
     origins = ledger.origins
     leaked = recorder.leaked
     tracking = recorder.leak_threshold is not None
+    threshold = recorder.leak_threshold or 0.0
+    hold = recorder.by_holder.hold
+    holders = ledger.holders
+    holder_now = current_holder
 
     def get(*args: Any, **kwargs: Any) -> Any:
         start = clock()
@@ -141,6 +147,9 @@ def checkout_hooks(  # noqa: C901 - unrolled on purpose: each branch saves work 
             if tracking:
                 origins[held] = capture_origin_outside(library_dir)
             checked_out[held] = now
+            holder = holder_now()
+            if holder is not None:
+                holders[held] = holder
         except Exception as exc:
             internal(exc)
         return connection
@@ -150,11 +159,16 @@ def checkout_hooks(  # noqa: C901 - unrolled on purpose: each branch saves work 
             held = connection if key is None else key(connection)
             started = take(held, None)  # None: not handed out through this hook
             if started is not None:
-                use(clock() - started)
+                duration = clock() - started
+                holder = holders.pop(held, None) if holders else None
+                if holder is None:
+                    use(duration)
+                else:
+                    hold((holder, duration))
                 if tracking:
-                    origins.pop(held, None)
-                    if leaked:
-                        recorder.returned(held, started)
+                    origin = origins.pop(held, None)
+                    if leaked or duration > threshold:  # known leaks, or one no scrape saw out
+                        recorder.returned(held, duration, holder, origin)
         except Exception as exc:
             internal(exc)
         this = owner()
@@ -188,6 +202,8 @@ def async_checkout_hooks(
     checked_out = ledger.checked_out
     origins = ledger.origins
     tracking = recorder.leak_threshold is not None
+    holders = ledger.holders
+    holder_now = current_holder
     returning = _returning(recorder, ledger, key)
 
     async def get(*args: Any, **kwargs: Any) -> Any:
@@ -207,6 +223,9 @@ def async_checkout_hooks(
             if tracking:
                 origins[held] = capture_origin_outside(library_dir)
             checked_out[held] = now
+            holder = holder_now()
+            if holder is not None:
+                holders[held] = holder
         except Exception as exc:
             internal(exc)
         return connection
@@ -238,17 +257,25 @@ def _returning(
     forget_origin = ledger.origins.pop
     leaked = recorder.leaked
     tracking = recorder.leak_threshold is not None
+    threshold = recorder.leak_threshold or 0.0
+    hold = recorder.by_holder.hold
+    holders = ledger.holders
 
     def returning(connection: Any) -> None:
         try:
             held = connection if key is None else key(connection)
             started = take(held, None)  # None: not handed out through this hook
             if started is not None:
-                use(clock() - started)
+                duration = clock() - started
+                holder = holders.pop(held, None) if holders else None
+                if holder is None:
+                    use(duration)
+                else:
+                    hold((holder, duration))
                 if tracking:
-                    forget_origin(held, None)
-                    if leaked:
-                        recorder.returned(held, started)
+                    origin = forget_origin(held, None)
+                    if leaked or duration > threshold:
+                        recorder.returned(held, duration, holder, origin)
         except Exception as exc:
             recorder.internal_error(exc)
 

@@ -76,6 +76,7 @@ def instrument_psycopg2_pool(
     leak_threshold: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
     counts_from: Recorder | None = None,
+    server: str | None = None,
 ) -> Psycopg2PoolInstrumentation:
     """Export the metrics of a psycopg2 pool on ``registry``.
 
@@ -93,6 +94,7 @@ def instrument_psycopg2_pool(
         )
     recorder = new_recorder(name, leak_threshold, clock, counts_from)
     instrumentation = Psycopg2PoolInstrumentation(pool, name, recorder)
+    instrumentation.server = server or ""
 
     def hook() -> None:
         try:

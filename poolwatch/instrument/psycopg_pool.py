@@ -96,6 +96,7 @@ def instrument_psycopg_pool(
     leak_threshold: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
     counts_from: Recorder | None = None,
+    server: str | None = None,
 ) -> PsycopgPoolInstrumentation:
     """Export the metrics of a psycopg_pool pool (sync or async) on ``registry``.
 
@@ -110,6 +111,7 @@ def instrument_psycopg_pool(
         raise TypeError(f"poolwatch.instrument({name!r}): {type(pool).__name__} has no _connect()")
     recorder = new_recorder(name, leak_threshold, clock, counts_from)
     instrumentation = PsycopgPoolInstrumentation(pool, name, recorder)
+    instrumentation.server = server or ""
 
     def hook() -> None:
         try:

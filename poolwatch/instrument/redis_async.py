@@ -79,6 +79,7 @@ def instrument_redis_async(
     leak_threshold: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
     counts_from: Recorder | None = None,
+    server: str | None = None,
 ) -> AsyncRedisInstrumentation:
     """Export the metrics of a redis.asyncio client's (or pool's) connection pool on ``registry``.
 
@@ -100,6 +101,7 @@ def instrument_redis_async(
             raise TypeError(f"poolwatch.instrument_redis({name!r}): {type(pool).__name__} has no {attr}")
     recorder = new_recorder(name, leak_threshold, clock, counts_from)
     instrumentation = AsyncRedisInstrumentation(pool, name, recorder)
+    instrumentation.server = server or ""
 
     def hook() -> None:
         try:

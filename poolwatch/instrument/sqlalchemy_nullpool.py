@@ -76,6 +76,7 @@ def instrument_nullpool(
     leak_threshold: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
     counts_from: Recorder | None = None,
+    server: str | None = None,
 ) -> NullPoolInstrumentation:
     """Export the connection metrics of an engine on ``NullPool``. Checked before anything changes."""
     target: Engine = cast("Any", getattr(engine, "sync_engine", engine))
@@ -87,6 +88,7 @@ def instrument_nullpool(
     check_threshold("instrument", name, leak_threshold)
     recorder = new_recorder(name, leak_threshold, clock, counts_from)
     instrumentation = NullPoolInstrumentation(target, name, recorder)
+    instrumentation.server = server or ""
 
     def on_connect(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         try:

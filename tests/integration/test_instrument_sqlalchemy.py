@@ -44,7 +44,7 @@ def make_engine(pg: PostgresServer) -> Iterator[Callable[..., tuple[Engine, str]
     def make(**options: object) -> tuple[Engine, str]:
         app = f"pw-test-{uuid.uuid4().hex[:8]}"
         connect_args = {"application_name": app, "connect_timeout": 5}
-        engine = create_engine(pg.url(), connect_args=connect_args, **options)  # type: ignore[arg-type]
+        engine = create_engine(pg.url(), connect_args=connect_args, **options)
         engines.append(engine)
         return engine, app
 
@@ -239,7 +239,7 @@ def test_many_threads_counts_add_up_exactly(make_engine, registry) -> None:
 
     def scraper() -> None:  # scraping while the hot path runs must not lose or double anything
         while not scrapes.is_set():
-            registry.get_sample_value("poolwatch_pool_checkouts_total", {"pool": "conc"})
+            sample(registry, "pool_checkouts_total", "conc")
 
     def work() -> None:
         for _ in range(per_thread):

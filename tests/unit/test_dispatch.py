@@ -44,7 +44,7 @@ def test_subclasses_are_recognised_by_their_library_base() -> None:
     import psycopg2.pool
     import redis
 
-    class MyPool(psycopg2.pool.ThreadedConnectionPool):
+    class MyPool(psycopg2.pool.ThreadedConnectionPool):  # type: ignore[misc]
         pass
 
     class MyRedis(redis.Redis):
@@ -54,7 +54,7 @@ def test_subclasses_are_recognised_by_their_library_base() -> None:
         "poolwatch.instrument.psycopg2_pool",
         "instrument_psycopg2_pool",
     )
-    assert dispatch.adapter_of(MyRedis.__new__(MyRedis))[1] == "instrument_redis"
+    assert dispatch.adapter_of(MyRedis.__new__(MyRedis)) == ("poolwatch.instrument.redis", "instrument_redis")
 
 
 def test_finding_the_kind_imports_no_pool_library() -> None:
