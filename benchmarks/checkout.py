@@ -47,11 +47,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tests.servers import PostgresServer
 
-from benchmarks import checkout_kinds
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("bare", "poolwatch", "poolwatch-noleak", "naive")
 KIND_VARIANTS = ("bare", "poolwatch", "poolwatch-noleak")  # no naive wiring for the other kinds
+
+
+def kinds() -> Any:
+    """benchmarks/checkout_kinds.py, importable whether this file runs as a script or as a module."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks import checkout_kinds
+
+    return checkout_kinds
 
 
 def variants_of(kind: str) -> tuple[str, ...]:
@@ -166,18 +174,18 @@ def main() -> int:
     parser.add_argument(
         "--loop-only", action="store_true", help="--instructions: the checkout path alone, no scrape runs"
     )
-    parser.add_argument("--kind", choices=("sqlalchemy", *checkout_kinds.KINDS), default="sqlalchemy")
+    parser.add_argument("--kind", choices=("sqlalchemy", *kinds().KINDS), default="sqlalchemy")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         if args.kind == "sqlalchemy":
             worker(args.worker, args.url)
         else:
-            checkout_kinds.worker(args.kind, args.worker, args.url)
+            kinds().worker(args.kind, args.worker, args.url)
         return 0
 
     server: Any = None
-    if args.kind in checkout_kinds.NEEDS_REDIS and not args.url:
+    if args.kind in kinds().NEEDS_REDIS and not args.url:
         server = start_redis()
         url = server.url()
     else:
