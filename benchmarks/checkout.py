@@ -3,6 +3,11 @@
     .venv/bin/python benchmarks/checkout.py                 # starts its own PostgreSQL
     .venv/bin/python benchmarks/checkout.py --url postgresql+psycopg2://user:pw@host/db
     .venv/bin/python benchmarks/checkout.py --instructions  # callgrind instruction counts (valgrind)
+    .venv/bin/python benchmarks/checkout.py --instructions --kind asyncpg  # another pool kind
+
+``--kind`` picks the pool: ``sqlalchemy`` (the default, described here) or one of the kinds of
+benchmarks/checkout_kinds.py (psycopg_pool, psycopg_pool_async, asyncpg, psycopg2_pool,
+redis_async), each with its library's bare acquire/release cycle and the poolwatch variants.
 
 The cycle is ``with engine.connect(): pass`` (QueuePool, psycopg2). Each variant runs in worker
 processes of its own (its own engine, its own interpreter state; ``--processes`` of them, default 4,
@@ -37,13 +42,28 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tests.servers import PostgresServer
 
+
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("bare", "poolwatch", "poolwatch-noleak", "naive", "poolwatch-multiprocess")
+KIND_VARIANTS = ("bare", "poolwatch", "poolwatch-noleak")  # no naive wiring for the other kinds
+
+
+def kinds() -> Any:
+    """benchmarks/checkout_kinds.py, importable whether this file runs as a script or as a module."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks import checkout_kinds
+
+    return checkout_kinds
+
+
+def variants_of(kind: str) -> tuple[str, ...]:
+    return VARIANTS if kind == "sqlalchemy" else KIND_VARIANTS
 
 
 def worker(variant: str, url: str) -> None:
@@ -140,6 +160,15 @@ def start_postgres() -> PostgresServer:
     return PostgresServer().start()
 
 
+def start_redis():
+    import tempfile
+
+    sys.path.insert(0, str(ROOT))
+    from tests.servers import RedisServer
+
+    return RedisServer(Path(tempfile.mkdtemp(prefix="poolwatch-bench-redis-"))).start()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="PostgreSQL URL (default: start a throw-away server)")
@@ -152,6 +181,10 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=4, help="worker processes per variant (timing)")
     parser.add_argument("--repeat", type=int, default=3, help="--instructions: count each variant N times")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="--instructions: parallel runs")
+    parser.add_argument(
+        "--loop-only", action="store_true", help="--instructions: the checkout path alone, no scrape runs"
+    )
+    parser.add_argument("--kind", choices=("sqlalchemy", *kinds().KINDS), default="sqlalchemy")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument(
         "--modes", default="loop,run", help="--instructions: loop (checkout path), run (plus a scrape)"
@@ -164,25 +197,33 @@ def main() -> int:
     unknown = chosen - set(VARIANTS)
     if unknown:
         parser.error(f"--variants: unknown {', '.join(sorted(unknown))}; known: {', '.join(VARIANTS)}")
-    args.chosen = tuple(v for v in VARIANTS if v in chosen)
+    args.chosen = tuple(v for v in variants_of(args.kind) if v in chosen)
     if args.worker:
-        worker(args.worker, args.url)
+        if args.kind == "sqlalchemy":
+            worker(args.worker, args.url)
+        else:
+            kinds().worker(args.kind, args.worker, args.url)
         return 0
 
-    server = None if args.url else start_postgres()
-    url = args.url if server is None else server.url()
+    server: Any = None
+    if args.kind in kinds().NEEDS_REDIS and not args.url:
+        server = start_redis()
+        url = server.url()
+    else:
+        server = None if args.url else start_postgres()
+        url = args.url if server is None else server.url()
     try:
         return instructions(args, url) if args.instructions else run(args, url)
     finally:
         if server is not None:
-            server.destroy()
+            getattr(server, "destroy", server.stop)()
 
 
 def run(args: argparse.Namespace, url: str) -> int:
     variants = (args.profile,) if args.profile else args.chosen
     processes = 1 if args.profile else args.processes
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, __file__, "--url", url, "--worker"]
+    command = [sys.executable, __file__, "--url", url, "--kind", args.kind, "--worker"]
     # Several processes per variant: one process's memory layout can make it a few per cent faster
     # or slower for its whole life, which interleaving rounds does not average out; round r runs on
     # process r % processes of every variant.
@@ -248,6 +289,8 @@ def instructions(args: argparse.Namespace, url: str) -> int:
             __file__,
             "--url",
             url,
+            "--kind",
+            args.kind,
             "--worker",
             variant,
         ]
@@ -265,7 +308,7 @@ def instructions(args: argparse.Namespace, url: str) -> int:
         assert match, done.stderr[-2000:]
         return int(match.group(1))
 
-    modes = tuple(m for m in ("loop", "run") if m in args.modes.split(","))
+    modes = ("loop",) if args.loop_only else tuple(m for m in ("loop", "run") if m in args.modes.split(","))
     jobs = [(v, m, n, r) for r in range(args.repeat) for m in modes for v in args.chosen for n in (low, high)]
     with ThreadPoolExecutor(max_workers=args.jobs) as executor:  # counts do not depend on the load
         counts = dict(zip(jobs, executor.map(collected, jobs), strict=True))
@@ -279,8 +322,8 @@ def instructions(args: argparse.Namespace, url: str) -> int:
     }
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(
-        f"# {stamp}, Python {platform.python_version()}, callgrind, {low} and {high} cycles per variant,"
-        f" {args.repeat} repeats, PYTHONHASHSEED=0"
+        f"# {stamp}, {args.kind}, Python {platform.python_version()}, callgrind, "
+        f"{low} and {high} cycles per variant, {args.repeat} repeats, PYTHONHASHSEED=0"
     )
     summary: dict[str, dict[str, dict[str, object]]] = {}
     titles = {"loop": "checkout path alone", "run": "checkout path plus one scrape"}
@@ -301,7 +344,7 @@ def instructions(args: argparse.Namespace, url: str) -> int:
                 "ratios": [round(r, 4) for r in ratios],
                 "instructions": [round(x) for x in per_cycle[mode][v]],
             }
-    print(json.dumps({"instructions_per_cycle": summary}))
+    print(json.dumps({"kind": args.kind, "instructions_per_cycle": summary}))
     return 0
 
 

@@ -44,9 +44,8 @@ if TYPE_CHECKING:
         TransactionFailedError,
     )
     from poolwatch.health import Health
+    from poolwatch.instrument.dispatch import instrument, instrument_redis
     from poolwatch.instrument.holder import holder
-    from poolwatch.instrument.redis import instrument_redis
-    from poolwatch.instrument.sqlalchemy import instrument
     from poolwatch.middleware import HolderMiddleware, WSGIHolderMiddleware
 
 _ERRORS: Final = (
@@ -78,8 +77,8 @@ _LAZY: Final = {
     "HolderMiddleware": "poolwatch.middleware",
     "WSGIHolderMiddleware": "poolwatch.middleware",
     "holder": "poolwatch.instrument.holder",
-    "instrument": "poolwatch.instrument.sqlalchemy",
-    "instrument_redis": "poolwatch.instrument.redis",
+    "instrument": "poolwatch.instrument.dispatch",
+    "instrument_redis": "poolwatch.instrument.dispatch",
     "make_asgi_app": "poolwatch.endpoint",
     "make_wsgi_app": "poolwatch.endpoint",
 }

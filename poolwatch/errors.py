@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import socket
+import sys
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from poolwatch.masking import mask_text
@@ -30,6 +31,7 @@ Reason = Literal[
 _AUTH_SQLSTATES: Final = frozenset({"28000", "28P01"})
 _RETRYABLE_TX_SQLSTATES: Final = frozenset({"40001", "40P01"})  # serialization, deadlock
 _UNAVAILABLE_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
+_TOO_MANY_CONNECTIONS_SQLSTATE: Final = "53300"  # too_many_connections ("sorry, too many clients")
 
 # MySQL / MariaDB error numbers (the first argument of a PyMySQL or mysqlclient error).
 _MYSQL_REASONS: Final[dict[int, Reason]] = {
@@ -63,6 +65,7 @@ _MESSAGE_REASONS: Final[tuple[tuple[str, Reason], ...]] = (
     ("error -3 connecting", "dns"),
     ("too many connections", "too_many_connections"),
     ("too many clients", "too_many_connections"),
+    ("max number of clients reached", "too_many_connections"),  # Redis maxclients
     ("connection refused", "refused"),
     ("timeout expired", "timeout"),
     ("timed out", "timeout"),
@@ -86,18 +89,29 @@ def _drivers() -> tuple[ModuleType, ModuleType]:
     return sa_exc, redis_exc
 
 
-@functools.cache
 def _type_reasons() -> tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Reason], ...]:
+    """The exception types that say why, from the driver modules already loaded only (an error of a
+    driver that is not loaded cannot occur): a library-mode process may not have them installed."""
+    return _type_reasons_of(sys.modules.get("sqlalchemy.exc"), sys.modules.get("redis.exceptions"))
+
+
+@functools.cache
+def _type_reasons_of(
+    sa_exc: ModuleType | None, redis_exc: ModuleType | None
+) -> tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Reason], ...]:
     # Checked in order: SQLAlchemy's pool TimeoutError is not the builtin TimeoutError.
-    sa_exc, redis_exc = _drivers()
-    return (
-        (sa_exc.TimeoutError, "pool_timeout"),
-        ((TimeoutError, redis_exc.TimeoutError), "timeout"),
-        (redis_exc.AuthenticationError, "auth"),
+    reasons: list[tuple[type[BaseException] | tuple[type[BaseException], ...], Reason]] = []
+    if sa_exc is not None:
+        reasons.append((sa_exc.TimeoutError, "pool_timeout"))
+    reasons.append((TimeoutError, "timeout"))
+    if redis_exc is not None:
+        reasons += [(redis_exc.TimeoutError, "timeout"), (redis_exc.AuthenticationError, "auth")]
+    reasons += [
         (socket.gaierror, "dns"),
         (ConnectionRefusedError, "refused"),
         ((ConnectionResetError, BrokenPipeError), "reset"),
-    )
+    ]
+    return tuple(reasons)
 
 
 class PoolwatchError(Exception):
@@ -167,15 +181,41 @@ def first_line(text: object, limit: int = 300) -> str:
 
 
 def reason_of(exc: BaseException) -> Reason:
-    """Why a connection attempt or a probe failed, as a bounded metric label value."""
+    """Why a connection attempt or a probe failed, as a bounded metric label value.
+
+    A driver error that says nothing itself (redis.asyncio's "network:ConnectionError", a wrapper)
+    is explained by the error it was raised from: the chain of causes is followed a few steps.
+    """
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        reason = _own_reason(seen)
+        if reason != "other":
+            return reason
+        seen = seen.__cause__ or seen.__context__
+    return "other"
+
+
+def sqlstate_of(exc: object) -> str | None:
+    """The SQLSTATE of a PostgreSQL driver error: psycopg2's ``pgcode``, psycopg 3's and asyncpg's
+    ``sqlstate``; None for anything else."""
+    code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
+    return code if isinstance(code, str) else None
+
+
+def _own_reason(exc: BaseException) -> Reason:
     if isinstance(exc, PoolwatchError):
         return exc.reason
     for types, reason in _type_reasons():
         if isinstance(exc, types):
             return reason
     orig = getattr(exc, "orig", None)
-    if getattr(orig, "pgcode", None) in _AUTH_SQLSTATES:
+    sqlstate = sqlstate_of(orig) or sqlstate_of(exc)
+    if sqlstate in _AUTH_SQLSTATES:
         return "auth"
+    if sqlstate == _TOO_MANY_CONNECTIONS_SQLSTATE:
+        return "too_many_connections"
     mysql_reason = _MYSQL_REASONS.get(mysql_code(orig if orig is not None else exc) or 0)
     if mysql_reason is not None:
         return mysql_reason
@@ -214,7 +254,7 @@ def translate(exc: BaseException, *, target: str = "") -> PoolwatchError | None:
 
 def _translate_dbapi(exc: Any, prefix: str) -> PoolwatchError:
     orig = exc.orig
-    sqlstate: str | None = getattr(orig, "pgcode", None)
+    sqlstate = sqlstate_of(orig)
     message = f"{prefix}{first_line(orig if orig is not None else exc)}"
     if sqlstate in _RETRYABLE_TX_SQLSTATES or mysql_code(orig) in _MYSQL_RETRYABLE_TX:
         return TransactionFailedError(message, retryable=True, sqlstate=sqlstate)

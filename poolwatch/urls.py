@@ -25,7 +25,7 @@ _MAX_PORT = 65535
 
 
 _SCHEMES: dict[str, tuple[str, ...]] = {
-    "postgres": ("postgresql", "postgresql+psycopg2", "postgres"),
+    "postgres": ("postgresql", "postgresql+psycopg2", "postgresql+psycopg", "postgres"),
     "mysql": ("mysql+pymysql", "mysql+mysqldb", "mysql"),
     # The admin console speaks the PostgreSQL protocol; psycopg2 talks to it directly.
     "pgbouncer": ("postgresql", "postgresql+psycopg2", "postgres"),

@@ -287,6 +287,62 @@ def _checkout_instructions(data: dict[str, Any]) -> list[str]:
     return [*lines, "", summary]
 
 
+def _checkout_kinds(data: dict[str, Any]) -> list[str]:
+    """Each pool kind's acquire/release cycle: instructions where counted, CPU time for every kind."""
+    lines: list[str] = []
+    counted = data.get("instructions", {})
+    if counted:
+        lines += [
+            (
+                f"**Instructions** ({_conditions(data['instructions_header'])}; "
+                f"`{data['instructions_command']}`):"
+            ),
+            "",
+            *_head(
+                "pool kind",
+                "bare",
+                "poolwatch (leak detection on)",
+                "ratio",
+                "without leak detection",
+                "ratio",
+            ),
+        ]
+        for kind, loop in counted.items():
+            lines.append(
+                f"| {kind} | {loop['bare']['median_instructions']:,} "
+                f"| {loop['poolwatch']['median_instructions']:,} | {loop['poolwatch']['median_ratio']:.3f}x "
+                f"| {loop['poolwatch-noleak']['median_instructions']:,} "
+                f"| {loop['poolwatch-noleak']['median_ratio']:.3f}x |"
+            )
+        lines.append("")
+    lines += [
+        f"**Conditions:** {_conditions(data['time_header'])}.",
+        "",
+        f"**Command:** `{data['time_command']}`",
+        "",
+        "CPU time, median microseconds per cycle and the median of the per-round ratios to bare:",
+        "",
+        *_head(
+            "pool kind",
+            "bare",
+            "poolwatch (leak detection on)",
+            "ratio",
+            "without leak detection",
+            "ratio",
+            "budget",
+        ),
+    ]
+    for kind, cpu in data["time"].items():
+        worst = max(cpu["poolwatch"]["median_round_ratio"], cpu["poolwatch-noleak"]["median_round_ratio"])
+        lines.append(
+            f"| {kind} | {cpu['bare']['median_us']:.2f} | {cpu['poolwatch']['median_us']:.2f} "
+            f"| {cpu['poolwatch']['median_round_ratio']:.3f}x | {cpu['poolwatch-noleak']['median_us']:.2f} "
+            f"| {cpu['poolwatch-noleak']['median_round_ratio']:.3f}x "
+            f"| {'within' if worst <= CHECKOUT_BUDGET else 'over'} {CHECKOUT_BUDGET:.2f}x |"
+        )
+    return lines
+
+
 def _checkout_time(data: dict[str, Any]) -> list[str]:
     runs = data["runs"]
     lines = [f"**Conditions:** {_conditions(runs[0]['header'])}.", "", f"**Command:** `{data['command']}`"]
@@ -444,6 +500,7 @@ def _multiprocess(data: dict[str, Any]) -> list[str]:
 
 RENDERERS: Final[dict[str, Callable[[dict[str, Any]], list[str]]]] = {
     "checkout_instructions": _checkout_instructions,
+    "checkout_kinds": _checkout_kinds,
     "http_attack": _http_attack,
     "checkout_time": _checkout_time,
     "cli_startup": _cli_startup,

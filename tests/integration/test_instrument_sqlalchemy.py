@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import StaticPool
 
 import poolwatch
 from poolwatch.instrument import sqlalchemy as instrument_sqlalchemy
@@ -311,8 +311,8 @@ def test_registry_none_means_the_default_registry_at_call_time(make_engine, monk
     assert sample(fresh, "pool_size", "global") == 5
 
 
-def test_non_queue_pool_is_refused_with_a_clear_error(pg, registry) -> None:
-    engine = create_engine(pg.url(), poolclass=NullPool)
+def test_a_pool_without_metrics_is_refused_with_a_clear_error(pg, registry) -> None:
+    engine = create_engine(pg.url(), poolclass=StaticPool)
     with pytest.raises(TypeError, match="not a QueuePool"):
         poolwatch.instrument(engine, name="null", registry=registry)
 

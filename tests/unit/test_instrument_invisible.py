@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.pool import NullPool, QueuePool
+from sqlalchemy.pool import QueuePool, StaticPool
 
 import poolwatch
 from poolwatch.housekeeping import Housekeeper, HousekeepingPolicy
@@ -228,7 +228,7 @@ def test_a_refused_instrument_leaves_the_engine_as_it_was(engines, creator) -> N
     assert pool_state(engine) == before
     with pytest.raises(ValueError, match="already instrumented"):
         poolwatch.instrument(taken, name="again", registry=registry)
-    null = create_engine("sqlite://", creator=creator, poolclass=NullPool)
+    null = create_engine("sqlite://", creator=creator, poolclass=StaticPool)
     null_before = dict(vars(null.pool))
     with pytest.raises(TypeError, match="not a QueuePool"):
         poolwatch.instrument(null, name="null", registry=registry)

@@ -58,6 +58,20 @@ def test_instrument_redis_loads_redis_and_still_no_daemon_module() -> None:
     assert loaded.isdisjoint(DAEMON_ONLY), sorted(loaded & set(DAEMON_ONLY))
 
 
+def test_instrumenting_a_psycopg_pool_loads_neither_sqlalchemy_nor_redis() -> None:
+    loaded = loaded_after(
+        """
+        import psycopg_pool
+        import poolwatch
+        from prometheus_client import CollectorRegistry
+        pool = psycopg_pool.ConnectionPool("dbname=none", min_size=0, max_size=1, open=False)
+        poolwatch.instrument(pool, name="pp", registry=CollectorRegistry())
+        """
+    )
+    assert loaded.isdisjoint((*DAEMON_ONLY, "redis", "sqlalchemy", "asyncpg")), sorted(loaded)
+    assert "psycopg_pool" in loaded
+
+
 def test_version_loads_no_daemon_module() -> None:
     loaded = loaded_after(
         """
@@ -94,12 +108,12 @@ def test_a_lazy_name_whose_dependency_is_missing_says_what_to_install() -> None:
         import sys
         class Missing:
             def find_spec(self, name, path=None, target=None):
-                if name.partition(".")[0] == "redis":
+                if name.partition(".")[0] == "pydantic":
                     raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         sys.meta_path.insert(0, Missing())
         import poolwatch
         try:
-            poolwatch.instrument_redis
+            poolwatch.Database
         except ModuleNotFoundError as exc:
             print(exc)
     """
@@ -107,5 +121,5 @@ def test_a_lazy_name_whose_dependency_is_missing_says_what_to_install() -> None:
         [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, check=False
     )
     assert done.stdout.strip() == (
-        "poolwatch.instrument_redis needs redis, which is not installed: pip install 'poolwatch[redis]'"
+        "poolwatch.Database needs pydantic, which is not installed: pip install 'poolwatch[daemon]'"
     )

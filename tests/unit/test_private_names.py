@@ -6,7 +6,18 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "poolwatch"
-ADAPTERS = {PACKAGE / "instrument" / "sqlalchemy.py", PACKAGE / "instrument" / "redis.py"}
+ADAPTERS = {
+    PACKAGE / "instrument" / f"{name}.py"
+    for name in (
+        "sqlalchemy",
+        "sqlalchemy_nullpool",
+        "redis",
+        "redis_async",
+        "psycopg_pool",
+        "asyncpg",
+        "psycopg2_pool",
+    )
+}
 
 # Every private (or undocumented) name of either library poolwatch reads, in the adapters.
 LIBRARY_PRIVATE = frozenset(
@@ -41,6 +52,10 @@ LIBRARY_PRIVATE = frozenset(
         "_created_connections",
         "_connections",
         "_checkpid",
+        # asyncpg, psycopg2.pool
+        "_holders",
+        "_queue",
+        "_used",
     }
 )
 

@@ -1,0 +1,139 @@
+"""Instrumenting a SQLAlchemy engine on ``NullPool`` (the usual set-up behind PgBouncer in transaction
+mode): every checkout opens a connection and every checkin closes it.
+
+So what such a service needs to see is its connections: how many are open now (checked out: a
+NullPool keeps none idle), how many were opened (checkouts), how long opening took (the wait and
+create histograms) and why it failed (connect errors by reason), plus use times and leaks. The
+pool's ``connect()``, ``_return_conn()`` and ``recreate()`` are shadowed by hooks set as instance
+attributes, as for QueuePool (poolwatch/instrument/sqlalchemy.py), each calling the pool class's own
+method looked up when it runs; connect times come from the public ``connect`` pool event.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.pool import NullPool
+
+from poolwatch.instrument.collector import PoolState
+from poolwatch.instrument.common import Base, check_threshold, checkout_hooks, new_recorder, register
+from poolwatch.instrument.recorder import Ledger
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from prometheus_client.registry import CollectorRegistry
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.pool import ConnectionPoolEntry
+
+    from poolwatch.instrument.recorder import Recorder
+
+_LIBRARY_DIR: Final = str(Path(sqlalchemy.__file__).parent) + os.sep
+_HOOKED: Final = ("connect", "_return_conn", "recreate")
+ATTACHED: Final = "_poolwatch"
+
+
+def _never(_exc: BaseException) -> bool:
+    return False  # a NullPool has no limit to run into
+
+
+def _record(connection: Any) -> object:
+    # A checked-out connection's pool entry, or the entry itself (what _return_conn() is given).
+    return getattr(connection, "_connection_record", connection)
+
+
+class NullPoolInstrumentation(Base):
+    """The instrumentation of one NullPool engine."""
+
+    def __init__(self, engine: Engine, name: str, recorder: Recorder) -> None:
+        super().__init__(name, recorder)
+        self._engine = weakref.ref(engine)
+
+    @property
+    def pool(self) -> NullPool | None:
+        engine = self._engine()
+        return None if engine is None else cast("NullPool", engine.pool)
+
+    def state(self) -> PoolState | None:
+        if self._engine() is None:
+            return None
+        open_now = len(self.recorder.ledger.checked_out)  # a NullPool closes on checkin
+        return PoolState(idle=0, used=open_now, size=open_now, max_connections=float("inf"), overflow=0)
+
+
+def instrument_nullpool(
+    engine: Engine | AsyncEngine,
+    *,
+    name: str,
+    registry: CollectorRegistry | None = None,
+    leak_threshold: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    counts_from: Recorder | None = None,
+    server: str | None = None,
+) -> NullPoolInstrumentation:
+    """Export the connection metrics of an engine on ``NullPool``. Checked before anything changes."""
+    target: Engine = cast("Any", getattr(engine, "sync_engine", engine))
+    pool = target.pool
+    if not isinstance(pool, NullPool):
+        raise TypeError(f"poolwatch.instrument({name!r}): {type(pool).__name__} is not a NullPool")
+    if getattr(vars(pool).get("connect"), ATTACHED, None) is not None:
+        raise ValueError(f"poolwatch.instrument({name!r}): this engine is already instrumented")
+    check_threshold("instrument", name, leak_threshold)
+    recorder = new_recorder(name, leak_threshold, clock, counts_from)
+    instrumentation = NullPoolInstrumentation(target, name, recorder)
+    instrumentation.server = server or ""
+
+    def on_connect(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        try:
+            opened = float(cast("Any", record).last_connect_time)
+            recorder.connected(max(0.0, time.time() - opened))
+        except Exception as exc:
+            recorder.internal_error(exc)
+
+    def hook() -> None:
+        try:
+            event.listen(pool, "connect", on_connect)
+            _hook(pool, recorder, on_connect)
+        except BaseException:
+            if event.contains(pool, "connect", on_connect):
+                event.remove(pool, "connect", on_connect)
+            for hooked in _HOOKED:
+                vars(pool).pop(hooked, None)
+            raise
+
+    register(registry, instrumentation, hook)
+    return instrumentation
+
+
+def _hook(pool: NullPool, recorder: Recorder, on_connect: Callable[..., None]) -> None:
+    ledger = Ledger()
+    connect, return_conn = checkout_hooks(
+        "connect",
+        "_return_conn",
+        weakref.ref(pool),
+        recorder,
+        ledger,
+        exhausted=_never,
+        key=_record,
+        library_dir=_LIBRARY_DIR,
+    )
+    ref: Callable[[], Any] = weakref.ref(pool)
+
+    def recreate() -> Any:
+        this = ref()
+        new = type(this).recreate(this)
+        if isinstance(new, NullPool):  # the pool engine.dispose() puts in place (events carry over)
+            _hook(new, recorder, on_connect)
+        return new
+
+    connect.__doc__ = type(pool).connect.__doc__
+    setattr(connect, ATTACHED, ledger)
+    vars(pool).update({"connect": connect, "_return_conn": return_conn, "recreate": recreate})
+    recorder.adopt(ledger)

@@ -1,0 +1,130 @@
+"""poolwatch.instrument on psycopg2.pool pools against a real PostgreSQL: exact counts under threads,
+exhaustion (PoolError), a server restart, and nothing visible to the application."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg2
+import psycopg2.pool
+import pytest
+from prometheus_client import CollectorRegistry
+
+import poolwatch
+from tests.daemonkit import wait_for
+from tests.integration.test_instrument_psycopg_pool import errors
+from tests.poolmetrics import FakeClock, sample
+from tests.threads import acquiring
+
+pytestmark = pytest.mark.integration
+
+POOL_CLASSES = [psycopg2.pool.SimpleConnectionPool, psycopg2.pool.ThreadedConnectionPool]
+
+
+def test_threads_are_counted_exactly(pg) -> None:
+    registry = CollectorRegistry()
+    pool = psycopg2.pool.ThreadedConnectionPool(1, 8, pg.dsn())
+    poolwatch.instrument(pool, name="p2", registry=registry)
+
+    def work() -> None:
+        for _ in range(25):
+            connection = pool.getconn()
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            pool.putconn(connection)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sample(registry, "pool_checkouts_total", "p2") == 200
+    assert sample(registry, "pool_wait_seconds_count", "p2") == 200
+    assert sample(registry, "pool_use_seconds_count", "p2") == 200
+    assert sample(registry, "pool_pending_requests", "p2") == 0
+    assert sample(registry, "pool_max_connections", "p2") == 8
+    assert sample(registry, "pool_min_idle", "p2") == 1
+    assert sample(registry, "pool_connections", "p2", state="used") == 0
+    assert sample(registry, "pool_connections", "p2", state="idle") == 1  # psycopg2 keeps minconn
+    assert sample(registry, "pool_create_seconds_count", "p2") >= 1
+    assert errors(registry, "p2") == 0
+    pool.closeall()
+
+
+@pytest.mark.parametrize("pool_class", POOL_CLASSES)
+def test_exhaustion_is_counted_as_a_timeout(pg, pool_class) -> None:
+    registry = CollectorRegistry()
+    pool = pool_class(1, 2, pg.dsn())
+    poolwatch.instrument(pool, name="ex", registry=registry)
+    held = [pool.getconn(), pool.getconn()]
+    assert sample(registry, "pool_connections", "ex", state="used") == 2
+    with pytest.raises(psycopg2.pool.PoolError, match="exhausted"):
+        pool.getconn()
+    assert sample(registry, "pool_timeouts_total", "ex") == 1
+    assert sample(registry, "pool_pending_requests", "ex") == 0
+    assert sample(registry, "pool_checkouts_total", "ex") == 2
+    for connection in held:
+        pool.putconn(connection)
+    assert errors(registry, "ex") == 0
+    pool.closeall()
+
+
+def test_a_caller_blocked_on_the_pool_is_pending(pg) -> None:
+    registry = CollectorRegistry()
+    pool = psycopg2.pool.ThreadedConnectionPool(1, 2, pg.dsn())
+    poolwatch.instrument(pool, name="pend", registry=registry)
+    got: list[object] = []
+    with pool._lock:  # another thread inside the pool
+        caller = threading.Thread(target=lambda: got.append(pool.getconn()))
+        caller.start()
+        wait_for(lambda: acquiring(caller, "getconn"), what="the caller blocked on the pool's lock")
+        assert sample(registry, "pool_pending_requests", "pend") == 1
+    caller.join()
+    assert sample(registry, "pool_pending_requests", "pend") == 0
+    pool.putconn(got[0])
+    pool.closeall()
+
+
+@pytest.mark.destructive
+def test_a_server_restart_counts_refused_connects_and_recovers(pg_factory) -> None:
+    server = pg_factory()
+    registry = CollectorRegistry()
+    pool = psycopg2.pool.ThreadedConnectionPool(1, 2, server.dsn())
+    poolwatch.instrument(pool, name="rs", registry=registry)
+    server.stop()
+    stale = pool.getconn()  # the idle connection, dead now
+    with pytest.raises(psycopg2.OperationalError):
+        pool.getconn()  # a new one is refused
+    assert sample(registry, "pool_connect_errors_total", "rs", reason="refused") == 1
+    pool.putconn(stale, close=True)
+    server.start()
+    connection = pool.getconn()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
+    pool.putconn(connection)
+    assert sample(registry, "pool_checkouts_total", "rs") == 2
+    assert sample(registry, "pool_pending_requests", "rs") == 0
+    assert errors(registry, "rs") == 0
+    pool.closeall()
+
+
+@pytest.mark.parametrize("pool_class", POOL_CLASSES)
+def test_the_pool_stays_the_applications_and_leaks_are_reported(pg, pool_class) -> None:
+    registry = CollectorRegistry()
+    clock = FakeClock()
+    pool = pool_class(1, 2, pg.dsn())
+    before = set(vars(pool))
+    poolwatch.instrument(pool, name="inv", registry=registry, leak_threshold=30, clock=clock)
+    assert type(pool) is pool_class
+    assert set(vars(pool)) - before <= set(dir(pool_class))
+    with pytest.raises(ValueError, match="already instrumented"):
+        poolwatch.instrument(pool, name="again", registry=registry)
+    connection = pool.getconn()
+    clock.advance(31)
+    assert sample(registry, "pool_leaked_connections", "inv") == 1
+    assert sample(registry, "pool_leaks_total", "inv") == 1
+    pool.putconn(connection)
+    assert sample(registry, "pool_leaked_connections", "inv") == 0
+    assert errors(registry, "inv") == 0
+    pool.closeall()

@@ -1,0 +1,185 @@
+"""poolwatch.instrument on psycopg_pool pools (sync and async) against a real PostgreSQL: exact counts
+under concurrency, exhaustion, a server restart, and nothing visible to the application."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import weakref
+
+import psycopg
+import psycopg_pool
+import pytest
+from prometheus_client import CollectorRegistry
+
+import poolwatch
+from tests.daemonkit import wait_for
+from tests.poolmetrics import sample
+
+pytestmark = pytest.mark.integration
+
+
+def errors(registry: CollectorRegistry, name: str) -> float:
+    return sample(registry, "instrumentation_errors_total", name)
+
+
+def test_threads_are_counted_exactly(pg) -> None:
+    registry = CollectorRegistry()
+    with psycopg_pool.ConnectionPool(pg.dsn(), min_size=2, max_size=4, open=True) as pool:
+        pool.wait()
+        poolwatch.instrument(pool, name="pp", registry=registry)
+
+        def work() -> None:
+            for _ in range(25):
+                with pool.connection() as connection:
+                    connection.execute("SELECT 1")
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sample(registry, "pool_checkouts_total", "pp") == 200
+        assert sample(registry, "pool_wait_seconds_count", "pp") == 200
+        assert sample(registry, "pool_use_seconds_count", "pp") == 200
+        assert sample(registry, "pool_pending_requests", "pp") == 0
+        assert sample(registry, "pool_max_connections", "pp") == 4
+        assert sample(registry, "pool_min_idle", "pp") == 2
+        size = sample(registry, "pool_size", "pp")
+        assert 2 <= size <= 4
+        assert sample(registry, "pool_connections", "pp", state="idle") == size
+        assert sample(registry, "pool_connections", "pp", state="used") == 0
+        assert errors(registry, "pp") == 0
+
+
+def test_exhaustion_shows_pending_and_counts_timeouts(pg) -> None:
+    registry = CollectorRegistry()
+    with psycopg_pool.ConnectionPool(pg.dsn(), min_size=1, max_size=1, open=True) as pool:
+        poolwatch.instrument(pool, name="ex", registry=registry)
+        held = pool.getconn()
+        assert sample(registry, "pool_connections", "ex", state="used") == 1
+        got: list[object] = []
+        waiter = threading.Thread(target=lambda: got.append(pool.getconn(timeout=60)))
+        waiter.start()
+        wait_for(lambda: sample(registry, "pool_pending_requests", "ex") == 1, what="a waiting caller")
+        pool.putconn(held)
+        waiter.join()
+        assert sample(registry, "pool_pending_requests", "ex") == 0
+        with pytest.raises(psycopg_pool.PoolTimeout):
+            pool.getconn(timeout=0.05)
+        assert sample(registry, "pool_timeouts_total", "ex") == 1
+        assert sample(registry, "pool_pending_requests", "ex") == 0
+        assert sample(registry, "pool_checkouts_total", "ex") == 2
+        pool.putconn(got[0])  # type: ignore[arg-type]
+        assert errors(registry, "ex") == 0
+
+
+@pytest.mark.destructive
+def test_a_server_restart_counts_refused_connects_and_recovers(pg_factory) -> None:
+    server = pg_factory()
+    registry = CollectorRegistry()
+    pool = psycopg_pool.ConnectionPool(server.dsn(), min_size=2, max_size=2, open=True, reconnect_timeout=300)
+    try:
+        pool.wait()
+        poolwatch.instrument(pool, name="rs", registry=registry)
+        server.stop()
+        pool.check()  # finds both connections dead and asks for new ones: refused
+        wait_for(
+            lambda: sample(registry, "pool_connect_errors_total", "rs", reason="refused") >= 1,
+            what="a refused connect counted",
+        )
+        server.start()
+        wait_for(lambda: pool.get_stats().get("pool_available", 0) == 2, what="the pool refilled")
+        with pool.connection() as connection:
+            assert connection.execute("SELECT 1").fetchone() == (1,)
+        assert sample(registry, "pool_create_seconds_count", "rs") >= 2
+        assert errors(registry, "rs") == 0
+    finally:
+        pool.close()
+
+
+def test_the_pool_and_its_connections_stay_the_applications(pg) -> None:
+    registry = CollectorRegistry()
+    with psycopg_pool.ConnectionPool(pg.dsn(), min_size=1, max_size=2, open=True) as pool:
+        before = set(vars(pool))
+        poolwatch.instrument(pool, name="inv", registry=registry, leak_threshold=60)
+        assert type(pool) is psycopg_pool.ConnectionPool
+        assert set(vars(pool)) - before <= set(dir(psycopg_pool.ConnectionPool))
+        with (
+            psycopg_pool.ConnectionPool(pg.dsn(), min_size=1, max_size=1, open=True) as bare,
+            bare.connection() as plain,
+            pool.connection() as connection,
+        ):
+            assert set(vars(connection)) == set(vars(plain))
+            assert type(connection) is psycopg.Connection
+        with pytest.raises(ValueError, match="already instrumented"):
+            poolwatch.instrument(pool, name="again", registry=registry)
+        assert errors(registry, "inv") == 0
+
+
+def test_a_dropped_connection_is_not_kept_alive_and_is_reported_as_leaked(pg) -> None:
+    registry = CollectorRegistry()
+    with psycopg_pool.ConnectionPool(pg.dsn(), min_size=1, max_size=2, open=True) as pool:
+        poolwatch.instrument(pool, name="gc", registry=registry, leak_threshold=0.001)
+
+        def drop() -> weakref.ref[object]:
+            connection = pool.getconn()
+            connection.execute("SELECT 1")
+            return weakref.ref(connection)
+
+        dropped = drop()
+        gc.collect()
+        assert dropped() is None  # poolwatch holds no reference to it
+        wait_for(lambda: sample(registry, "pool_leaked_connections", "gc") == 1, what="the leak seen")
+        assert errors(registry, "gc") == 0
+
+
+def test_unsupported_objects_name_what_is_supported() -> None:
+    with pytest.raises(TypeError, match=r"psycopg_pool\.ConnectionPool.*asyncpg\.Pool"):
+        poolwatch.instrument(object(), name="nothing", registry=CollectorRegistry())
+
+
+async def queued(registry: CollectorRegistry, name: str, count: int = 1) -> None:
+    """Yield to the other tasks until ``count`` of them wait for a connection (20 s at most)."""
+
+    for _ in range(2000):
+        if sample(registry, "pool_pending_requests", name) == count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{count} waiting task(s) not seen within 20 s")
+
+
+def test_tasks_on_an_async_pool_are_counted_exactly_with_exhaustion(pg) -> None:
+    async def run() -> None:
+        registry = CollectorRegistry()
+        async with psycopg_pool.AsyncConnectionPool(pg.dsn(), min_size=1, max_size=3, open=False) as pool:
+            await pool.wait()
+            poolwatch.instrument(pool, name="apg", registry=registry)
+            assert type(pool) is psycopg_pool.AsyncConnectionPool
+
+            async def work() -> None:
+                for _ in range(20):
+                    async with pool.connection() as connection:
+                        await connection.execute("SELECT 1")
+
+            await asyncio.gather(*(work() for _ in range(10)))
+            assert sample(registry, "pool_checkouts_total", "apg") == 200
+            assert sample(registry, "pool_use_seconds_count", "apg") == 200
+            assert sample(registry, "pool_pending_requests", "apg") == 0
+            assert sample(registry, "pool_max_connections", "apg") == 3
+
+            held = [await pool.getconn() for _ in range(3)]
+            waiter = asyncio.create_task(pool.getconn(timeout=60))
+            await queued(registry, "apg")
+            await pool.putconn(held.pop())
+            held.append(await waiter)
+            with pytest.raises(psycopg_pool.PoolTimeout):
+                await pool.getconn(timeout=0.05)
+            assert sample(registry, "pool_timeouts_total", "apg") == 1
+            assert sample(registry, "pool_pending_requests", "apg") == 0
+            for connection in held:
+                await pool.putconn(connection)
+            assert errors(registry, "apg") == 0
+
+    asyncio.run(run())

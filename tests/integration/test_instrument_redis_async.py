@@ -1,0 +1,151 @@
+"""poolwatch.instrument_redis on redis.asyncio clients and pools against a real Redis: exact counts
+under concurrent tasks, exhaustion, a server restart, and nothing visible to the application."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+import redis.asyncio
+from prometheus_client import CollectorRegistry
+
+import poolwatch
+from tests.integration.test_instrument_psycopg_pool import errors, queued
+from tests.poolmetrics import sample
+
+if TYPE_CHECKING:
+    from tests.servers import RedisServer
+
+pytestmark = pytest.mark.integration
+
+POOL_CLASSES = [redis.asyncio.ConnectionPool, redis.asyncio.BlockingConnectionPool]
+
+
+def make_pool(server: RedisServer, pool_class: type[Any], **options: Any) -> Any:
+    return pool_class(host=server.host, port=server.port, password=server.password, **options)
+
+
+@pytest.mark.parametrize("pool_class", POOL_CLASSES)
+def test_tasks_are_counted_exactly(redis_server, pool_class) -> None:
+    async def body() -> None:
+        registry = CollectorRegistry()
+        pool = make_pool(redis_server, pool_class, max_connections=4)
+        client = redis.asyncio.Redis(connection_pool=pool)
+        poolwatch.instrument_redis(client, name="ar", registry=registry)
+        assert type(pool) is pool_class
+
+        async def work() -> None:
+            for _ in range(20):
+                assert await client.ping()
+
+        await asyncio.gather(
+            *(work() for _ in range(4 if pool_class is redis.asyncio.ConnectionPool else 10))
+        )
+        total = 80 if pool_class is redis.asyncio.ConnectionPool else 200
+        assert sample(registry, "pool_checkouts_total", "ar") == total
+        assert sample(registry, "pool_wait_seconds_count", "ar") == total
+        assert sample(registry, "pool_use_seconds_count", "ar") == total
+        assert sample(registry, "pool_pending_requests", "ar") == 0
+        assert sample(registry, "pool_max_connections", "ar") == 4
+        assert sample(registry, "pool_connections", "ar", state="used") == 0
+        assert 1 <= sample(registry, "pool_connections", "ar", state="idle") <= 4
+        assert errors(registry, "ar") == 0
+        await pool.disconnect()
+
+    asyncio.run(asyncio.wait_for(body(), timeout=60))
+
+
+def test_exhaustion_shows_pending_and_counts_timeouts(redis_server) -> None:
+    async def body() -> None:
+        registry = CollectorRegistry()
+        pool = make_pool(redis_server, redis.asyncio.BlockingConnectionPool, max_connections=1, timeout=60)
+        poolwatch.instrument_redis(pool, name="ex", registry=registry)
+        held = await pool.get_connection()
+        waiter = asyncio.ensure_future(pool.get_connection())
+        await queued(registry, "ex")
+        await pool.release(held)
+        held = await waiter
+        assert sample(registry, "pool_pending_requests", "ex") == 0
+        pool.timeout = 0.05
+        with pytest.raises(redis.ConnectionError, match="No connection available"):
+            await pool.get_connection()
+        assert sample(registry, "pool_timeouts_total", "ex") == 1
+        await pool.release(held)
+
+        plain = make_pool(redis_server, redis.asyncio.ConnectionPool, max_connections=1)
+        poolwatch.instrument_redis(plain, name="max", registry=registry)
+        held = await plain.get_connection()
+        with pytest.raises(redis.ConnectionError, match="Too many connections"):
+            await plain.get_connection()
+        assert sample(registry, "pool_timeouts_total", "max") == 1
+        assert sample(registry, "pool_pending_requests", "max") == 0
+        await plain.release(held)
+        assert errors(registry, "ex") == errors(registry, "max") == 0
+        await pool.disconnect()
+        await plain.disconnect()
+
+    asyncio.run(asyncio.wait_for(body(), timeout=60))
+
+
+@pytest.mark.destructive
+def test_a_server_restart_counts_refused_connects_and_recovers(redis_factory) -> None:
+    server = redis_factory()
+
+    async def body() -> None:
+        registry = CollectorRegistry()
+        client = redis.asyncio.Redis(host=server.host, port=server.port, password=server.password)
+        poolwatch.instrument_redis(client, name="rs", registry=registry)
+        assert await client.ping()
+        server.stop()
+        with pytest.raises(redis.ConnectionError):
+            await client.ping()  # the connection in hand fails (its reconnects inside the command too)
+        with pytest.raises(redis.ConnectionError):
+            await client.ping()  # the pool's connect is refused
+        assert sample(registry, "pool_connect_errors_total", "rs", reason="refused") == 1
+        server.start()
+        assert await client.ping()
+        assert sample(registry, "pool_pending_requests", "rs") == 0
+        assert errors(registry, "rs") == 0
+        await client.aclose()
+
+    asyncio.run(asyncio.wait_for(body(), timeout=60))
+
+
+def test_a_dropped_connection_lives_exactly_as_long_as_without_poolwatch(redis_server) -> None:
+    async def drop(pool: Any) -> weakref.ref[Any]:
+        connection = await pool.get_connection()
+        await connection.send_command("PING")
+        assert await connection.read_response() == b"PONG"
+        await connection.disconnect()
+        return weakref.ref(connection)
+
+    async def body() -> None:
+        registry = CollectorRegistry()
+        bare = make_pool(redis_server, redis.asyncio.ConnectionPool, max_connections=2)
+        pool = make_pool(redis_server, redis.asyncio.ConnectionPool, max_connections=2)
+        before = set(vars(pool))
+        poolwatch.instrument_redis(pool, name="gc", registry=registry, leak_threshold=0.001)
+        assert set(vars(pool)) - before <= set(dir(redis.asyncio.ConnectionPool))
+        with pytest.raises(ValueError, match="already instrumented"):
+            poolwatch.instrument_redis(pool, name="again", registry=registry)
+        for target in (bare, pool):
+            target.reset()  # after reset() redis-py holds connections in use weakly
+        dropped_bare, dropped = await drop(bare), await drop(pool)
+        gc.collect()
+        assert dropped_bare() is None
+        assert dropped() is None  # poolwatch's ledger holds it weakly too
+        assert sample(registry, "pool_leaked_connections", "gc") == 1  # never returned
+        assert errors(registry, "gc") == 0
+        await pool.disconnect()
+        await bare.disconnect()
+
+    asyncio.run(asyncio.wait_for(body(), timeout=60))
+
+
+def test_instrument_redis_refuses_what_is_not_redis() -> None:
+    with pytest.raises(TypeError, match="not a redis-py client or connection pool"):
+        poolwatch.instrument_redis(object(), name="nothing", registry=CollectorRegistry())

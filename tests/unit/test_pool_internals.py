@@ -1,0 +1,53 @@
+"""The private names of psycopg_pool, asyncpg, psycopg2.pool and redis.asyncio that poolwatch's adapters
+read exist in the installed libraries, with the shape the adapters expect (no server needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import asyncpg.pool
+import psycopg2.pool
+import psycopg_pool
+import redis.asyncio
+
+
+def test_psycopg_pool_connects_through_an_overridable_connect_and_reports_sizes() -> None:
+    for cls in (psycopg_pool.ConnectionPool, psycopg_pool.AsyncConnectionPool):
+        assert callable(cls._connect)
+        assert "timeout" in inspect.signature(cls._connect).parameters
+        assert callable(cls.getconn)
+        assert callable(cls.putconn)
+    pool = psycopg_pool.ConnectionPool("dbname=none", min_size=1, max_size=3, open=False)
+    stats = pool.get_stats()
+    assert {"pool_min", "pool_max", "pool_size", "pool_available"} <= set(stats)
+    assert (stats["pool_min"], stats["pool_max"]) == (1, 3)
+
+
+def test_asyncpg_pool_holders_queue_and_connect_function() -> None:
+    assert {"_queue", "_holders", "_connect"} <= set(asyncpg.pool.Pool.__slots__)
+    assert "_pool" in asyncpg.pool.PoolConnectionHolder.__slots__
+    assert "__weakref__" in asyncpg.pool.PoolConnectionHolder.__slots__
+    queue_class = asyncpg.pool._PoolConnectionHolderQueue
+    assert issubclass(queue_class, asyncio.Queue)
+    assert inspect.iscoroutinefunction(queue_class.get)
+    assert not inspect.iscoroutinefunction(queue_class.put_nowait)
+    for public in ("get_size", "get_idle_size", "get_min_size", "get_max_size"):
+        assert callable(getattr(asyncpg.pool.Pool, public))
+
+
+def test_psycopg2_pool_lists_and_connect() -> None:
+    pool = psycopg2.pool.ThreadedConnectionPool(0, 2, "dbname=none")  # minconn 0: no connect yet
+    assert pool._pool == []
+    assert pool._used == {}
+    assert (pool.minconn, pool.maxconn) == (0, 2)
+    assert callable(psycopg2.pool.AbstractConnectionPool._connect)
+
+
+def test_redis_asyncio_pool_lists() -> None:
+    for cls in (redis.asyncio.ConnectionPool, redis.asyncio.BlockingConnectionPool):
+        pool = cls(max_connections=3)
+        assert len(pool._available_connections) == 0
+        assert len(pool._in_use_connections) == 0
+        assert inspect.iscoroutinefunction(cls.get_connection)
+        assert inspect.iscoroutinefunction(cls.release)
