@@ -24,7 +24,9 @@ import random
 import threading
 import time
 import weakref
+from _thread import get_ident
 from dataclasses import dataclass
+from sys import _getframe as getframe
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from sqlalchemy import event
@@ -36,7 +38,7 @@ from sqlalchemy.pool.base import _ConnectionFairy
 from poolwatch.instrument.collector import PoolState, collector_for
 from poolwatch.instrument.holder import HOLDER_LIMIT, check_holder_limit
 from poolwatch.instrument.holder import current as current_holder
-from poolwatch.instrument.recorder import MAX_JITTER, Ledger, Recorder, capture_origin
+from poolwatch.instrument.recorder import MAX_JITTER, Ledger, Recorder
 from poolwatch.serverlabel import sql_server
 
 if TYPE_CHECKING:
@@ -338,6 +340,8 @@ def _connect_hook(  # noqa: C901, PLR0915 - unrolled on purpose: each local save
     internal = recorder.internal_error
     checked_out = ledger.checked_out
     origins = ledger.origins
+    frame = getframe
+    ident = get_ident
     holders = ledger.holders
     holder_now = current_holder
     plain_connect = Pool.connect
@@ -385,7 +389,12 @@ def _connect_hook(  # noqa: C901, PLR0915 - unrolled on purpose: each local save
         wait(now - start)
         try:
             record = connection._connection_record
-            origins[record] = capture_origin(CALLER_DEPTH)
+            # capture_origin(), inlined: the call alone would cost ~500 instructions of the budget.
+            try:
+                caller = frame(CALLER_DEPTH)
+            except ValueError:  # a shallower stack: a pool used directly
+                caller = frame(1)
+            origins[record] = (caller.f_code, caller.f_lasti, ident())
             checked_out[record] = now
             holder = holder_now()
             if holder is not None:
