@@ -74,6 +74,8 @@ def instrument(
     leak_threshold: float | None = None,
     clock: Callable[[], float] = ...,
     counts_from: Recorder | None = None,
+    server: str | None = None,
+    holders: int = ...,
 ) -> SQLAlchemyInstrumentation: ...
 
 
@@ -86,6 +88,7 @@ def instrument(
     leak_threshold: float | None = None,
     clock: Callable[[], float] = ...,
     counts_from: Recorder | None = None,
+    server: str | None = None,
 ) -> Instrumentation: ...
 
 
@@ -134,6 +137,8 @@ def instrument_redis(
     leak_threshold: float | None = None,
     clock: Callable[[], float] = ...,
     counts_from: Recorder | None = None,
+    server: str | None = None,
+    holders: int = ...,
 ) -> RedisInstrumentation: ...
 
 
@@ -146,6 +151,7 @@ def instrument_redis(
     leak_threshold: float | None = None,
     clock: Callable[[], float] = ...,
     counts_from: Recorder | None = None,
+    server: str | None = None,
 ) -> Instrumentation: ...
 
 

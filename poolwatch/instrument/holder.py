@@ -164,6 +164,12 @@ class holder:  # noqa: N801 - used like contextlib.suppress: a function to the r
         return f"poolwatch.holder({self.name!r})"
 
 
+def check_holder_limit(limit: object, where: str) -> None:
+    """A ``holders=`` argument: a whole number, 0 or more (0: every holder is ``other``)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"{where}: holders must be a whole number >= 0, not {limit!r}")
+
+
 class HolderLabels:
     """The bounded label of each holder of one pool: ``limit`` labels of their own, then ``other``.
 

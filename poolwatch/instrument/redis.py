@@ -31,6 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
 from poolwatch.instrument.collector import PoolState, collector_for
+from poolwatch.instrument.holder import HOLDER_LIMIT, check_holder_limit
 from poolwatch.instrument.holder import current as current_holder
 from poolwatch.instrument.recorder import MAX_JITTER, Ledger, Recorder, capture_origin_outside
 from poolwatch.serverlabel import redis_server
@@ -209,6 +210,7 @@ def instrument_redis(
     clock: Callable[[], float] = time.perf_counter,
     counts_from: Recorder | None = None,
     server: str | None = None,
+    holders: int = HOLDER_LIMIT,
 ) -> RedisInstrumentation:
     """Export the metrics of a redis-py client's (or pool's) connection pool on ``registry``.
 
@@ -216,7 +218,7 @@ def instrument_redis(
     as it was (not a redis-py pool, instrumented already, the name taken on this registry, a bad
     ``leak_threshold``). Connections of a class without redis-py's connect steps (``_connect()`` and
     the connect callback: a test double, say) are counted like any other but their connects are not
-    timed. ``counts_from`` and ``server``: as for ``instrument`` (the default label is the pool's
+    timed. ``counts_from``, ``server`` and ``holders``: as for ``instrument`` (the default label is the pool's
     ``host:port/db``).
     """
     pool = client_or_pool.connection_pool if isinstance(client_or_pool, redis.Redis) else client_or_pool
@@ -228,8 +230,10 @@ def instrument_redis(
         raise ValueError(f"poolwatch.instrument_redis({name!r}): this pool is already instrumented")
     if leak_threshold is not None and not leak_threshold > 0:
         raise ValueError(f"poolwatch.instrument_redis({name!r}): leak_threshold must be > 0")
+    check_holder_limit(holders, f"poolwatch.instrument_redis({name!r})")
     collector = collector_for(registry)
     recorder = Recorder(name, leak_threshold=leak_threshold, clock=clock)
+    recorder.by_holder.labels.limit = holders
     if counts_from is not None:  # before the collector can read it: never a drop to 0
         recorder.carry(counts_from)
     if server is None:

@@ -36,6 +36,7 @@ from sqlalchemy.pool import Pool, QueuePool
 from sqlalchemy.pool.base import _ConnectionFairy
 
 from poolwatch.instrument.collector import PoolState, collector_for
+from poolwatch.instrument.holder import HOLDER_LIMIT, check_holder_limit
 from poolwatch.instrument.holder import current as current_holder
 from poolwatch.instrument.recorder import MAX_JITTER, Ledger, Recorder
 from poolwatch.serverlabel import sql_server
@@ -214,6 +215,7 @@ def instrument(
     clock: Callable[[], float] = time.perf_counter,
     counts_from: Recorder | None = None,
     server: str | None = None,
+    holders: int = HOLDER_LIMIT,
 ) -> SQLAlchemyInstrumentation:
     """Export the pool metrics of ``engine`` (or of a QueuePool built directly) on ``registry``.
 
@@ -225,12 +227,15 @@ def instrument(
     recorder of a pool this one replaces under the same name (a target rebuilt on reload), whose
     counters and histograms this one's count on from. ``server``: the ``server`` label, when the
     engine's URL (``host:port/database``, the default; empty for a pool built directly) names the
-    server otherwise than the daemon's census of it does.
+    server otherwise than the daemon's census of it does. ``holders``: how many holder labels the pool
+    keeps apart before the rest are ``other``.
     """
     target: Engine | QueuePool = cast("Any", getattr(engine, "sync_engine", engine))  # AsyncEngine wraps one
     pool = _checked(target if isinstance(target, Pool) else target.pool, name, leak_threshold)
+    check_holder_limit(holders, f"poolwatch.instrument({name!r})")
     collector = collector_for(registry)
     recorder = Recorder(name, leak_threshold=leak_threshold, clock=clock)
+    recorder.by_holder.labels.limit = holders
     if counts_from is not None:  # before the collector can read it: never a drop to 0
         recorder.carry(counts_from)
     if server is None:

@@ -195,3 +195,16 @@ def test_async_engine_checkouts_are_held_by_the_task_holder(pg: PostgresServer) 
 
     asyncio.run(main())
     assert by_holder(registry, "pool_use_seconds_count") == {"": 1, "async-job": 2}
+
+
+def test_redis_leak_returned_before_a_scrape_is_counted_at_checkin(redis_server: RedisServer, caplog) -> None:
+    registry, clock = CollectorRegistry(), FakeClock()
+    client = redis_server.client()
+    poolwatch.instrument_redis(client, name="cache", registry=registry, leak_threshold=5, clock=clock)
+    with poolwatch.holder("slow-export"):
+        pubsub = client.pubsub()
+        pubsub.subscribe("exports")  # takes a connection until closed
+        clock.advance(6)  # held past leak_threshold, returned before any scrape
+        pubsub.close()
+    assert by_holder(registry, "pool_leaks_total", pool="cache") == {"": 0, "slow-export": 1}
+    assert any("by slow-export" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)

@@ -126,8 +126,7 @@ def holder_series(registry: CollectorRegistry, family: str) -> dict[str, float]:
 def test_use_time_is_labelled_by_holder_and_bounded(tmp_path) -> None:
     engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'app.db'}", poolclass=QueuePool)
     registry = CollectorRegistry()
-    instrumentation = poolwatch.instrument(engine, name="app", registry=registry)
-    instrumentation.recorder.by_holder.labels.limit = 3
+    poolwatch.instrument(engine, name="app", registry=registry, holders=3)
     with engine.connect():
         pass  # no holder: the unlabelled series
     for index in range(4):  # N + 1 holders for N = 3 labels: the shortest holder is "other"
@@ -140,6 +139,16 @@ def test_use_time_is_labelled_by_holder_and_bounded(tmp_path) -> None:
     assert counts[OTHER] == 1
     # The leak counters carry the label too; without leaks only the unlabelled series exists.
     assert holder_series(registry, "poolwatch_pool_leaks_total") == {"": 0}
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "20", True])
+def test_a_bad_holder_limit_is_refused_before_anything_changes(tmp_path, bad: object) -> None:
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'app.db'}", poolclass=QueuePool)
+    registry = CollectorRegistry()
+    with pytest.raises(ValueError, match=r"poolwatch.instrument\('app'\): holders must be a whole number"):
+        poolwatch.instrument(engine, name="app", registry=registry, holders=bad)  # type: ignore[call-overload]
+    assert "connect" not in vars(engine.pool)  # not hooked
+    poolwatch.instrument(engine, name="app", registry=registry, holders=0)  # the name is still free
 
 
 def test_an_application_that_names_no_holder_keeps_its_series(tmp_path) -> None:
