@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.pool import QueuePool
 
@@ -28,6 +28,7 @@ from poolwatch.census import pgbouncer
 from poolwatch.census import postgres as pg_census
 from poolwatch.census import redis as redis_census
 from poolwatch.census.job import CensusJob, PgBouncerJob
+from poolwatch.census.shared import SharedReadings
 from poolwatch.config import EMBEDDED_SOURCE, AuditSettings, validate
 from poolwatch.database import Database, RedisDatabase
 from poolwatch.errors import PoolwatchError
@@ -108,11 +109,13 @@ def build_target(
     audit: AuditLog | None = None,
     others: Iterable[TargetSettings] = (),
     counts_from: Recorder | None = None,
+    shared: SharedReadings[Any] | None = None,
 ) -> TargetRuntime:
     """The shared engine or client of a target (instrumented, with housekeeping), and its scheduled
     jobs. ``others`` are the other configured targets (their pools are counted by name in the
     census); ``audit`` records reaper decisions (without one, they are only logged and counted);
-    ``counts_from``, the pool recorder of the runtime this one replaces, whose counts go on.
+    ``counts_from``, the pool recorder of the runtime this one replaces, whose counts go on;
+    ``shared``, the census readings shared by the targets on one server.
     The probe is every other job's ``Backoff``: none logs in while it backs off after failed logins."""
     database: Database | None = None
     redis_db: RedisDatabase | None = None
@@ -179,7 +182,7 @@ def build_target(
     if console is not None:
         _add_pgbouncer_stats(runtime, console, metrics)
     else:
-        _add_census_and_reaper(runtime, metrics, audit, others)
+        _add_census_and_reaper(runtime, metrics, audit, others, shared)
     return runtime
 
 
@@ -200,7 +203,11 @@ def _add_pgbouncer_stats(runtime: TargetRuntime, console: pgbouncer.AdminConsole
 
 
 def _add_census_and_reaper(
-    runtime: TargetRuntime, metrics: Metrics, audit: AuditLog | None, others: Iterable[TargetSettings]
+    runtime: TargetRuntime,
+    metrics: Metrics,
+    audit: AuditLog | None,
+    others: Iterable[TargetSettings],
+    shared: SharedReadings[Any] | None,
 ) -> None:
     """The census job, and the reaper job when enabled (postgres, mysql and redis targets)."""
     target = runtime.settings
@@ -209,12 +216,12 @@ def _add_census_and_reaper(
     take = None
     if runtime.database is not None and target.kind == "postgres":
         BACKENDS.track(runtime.database.engine)  # the reaper never touches our own sessions
-        take = pg_census.census(target, runtime.database.engine, pools)
+        take = pg_census.census(target, runtime.database.engine, pools, shared)
     elif runtime.database is not None and target.kind == "mysql":
         BACKENDS.track(runtime.database.engine)
         take = mysql_census.census(target, runtime.database.engine, pools)
     elif runtime.redis is not None:
-        take = redis_census.census(target, runtime.redis.client, pools)
+        take = redis_census.census(target, runtime.redis.client, pools, shared)
     if take is not None and target.census.enabled:
         runtime.jobs.append(
             CensusJob(
@@ -266,9 +273,8 @@ class Daemon:
         self._loader = loader
         self._on_secrets = on_secrets
         self._on_log = on_log
-        self._scheduler = Scheduler(
-            self.metrics.jobs, max_workers=max(16, 8 * len(settings.targets)), on_record=self._observe
-        )
+        self._scheduler = Scheduler(self.metrics.jobs, on_record=self._observe)
+        self._readings: SharedReadings[Any] = SharedReadings()
         self.audit = AuditLog(settings.audit, self.metrics.reaper)
         self._targets: dict[str, TargetRuntime] = {}
         # Trends by target name: they outlive a reload that rebuilds the target.
@@ -351,6 +357,7 @@ class Daemon:
             audit=self.audit,
             others=others,
             counts_from=old_pool.recorder if old_pool is not None else None,
+            shared=self._readings,
         )
         with self._targets_lock:
             self._targets[target.name] = runtime
