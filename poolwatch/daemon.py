@@ -43,6 +43,7 @@ from poolwatch.reaper.mysql import build_mysql_reaper
 from poolwatch.reaper.own import BACKENDS
 from poolwatch.scheduler import Scheduler
 from poolwatch.status import Sources, Tracker, document
+from poolwatch.targetfiles import Watcher
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -282,6 +283,7 @@ class Daemon:
         self._targets_lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._server: tuple[HttpServer, Thread] | None = None
+        self._watcher: Watcher | None = None
         self._started = threading.Event()
         self._stopped = threading.Event()
 
@@ -325,6 +327,11 @@ class Daemon:
         # Only now: a target that cannot be built ends start-up with one error line, not a banner
         # announcing a daemon that never ran.
         log.info("%s", self._banner())
+        files = self.settings.target_files
+        if files.directory is not None and self._loader is not None:
+            # Its own thread: a reload builds targets, which neither the scheduler nor HTTP waits for.
+            self._watcher = Watcher(files.directory, files.interval, self.reload)
+            self._watcher.start()
         self._started.set()
 
     def _banner(self) -> str:
@@ -335,10 +342,12 @@ class Daemon:
                 f"poolwatch {__version__}: no configuration given, monitoring the embedded SQLite "
                 f"database {target.url.removeprefix('sqlite:///')}; /metrics on {where}"
             )
-        names = ", ".join(f"{t.name} ({t.kind})" for t in self.settings.targets)
+        names = ", ".join(f"{t.name} ({t.kind})" for t in self.settings.targets) or "none"
+        shard = self.settings.shard
+        share = f"shard {shard.index}/{shard.count}, " if shard.count > 1 else ""
         return (
             f"poolwatch {__version__}: configuration from {self.settings.source}; "
-            f"targets {names}; /metrics on {where}"
+            f"{share}targets {names}; /metrics on {where}"
         )
 
     def _add_target(
@@ -516,6 +525,8 @@ class Daemon:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._watcher is not None:
+            self._watcher.stop()
         self._scheduler.stop()
         with self._targets_lock:
             runtimes = list(self._targets.values())
