@@ -42,6 +42,7 @@ from benchmarks.harness import Contender, median, spread
 
 APPLICATION = "bench-idle"
 BASELINE_APPLICATION = "bench-sql"  # outside the reaper's scope: the baseline's own sessions
+WAITING = "bench-opening"  # outside it too, while the sessions are being opened
 # The idle sessions belong to an ordinary role: the reaper never touches superuser sessions.
 ROLE, ROLE_PASSWORD = "bench_app", "bench-app-password"
 REAPER = "poolwatch_job_duration_seconds"
@@ -73,14 +74,18 @@ def poolwatch_config(pg: Any, sessions: int) -> dict[str, Any]:
 
 
 def open_idle_sessions(pg: Any, count: int, application: str = APPLICATION) -> list[Any]:
+    """``count`` idle sessions named ``application``, all going idle within a few milliseconds: opened
+    under another name (on a loaded machine opening 90 takes longer than a reaper interval), then
+    renamed one after the other (``state_change`` is the rename's)."""
     sessions = []
     for _ in range(count):
         dsn = pg.dsn(user=ROLE, password=ROLE_PASSWORD)
-        connection = psycopg2.connect(f"{dsn} application_name={application}", connect_timeout=10)
+        connection = psycopg2.connect(f"{dsn} application_name={WAITING}", connect_timeout=10)
         connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
         sessions.append(connection)
+    for connection in sessions:
+        with connection.cursor() as cursor:
+            cursor.execute("SET application_name = %s", (application,))
     return sessions
 
 
