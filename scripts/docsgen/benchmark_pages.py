@@ -454,6 +454,48 @@ def _http_attack(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _shards(data: dict[str, Any]) -> list[str]:
+    lines = [
+        _machine(data),
+        "",
+        f"**Command:** `{data['command']}`",
+        "",
+        (
+            f"{data['targets']} targets (one in ten PostgreSQL, the others SQLite), probes every "
+            f"{data['tick_s']:g} s, CPU and memory over {data['window_s']:g} s, {data['rounds']} rounds; "
+            "median [min-max] over rounds."
+        ),
+        "",
+        *_head(
+            "replicas",
+            "until every target is up",
+            "CPU per target per tick (all replicas)",
+            "RSS, largest replica",
+            "RSS, all replicas",
+            "scrape p50",
+            "scrape p99",
+        ),
+    ]
+    for replicas, rounds in sorted(data["setups"].items(), key=lambda item: int(item[0])):
+
+        def values(key: str, rounds: list[dict[str, float]] = rounds) -> list[float]:
+            return [r[key] for r in rounds]
+
+        def mb(value: float) -> str:
+            return f"{value:.0f} MB"
+
+        def seconds(value: float) -> str:
+            return f"{value:.1f} s"
+
+        lines.append(
+            f"| {replicas} | {_spread(values('seconds_to_all_up'), seconds)} "
+            f"| {_spread(values('cpu_ms_per_target_tick'))} | {_spread(values('rss_mb_largest'), mb)} "
+            f"| {_spread(values('rss_mb_total'), mb)} | {_spread(values('scrape_p50_ms'))} "
+            f"| {_spread(values('scrape_p99_ms'))} |"
+        )
+    return lines
+
+
 RENDERERS: Final[dict[str, Callable[[dict[str, Any]], list[str]]]] = {
     "checkout_instructions": _checkout_instructions,
     "http_attack": _http_attack,
@@ -462,5 +504,6 @@ RENDERERS: Final[dict[str, Callable[[dict[str, Any]], list[str]]]] = {
     "footprint": _footprint,
     "reaper": _reaper,
     "scale": _scale,
+    "shards": _shards,
     "scrape": _scrape,
 }
