@@ -224,7 +224,7 @@ def breakdown(pg: Any, count: int, rounds: int) -> dict[str, list[float]]:
     postgres.choose_victims = timed("policy", originals["choose_victims"])
     postgres.terminate_all = timed("kill statement", originals["terminate_all"])
     job.reaper.lease.hold = timed("lease", job.reaper.lease.hold)  # type: ignore[method-assign]
-    audit.record = timed("audit record", audit.record)  # type: ignore[method-assign]
+    audit.record_all = timed("audit record", audit.record_all)  # type: ignore[method-assign]
     audit.try_flush = timed("audit write", audit.try_flush)  # type: ignore[method-assign]
     results: dict[str, list[float]] = {phase: [] for phase in (*PHASES, "run", "own share")}
     try:
