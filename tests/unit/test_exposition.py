@@ -251,8 +251,12 @@ def test_pool_collector_rows_say_what_its_collect_says(tmp_path):
     assert hasattr(collector_for(registry), "rows")
     assert_same_samples(ours, theirs)
     assert headers(ours) == headers(theirs)
-    assert samples(ours)["poolwatch_pool_checkouts_total", (("pool", "billing"),)] == 3
-    assert samples(ours)["poolwatch_pool_connections", (("pool", "orders"), ("state", "used"))] == 1
+    billing, orders = (
+        (("pool", "billing"), ("server", "billing.db")),
+        (("pool", "orders"), ("server", "orders.db")),
+    )
+    assert samples(ours)["poolwatch_pool_checkouts_total", billing] == 3
+    assert samples(ours)["poolwatch_pool_connections", (*orders, ("state", "used"))] == 1
 
 
 def test_histogram_text_is_reused_until_the_histogram_changes(registry, tmp_path):
@@ -276,8 +280,12 @@ def test_histogram_text_is_reused_until_the_histogram_changes(registry, tmp_path
     second = renderer.render().decode()
     assert_same_samples(second, generate_latest(registry).decode())
     assert samples(second)["moving_seconds_count", (("target", "a"),)] == 2
-    assert samples(first)["poolwatch_pool_wait_seconds_count", (("pool", "reuse"),)] == 0
-    assert samples(second)["poolwatch_pool_wait_seconds_count", (("pool", "reuse"),)] == 1
+    assert (
+        samples(first)["poolwatch_pool_wait_seconds_count", (("pool", "reuse"), ("server", "reuse.db"))] == 0
+    )
+    assert (
+        samples(second)["poolwatch_pool_wait_seconds_count", (("pool", "reuse"), ("server", "reuse.db"))] == 1
+    )
     unchanged = ("moving_seconds", "b")
     assert renderer._blocks[unchanged][1] is blocks[unchanged][1]  # the same text object, reused
     assert renderer._blocks["moving_seconds", "a"][1] != blocks["moving_seconds", "a"][1]
