@@ -144,8 +144,11 @@ def wait_http(
         time.sleep(0.1)
 
 
-def start_poolwatch(config: dict[str, Any], workdir: Path, name: str = "poolwatch") -> Contender:
-    """``python -m poolwatch run`` with ``config`` (its http.listen is set to a free port here)."""
+def start_poolwatch(
+    config: dict[str, Any], workdir: Path, name: str = "poolwatch", source: Path | None = None
+) -> Contender:
+    """``python -m poolwatch run`` with ``config`` (its http.listen is set to a free port here);
+    ``source``: another source tree of poolwatch to run instead of this one (a baseline)."""
     port = free_port()
     config = {**config, "http": {"listen": f"{LOOPBACK}:{port}"}, "log": {"level": "WARNING"}}
     workdir.mkdir(parents=True, exist_ok=True)
@@ -153,6 +156,8 @@ def start_poolwatch(config: dict[str, Any], workdir: Path, name: str = "poolwatc
     path.write_text(yaml.safe_dump(config))
     logfile = workdir / f"{name}.log"
     env = {**os.environ, "POOLWATCH_STATE_DIR": str(workdir)}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     with logfile.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "poolwatch", "run", "--config", str(path)],

@@ -15,6 +15,12 @@ bench-idle`` just after a reaper run, and waits for them to go:
   pg_stat_activity WHERE ...`` statement over as many idle sessions (another application name, out
   of the reaper's scope), timed by the client.
 
+Then the breakdown (``--breakdown-rounds``, in this process, on the same server): the reaper job
+built as the daemon builds it runs over as many idle sessions, each phase of its run timed by a
+wrapper around the function that does it: taking the lease, the ``pg_stat_activity`` snapshot,
+the policy, the kill statement (PostgreSQL's time: the only part the hand-written statement also
+has), recording and writing the audit rows. poolwatch's own share is the run less the kill statement.
+
 Reports medians over rounds and the ratio. If this poolwatch has no reaper, it says so and exits 1
 (no number is made up). Writes benchmarks/results/reaper.json.
 """
@@ -36,6 +42,7 @@ from benchmarks.harness import Contender, median, spread
 
 APPLICATION = "bench-idle"
 BASELINE_APPLICATION = "bench-sql"  # outside the reaper's scope: the baseline's own sessions
+WAITING = "bench-opening"  # outside it too, while the sessions are being opened
 # The idle sessions belong to an ordinary role: the reaper never touches superuser sessions.
 ROLE, ROLE_PASSWORD = "bench_app", "bench-app-password"
 REAPER = "poolwatch_job_duration_seconds"
@@ -67,14 +74,18 @@ def poolwatch_config(pg: Any, sessions: int) -> dict[str, Any]:
 
 
 def open_idle_sessions(pg: Any, count: int, application: str = APPLICATION) -> list[Any]:
+    """``count`` idle sessions named ``application``, all going idle within a few milliseconds: opened
+    under another name (on a loaded machine opening 90 takes longer than a reaper interval), then
+    renamed one after the other (``state_change`` is the rename's)."""
     sessions = []
     for _ in range(count):
         dsn = pg.dsn(user=ROLE, password=ROLE_PASSWORD)
-        connection = psycopg2.connect(f"{dsn} application_name={application}", connect_timeout=10)
+        connection = psycopg2.connect(f"{dsn} application_name={WAITING}", connect_timeout=10)
         connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
         sessions.append(connection)
+    for connection in sessions:
+        with connection.cursor() as cursor:
+            cursor.execute("SET application_name = %s", (application,))
     return sessions
 
 
@@ -109,7 +120,24 @@ def has_reaper(contender: Contender) -> bool:
     return False
 
 
-def poolwatch_round(contender: Contender, pg: Any, count: int) -> float:
+class SplitKillError(RuntimeError):
+    """A run started while the sessions were still being opened (slow on a loaded machine): it
+    terminated those past the idle timeout, the next run the others. Not one run's figure."""
+
+
+def poolwatch_round(contender: Contender, pg: Any, count: int, attempts: int = 3) -> float:
+    """``one_poolwatch_round``, again when a run split the kill (up to ``attempts`` times)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return one_poolwatch_round(contender, pg, count)
+        except SplitKillError as exc:  # noqa: PERF203 - a retry, a few times at most
+            if attempt == attempts:
+                raise
+            print(f"  note: {exc}; measuring again", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
+def one_poolwatch_round(contender: Contender, pg: Any, count: int) -> float:
     """Seconds of the reaper run that terminated the ``count`` sessions."""
     # Open them just after a run, so that all are past idle_timeout at the next one (one run, all).
     runs = reaper_runs(contender)[0]
@@ -130,7 +158,7 @@ def poolwatch_round(contender: Contender, pg: Any, count: int) -> float:
             if now_runs > runs:  # a run that killed fewer (not idle long enough yet): next one
                 runs, spent = now_runs, now_spent
                 if now_killed > killed:
-                    raise RuntimeError(f"the reaper split the kill: {now_killed - killed:g} of {count}")
+                    raise SplitKillError(f"the reaper split the kill: {now_killed - killed:g} of {count}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"sessions not terminated in 60 s ({alive(pg)} left)")
     finally:
@@ -164,7 +192,73 @@ def baseline_round(pg: Any, count: int) -> float:
         close_all(sessions)
 
 
-def run(rounds: int, count: int) -> dict[str, Any]:
+PHASES = ("lease", "snapshot", "policy", "kill statement", "audit record", "audit write")
+
+
+def breakdown(pg: Any, count: int, rounds: int) -> dict[str, list[float]]:
+    """Milliseconds per phase of in-process reaper runs over ``count`` idle sessions, per round."""
+    from poolwatch.config import validate
+    from poolwatch.metrics import Metrics
+    from poolwatch.reaper import postgres
+    from poolwatch.reaper.audit import AuditLog
+    from poolwatch.reaper.job import build_postgres_reaper
+
+    settings = validate(poolwatch_config(pg, count))
+    metrics = Metrics()
+    audit = AuditLog(settings.audit, metrics.reaper)
+    job = build_postgres_reaper(settings.targets[0], audit, metrics.reaper)
+    spent: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+
+    def timed(phase: str, func: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                spent[phase] += time.perf_counter() - started
+
+        return wrapper
+
+    originals = {name: getattr(postgres, name) for name in ("snapshot", "choose_victims", "terminate_all")}
+    # choose_victims is poolwatch.reaper.policy's, looked up in postgres' namespace at each run.
+    postgres.snapshot = timed("snapshot", originals["snapshot"])
+    postgres.choose_victims = timed("policy", originals["choose_victims"])  # type: ignore[attr-defined]
+    postgres.terminate_all = timed("kill statement", originals["terminate_all"])
+    job.reaper.lease.hold = timed("lease", job.reaper.lease.hold)  # type: ignore[method-assign]
+    audit.record_all = timed("audit record", audit.record_all)  # type: ignore[method-assign]
+    audit.try_flush = timed("audit write", audit.try_flush)  # type: ignore[method-assign]
+    results: dict[str, list[float]] = {phase: [] for phase in (*PHASES, "run", "own share")}
+    try:
+        job.run()  # warm: the lease session, the audit table and its engine exist from here on
+        for round_no in range(rounds):
+            sessions = open_idle_sessions(pg, count)
+            try:
+                time.sleep(1.5)  # past the 1 s idle timeout
+                for phase in spent:
+                    spent[phase] = 0.0
+                started = time.perf_counter()
+                job.run()
+                total = time.perf_counter() - started
+                labels = {"target": "pg", "reason": "idle", "mode": "enforce"}
+                killed = metrics.registry.get_sample_value("poolwatch_reaper_terminated_total", labels)
+                if killed != count * (round_no + 1):
+                    raise RuntimeError(f"the in-process reaper terminated {killed} sessions in all")
+            finally:
+                close_all(sessions)
+            for phase, seconds in spent.items():
+                results[phase].append(seconds * 1e3)
+            results["run"].append(total * 1e3)
+            results["own share"].append((total - spent["kill statement"]) * 1e3)
+            print(f"breakdown round {round_no + 1}: { {k: round(v[-1], 1) for k, v in results.items()} }")
+    finally:
+        for name, func in originals.items():
+            setattr(postgres, name, func)
+        job.close()
+        audit.close()
+    return results
+
+
+def run(rounds: int, count: int, breakdown_rounds: int = 5) -> dict[str, Any]:
     info = harness.machine()
     with harness.servers() as (pg, _redis), tempfile.TemporaryDirectory() as tmp:
         pg.create_role(ROLE, ROLE_PASSWORD)
@@ -184,8 +278,10 @@ def run(rounds: int, count: int) -> dict[str, Any]:
                     print(f"round {round_no + 1} {who}: {elapsed * 1e3:.1f} ms", file=sys.stderr)
         finally:
             contender.stop()
+        phases = breakdown(pg, count, breakdown_rounds) if breakdown_rounds else {}
     ratios = [a / b for a, b in zip(times["poolwatch"], times["sql"], strict=True)]
     return {
+        "breakdown_ms": phases,
         "machine": info,
         "status": "measured",
         "sessions": count,
@@ -200,9 +296,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sessions", type=int, default=90)
+    parser.add_argument("--breakdown-rounds", type=int, default=5, help="in-process runs timed by phase")
     args = parser.parse_args()
     harness.exit_on_sigterm()
-    summary = run(args.rounds, args.sessions)
+    summary = run(args.rounds, args.sessions, args.breakdown_rounds)
     print(f"\nmachine: {summary['machine']}")
     path = harness.save_results("reaper", summary)
     if summary["status"] == "missing":
@@ -216,6 +313,8 @@ def main() -> int:
     print(f"poolwatch reaper run: {spread(summary['poolwatch_ms'])} ms")
     print(f"one SQL statement:    {spread(summary['sql_ms'])} ms")
     print(f"poolwatch / SQL: {summary['ratio']:.2f}x")
+    for phase, values in summary["breakdown_ms"].items():
+        print(f"  {phase:>14}: {spread(values)} ms")
     print("wrote", path)
     return 0
 

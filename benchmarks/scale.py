@@ -1,6 +1,7 @@
 """Scale: 1, 10, 50 and 100 SQL targets plus Redis targets; and a hung target among healthy ones.
 
     python -m benchmarks.scale [--rounds 2] [--sizes 1,10,50,100] [--tick 5] [--window 30]
+                               [--baseline DIR]
 
 Starts its own PostgreSQL (one database per SQL target) and Redis (one Redis target per ten SQL
 targets, at least one). For each size, poolwatch runs with every job of every target on the same
@@ -18,6 +19,10 @@ server accepts TCP and never answers (a listening socket nobody accepts on). Rep
 probe runs per healthy target per tick, and the worst staleness of a healthy target's last success
 (sampled every half second); a hung target must change neither.
 
+With ``--baseline DIR`` (a source tree of another poolwatch version, e.g. ``git worktree add DIR
+REF``), each round also measures every size on that version, interleaved with this one, and the
+ratios this/baseline are computed within each round.
+
 Rounds are interleaved (each round runs every size, rotating the order); figures are medians over
 rounds. Writes benchmarks/results/scale.json and scale_latency.png, scale_memory.png, scale_cpu.png.
 """
@@ -25,6 +30,7 @@ rounds. Writes benchmarks/results/scale.json and scale_latency.png, scale_memory
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,10 +81,18 @@ def wait_all_up(contender: Contender, count: int, timeout: float = 120) -> None:
 
 
 def measure_size(
-    size: int, pg: Any, redis_server: Any, workdir: Path, tick: float, window: float, scrapes: int
+    size: int,
+    pg: Any,
+    redis_server: Any,
+    workdir: Path,
+    tick: float,
+    window: float,
+    scrapes: int,
+    source: Path | None = None,
 ) -> dict[str, float]:
     targets = targets_for(size, pg, redis_server, tick)
-    contender = harness.start_poolwatch({"targets": targets}, workdir, name=f"poolwatch-{size}")
+    name = f"poolwatch-{size}" if source is None else f"baseline-{size}"
+    contender = harness.start_poolwatch({"targets": targets}, workdir, name=name, source=source)
     try:
         wait_all_up(contender, len(targets))
         time.sleep(2 * tick)  # a couple of ticks of every job: pools and caches warm
@@ -175,15 +189,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     info = harness.machine()
     sizes = [int(s) for s in args.sizes.split(",")]
     per_size: dict[int, list[dict[str, float]]] = {size: [] for size in sizes}
+    baseline: dict[int, list[dict[str, float]]] = {size: [] for size in sizes}
+    versions = [None, args.baseline] if args.baseline else [None]
     hung: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
     with harness.servers() as (pg, redis_server), tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         harness.create_databases(pg, [f"bench_{i:03d}" for i in range(max(sizes))])
         for round_no in range(args.rounds):
             for size in harness.rotate(sizes, round_no):
-                result = measure_size(size, pg, redis_server, workdir, args.tick, args.window, args.scrapes)
-                per_size[size].append(result)
-                print(f"round {round_no + 1} size {size}: {result}", file=sys.stderr)
+                for source in harness.rotate(versions, round_no):
+                    result = measure_size(
+                        size, pg, redis_server, workdir, args.tick, args.window, args.scrapes, source
+                    )
+                    (per_size if source is None else baseline)[size].append(result)
+                    who = "this" if source is None else "baseline"
+                    print(f"round {round_no + 1} size {size} {who}: {result}", file=sys.stderr)
             if args.hung:
                 for with_hung in harness.rotate([False, True], round_no):
                     result = measure_hung(pg, redis_server, workdir, args.tick, args.window, with_hung)
@@ -196,8 +216,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "window_s": args.window,
         "scrapes_per_round": args.scrapes,
         "sizes": {str(size): rounds for size, rounds in per_size.items()},
+        "baseline": {
+            "source": _describe(args.baseline),
+            "sizes": {str(size): rounds for size, rounds in baseline.items()},
+        }
+        if args.baseline
+        else {},
         "hung": hung if args.hung else {},
     }
+
+
+def _describe(source: Path | None) -> str:
+    """The baseline's commit, when it is a git checkout."""
+    if source is None:
+        return ""
+    found = subprocess.run(
+        ["git", "-C", str(source), "log", "-1", "--format=%h %s"], capture_output=True, text=True, check=False
+    )
+    return found.stdout.strip() or str(source)
 
 
 def report(summary: dict[str, Any]) -> None:
@@ -211,6 +247,14 @@ def report(summary: dict[str, Any]) -> None:
     for size, rounds in summary["sizes"].items():
         cells = " ".join(f"{spread([r[k] for r in rounds]):>22}" for k in keys)
         print(f"{size:>11} {rounds[0]['targets']:>5} {cells}")
+    base = summary.get("baseline") or {}
+    if base:
+        print(f"baseline {base['source']}: ratio this/baseline, median over rounds")
+        for size, rounds in base["sizes"].items():
+            ours = summary["sizes"][size]
+            pairs = list(zip(ours, rounds, strict=True))
+            cells = " ".join(f"{spread([o[k] / b[k] for o, b in pairs if b[k]]):>22}" for k in keys)
+            print(f"{size:>11} {rounds[0]['targets']:>5} {cells}")
     for case, rounds in summary["hung"].items():
         if rounds:
             shown = ", ".join(f"{k} {spread([r[k] for r in rounds])}" for k in rounds[0])
@@ -281,6 +325,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=30.0, help="seconds of scheduler CPU sampling")
     parser.add_argument("--scrapes", type=int, default=100)
     parser.add_argument("--no-hung", dest="hung", action="store_false", help="skip the hung-target check")
+    parser.add_argument("--baseline", type=Path, help="a source tree of another version to compare with")
     args = parser.parse_args()
     harness.exit_on_sigterm()
     harness.pyplot()  # fail now, not after the run, if matplotlib is missing

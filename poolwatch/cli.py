@@ -45,12 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = with_config(commands.add_parser("run", help="run the daemon in the foreground"))
     run.add_argument("--listen", metavar="ADDR", help=f"host:port for /metrics ({DEFAULT_LISTEN})")
+    with_shard(run)
     check = with_config(commands.add_parser("check", help="probe every target once; exit 1 if one is down"))
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
     config = with_config(
         commands.add_parser("config", help="print the effective configuration, secrets masked")
     )
     config.add_argument("--listen", metavar="ADDR", help="as for run")
+    with_shard(config)
     status = with_config(commands.add_parser("status", help="show a running daemon's targets, worst first"))
     status.add_argument(
         "--url", help="the daemon's base URL (default: http.listen of the configuration, https with http.tls)"
@@ -78,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--mode", choices=("enforce", "dry_run"), help="only terminations or candidates")
     audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
+
+
+def with_shard(sub: argparse.ArgumentParser) -> None:
+    shard = sub.add_mutually_exclusive_group()
+    shard.add_argument(
+        "--shard", metavar="INDEX/COUNT", help="monitor this replica's share of targets (or POOLWATCH_SHARD)"
+    )
+    shard.add_argument(
+        "--shard-count",
+        metavar="COUNT",
+        type=_positive_int,
+        help="as --shard, the index being the pod ordinal ending HOSTNAME (or POOLWATCH_SHARD_COUNT)",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -125,11 +140,14 @@ def _run(args: argparse.Namespace) -> int:
     from poolwatch.daemon import Daemon
     from poolwatch.logs import set_level_and_format, setup_logging
 
-    settings = load_settings(args.config, listen=args.listen)
+    def load() -> Settings:
+        return load_settings(args.config, listen=args.listen, shard=args.shard, shard_count=args.shard_count)
+
+    settings = load()
     redactor = setup_logging(settings.log.level, settings.log.format, settings.secrets())
 
     def reload() -> Settings:
-        return load_settings(args.config, listen=args.listen)
+        return load()
 
     def relog(log: LogSettings) -> None:
         set_level_and_format(log.level, log.format)
@@ -144,7 +162,7 @@ def _config(args: argparse.Namespace) -> int:
 
     from poolwatch.config import load_settings
 
-    settings = load_settings(args.config, listen=args.listen)
+    settings = load_settings(args.config, listen=args.listen, shard=args.shard, shard_count=args.shard_count)
     print(f"# poolwatch {__version__}; targets from {settings.source}")
     print(yaml.safe_dump(settings.public_dict(), sort_keys=False), end="")
     return EXIT_OK

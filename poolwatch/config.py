@@ -324,6 +324,26 @@ class LogSettings(_Model):
     format: Literal["text", "json"] = "text"
 
 
+class ShardSettings(_Model):
+    """This replica's share of the targets (``poolwatch.sharding``): ``index`` of ``count``."""
+
+    index: int = Field(0, ge=0)
+    count: int = Field(1, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _index_below_count(self) -> ShardSettings:
+        if self.index >= self.count:
+            raise ValueError(f"index {self.index} is not below count {self.count}")
+        return self
+
+
+class TargetFilesSettings(_Model):
+    """A directory of target files (``poolwatch.targetfiles``), polled for changes every ``interval``."""
+
+    directory: str | None = None
+    interval: float = Field(10.0, ge=MIN_SECONDS, le=MAX_SECONDS)
+
+
 class Settings(_Model):
     """The whole validated configuration. ``source`` says where the targets came from."""
 
@@ -331,6 +351,8 @@ class Settings(_Model):
     log: LogSettings = LogSettings()
     targets: Annotated[tuple[TargetSettings, ...], Field(strict=False)] = ()
     audit: AuditSettings = AuditSettings()
+    shard: ShardSettings = ShardSettings()
+    target_files: TargetFilesSettings = TargetFilesSettings()
     source: str = "defaults"
 
     @model_validator(mode="after")
@@ -399,6 +421,9 @@ class Environment:
     http_user: str | None = _variable("POOLWATCH_HTTP_USER")  # poolwatch status
     http_password: str | None = _variable("POOLWATCH_HTTP_PASSWORD")
     no_color: str | None = _variable("NO_COLOR")
+    shard: str | None = _variable("POOLWATCH_SHARD")  # INDEX/COUNT
+    shard_count: str | None = _variable("POOLWATCH_SHARD_COUNT")  # with the ordinal of HOSTNAME
+    hostname: str | None = _variable("HOSTNAME")
     # Read only to say that they are not used (see _environment_targets): never part of a URL.
     db_host: str | None = _variable("DB_HOST")
     db_port: str | None = _variable("DB_PORT")
@@ -428,15 +453,23 @@ def load_settings(
     listen: str | None = None,
     environ: Mapping[str, str] | None = None,
     embedded: bool = True,
+    shard: str | None = None,
+    shard_count: int | None = None,
 ) -> Settings:
     """Build the effective settings. ``environ`` replaces ``os.environ`` (tests pass their own).
 
     With no targets in a file or the environment, ``embedded`` (``poolwatch run``, ``check``,
-    ``config``) watches the embedded SQLite database; without it the settings have no targets."""
+    ``config``) watches the embedded SQLite database; without it the settings have no targets.
+    The targets of ``target_files.directory`` join the file's; ``shard`` (``INDEX/COUNT``), or
+    ``shard_count`` with the pod ordinal ending ``HOSTNAME``, keeps this replica's share of them."""
     env = Environment.read(environ)
     path = config_file or env.config
     data: dict[str, Any] = _read_yaml(path) if path else {}
     source = f"file {path}" if path else "defaults"
+    data = _with_target_files(data)
+    replica = _shard(shard, shard_count, env)
+    if replica is not None:
+        data["shard"] = replica
     if env.listen:
         _override(data, "http", "listen", env.listen)
     if env.log_level:
@@ -446,14 +479,68 @@ def load_settings(
         if env_targets:
             data["targets"] = env_targets
             source = "environment (" + ", ".join(t["name"] for t in env_targets) + ")"
-        elif embedded:
+        elif embedded and not _target_directory(data):
             data["targets"] = [embedded_target(env)]
             source = EMBEDDED_SOURCE
     if listen is not None:
         _override(data, "http", "listen", listen)
     data["source"] = source
     state_dir = state_directory(env)
-    return validate(data, state_dir=None if state_dir is None else str(state_dir))
+    settings = validate(data, state_dir=None if state_dir is None else str(state_dir))
+    return _own_share(settings)
+
+
+def _target_directory(data: Mapping[str, Any]) -> str | None:
+    files = data.get("target_files")
+    directory = files.get("directory") if isinstance(files, dict) else None
+    return directory if isinstance(directory, str) else None
+
+
+def _with_target_files(data: dict[str, Any]) -> dict[str, Any]:
+    """The file's targets followed by those of ``target_files.directory``."""
+    directory = _target_directory(data)
+    if directory is None:
+        return data
+    from poolwatch.targetfiles import read_targets  # noqa: PLC0415 - only with a directory
+
+    listed = data.get("targets") or []
+    if not isinstance(listed, list):
+        return data  # validation says what is wrong with it
+    return {**data, "targets": [*listed, *read_targets(directory)]}
+
+
+def _shard(flag: str | None, count: int | None, env: Environment) -> dict[str, int] | None:
+    """``INDEX/COUNT`` from the flag or POOLWATCH_SHARD; else a count (flag or POOLWATCH_SHARD_COUNT)
+    with the index a StatefulSet gives its pods: the number ending HOSTNAME (``poolwatch-2``)."""
+    text = flag or env.shard
+    if text:
+        match = re.fullmatch(r"(\d{1,4})/(\d{1,4})", text.strip())
+        if match is None:
+            raise ConfigError(f"shard: expected INDEX/COUNT (such as 0/4), got {printable(text)}")
+        return {"index": int(match.group(1)), "count": int(match.group(2))}
+    if count is None and env.shard_count:
+        if not env.shard_count.strip().isdigit():
+            raise ConfigError(f"POOLWATCH_SHARD_COUNT: expected a number, got {printable(env.shard_count)}")
+        count = int(env.shard_count)
+    if count is None:
+        return None
+    ordinal = re.search(r"-(\d{1,4})$", env.hostname or "")
+    if ordinal is None:
+        raise ConfigError(
+            f"shard count {count}: the shard index comes from the pod ordinal ending HOSTNAME "
+            f"(such as poolwatch-2), and HOSTNAME is {printable(env.hostname or '')}"
+        )
+    return {"index": int(ordinal.group(1)), "count": count}
+
+
+def _own_share(settings: Settings) -> Settings:
+    if settings.shard.count == 1:
+        return settings
+    from poolwatch.sharding import Shard  # noqa: PLC0415
+
+    shard = Shard(settings.shard.index, settings.shard.count)
+    mine = tuple(target for target in settings.targets if shard.owns(target.name))
+    return settings.model_copy(update={"targets": mine})
 
 
 def validate(data: Mapping[str, Any], *, state_dir: str | None = None) -> Settings:

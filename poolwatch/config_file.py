@@ -82,7 +82,7 @@ def read_yaml(path: str) -> dict[str, Any]:
         text = read_text(path, MAX_CONFIG_BYTES)
     except UnreadableFileError as exc:
         raise ConfigError(f"{path}: the configuration file {exc}") from None
-    data = _load(path, text)
+    data = load_text(path, text)
     if data is None:
         raise ConfigError(f"{path}: the configuration file is empty")
     if not isinstance(data, dict):
@@ -124,7 +124,8 @@ class _DepthLimitedLoader(yaml.SafeLoader):
             self.depth -= 1
 
 
-def _load(path: str, text: str) -> Any:
+def load_text(path: str, text: str) -> Any:
+    """The YAML (or JSON) document in ``text``, read from ``path``, with the limits above."""
     try:
         loader = _DepthLimitedLoader(text)  # reading starts here: it refuses control characters
         try:

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.pool import QueuePool
 
@@ -28,6 +28,7 @@ from poolwatch.census import pgbouncer
 from poolwatch.census import postgres as pg_census
 from poolwatch.census import redis as redis_census
 from poolwatch.census.job import CensusJob, PgBouncerJob
+from poolwatch.census.shared import SharedReadings
 from poolwatch.config import EMBEDDED_SOURCE, AuditSettings, validate
 from poolwatch.database import Database, RedisDatabase
 from poolwatch.errors import PoolwatchError
@@ -43,6 +44,7 @@ from poolwatch.reaper.own import BACKENDS
 from poolwatch.scheduler import Scheduler
 from poolwatch.serverlabel import redis_server, sql_server
 from poolwatch.status import Sources, Tracker, document
+from poolwatch.targetfiles import Watcher
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -109,11 +111,13 @@ def build_target(
     audit: AuditLog | None = None,
     others: Iterable[TargetSettings] = (),
     counts_from: Recorder | None = None,
+    shared: SharedReadings[Any] | None = None,
 ) -> TargetRuntime:
     """The shared engine or client of a target (instrumented, with housekeeping), and its scheduled
     jobs. ``others`` are the other configured targets (their pools are counted by name in the
     census); ``audit`` records reaper decisions (without one, they are only logged and counted);
-    ``counts_from``, the pool recorder of the runtime this one replaces, whose counts go on.
+    ``counts_from``, the pool recorder of the runtime this one replaces, whose counts go on;
+    ``shared``, the census readings shared by the targets on one server.
     The probe is every other job's ``Backoff``: none logs in while it backs off after failed logins."""
     database: Database | None = None
     redis_db: RedisDatabase | None = None
@@ -180,7 +184,7 @@ def build_target(
     if console is not None:
         _add_pgbouncer_stats(runtime, console, metrics)
     else:
-        _add_census_and_reaper(runtime, metrics, audit, others)
+        _add_census_and_reaper(runtime, metrics, audit, others, shared)
     return runtime
 
 
@@ -210,7 +214,11 @@ def _server_label(runtime: TargetRuntime) -> str:
 
 
 def _add_census_and_reaper(
-    runtime: TargetRuntime, metrics: Metrics, audit: AuditLog | None, others: Iterable[TargetSettings]
+    runtime: TargetRuntime,
+    metrics: Metrics,
+    audit: AuditLog | None,
+    others: Iterable[TargetSettings],
+    shared: SharedReadings[Any] | None,
 ) -> None:
     """The census job, and the reaper job when enabled (postgres, mysql and redis targets)."""
     target = runtime.settings
@@ -219,12 +227,12 @@ def _add_census_and_reaper(
     take = None
     if runtime.database is not None and target.kind == "postgres":
         BACKENDS.track(runtime.database.engine)  # the reaper never touches our own sessions
-        take = pg_census.census(target, runtime.database.engine, pools)
+        take = pg_census.census(target, runtime.database.engine, pools, shared)
     elif runtime.database is not None and target.kind == "mysql":
         BACKENDS.track(runtime.database.engine)
         take = mysql_census.census(target, runtime.database.engine, pools)
     elif runtime.redis is not None:
-        take = redis_census.census(target, runtime.redis.client, pools)
+        take = redis_census.census(target, runtime.redis.client, pools, shared)
     if take is not None and target.census.enabled:
         metrics.census.set_server(target.name, _server_label(runtime))
         runtime.jobs.append(
@@ -277,9 +285,8 @@ class Daemon:
         self._loader = loader
         self._on_secrets = on_secrets
         self._on_log = on_log
-        self._scheduler = Scheduler(
-            self.metrics.jobs, max_workers=max(16, 8 * len(settings.targets)), on_record=self._observe
-        )
+        self._scheduler = Scheduler(self.metrics.jobs, on_record=self._observe)
+        self._readings: SharedReadings[Any] = SharedReadings()
         self.audit = AuditLog(settings.audit, self.metrics.reaper)
         self._targets: dict[str, TargetRuntime] = {}
         # Trends by target name: they outlive a reload that rebuilds the target.
@@ -287,6 +294,7 @@ class Daemon:
         self._targets_lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._server: tuple[HttpServer, Thread] | None = None
+        self._watcher: Watcher | None = None
         self._started = threading.Event()
         self._stopped = threading.Event()
 
@@ -330,6 +338,11 @@ class Daemon:
         # Only now: a target that cannot be built ends start-up with one error line, not a banner
         # announcing a daemon that never ran.
         log.info("%s", self._banner())
+        files = self.settings.target_files
+        if files.directory is not None and self._loader is not None:
+            # Its own thread: a reload builds targets, which neither the scheduler nor HTTP waits for.
+            self._watcher = Watcher(files.directory, files.interval, self.reload)
+            self._watcher.start()
         self._started.set()
 
     def _banner(self) -> str:
@@ -340,10 +353,12 @@ class Daemon:
                 f"poolwatch {__version__}: no configuration given, monitoring the embedded SQLite "
                 f"database {target.url.removeprefix('sqlite:///')}; /metrics on {where}"
             )
-        names = ", ".join(f"{t.name} ({t.kind})" for t in self.settings.targets)
+        names = ", ".join(f"{t.name} ({t.kind})" for t in self.settings.targets) or "none"
+        shard = self.settings.shard
+        share = f"shard {shard.index}/{shard.count}, " if shard.count > 1 else ""
         return (
             f"poolwatch {__version__}: configuration from {self.settings.source}; "
-            f"targets {names}; /metrics on {where}"
+            f"{share}targets {names}; /metrics on {where}"
         )
 
     def _add_target(
@@ -362,6 +377,7 @@ class Daemon:
             audit=self.audit,
             others=others,
             counts_from=old_pool.recorder if old_pool is not None else None,
+            shared=self._readings,
         )
         with self._targets_lock:
             self._targets[target.name] = runtime
@@ -520,6 +536,8 @@ class Daemon:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._watcher is not None:
+            self._watcher.stop()
         self._scheduler.stop()
         with self._targets_lock:
             runtimes = list(self._targets.values())

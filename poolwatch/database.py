@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     import redis
     from sqlalchemy.engine import Engine
-    from sqlalchemy.orm import Session
+    from sqlalchemy.orm import Session, sessionmaker
 
     from poolwatch.health import Health
 
@@ -142,11 +142,11 @@ class Database:
     """
 
     def __init__(self, engine: Engine, *, name: str = "default") -> None:
-        from sqlalchemy.orm import sessionmaker  # noqa: PLC0415 - the ORM only for sessions
-
         self.name = name
         self.engine = engine
-        self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        # Built on the first session_scope(): the daemon never opens an ORM session, and importing
+        # the ORM costs ~5 MB of resident memory.
+        self._sessions: sessionmaker[Session] | None = None
         self._ping_call = BoundedCall(f"ping:{name}")
 
     @classmethod
@@ -176,6 +176,11 @@ class Database:
     @contextlib.contextmanager
     def session_scope(self) -> Iterator[Session]:
         """A transactional scope: commit on success, roll back on any error, always close."""
+        if self._sessions is None:
+            from sqlalchemy.orm import sessionmaker  # noqa: PLC0415 - the ORM only for sessions
+
+            # Two threads may both build one on first use: either does, they are alike.
+            self._sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
         session = self._sessions()
         try:
             with translating(self.name):

@@ -51,7 +51,12 @@ LATENCY_BUCKETS: Final = (
     10.0,
     30.0,
 )
-JOB_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# A probe is one round trip (SELECT 1 or PING, ~0.5-5 ms on a LAN) up to its timeout (5 s by default):
+# ten buckets tell a healthy server from a slow or stalling one.
+PROBE_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0, 5.0)
+# Job runs only need to show "quick", "slow" and "near its timeout": three jobs per target made the
+# 13-bucket layout a quarter of a target's series.
+JOB_BUCKETS: Final = (0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 60.0)
 
 PROBE_FAILURE_REASONS: Final = ("auth", "refused", "timeout", "dns", "reset", "pool_timeout", "other")
 REAPER_REASONS: Final = ("idle", "idle_in_transaction")
@@ -197,7 +202,7 @@ PROBE_DURATION = _spec(
     "histogram",
     "Round trip of a probe: pooled checkout plus SELECT 1 or PING.",
     _TARGET,
-    buckets=LATENCY_BUCKETS,
+    buckets=PROBE_BUCKETS,
 )
 PROBE_FAILURES = _spec(
     "probe", "probe_failures", "counter", "Probes that failed, by reason.", ("target", "reason")

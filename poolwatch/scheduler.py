@@ -1,9 +1,13 @@
 """APScheduler wiring: one interval job per (task, target), and the wrapper that measures each run.
 
-This is the only module that imports APScheduler. Every job has ``max_instances=1`` and
-``coalesce=True`` (a late scheduler runs a job once, not once per missed tick) and a timeout of its
-own, enforced by ``poolwatch.jobs.BoundedCall``. Workers only wait for bounded calls, so a hung target
-costs one waiting worker for at most its timeout and never delays the others.
+This is the only module that imports APScheduler. It only keeps time: every job has
+``max_instances=1`` and ``coalesce=True`` (a late scheduler runs a job once, not once per missed
+tick), and its executor runs on APScheduler's own loop thread, where a job's function only hands the
+run to ``poolwatch.workers.Workers``: a few reused threads, each run with its own timeout, which a
+watchdog enforces by reporting the run as timed out and replacing its worker. So a hung target holds
+one thread until its call returns and never delays the others, and no thread is started per run.
+While a run is still going (hung, or queued behind others), the next one of the same job is not
+started: it is reported as skipped, as is a run the job declines (``Deferred``).
 """
 
 from __future__ import annotations
@@ -15,23 +19,39 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.executors.debug import DebugExecutor
 from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from poolwatch.errors import first_line, translate
-from poolwatch.jobs import BoundedCall, Job, run_job
+from poolwatch.errors import CallTimeoutError, first_line, translate
+from poolwatch.jobs import Outcome
+from poolwatch.workers import Workers
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from poolwatch.jobs import Outcome
+    from poolwatch.jobs import Job
     from poolwatch.metrics import JobMetrics
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 5.0
+# Runs are short (a probe, a census query): a few workers keep up with hundreds of targets on a
+# 5 s tick, and a hung target takes a thread of its own (the watchdog's replacement), not one of these.
+DEFAULT_WORKERS = 8
+
+
+class _Run:
+    """One run of a job: ``settled`` once its outcome was recorded, by its worker when it returned
+    or by the watchdog when it ran past its timeout (it returns later, or never)."""
+
+    __slots__ = ("job", "settled", "started")
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.started = 0.0  # set by the worker that takes it
+        self.settled = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,25 +78,29 @@ class Scheduler:
         self,
         metrics: JobMetrics,
         *,
-        max_workers: int = 32,
+        max_workers: int = DEFAULT_WORKERS,
         clock: Callable[[], float] = time.monotonic,
         on_record: Callable[[Job, Outcome], None] | None = None,
     ) -> None:
         self._metrics = metrics
         self._clock = clock
         self._on_record = on_record
+        self._workers = Workers(max_workers, name="poolwatch-job", clock=clock)
         self._scheduler = BlockingScheduler(
-            executors={"default": ThreadPoolExecutor(max_workers)},
+            # Inline: a job's function only queues the run for the workers.
+            executors={"default": DebugExecutor()},
             job_defaults={"coalesce": True, "max_instances": 1},
             timezone=dt.timezone.utc,
         )
-        self._calls: dict[str, BoundedCall] = {}
+        # job id -> its current run (None between runs); an id's presence says the job is scheduled.
+        self._runs: dict[str, _Run | None] = {}
         self._stats: dict[str, dict[str, JobStats]] = {}  # target -> task -> stats
         self._lock = threading.Lock()
         self._heartbeat = clock()
         self._stopped = threading.Event()
         self._scheduler.add_job(
-            self._beat,
+            # Through the workers: the heartbeat says they still pick up work.
+            lambda: self._workers.submit(self._beat, HEARTBEAT_INTERVAL, lambda: None),
             IntervalTrigger(seconds=HEARTBEAT_INTERVAL),
             id="heartbeat",
             misfire_grace_time=None,
@@ -85,17 +109,16 @@ class Scheduler:
     def add(self, job: Job) -> None:
         """Schedule ``job`` every ``job.interval`` seconds, first run now."""
         job_id = f"{job.task}:{job.target}"
-        call = BoundedCall(job_id)
         with self._lock:
-            if job_id in self._calls:
+            if job_id in self._runs:
                 raise ValueError(f"job {job_id} is already scheduled")
-            self._calls[job_id] = call
+            self._runs[job_id] = None
             self._stats.setdefault(job.target, {})[job.task] = JobStats(job.interval)
         self._metrics.add_job(job.task, job.target)
         self._scheduler.add_job(
             self._execute,
             IntervalTrigger(seconds=job.interval),
-            args=(job, call),
+            args=(job,),
             id=job_id,
             name=job_id,
             next_run_time=dt.datetime.now(dt.timezone.utc),
@@ -108,28 +131,74 @@ class Scheduler:
         for the jobs of a rebuilt target to count on from). Once this returns, no outcome of its
         jobs is recorded, not even of a run still going."""
         with self._lock:
-            ids = [job_id for job_id in self._calls if job_id.split(":", 1)[1] == target]
-            calls = [self._calls.pop(job_id) for job_id in ids]
+            ids = [job_id for job_id in self._runs if job_id.split(":", 1)[1] == target]
+            for job_id in ids:
+                del self._runs[job_id]  # a run still going records nothing when it ends
             self._stats.pop(target, None)
-        for job_id, call in zip(ids, calls, strict=True):
+        for job_id in ids:
             self._scheduler.remove_job(job_id)
-            call.abandon()
             if not keep_series:
                 self._metrics.remove_job(job_id.split(":", 1)[0], target)
 
-    def _execute(self, job: Job, call: BoundedCall) -> None:
-        if self._stopped.is_set():
-            return
-        outcome = run_job(job, call, self._clock)
-        # A run can end after a reload removed (or rebuilt) its target, and remove_target() releases
-        # this wait at once (the outcome then even looks like a success): it must not bring the
-        # removed target's series back, or land in its successor's. Recording under the lock
-        # remove_target() takes means none is under way or still to come once that returns.
+    def _execute(self, job: Job) -> None:
+        """On APScheduler's loop thread: queue a run, or count a skipped one (quick either way)."""
+        job_id = f"{job.task}:{job.target}"
         with self._lock:
-            if self._stopped.is_set() or self._calls.get(f"{job.task}:{job.target}") is not call:
-                log.debug("%s:%s: outcome of a run of a removed job dropped", job.task, job.target)
+            if self._stopped.is_set() or job_id not in self._runs:
                 return
-            self._record(job, outcome)
+            previous = self._runs[job_id]
+            if previous is not None:
+                # Still going: starting another would only pile up runs on a target that does not
+                # answer. Within its timeout (or still queued) that is only a skipped tick; past
+                # it, the skipped run fails too, as the timed-out one did.
+                if not previous.settled:
+                    self._metrics.skipped.labels(job.task, job.target).inc()
+                    return
+                error = CallTimeoutError(f"{job_id}: the previous run is still going")
+                self._record(job, Outcome(0.0, time.time(), error, skipped=True))
+                return
+            run = self._runs[job_id] = _Run(job)
+        self._workers.submit(lambda: self._call(run), job.timeout, lambda: self._give_up(run))
+
+    def _call(self, run: _Run) -> None:
+        """On a worker: run the job and record how it ended, unless the watchdog already did."""
+        job = run.job
+        started = run.started = self._clock()
+        error: BaseException | None = None
+        try:
+            job.run()
+        except BaseException as exc:
+            error = exc
+        outcome = Outcome(self._clock() - started, time.time(), error)
+        with self._lock:
+            if not self._current(run):
+                return
+            self._runs[f"{job.task}:{job.target}"] = None  # the next run may start
+            if not run.settled:
+                run.settled = True
+                self._record(job, outcome)
+
+    def _give_up(self, run: _Run) -> None:
+        """On the watchdog: the run is past its timeout. Record that; the run stays current, so
+        the job's next ticks are skipped while it still hangs."""
+        job = run.job
+        with self._lock:
+            if run.settled or not self._current(run):
+                return
+            run.settled = True
+            error = CallTimeoutError(f"{job.task}:{job.target}: no answer within {job.timeout:g}s")
+            self._record(job, Outcome(self._clock() - run.started, time.time(), error))
+
+    def _current(self, run: _Run) -> bool:
+        # Called under self._lock. A run can end after a reload removed (or rebuilt) its target:
+        # its outcome must not bring the removed target's series back, or land in its successor's.
+        job = run.job
+        if self._stopped.is_set():
+            return False
+        if self._runs.get(f"{job.task}:{job.target}") is not run:
+            log.debug("%s:%s: outcome of a run of a removed job dropped", job.task, job.target)
+            return False
+        return True
 
     def _record(self, job: Job, outcome: Outcome) -> None:
         labels = (job.task, job.target)
@@ -197,9 +266,6 @@ class Scheduler:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        with self._lock:
-            calls = list(self._calls.values())
-        for call in calls:
-            call.abandon()
+        self._workers.stop()
         if self._scheduler.state == STATE_RUNNING:
             self._scheduler.shutdown(wait=False)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from poolwatch.census.job import Sample
+    from poolwatch.census.shared import SharedReadings
     from poolwatch.config import TargetSettings
 
 STATES: Final = ("active", "idle", "idle in transaction", "idle in transaction (aborted)")
@@ -62,7 +63,10 @@ class Activity:
     pid: int | None = None
 
 
-def fetch(engine: Engine, name: str) -> tuple[list[Activity], int]:
+Reading = tuple[list[Activity], int]
+
+
+def fetch(engine: Engine, name: str) -> Reading:
     """The client backends and the usable connection limit, through the target's shared pool."""
     with translating(name), engine.connect() as connection:
         rows = connection.exec_driver_sql(ACTIVITY_SQL).all()
@@ -135,24 +139,55 @@ class PostgresCensus:
     """The ``take`` of a PostgreSQL target's census job; it keeps the oldest idle-in-transaction
     session of its last census in ``oldest_idle_in_transaction``."""
 
-    def __init__(self, target: TargetSettings, engine: Engine, pools: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        target: TargetSettings,
+        engine: Engine,
+        pools: Mapping[str, str],
+        shared: SharedReadings[Reading] | None = None,
+    ) -> None:
         self._name = target.name
         self._engine = engine
+        self._shared = shared
+        self._server = server_key(target)
+        self._max_age = target.census.interval / 2
+        self._timeout = target.census.timeout
         self._pools = pools
         self._bounds = bounds_for(target, pools)
         self._thresholds = target.census.idle_thresholds
         self.oldest_idle_in_transaction: Activity | None = None
 
     def __call__(self) -> list[Sample]:
-        activity, limit = fetch(self._engine, self._name)
+        if self._shared is None:
+            activity, limit = fetch(self._engine, self._name)
+        else:
+            activity, limit = self._shared.read(
+                self._server, self._fetch, max_age=self._max_age, timeout=self._timeout
+            )
         # One reference assignment: a reader on another thread sees the old row or the new one.
         self.oldest_idle_in_transaction = oldest_idle_in_transaction(activity)
         return samples(activity, limit, self._bounds, self._pools, self._thresholds)
 
+    def _fetch(self) -> Reading:
+        return fetch(self._engine, self._name)
 
-def census(target: TargetSettings, engine: Engine, pools: Mapping[str, str]) -> Callable[[], list[Sample]]:
-    """The ``take`` function of a PostgreSQL target's census job."""
-    return PostgresCensus(target, engine, pools)
+
+def census(
+    target: TargetSettings,
+    engine: Engine,
+    pools: Mapping[str, str],
+    shared: SharedReadings[Reading] | None = None,
+) -> Callable[[], list[Sample]]:
+    """The ``take`` function of a PostgreSQL target's census job; with ``shared``, one reading of
+    ``pg_stat_activity`` per server (and login) per tick serves every target on that server."""
+    return PostgresCensus(target, engine, pools, shared)
+
+
+def server_key(target: TargetSettings) -> tuple[str, str | None, int | None, str | None]:
+    """What a census reading depends on: the server and the login (not the database: the view is
+    server-wide)."""
+    url = make_url(target.url.replace("postgres://", "postgresql://", 1))
+    return (target.kind, url.host, url.port, url.username)
 
 
 def known_pools(target: TargetSettings, others: Iterable[TargetSettings] = ()) -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
+from urllib.parse import urlsplit
 
 from poolwatch.census.labels import Bounds, threshold_label
 from poolwatch.errors import translating
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     import redis
 
     from poolwatch.census.job import Sample
+    from poolwatch.census.shared import SharedReadings
     from poolwatch.config import TargetSettings
 
 RedisKind = Literal["normal", "pubsub", "replica", "monitor", "master"]
@@ -125,15 +127,39 @@ def samples(
     return out
 
 
+Reading = tuple[list[RedisClient], dict[str, Any]]
+
+
 def census(
-    target: TargetSettings, client: redis.Redis, pools: Mapping[str, str]
+    target: TargetSettings,
+    client: redis.Redis,
+    pools: Mapping[str, str],
+    shared: SharedReadings[Reading] | None = None,
 ) -> Callable[[], list[Sample]]:
-    """The ``take`` function of a Redis target's census job."""
+    """The ``take`` function of a Redis target's census job; with ``shared``, one ``CLIENT LIST``
+    per server (and login) per tick serves every target on that server (the list is server-wide)."""
     bounds = Bounds(applications=frozenset(target.census.applications) | frozenset(pools))
     thresholds = target.census.idle_thresholds
+    parts = urlsplit(target.url)
+    key = (target.kind, parts.hostname or parts.path, _port(target.url), parts.username)
+
+    def read() -> Reading:
+        return fetch(client, target.name)
 
     def take() -> list[Sample]:
-        clients, info = fetch(client, target.name)
+        if shared is None:
+            clients, info = read()
+        else:
+            clients, info = shared.read(
+                key, read, max_age=target.census.interval / 2, timeout=target.census.timeout
+            )
         return samples(clients, info, bounds, pools, thresholds)
 
     return take
+
+
+def _port(url: str) -> int | None:
+    try:
+        return urlsplit(url).port
+    except ValueError:
+        return None

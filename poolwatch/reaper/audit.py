@@ -194,6 +194,17 @@ class AuditLog:
 
     def record(self, record: AuditRecord) -> None:
         """Log, count and spool one decision. Never raises; the row is written by ``flush()``."""
+        self.record_all([record])
+
+    def record_all(self, records: Sequence[AuditRecord]) -> None:
+        """``record()`` for each of a run's decisions, spooled together (one commit)."""
+        for record in records:
+            self._announce(record)
+        if self.spool is not None and records:
+            self.spool.push_all([record.as_dict() for record in records])
+            self._set_spooled()
+
+    def _announce(self, record: AuditRecord) -> None:
         log.info(
             "reaper %s %s: %s %d user=%s database=%s application=%s idle=%.0fs (%s)",
             record.target,
@@ -211,9 +222,6 @@ class AuditLog:
             self._metrics.terminated.labels(record.target, record.reason, record.mode).inc()
         with self._latest_lock:
             self._latest.setdefault(record.target, deque(maxlen=KEPT)).append(record)
-        if self.spool is not None:
-            self.spool.push(record.as_dict())
-            self._set_spooled()
 
     def latest(self, target: str) -> list[AuditRecord]:
         """The last ``KEPT`` decisions about ``target`` this process made, newest first (memory only)."""

@@ -153,8 +153,7 @@ class MySQLReaper:
         else:
             victims = choose_victims(sessions, self.policy, snapshot.now, own)
             victims = [v for v in victims if self._kill(connection, v, own)]
-        for victim in victims:
-            self.audit.record(self._record(victim))
+        self.audit.record_all([self._record(victim) for victim in victims])
         return len(victims)
 
     def _kill(self, connection: Connection, victim: Victim, own: frozenset[int]) -> bool:

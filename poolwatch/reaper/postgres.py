@@ -201,8 +201,7 @@ class PostgresReaper:
             fresh = [s for s in sessions if (s.pid, s.backend_start) not in self._signalled]
             victims = self._terminate_all(connection, choose_victims(fresh, self.policy, now, own), own)
             self._signalled.update(_key(victim) for victim in victims)
-        for victim in victims:
-            self.audit.record(self._record(victim))
+        self.audit.record_all([self._record(victim) for victim in victims])
         return len(victims)
 
     def _terminate_all(

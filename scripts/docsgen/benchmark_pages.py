@@ -78,7 +78,7 @@ def _machine(data: dict[str, Any]) -> str:
 
 def _command(module: str, data: dict[str, Any], options: dict[str, object]) -> str:
     """The command that wrote the results: recorded in the file, or rebuilt from its parameters."""
-    flags = (f"--{flag} {_number(value)}" for flag, value in options.items())
+    flags = (f"--{flag} {_number(value)}".rstrip() for flag, value in options.items())
     command = data.get("command") or " ".join([f".venv/bin/python -m benchmarks.{module}", *flags])
     return f"**Command:** `{command}`"
 
@@ -166,6 +166,7 @@ def _scale(data: dict[str, Any]) -> list[str]:
             f"| {_spread([r['cpu_ms_per_target_tick'] for r in rounds])} | {med('rss_mb'):.1f} MB "
             f"| {med('threads'):.0f} |"
         )
+    lines += _scale_baseline(data)
     hung = data.get("hung")
     if hung:
         lines += [
@@ -193,10 +194,54 @@ def _scale(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _scale_baseline(data: dict[str, Any]) -> list[str]:
+    """The baseline version measured in the same rounds, and this version's ratios to it."""
+    baseline = data.get("baseline")
+    if not baseline:
+        return []
+    source = Path(baseline["source"]).name
+    lines = [
+        "",
+        (
+            f"**The baseline in the same rounds** (`--baseline DIR`, DIR holding `{source}`), "
+            "and the ratio this / baseline of each figure, computed within each round:"
+        ),
+        "",
+        *_head(
+            "SQL + Redis targets",
+            "samples",
+            "scrape p50",
+            "scrape p99",
+            "CPU per scrape",
+            "scheduler CPU per target per tick",
+            "RSS",
+            "threads",
+        ),
+    ]
+    keys = ("samples", "p50_ms", "p99_ms", "cpu_ms_per_scrape", "cpu_ms_per_target_tick", "rss_mb", "threads")
+    for sql, rounds in sorted(baseline["sizes"].items(), key=lambda item: int(item[0])):
+        ours = data["sizes"][sql]
+        redis = int(rounds[0]["targets"]) - int(sql)
+        cells = []
+        for key in keys:
+            theirs = _median([r[key] for r in rounds])
+            ratio = _median([o[key] / b[key] for o, b in zip(ours, rounds, strict=False) if b[key]])
+            shown = f"{theirs:,.0f}" if key in ("samples", "threads") else _ms(theirs)
+            shown = f"{theirs:.1f} MB" if key == "rss_mb" else shown
+            cells.append(f"{shown} ({ratio:.2f}x)")
+        lines.append(f"| {sql} + {redis} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _scale_options(data: dict[str, Any]) -> dict[str, object]:
     sizes = ",".join(sorted(data["sizes"], key=int))
     options = {"rounds": data["rounds"], "sizes": sizes, "tick": data["tick_s"], "window": data["window_s"]}
-    return {**options, "scrapes": data["scrapes_per_round"]}
+    options = {**options, "scrapes": data["scrapes_per_round"]}
+    if not data.get("hung"):
+        options["no-hung"] = ""
+    if data.get("baseline"):
+        options["baseline"] = "DIR"
+    return options
 
 
 def _reaper(data: dict[str, Any]) -> list[str]:
@@ -212,7 +257,26 @@ def _reaper(data: dict[str, Any]) -> list[str]:
         f"| one hand-written `pg_terminate_backend` statement | {_spread(data['sql_ms'])} |",
         "",
         f"Ratio of medians: {data['ratio']:.1f}x.",
+        *_reaper_breakdown(data),
     ]
+
+
+def _reaper_breakdown(data: dict[str, Any]) -> list[str]:
+    phases = data.get("breakdown_ms")
+    if not phases:
+        return []
+    rounds = len(phases["run"])
+    lines = [
+        "",
+        (
+            f"**Where a run's time goes** (the reaper job run in process, {rounds} rounds over as many "
+            "sessions, each phase timed around the function that does it; median [min-max]):"
+        ),
+        "",
+        *_head("phase", "time"),
+    ]
+    lines += [f"| {phase} | {_spread(values)} |" for phase, values in phases.items()]
+    return lines
 
 
 def _cli_startup(data: dict[str, Any]) -> list[str]:
@@ -498,6 +562,48 @@ def _multiprocess(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _shards(data: dict[str, Any]) -> list[str]:
+    lines = [
+        _machine(data),
+        "",
+        f"**Command:** `{data['command']}`",
+        "",
+        (
+            f"{data['targets']} targets (one in ten PostgreSQL, the others SQLite), probes every "
+            f"{data['tick_s']:g} s, CPU and memory over {data['window_s']:g} s, {data['rounds']} rounds; "
+            "median [min-max] over rounds."
+        ),
+        "",
+        *_head(
+            "replicas",
+            "until every target is up",
+            "CPU per target per tick (all replicas)",
+            "RSS, largest replica",
+            "RSS, all replicas",
+            "scrape p50",
+            "scrape p99",
+        ),
+    ]
+    for replicas, rounds in sorted(data["setups"].items(), key=lambda item: int(item[0])):
+
+        def values(key: str, rounds: list[dict[str, float]] = rounds) -> list[float]:
+            return [r[key] for r in rounds]
+
+        def mb(value: float) -> str:
+            return f"{value:.0f} MB"
+
+        def seconds(value: float) -> str:
+            return f"{value:.1f} s"
+
+        lines.append(
+            f"| {replicas} | {_spread(values('seconds_to_all_up'), seconds)} "
+            f"| {_spread(values('cpu_ms_per_target_tick'))} | {_spread(values('rss_mb_largest'), mb)} "
+            f"| {_spread(values('rss_mb_total'), mb)} | {_spread(values('scrape_p50_ms'))} "
+            f"| {_spread(values('scrape_p99_ms'))} |"
+        )
+    return lines
+
+
 RENDERERS: Final[dict[str, Callable[[dict[str, Any]], list[str]]]] = {
     "checkout_instructions": _checkout_instructions,
     "checkout_kinds": _checkout_kinds,
@@ -508,5 +614,6 @@ RENDERERS: Final[dict[str, Callable[[dict[str, Any]], list[str]]]] = {
     "multiprocess": _multiprocess,
     "reaper": _reaper,
     "scale": _scale,
+    "shards": _shards,
     "scrape": _scrape,
 }

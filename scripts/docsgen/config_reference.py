@@ -127,6 +127,18 @@ DESCRIPTIONS: dict[str, str] = {
     "longest idle first.",
     "targets[].reaper.kill_procedure": "MySQL only: kill through this stored procedure, called with the "
     "connection id (`mysql.rds_kill` on Amazon RDS), instead of `KILL CONNECTION`.",
+    "shard": "This replica's share of the targets, when several replicas split them (see "
+    "[Deploy](deploy.md#many-targets-several-replicas)). `--shard INDEX/COUNT` or `POOLWATCH_SHARD` "
+    "override it; `--shard-count` or `POOLWATCH_SHARD_COUNT` take the index from the pod ordinal "
+    "ending `HOSTNAME` (a StatefulSet's `poolwatch-2`).",
+    "shard.index": "This replica's index, from 0.",
+    "shard.count": "How many replicas split the targets; each target goes to exactly one of them.",
+    "target_files": "A directory of target files, reloaded when they change (no SIGHUP needed).",
+    "target_files.directory": "Directory whose `*.yaml`, `*.yml` and `*.json` files each hold a target, "
+    "a list of targets, or a mapping with a `targets` list; they join `targets`. A file that does not "
+    "parse or validate refuses the reload with one error line, and the running targets stay.",
+    "target_files.interval": "Seconds between two looks at the directory's file names, sizes and "
+    "modification times.",
     "audit": "Where reaper decisions are recorded: a PostgreSQL table, with a local spool while it is down.",
     "audit.url": "PostgreSQL URL of the audit database; required by a reaper with `dry_run: false`.",
     "audit.password": "The password, when not in `url` or `password_file`. Never printed.",

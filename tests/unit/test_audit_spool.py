@@ -189,3 +189,18 @@ def test_a_read_only_spool_creates_migrates_and_trims_nothing(tmp_path):
     reader.close()
     daemon.push(record(1))
     assert len(daemon) == 2
+
+
+def test_a_runs_records_go_in_together_and_survive_a_restart(tmp_path):
+    path = str(tmp_path / "spool.db")
+    dropped: list[int] = []
+    spool = Spool(4, path, on_drop=dropped.append)
+    records = [{"record_id": str(i), "pid": i} for i in range(6)]
+    spool.push_all([records[0], records[0]])  # the same record twice: kept once
+    spool.push_all(records[1:])
+    assert len(spool) == 4
+    assert sum(dropped) == 2  # the bound drops the oldest, as for single records
+    spool.close()
+    reopened = Spool(4, path)
+    assert [r["pid"] for r in reopened.peek()] == [2, 3, 4, 5]
+    reopened.close()

@@ -259,3 +259,36 @@ def test_pool_collector_rows_say_what_its_collect_says(tmp_path):
     )
     assert samples(ours)["poolwatch_pool_checkouts_total", billing] == 3
     assert samples(ours)["poolwatch_pool_connections", (*orders, ("state", "used"))] == 1
+
+
+def test_histogram_text_is_reused_until_the_histogram_changes(registry, tmp_path):
+    # The text of an unchanged histogram series is the last scrape's; one that observed something
+    # is written anew, from both kinds of source (a plain Histogram and the pool collector's rows).
+    import sqlalchemy
+
+    import poolwatch
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'reuse'}.db")
+    poolwatch.instrument(engine, name="reuse", registry=registry)
+    renderer = exposition.Renderer(registry)
+    moving = Histogram("moving_seconds", "Observes between scrapes.", ["target"], registry=registry)
+    moving.labels("a").observe(0.3)
+    moving.labels("b").observe(0.3)
+    first = renderer.render().decode()
+    blocks = dict(renderer._blocks)
+    moving.labels("a").observe(7.0)
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SELECT 1")
+    second = renderer.render().decode()
+    assert_same_samples(second, generate_latest(registry).decode())
+    assert samples(second)["moving_seconds_count", (("target", "a"),)] == 2
+    assert (
+        samples(first)["poolwatch_pool_wait_seconds_count", (("pool", "reuse"), ("server", "reuse.db"))] == 0
+    )
+    assert (
+        samples(second)["poolwatch_pool_wait_seconds_count", (("pool", "reuse"), ("server", "reuse.db"))] == 1
+    )
+    unchanged = ("moving_seconds", "b")
+    assert renderer._blocks[unchanged][1] is blocks[unchanged][1]  # the same text object, reused
+    assert renderer._blocks["moving_seconds", "a"][1] != blocks["moving_seconds", "a"][1]
+    engine.dispose()

@@ -57,9 +57,10 @@ def wait_until(condition, timeout: float = 20.0) -> bool:
 
 def test_hung_targets_do_not_hold_back_the_other_targets_jobs() -> None:
     release = threading.Event()
-    metrics = JobMetrics(CollectorRegistry())
-    # The daemon's own sizing: max(16, 8 per target).
-    scheduler = Scheduler(metrics, max_workers=max(16, 8 * (HEALTHY + HUNG)))
+    registry = CollectorRegistry()
+    metrics = JobMetrics(registry)
+    # The daemon's own sizing (the default): fewer workers than targets, hung ones included.
+    scheduler = Scheduler(metrics)
     hung = [FakeJob(f"hung{i}", release) for i in range(HUNG)]
     healthy = [FakeJob(f"db{i}") for i in range(HEALTHY)]
     for job in [*hung, *healthy]:  # the hung ones are scheduled first
@@ -74,6 +75,9 @@ def test_hung_targets_do_not_hold_back_the_other_targets_jobs() -> None:
         ]
         assert all(job.started == 1 for job in hung), [job.started for job in hung]
         assert all(not job.outcomes for job in hung)  # their one run has not timed out yet
+        # Their later ticks were skipped (counted), not started.
+        skipped = "poolwatch_job_skipped_total"
+        assert all(registry.get_sample_value(skipped, {"task": "probe", "target": j.target}) for j in hung)
         for job in healthy:
             assert all(o.ok and not o.skipped for o in job.outcomes)
     finally:
@@ -92,7 +96,7 @@ def test_a_run_that_ends_after_its_target_was_removed_records_nothing(
     dropped = "probe:removed: outcome of a run of a removed job dropped"
     release = threading.Event()
     registry = CollectorRegistry()
-    scheduler = Scheduler(JobMetrics(registry), max_workers=16)
+    scheduler = Scheduler(JobMetrics(registry), max_workers=2)
     removed, kept = FakeJob("removed", release), FakeJob("kept", release)
     for job in (removed, kept):
         job.timeout = 0.5  # each first run hangs, and times out after 0.5 s
@@ -102,8 +106,8 @@ def test_a_run_that_ends_after_its_target_was_removed_records_nothing(
     try:
         assert wait_until(lambda: removed.started >= 1 and kept.started >= 1)
         scheduler.remove_target("removed")
-        # The removal releases the worker waiting for the removed target's hung run: its outcome
-        # arrives, and is dropped. The kept target's hung run times out and is recorded.
+        # The removed target's hung run times out: its outcome is dropped. The kept target's hung
+        # run times out and is recorded, and so is its next tick, skipped while the run hangs.
         assert wait_until(lambda: any(r.getMessage() == dropped for r in caplog.records))
         assert wait_until(lambda: len(kept.outcomes) >= 2)
         assert not removed.outcomes
