@@ -65,11 +65,18 @@ class PoolCollector(Collector):
                     "give each pool its own name"
                 )
             self._pools[name] = source
+        for listener in tuple(_listeners):
+            listener(self, name, source)
 
     def remove(self, name: str, source: PoolSource) -> None:
         with self._lock:
             if self._pools.get(name) is source:
                 del self._pools[name]
+
+    def sources(self) -> list[tuple[str, PoolSource]]:
+        """The pools registered now, by name."""
+        with self._lock:
+            return list(self._pools.copy().items())
 
     def describe(self) -> Iterator[Metric]:
         # Names only, so the registry can check for clashes without calling collect().
@@ -148,6 +155,24 @@ _SERIES: Final[dict[str, Series]] = {
     "pool_leaks": _recorded(lambda snap: snap.leaks_total),
     "instrumentation_errors": _recorded(lambda snap: snap.internal_errors),
 }
+
+
+# Told of every pool added to any registry's collector, with that collector: how OpenTelemetry
+# publishing (poolwatch.otel) takes in pools instrumented after it was installed. Must not raise.
+Listener = Callable[["PoolCollector", str, PoolSource], None]
+_listeners: list[Listener] = []
+
+
+def listen(listener: Listener) -> Callable[[], None]:
+    """Call ``listener`` for each pool added from now on; returns what stops it."""
+    _listeners.append(listener)
+    return lambda: _listeners.remove(listener) if listener in _listeners else None
+
+
+def collectors() -> list[PoolCollector]:
+    """The pool collector of every registry that has one."""
+    with _collectors_lock:
+        return list(_collectors.values())
 
 
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, PoolCollector] = weakref.WeakKeyDictionary()

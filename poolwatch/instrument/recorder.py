@@ -84,7 +84,16 @@ class Tally:
 class Samples:
     """Durations appended by hooks, folded into cumulative histogram buckets by the scraper."""
 
-    __slots__ = ("_overflowed", "append", "buckets", "count", "cumulative_counts", "samples", "total")
+    __slots__ = (
+        "_overflowed",
+        "append",
+        "buckets",
+        "count",
+        "cumulative_counts",
+        "samples",
+        "sinks",
+        "total",
+    )
 
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.buckets = buckets
@@ -94,6 +103,9 @@ class Samples:
         self.count = 0
         self.total = 0.0
         self._overflowed = False
+        # Whatever else takes the folded samples (OpenTelemetry histograms, poolwatch.otel): each is
+        # handed every batch, on the folding side only. Replaced whole, never changed in place.
+        self.sinks: tuple[Callable[[list[float]], object], ...] = ()
 
     def fold(self) -> None:
         """Move the pending samples into the bucket counts (scraping side only)."""
@@ -117,6 +129,8 @@ class Samples:
             self.cumulative_counts[index] += bisect_right(drained, bound)  # le: value <= bound
         self.count += len(drained)
         self.total += sum(drained)
+        for sink in self.sinks:
+            sink(drained)
 
     def carry(self, previous: Samples) -> None:
         """Add the folded bucket counts, count and sum of ``previous`` (same buckets; scraping side)."""
