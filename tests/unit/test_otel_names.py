@@ -93,3 +93,14 @@ except ModuleNotFoundError as exc:
     assert done.stdout.strip() == (
         "poolwatch.otel needs opentelemetry, which is not installed: pip install 'poolwatch[otel]'"
     )
+
+
+def test_the_docs_mapping_table_lists_every_family_with_its_opentelemetry_name() -> None:
+    from docsgen import otel_mapping
+
+    rows = [line for line in otel_mapping.render().splitlines() if line.startswith("| `")]
+    assert len(rows) == len(CATALOGUE)
+    for spec, row in zip(sorted(CATALOGUE, key=lambda spec: spec.group != "pool"), rows, strict=True):
+        otel = OTEL_NAMES[spec.name]
+        assert row.startswith(f"| `{spec.samples[0].removesuffix('_bucket')}` | `{otel.name}`"), row
+        assert f"| {otel.instrument} | `{otel.unit}` |" in row
