@@ -1,0 +1,129 @@
+"""The daemon's OTLP push, end to end: the real OTLP/HTTP exporter posts to a receiver in the test,
+which decodes the protobuf; the pool, probe, census and reaper metrics arrive under their names, with
+the headers from headers_file, and a last push is made when the daemon stops."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
+
+from poolwatch.metrics import LATENCY_BUCKETS
+from tests.daemonkit import running_daemon
+from tests.otlpreceiver import OtlpReceiver, attributes, metrics_of, resource_attributes
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.servers import PostgresServer
+
+pytestmark = pytest.mark.integration
+
+POOL = "db.client.connection.pool.name"
+CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+
+
+def has(*names: str):
+    return lambda request: set(names) <= set(metrics_of(request))
+
+
+def points(metric, kind: str) -> list:
+    return list(getattr(metric, kind).data_points)
+
+
+def only(metric, kind: str, **wanted: str):
+    found = [p for p in points(metric, kind) if wanted.items() <= attributes(p).items()]
+    assert len(found) == 1, (metric.name, wanted, [attributes(p) for p in points(metric, kind)])
+    return found[0]
+
+
+def test_the_daemon_pushes_pools_probes_census_and_reaper_over_otlp_http(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    (tmp_path / "headers").write_text("# the backend's key\nAuthorization: Bearer e2e-token-4711\n")
+    with OtlpReceiver() as receiver:
+        config = {
+            "otlp": {
+                "endpoint": receiver.endpoint,
+                "interval": 1,
+                "headers_file": str(tmp_path / "headers"),
+            },
+            "targets": [
+                {
+                    "name": "orders",
+                    "kind": "postgres",
+                    "url": pg.url(),
+                    "pool": {"size": 3, "max_overflow": 2},
+                    "probe": {"interval": 0.5, "timeout": 0.5},
+                    "census": {"interval": 0.5, "timeout": 0.5},
+                    "reaper": {
+                        "enabled": True,
+                        "interval": 1,
+                        "timeout": 1,
+                        "idle_timeout": 3600,
+                        "applications": ["nobody-here"],
+                    },
+                }
+            ],
+        }
+        with running_daemon(config) as daemon:
+
+            def probed_and_counted(request) -> bool:
+                found = metrics_of(request)
+                if not {"poolwatch.up", "poolwatch.server.connections", "db.client.connection.count"} <= set(
+                    found
+                ):
+                    return False
+                up = only(found["poolwatch.up"], "gauge", **{"poolwatch.target": "orders"})
+                return up.as_double == 1
+
+            headers, request = receiver.wait_for(probed_and_counted)
+            assert headers["authorization"] == "Bearer e2e-token-4711"
+            resource = resource_attributes(request)
+            assert resource["service.name"] == "poolwatch"
+            assert resource["service.instance.id"] == daemon._otlp.instance
+            found = metrics_of(request)
+
+            # The pools, as the semantic conventions name them.
+            count = found["db.client.connection.count"]
+            assert count.unit == "{connection}"
+            assert not count.sum.is_monotonic
+            states = {attributes(p)["db.client.connection.state"] for p in points(count, "sum")}
+            assert states == {"idle", "used"}
+            assert all(attributes(p)[POOL] == "orders" for p in points(count, "sum"))
+            assert only(found["db.client.connection.idle.max"], "sum").as_int == 3
+            assert only(found["db.client.connection.max"], "sum").as_int == 5
+            wait = found["db.client.connection.wait_time"]
+            assert wait.unit == "s"
+            assert list(only(wait, "histogram").explicit_bounds) == list(LATENCY_BUCKETS)
+            checkouts = only(found["poolwatch.pool.checkouts"], "sum")
+            assert found["poolwatch.pool.checkouts"].sum.is_monotonic
+            assert checkouts.as_int >= 1
+
+            # The probe: a gauge, a histogram with Prometheus' buckets, counters by reason.
+            duration = found["poolwatch.probe.duration"]
+            assert duration.unit == "s"
+            assert duration.histogram.aggregation_temporality == CUMULATIVE
+            probe = only(duration, "histogram", **{"poolwatch.target": "orders"})
+            assert probe.count >= 1
+            assert sum(probe.bucket_counts) == probe.count
+            assert list(probe.explicit_bounds) == list(LATENCY_BUCKETS)
+            failures = found["poolwatch.probe.failures"]
+            assert failures.sum.is_monotonic
+            assert failures.sum.aggregation_temporality == CUMULATIVE
+            assert only(failures, "sum", **{"poolwatch.reason": "auth"}).as_double == 0
+
+            # The census and the reaper (dry run, nobody to terminate).
+            census = found["poolwatch.server.connections"]
+            assert sum(p.as_double for p in points(census, "gauge")) >= 1
+            terminated = found["poolwatch.reaper.terminated"]
+            modes = {
+                (attributes(p)["poolwatch.reason"], attributes(p)["poolwatch.mode"])
+                for p in points(terminated, "sum")
+            }
+            assert modes == {(r, m) for r in ("idle", "idle_in_transaction") for m in ("enforce", "dry_run")}
+            assert all(p.as_double == 0 for p in points(terminated, "sum"))
+            pushed_while_running = len(receiver.requests)
+        # Stopping pushes a last time.
+        receiver.wait_for(lambda _request: len(receiver.requests) > pushed_while_running, timeout=15)
