@@ -96,3 +96,40 @@ def attributes(point: Any) -> dict[str, Any]:
 
 def resource_attributes(request: ExportMetricsServiceRequest) -> dict[str, Any]:
     return attributes(request.resource_metrics[0].resource)
+
+
+class GrpcOtlpReceiver(OtlpReceiver):
+    """The same over OTLP/gRPC (grpcio's server, the collector's own service definition)."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import grpc
+        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+
+        self.requests = []
+        self._arrived = threading.Condition()
+        receiver = self
+
+        class Servicer(metrics_service_pb2_grpc.MetricsServiceServicer):
+            def Export(self, request: ExportMetricsServiceRequest, context: Any) -> Any:  # noqa: N802 - the service method name
+                with receiver._arrived:
+                    metadata = {key.lower(): value for key, value in context.invocation_metadata()}
+                    receiver.requests.append((metadata, request))
+                    receiver._arrived.notify_all()
+                return ExportMetricsServiceResponse()
+
+        self._grpc = grpc.server(ThreadPoolExecutor(max_workers=2))
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Servicer(), self._grpc)
+        self._port = self._grpc.add_insecure_port("127.0.0.1:0")
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    def __enter__(self) -> GrpcOtlpReceiver:
+        self._grpc.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._grpc.stop(grace=None)

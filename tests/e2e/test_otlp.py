@@ -11,7 +11,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
 from poolwatch.metrics import LATENCY_BUCKETS
 from tests.daemonkit import running_daemon
-from tests.otlpreceiver import OtlpReceiver, attributes, metrics_of, resource_attributes
+from tests.otlpreceiver import GrpcOtlpReceiver, OtlpReceiver, attributes, metrics_of, resource_attributes
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -127,3 +127,36 @@ def test_the_daemon_pushes_pools_probes_census_and_reaper_over_otlp_http(
             pushed_while_running = len(receiver.requests)
         # Stopping pushes a last time.
         receiver.wait_for(lambda _request: len(receiver.requests) > pushed_while_running, timeout=15)
+
+
+def test_the_daemon_pushes_over_otlp_grpc_with_its_headers_as_metadata(tmp_path: Path) -> None:
+    (tmp_path / "headers").write_text("X-Api-Key: grpc-key-0815\n")
+    (tmp_path / "state").mkdir()
+    with GrpcOtlpReceiver() as receiver:
+        config = {
+            "otlp": {
+                "endpoint": receiver.endpoint,
+                "protocol": "grpc",
+                "interval": 1,
+                "headers_file": str(tmp_path / "headers"),
+            },
+            "targets": [
+                {
+                    "name": "lite",
+                    "kind": "sqlite",
+                    "url": f"sqlite:///{tmp_path / 'state' / 'lite.db'}",
+                    "probe": {"interval": 0.5, "timeout": 0.5},
+                }
+            ],
+        }
+        with running_daemon(config):
+
+            def probed(request) -> bool:
+                found = metrics_of(request)
+                return "poolwatch.up" in found and only(found["poolwatch.up"], "gauge").as_double == 1
+
+            metadata, request = receiver.wait_for(probed)
+        assert metadata["x-api-key"] == "grpc-key-0815"
+        found = metrics_of(request)
+        assert only(found["db.client.connection.idle.max"], "sum", **{POOL: "lite"}).as_int == 5
+        assert found["poolwatch.probe.duration"].unit == "s"
