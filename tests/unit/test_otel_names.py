@@ -1,5 +1,5 @@
 """The OpenTelemetry mapping: one entry per catalogue family, the conventions' names where they have
-one; and the library loads OpenTelemetry only when asked."""
+one; the library loads OpenTelemetry only when asked, and install() takes the global provider."""
 
 from __future__ import annotations
 
@@ -104,3 +104,29 @@ def test_the_docs_mapping_table_lists_every_family_with_its_opentelemetry_name()
         otel = OTEL_NAMES[spec.name]
         assert row.startswith(f"| `{spec.samples[0].removesuffix('_bucket')}` | `{otel.name}`"), row
         assert f"| {otel.instrument} | `{otel.unit}` |" in row
+
+
+def test_install_uses_the_global_provider_even_when_it_is_set_afterwards(tmp_path) -> None:
+    script = f"""
+import sqlalchemy
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+import poolwatch
+import poolwatch.otel
+
+poolwatch.otel.install()  # before the application sets its provider up
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+engine = sqlalchemy.create_engine("sqlite:///{tmp_path / "g.db"}", poolclass=sqlalchemy.pool.QueuePool)
+poolwatch.instrument(engine, name="global")
+for _ in range(3):
+    with engine.connect():
+        pass
+found = {{m.name: m for r in reader.get_metrics_data().resource_metrics
+         for s in r.scope_metrics for m in s.metrics}}
+(point,) = found["poolwatch.pool.checkouts"].data.data_points
+print(dict(point.attributes)["db.client.connection.pool.name"], point.value)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["global", "3"], done.stderr
