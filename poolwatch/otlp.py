@@ -20,6 +20,7 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
+from opentelemetry.metrics import Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -39,10 +40,13 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from poolwatch import otel
 from poolwatch._version import __version__
-from poolwatch.metrics import CATALOGUE
+from poolwatch.metrics import BUILD_INFO, CATALOGUE
 from poolwatch.otelnames import OTEL_NAMES, SCHEMA_URL
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from opentelemetry.metrics import CallbackOptions
     from opentelemetry.sdk.metrics.export import MetricExporter
     from prometheus_client.metrics_core import Metric as PrometheusFamily
     from prometheus_client.registry import CollectorRegistry
@@ -52,8 +56,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCOPE: Final = InstrumentationScope("poolwatch.daemon", __version__, SCHEMA_URL)
-# The families read from the registry: every catalogue family but the pools' (poolwatch.otel's).
-_BRIDGED: Final = {spec.full_name: spec for spec in CATALOGUE if spec.group != "pool"}
+# The families read from the registry: every catalogue family but the pools' (poolwatch.otel's) and
+# build_info. That one is an observable gauge of the daemon's meter: always 1, so every collection has
+# a point, and the SDK hands every collection to the reader (it skips one without any).
+_BRIDGED: Final = {spec.full_name: spec for spec in CATALOGUE if spec.group not in ("pool", "build")}
 
 
 def instance_id() -> str:
@@ -161,6 +167,23 @@ def _histograms(
     return found
 
 
+def _build_info(registry: CollectorRegistry) -> Callable[[CallbackOptions], list[Observation]]:
+    """``poolwatch.build.info`` as the registry has it: 1, with the versions as attributes."""
+    otel_name = OTEL_NAMES[BUILD_INFO.name]
+
+    def observe(_options: CallbackOptions) -> list[Observation]:
+        return [
+            Observation(
+                sample.value,
+                {otel_name.attributes[BUILD_INFO.labels.index(k)]: v for k, v in sample.labels.items()},
+            )
+            for family in registry.restricted_registry([BUILD_INFO.full_name]).collect()
+            for sample in family.samples
+        ]
+
+    return observe
+
+
 class _BridgingReader(PeriodicExportingMetricReader):
     """The SDK's periodic reader, adding the bridged families to each export."""
 
@@ -173,16 +196,21 @@ class _BridgingReader(PeriodicExportingMetricReader):
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> None:
         try:
-            extra = ScopeMetrics(SCOPE, self._bridge.metrics(), SCHEMA_URL)
+            bridged = self._bridge.metrics()
         except Exception as exc:  # a push without them beats none
             log.warning("OTLP: the daemon's families could not be read: %s", type(exc).__name__)
         else:
             resources = list(metrics_data.resource_metrics) if metrics_data is not None else []
-            if resources:
-                first = resources[0]
-                resources[0] = replace(first, scope_metrics=[*first.scope_metrics, extra])
-            else:
-                resources = [ResourceMetrics(self._resource, [extra], self._resource.schema_url or "")]
+            if not resources:
+                resources = [ResourceMetrics(self._resource, [], self._resource.schema_url or "")]
+            first = resources[0]
+            # One entry per scope: the OTLP encoder keys scopes by name, and of two keeps the last.
+            others = [scope for scope in first.scope_metrics if scope.scope.name != SCOPE.name]
+            own = [
+                m for scope in first.scope_metrics if scope.scope.name == SCOPE.name for m in scope.metrics
+            ]
+            merged = ScopeMetrics(SCOPE, [*own, *bridged], SCHEMA_URL)
+            resources[0] = replace(first, scope_metrics=[*others, merged])
             metrics_data = MetricsData(resources)
         super()._receive_metrics(metrics_data, timeout_millis, **kwargs)
 
@@ -215,6 +243,11 @@ class OtlpPush:
         )
         self._provider = MeterProvider(resource=resource, metric_readers=[reader])
         self._publisher = otel.install(self._provider, registry=registry)
+        meter = self._provider.get_meter(SCOPE.name, __version__, schema_url=SCHEMA_URL)
+        build = OTEL_NAMES[BUILD_INFO.name]
+        meter.create_observable_gauge(
+            build.name, callbacks=[_build_info(registry)], unit=build.unit, description=BUILD_INFO.help
+        )
         self._closed = False
 
     def close(self) -> None:

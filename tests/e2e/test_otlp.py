@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING
 import pytest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
-from poolwatch.metrics import LATENCY_BUCKETS
+import poolwatch
+from poolwatch.config import validate
+from poolwatch.metrics import LATENCY_BUCKETS, Metrics
+from poolwatch.otlp import OtlpPush
 from tests.daemonkit import running_daemon
 from tests.otlpreceiver import GrpcOtlpReceiver, OtlpReceiver, attributes, metrics_of, resource_attributes
 
@@ -160,3 +163,36 @@ def test_the_daemon_pushes_over_otlp_grpc_with_its_headers_as_metadata(tmp_path:
         found = metrics_of(request)
         assert only(found["db.client.connection.idle.max"], "sum", **{POOL: "lite"}).as_int == 5
         assert found["poolwatch.probe.duration"].unit == "s"
+
+
+def test_without_any_pool_the_push_carries_the_daemons_families_exactly() -> None:
+    metrics = Metrics()
+    metrics.probe.add_target("bouncer")
+    metrics.probe.up.labels("bouncer").set(1)
+    for seconds in (0.0002, 0.003, 0.2, 40.0):
+        metrics.probe.duration.labels("bouncer").observe(seconds)
+    metrics.probe.failures.labels("bouncer", "refused").inc(2)
+    with OtlpReceiver() as receiver:
+        push = OtlpPush(
+            validate({"otlp": {"endpoint": receiver.endpoint, "interval": 3600}}).otlp, metrics.registry
+        )
+        push.close()  # pushes once
+        _headers, request = receiver.wait_for(has("poolwatch.up"))
+    found = metrics_of(request)
+    assert not any(name.startswith("db.client.connection.") and points(m, "sum") for name, m in found.items())
+    assert only(found["poolwatch.up"], "gauge", **{"poolwatch.target": "bouncer"}).as_double == 1
+    build = only(found["poolwatch.build.info"], "gauge")
+    assert build.as_double == 1
+    assert attributes(build)["poolwatch.version"] == poolwatch.__version__
+    refused = only(found["poolwatch.probe.failures"], "sum", **{"poolwatch.reason": "refused"})
+    assert refused.as_double == 2
+    duration = only(found["poolwatch.probe.duration"], "histogram")
+    assert duration.count == 4
+    assert duration.sum == pytest.approx(40.2032)
+    expected = [0] * (len(LATENCY_BUCKETS) + 1)
+    for seconds in (0.0002, 0.003, 0.2, 40.0):
+        expected[
+            next((i for i, bound in enumerate(LATENCY_BUCKETS) if seconds <= bound), len(LATENCY_BUCKETS))
+        ] += 1
+    assert list(duration.bucket_counts) == expected
+    assert not duration.HasField("min")
