@@ -75,6 +75,7 @@ def _pending() -> deque[float]:
 class _Backlog:
     """One pool's folded samples waiting for the next collection, per histogram."""
 
+    name: str
     waits: deque[float] = field(default_factory=_pending)
     uses: deque[float] = field(default_factory=_pending)
     creates: deque[float] = field(default_factory=_pending)
@@ -101,6 +102,7 @@ class PoolPublisher:
         self._lock = threading.Lock()
         # By id() of the recorder (a dataclass: not hashable), while it lives.
         self._backlogs: dict[int, tuple[weakref.ref[Recorder], _Backlog]] = {}
+        self._orphans: list[_Backlog] = []  # of recorders that are gone, still to be recorded
         self._readings: list[_Reading] = []
         self._duplicates: set[str] = set()
         self.closed = False
@@ -158,11 +160,18 @@ class PoolPublisher:
         with self._lock:
             if self.closed or self._backlog(recorder) is not None:
                 return
-            backlog = _Backlog()
-            self._backlogs[key] = (weakref.ref(recorder, lambda _ref: self._backlogs.pop(key, None)), backlog)
+            backlog = _Backlog(recorder.name)
+            self._backlogs[key] = (weakref.ref(recorder, lambda _ref: self._gone(key)), backlog)
         for samples, pending in _pairs(recorder, backlog):
             with _sinks_lock:
                 samples.sinks = (*samples.sinks, pending.extend)
+
+    def _gone(self, key: int) -> None:
+        # A weakref callback, run by the garbage collector on whichever thread allocates: no lock
+        # (that thread may hold one), single dict and list operations only (atomic under the GIL).
+        entry = self._backlogs.pop(key, None)
+        if entry is not None:
+            self._orphans.append(entry[1])  # its last samples go out at the next collection
 
     def _backlog(self, recorder: Recorder) -> _Backlog | None:
         entry = self._backlogs.get(id(recorder))
@@ -200,14 +209,19 @@ class PoolPublisher:
                     recorder.internal_error(exc)
                     state = None
                 readings.append(_Reading(name, state, recorder.snapshot()))  # folds into the backlog
-                backlog = self._backlog(recorder)
-                if backlog is not None:
-                    self._record(name, backlog)
+        # Every backlog, also of a pool no longer listed or gone: one replaced under the same name (a
+        # target rebuilt on reload) hands its last samples on when its successor carries its counts.
+        with self._lock:
+            backlogs = [backlog for _ref, backlog in self._backlogs.values()]
+        while self._orphans:
+            backlogs.append(self._orphans.pop())
+        for backlog in backlogs:
+            self._record(backlog)
         if not self.closed:
             self._readings = readings
 
-    def _record(self, name: str, backlog: _Backlog) -> None:
-        attributes = {POOL_NAME: name}
+    def _record(self, backlog: _Backlog) -> None:
+        attributes = {POOL_NAME: backlog.name}
         for kind, histogram in self._histograms.items():
             pending: deque[float] = getattr(backlog, kind)
             popleft, record = pending.popleft, histogram.record

@@ -4,6 +4,7 @@ Prometheus export beside it counts the same."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import uuid
@@ -224,3 +225,24 @@ def test_close_stops_publishing_and_install_is_idempotent(make_engine, registry)
     assert sample(registry, "pool_checkouts_total", "gone") == 1
     assert all(not family.points for family in collect(reader).values())
     provider.shutdown()
+
+
+def test_a_pool_replaced_under_its_name_hands_its_last_samples_on(make_engine, registry, reader) -> None:
+    old_engine = make_engine(pool_size=1)
+    old = poolwatch.instrument(old_engine, name="orders", registry=registry)
+    for _ in range(2):
+        with old_engine.connect():
+            pass
+    # What the daemon does on reload: the old pool goes, a new one counts on from its recorder.
+    old.remove()
+    old_engine.dispose()
+    new_engine = make_engine(pool_size=1)
+    poolwatch.instrument(new_engine, name="orders", registry=registry, counts_from=old.recorder)
+    del old
+    gc.collect()  # the old recorder is gone before the next collection
+    with new_engine.connect():
+        pass
+    found = collect(reader)
+    assert found["poolwatch.pool.checkouts"].value() == 3
+    assert found["db.client.connection.wait_time"].value().count == 3
+    assert found["db.client.connection.use_time"].value().count == 3
