@@ -152,6 +152,12 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=4, help="worker processes per variant (timing)")
     parser.add_argument("--repeat", type=int, default=3, help="--instructions: count each variant N times")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="--instructions: parallel runs")
+    parser.add_argument(
+        "--variants",
+        type=lambda text: tuple(text.split(",")),
+        default=VARIANTS,
+        help="--instructions: the variants to count, comma-separated (bare always)",
+    )
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -250,14 +256,15 @@ def instructions(args: argparse.Namespace, url: str) -> int:
         return int(match.group(1))
 
     modes = ("loop", "run")
-    jobs = [(v, m, n, r) for r in range(args.repeat) for m in modes for v in VARIANTS for n in (low, high)]
+    variants = tuple(v for v in VARIANTS if v == "bare" or v in args.variants)
+    jobs = [(v, m, n, r) for r in range(args.repeat) for m in modes for v in variants for n in (low, high)]
     with ThreadPoolExecutor(max_workers=args.jobs) as executor:  # counts do not depend on the load
         counts = dict(zip(jobs, executor.map(collected, jobs), strict=True))
     # per_cycle[mode][variant][repeat]: instructions per cycle, start-up cancelled
     per_cycle = {
         m: {
             v: [(counts[v, m, high, r] - counts[v, m, low, r]) / (high - low) for r in range(args.repeat)]
-            for v in VARIANTS
+            for v in variants
         }
         for m in modes
     }
@@ -271,7 +278,7 @@ def instructions(args: argparse.Namespace, url: str) -> int:
         print(f"\n{mode}: instructions per cycle, {title}; ratios to bare of the same repeat")
         print(f"{'variant':18} {'median':>10} {'ratio':>8} {'per-repeat ratios':>30}")
         bare = per_cycle[mode]["bare"]
-        for v in VARIANTS:
+        for v in variants:
             ratios = [x / b for x, b in zip(per_cycle[mode][v], bare, strict=True)]
             median = statistics.median(per_cycle[mode][v])
             ratio = statistics.median(ratios)
