@@ -18,11 +18,13 @@ import logging
 import threading
 import time
 import weakref
+from _thread import get_ident
 from bisect import bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from sys import _current_frames as current_frames
 from sys import _getframe as getframe
-from types import CodeType
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Final
 
 from poolwatch.errors import reason_of
@@ -48,8 +50,8 @@ CLOSE_REASONS: Final = (
 # Max lifetime is shortened by up to 2.5 %, drawn per connection when it opens (SQLAlchemy and
 # redis-py alike), so connections opened together do not expire together.
 MAX_JITTER: Final = 0.025
-# How many frames of the caller a checkout records for a leak warning (``capture_origin``).
-ORIGIN_FRAMES: Final = 3
+# How many innermost frames of the holding thread a leak warning shows as it is now (``format_origin``).
+NOW_FRAMES: Final = 8
 
 
 class Tally:
@@ -154,9 +156,12 @@ def _le(bound: float) -> str:
 
 
 # Where a connection was checked out, for a leak warning: the code object and the offset of the last
-# instruction of each of a few frames of the caller, flat: ``(code, lasti, code, lasti, ...)``. Code
-# objects keep no application object alive (a frame would keep its locals, and so the connection the
-# application dropped, alive); line numbers are worked out from the offsets only when a leak is reported.
+# instruction of the one frame of the caller that checked it out, and the identity of the thread that
+# did: ``(code, lasti, thread_ident)``. Code objects keep no application object alive (a frame would
+# keep its locals, and so the connection the application dropped, alive); line numbers are worked out
+# from the offsets only when a leak is reported. One frame is what the checkout budget allows (each
+# frame looked at costs a frame object, ~1,000 instructions); the rest of the story comes from the
+# holding thread's stack as it is when the leak is reported (``format_origin``).
 Origin = tuple[object, ...]
 
 
@@ -193,52 +198,64 @@ class Ledger:
 
 
 def capture_origin(depth: int) -> Origin:
-    """Up to ``ORIGIN_FRAMES`` frames of the caller, from ``depth`` frames above this one's caller.
+    """The frame ``depth`` frames above this one's caller (the caller itself on a shallower stack).
 
-    Unrolled, with no exception on the way (a top of stack ends the tuple early): every attribute
-    read here is paid on every checkout with leak detection on, and each frame looked at costs a
-    frame object (about 1,000 instructions). Frame objects are only looked at, never kept.
+    The connect hooks inline this (a call is ~500 instructions of the budget); it stays for adapters
+    whose checkout path is not hot and for the tests that pin the shape of an ``Origin``.
     """
     try:
-        f0 = getframe(depth + 1)
-    except ValueError:  # a shallower stack than expected: start at the caller
-        f0 = getframe(1)
-    f1 = f0.f_back
-    if f1 is None:
-        return (f0.f_code, f0.f_lasti)
-    f2 = f1.f_back
-    if f2 is None:
-        return (f0.f_code, f0.f_lasti, f1.f_code, f1.f_lasti)
-    return (f0.f_code, f0.f_lasti, f1.f_code, f1.f_lasti, f2.f_code, f2.f_lasti)
+        frame = getframe(depth + 1)
+    except ValueError:  # a shallower stack than expected
+        frame = getframe(1)
+    return (frame.f_code, frame.f_lasti, get_ident())
 
 
 def capture_origin_outside(package_dir: str) -> Origin:
-    """Like ``capture_origin``, from the first frame of the caller whose code is not under
-    ``package_dir`` (a library's own frames between the hook and the application vary by call path)."""
+    """Like ``capture_origin``, the first frame of the caller whose code is not under ``package_dir``
+    (a library's own frames between the hook and the application vary by call path)."""
     frame = getframe(2)
     while frame.f_back is not None and frame.f_code.co_filename.startswith(package_dir):
         frame = frame.f_back
-    spots: list[object] = []
-    while frame is not None and len(spots) < 2 * ORIGIN_FRAMES:
-        spots += (frame.f_code, frame.f_lasti)
-        frame = frame.f_back  # type: ignore[assignment]
-    return tuple(spots)
+    return (frame.f_code, frame.f_lasti, get_ident())
 
 
 def format_origin(origin: Origin | None) -> str:
-    """The frames of an ``Origin``, innermost last, as ``traceback`` prints them."""
+    """Where an ``Origin`` checked its connection out, as ``traceback`` prints a frame, and where the
+    thread that did is now (its innermost ``NOW_FRAMES`` frames), when that thread is still alive.
+
+    The thread's stack now is often where the connection is held (a slow query, a call that hangs),
+    and for code that checks out through layers of a library it shows the application's frames the
+    checkout frame alone cannot. (In asyncio code that thread runs the event loop: its stack now
+    tells little.)
+    """
     if not origin:
         return "  (stack not recorded)"
-    lines = []
-    for code, lasti in reversed(list(zip(origin[::2], origin[1::2], strict=True))):
-        assert isinstance(code, CodeType)
-        assert isinstance(lasti, int)
-        line = _line_of(code, lasti)
-        lines.append(f'  File "{code.co_filename}", line {line}, in {code.co_name}')
-        text = linecache.getline(code.co_filename, line).strip() if line else ""
-        if text:
-            lines.append(f"    {text}")
+    code, lasti, ident = origin
+    assert isinstance(code, CodeType)
+    assert isinstance(lasti, int)
+    assert isinstance(ident, int)
+    lines = _frame_lines(code, _line_of(code, lasti))
+    # Not when the holder is the thread reporting (a scrape in the same thread): its stack now is this.
+    frame = current_frames().get(ident) if ident != get_ident() else None
+    if frame is not None:
+        name = next((t.name for t in threading.enumerate() if t.ident == ident), str(ident))
+        now: list[FrameType] = []
+        while frame is not None and len(now) < NOW_FRAMES:
+            now.append(frame)
+            frame = frame.f_back
+        lines.append(f"  thread {name!r}, which checked it out, is now at:")
+        for each in reversed(now):
+            lines += _frame_lines(each.f_code, each.f_lineno)
+        del now, frame
     return "\n".join(lines)
+
+
+def _frame_lines(code: CodeType, line: int | None) -> list[str]:
+    lines = [f'  File "{code.co_filename}", line {line}, in {code.co_name}']
+    text = linecache.getline(code.co_filename, line).strip() if line else ""
+    if text:
+        lines.append(f"    {text}")
+    return lines
 
 
 def _line_of(code: CodeType, lasti: int) -> int:

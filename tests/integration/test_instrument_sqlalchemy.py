@@ -154,6 +154,34 @@ def test_leak_gauge_rises_past_threshold_and_falls_when_returned(make_engine, re
     assert any("leaked connection returned after 31.0s" in r.getMessage() for r in caplog.records)
 
 
+def test_leak_warning_shows_where_the_holding_thread_is_now(make_engine, registry, caplog) -> None:
+    clock = FakeClock()
+    engine, _ = make_engine(pool_size=2)
+    poolwatch.instrument(engine, name="held", registry=registry, leak_threshold=30, clock=clock)
+    caplog.set_level(logging.WARNING, logger="poolwatch.instrument")
+    holding, release = threading.Event(), threading.Event()
+
+    def slow_job() -> None:
+        with engine.connect():  # checked out here
+            holding.set()
+            release.wait(30)  # the holder is stuck here when the leak is reported
+
+    worker = threading.Thread(target=slow_job, name="slow-job")
+    worker.start()
+    try:
+        assert holding.wait(30)
+        clock.advance(31)
+        assert sample(registry, "pool_leaked_connections", "held") == 1
+    finally:
+        release.set()
+        worker.join(30)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    checkout, now = warning.split("thread 'slow-job', which checked it out, is now at:")
+    assert "in slow_job" in checkout
+    assert "with engine.connect():  # checked out here" in checkout
+    assert "in slow_job\n    release.wait(30)  # the holder is stuck here when the leak is reported" in now
+
+
 def test_pre_ping_closes_a_connection_whose_backend_was_killed(pg, make_engine, registry) -> None:
     engine, app = make_engine(pool_size=2, pool_pre_ping=True)
     poolwatch.instrument(engine, name="pinged", registry=registry)
