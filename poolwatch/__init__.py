@@ -2,7 +2,8 @@
 
 As a library: ``instrument(engine, name=...)`` / ``instrument_redis(client, name=...)`` export pool
 metrics; ``Database`` / ``session_scope()`` / ``get_session()`` give the safe session lifecycle;
-as a daemon: ``poolwatch run --config poolwatch.yaml``.
+``holder("nightly-report")`` and the ``HolderMiddleware`` / ``WSGIHolderMiddleware`` say what holds
+the connections; as a daemon: ``poolwatch run --config poolwatch.yaml``.
 
 Every public name loads on first use (PEP 562): ``instrument`` loads SQLAlchemy's pool and
 prometheus_client, ``instrument_redis`` redis-py, the session helpers the settings they read, so a
@@ -42,8 +43,10 @@ if TYPE_CHECKING:
         TransactionFailedError,
     )
     from poolwatch.health import Health
+    from poolwatch.instrument.holder import holder
     from poolwatch.instrument.redis import instrument_redis
     from poolwatch.instrument.sqlalchemy import instrument
+    from poolwatch.middleware import HolderMiddleware, WSGIHolderMiddleware
 
 _ERRORS: Final = (
     "AuthenticationFailedError",
@@ -71,6 +74,9 @@ _LAZY: Final = {
     **dict.fromkeys(_ERRORS, "poolwatch.errors"),
     **dict.fromkeys(_SESSIONS, "poolwatch.database"),
     "Health": "poolwatch.health",
+    "HolderMiddleware": "poolwatch.middleware",
+    "WSGIHolderMiddleware": "poolwatch.middleware",
+    "holder": "poolwatch.instrument.holder",
     "instrument": "poolwatch.instrument.sqlalchemy",
     "instrument_redis": "poolwatch.instrument.redis",
 }
@@ -121,18 +127,21 @@ __all__ = [
     "Database",
     "DatabaseUnavailableError",
     "Health",
+    "HolderMiddleware",
     "PoolExhaustedError",
     "PoolwatchError",
     "QueryFailedError",
     "RedisDatabase",
     "SessionError",
     "TransactionFailedError",
+    "WSGIHolderMiddleware",
     "__version__",
     "dispose_defaults",
     "get_database",
     "get_redis",
     "get_redis_database",
     "get_session",
+    "holder",
     "instrument",
     "instrument_redis",
     "session_scope",

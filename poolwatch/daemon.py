@@ -42,6 +42,7 @@ from poolwatch.reaper.job import build_postgres_reaper, build_redis_reaper
 from poolwatch.reaper.mysql import build_mysql_reaper
 from poolwatch.reaper.own import BACKENDS
 from poolwatch.scheduler import Scheduler
+from poolwatch.serverlabel import redis_server, sql_server
 from poolwatch.status import Sources, Tracker, document
 
 if TYPE_CHECKING:
@@ -201,6 +202,15 @@ def _add_pgbouncer_stats(runtime: TargetRuntime, console: pgbouncer.AdminConsole
         )
 
 
+def _server_label(runtime: TargetRuntime) -> str:
+    """The ``server`` label of a target's census: the one its pool series carry."""
+    if runtime.database is not None:
+        return sql_server(runtime.database.engine.url)
+    if runtime.redis is not None:
+        return redis_server(runtime.redis.client.connection_pool.connection_kwargs)
+    return ""
+
+
 def _add_census_and_reaper(
     runtime: TargetRuntime, metrics: Metrics, audit: AuditLog | None, others: Iterable[TargetSettings]
 ) -> None:
@@ -218,6 +228,7 @@ def _add_census_and_reaper(
     elif runtime.redis is not None:
         take = redis_census.census(target, runtime.redis.client, pools)
     if take is not None and target.census.enabled:
+        metrics.census.set_server(target.name, _server_label(runtime))
         runtime.jobs.append(
             CensusJob(
                 target.name,

@@ -105,13 +105,22 @@ def _spec(
     return MetricSpec(name, kind, help_, labels, unit=unit, group=group, **more)
 
 
-_POOL = ("pool",)
+# Pool series name their pool and the server it connects to (``host:port/database``, credential-free:
+# serverlabel.py), the label census series share, so fleet-wide ceilings meet the server's limit.
+_POOL = ("pool", "server")
+# The use-time histogram and leak counts also say what held the connection: a bounded label, empty
+# when the application names no holder (Prometheus treats an empty label as no label).
+_HELD = ("pool", "server", "holder")
 _TARGET = ("target",)
+# Census series also name the server (``host:port/database``, as pool series do: serverlabel.py).
+_CENSUS = ("target", "server")
 _JOB = ("task", "target")
 
 # The pool families, in the order the collector emits them (instrument/collector.py reads each).
 POOL_METRICS: Final = (
-    _spec("pool", "pool_connections", "gauge", "Open pooled connections by state.", ("pool", "state")),
+    _spec(
+        "pool", "pool_connections", "gauge", "Open pooled connections by state.", ("pool", "server", "state")
+    ),
     _spec("pool", "pool_max_connections", "gauge", "Most connections the pool may open.", _POOL),
     _spec("pool", "pool_size", "gauge", "Persistent size of the pool (connections kept when idle).", _POOL),
     _spec("pool", "pool_min_idle", "gauge", "Idle connections housekeeping keeps open.", _POOL),
@@ -129,8 +138,8 @@ POOL_METRICS: Final = (
         "pool",
         "pool_use_seconds",
         "histogram",
-        "How long connections were held by callers.",
-        _POOL,
+        "How long connections were held by callers, by holder (route template or job).",
+        _HELD,
         buckets=LATENCY_BUCKETS,
     ),
     _spec(
@@ -148,13 +157,23 @@ POOL_METRICS: Final = (
         "pool_connect_errors",
         "counter",
         "Failed attempts to open a connection, by reason.",
-        ("pool", "reason"),
+        ("pool", "server", "reason"),
     ),
-    _spec("pool", "pool_closed", "counter", "Connections closed, by reason.", ("pool", "reason")),
+    _spec("pool", "pool_closed", "counter", "Connections closed, by reason.", ("pool", "server", "reason")),
     _spec(
-        "pool", "pool_leaked_connections", "gauge", "Connections held longer than leak_threshold now.", _POOL
+        "pool",
+        "pool_leaked_connections",
+        "gauge",
+        "Connections held longer than leak_threshold now, by holder.",
+        _HELD,
     ),
-    _spec("pool", "pool_leaks", "counter", "Connections ever held longer than leak_threshold.", _POOL),
+    _spec(
+        "pool",
+        "pool_leaks",
+        "counter",
+        "Connections ever held longer than leak_threshold (counted at the latest on return), by holder.",
+        _HELD,
+    ),
     _spec(
         "pool",
         "instrumentation_errors",
@@ -214,14 +233,14 @@ SERVER_CONNECTIONS = _spec(
     "gauge",
     "Server-side sessions by state, database, user and application "
     "(names not configured are folded into the empty value).",
-    ("target", "state", "database", "user", "application"),
+    ("target", "server", "state", "database", "user", "application"),
 )
 SERVER_POOL_CONNECTIONS = _spec(
     "census",
     "server_pool_connections",
     "gauge",
     "Server-side sessions of a known pool (by application_name / client name), by state.",
-    ("target", "pool", "state"),
+    ("target", "server", "pool", "state"),
 )
 SERVER_MAX_CONNECTIONS = _spec(
     "census",
@@ -229,35 +248,35 @@ SERVER_MAX_CONNECTIONS = _spec(
     "gauge",
     "Sessions the server accepts from ordinary users "
     "(max_connections less reserved slots; Redis maxclients).",
-    _TARGET,
+    _CENSUS,
 )
 SERVER_USED_RATIO = _spec(
     "census",
     "server_connections_used_ratio",
     "gauge",
     "Client sessions divided by server_max_connections.",
-    _TARGET,
+    _CENSUS,
 )
 SERVER_OLDEST = _spec(
     "census",
     "server_oldest_seconds",
     "gauge",
     "Longest time a session has been in its current state, by state.",
-    ("target", "state"),
+    ("target", "server", "state"),
 )
 SERVER_OLDEST_TRANSACTION = _spec(
     "census",
     "server_oldest_transaction_seconds",
     "gauge",
     "Age of the oldest open transaction (0 when none).",
-    _TARGET,
+    _CENSUS,
 )
 SERVER_IDLE = _spec(
     "census",
     "server_idle_connections",
     "gauge",
     "Sessions idle longer than each configured threshold.",
-    ("target", "idle_over"),
+    ("target", "server", "idle_over"),
 )
 REAPER_TERMINATED = _spec(
     "reaper",
@@ -422,6 +441,7 @@ class CensusMetrics:
 
     Label sets change from one census to the next (a database empties, an application goes away):
     ``publish`` removes the series the new census no longer has, so a gauge never shows a stale count.
+    Each target's series carry its ``server`` label (``set_server``; empty until set).
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -449,14 +469,20 @@ class CensusMetrics:
             )
         }
         self._shown: dict[str, set[tuple[str, tuple[str, ...]]]] = {}
+        self._servers: dict[str, str] = {}
+
+    def set_server(self, target: str, server: str) -> None:
+        """The ``server`` label of ``target``'s series from its next census on."""
+        self._servers[target] = server
 
     def publish(self, target: str, samples: Iterable[tuple[str, tuple[str, ...], float]]) -> None:
-        """Set ``target``'s series to ``samples`` (family name, labels after target, value) and drop
-        the series of ``target`` that are not among them."""
+        """Set ``target``'s series to ``samples`` (family name, labels after target and server,
+        value) and drop the series of ``target`` that are not among them."""
+        server = self._servers.get(target, "")
         shown: set[tuple[str, tuple[str, ...]]] = set()
         for name, labels, value in samples:
-            self.families[name].labels(target, *labels).set(value)
-            shown.add((name, labels))
+            self.families[name].labels(target, server, *labels).set(value)
+            shown.add((name, (server, *labels)))
         for name, labels in self._shown.get(target, set()) - shown:
             _remove(self.families[name], [(target, *labels)])
         self._shown[target] = shown
@@ -464,6 +490,7 @@ class CensusMetrics:
     def remove_target(self, target: str) -> None:
         self.publish(target, ())
         self._shown.pop(target, None)
+        self._servers.pop(target, None)
 
 
 class ReaperMetrics:

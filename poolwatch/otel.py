@@ -44,10 +44,10 @@ from poolwatch.instrument import collector as pool_collectors
 from poolwatch.instrument.collector import _SERIES, collector_for
 from poolwatch.instrument.recorder import SAMPLE_LIMIT
 from poolwatch.metrics import LATENCY_BUCKETS, POOL_METRICS
-from poolwatch.otelnames import POOL_NAME, POOL_NAMES, SCHEMA_URL
+from poolwatch.otelnames import HOLDER, POOL_NAME, POOL_NAMES, SCHEMA_URL, SERVER
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider
     from prometheus_client.registry import CollectorRegistry
@@ -76,14 +76,21 @@ class _Backlog:
     """One pool's folded samples waiting for the next collection, per histogram."""
 
     name: str
+    server: str
     waits: deque[float] = field(default_factory=_pending)
     uses: deque[float] = field(default_factory=_pending)
     creates: deque[float] = field(default_factory=_pending)
+    # Use times of connections with a holder, with its bounded label.
+    held: deque[tuple[str, float]] = field(default_factory=lambda: deque(maxlen=SAMPLE_LIMIT))
+
+    def hold(self, label: str, seconds: list[float]) -> None:
+        self.held.extend((label, held) for held in seconds)
 
 
 @dataclass(frozen=True, slots=True)
 class _Reading:
     name: str
+    server: str
     state: PoolState | None
     snapshot: Snapshot
 
@@ -127,7 +134,7 @@ class PoolPublisher:
         self._stop_listening = pool_collectors.listen(self._added)
         for collector in self._collectors():
             for _name, source in collector.sources():
-                self._attach(source.recorder)
+                self._attach(source)
 
     def close(self) -> None:
         """Stop publishing: the instruments report nothing more, the recorders lose their sinks.
@@ -143,8 +150,11 @@ class PoolPublisher:
         for recorder, backlog in attached:
             if recorder is None:
                 continue
-            for samples, pending in _pairs(recorder, backlog):
-                _remove_sink(samples, pending.extend)
+            with _sinks_lock:
+                for samples, pending in _pairs(recorder, backlog):
+                    samples.sinks = tuple(sink for sink in samples.sinks if sink != pending.extend)
+                by_holder = recorder.by_holder
+                by_holder.sinks = tuple(sink for sink in by_holder.sinks if sink != backlog.hold)
 
     # -- pools coming and going ----------------------------------------------------------------------
 
@@ -153,18 +163,20 @@ class PoolPublisher:
 
     def _added(self, collector: PoolCollector, _name: str, source: PoolSource) -> None:
         if self._collector is None or collector is self._collector:
-            self._attach(source.recorder)
+            self._attach(source)
 
-    def _attach(self, recorder: Recorder) -> None:
+    def _attach(self, source: PoolSource) -> None:
+        recorder = source.recorder
         key = id(recorder)
         with self._lock:
             if self.closed or self._backlog(recorder) is not None:
                 return
-            backlog = _Backlog(recorder.name)
+            backlog = _Backlog(recorder.name, source.server)
             self._backlogs[key] = (weakref.ref(recorder, lambda _ref: self._gone(key)), backlog)
-        for samples, pending in _pairs(recorder, backlog):
-            with _sinks_lock:
+        with _sinks_lock:
+            for samples, pending in _pairs(recorder, backlog):
                 samples.sinks = (*samples.sinks, pending.extend)
+            recorder.by_holder.sinks = (*recorder.by_holder.sinks, backlog.hold)
 
     def _gone(self, key: int) -> None:
         # A weakref callback, run by the garbage collector on whichever thread allocates: no lock
@@ -185,10 +197,10 @@ class PoolPublisher:
         otel = POOL_NAMES[family]
         series = _SERIES[family]
         for reading in self._readings:
-            for labels, value in series(reading.name, reading.state, reading.snapshot):
+            for labels, value in series((reading.name, reading.server), reading.state, reading.snapshot):
                 assert isinstance(value, int | float)
                 if math.isfinite(value):  # an unbounded pool has no db.client.connection.max
-                    yield Observation(value, dict(zip(otel.attributes, labels, strict=True)))
+                    yield Observation(value, _attributes(otel.attributes, labels))
 
     def _refresh(self) -> None:
         """Read every pool in scope once (sizes now, a snapshot of its recorder), and record the
@@ -202,13 +214,14 @@ class PoolPublisher:
                     continue
                 seen.add(name)
                 recorder = source.recorder
-                self._attach(recorder)
+                self._attach(source)
                 try:
                     state = source.state()
                 except Exception as exc:
                     recorder.internal_error(exc)
                     state = None
-                readings.append(_Reading(name, state, recorder.snapshot()))  # folds into the backlog
+                snapshot = recorder.snapshot()  # folds into the backlog
+                readings.append(_Reading(name, source.server, state, snapshot))
         # Every backlog, also of a pool no longer listed or gone: one replaced under the same name (a
         # target rebuilt on reload) hands its last samples on when its successor carries its counts.
         with self._lock:
@@ -221,7 +234,7 @@ class PoolPublisher:
             self._readings = readings
 
     def _record(self, backlog: _Backlog) -> None:
-        attributes = {POOL_NAME: backlog.name}
+        attributes = _attributes((POOL_NAME, SERVER), (backlog.name, backlog.server))
         for kind, histogram in self._histograms.items():
             pending: deque[float] = getattr(backlog, kind)
             popleft, record = pending.popleft, histogram.record
@@ -229,6 +242,15 @@ class PoolPublisher:
             with contextlib.suppress(IndexError):
                 for _ in range(len(pending)):
                     record(popleft(), attributes)
+        use = self._histograms["uses"].record
+        by_label: dict[str, dict[str, str]] = {}
+        with contextlib.suppress(IndexError):
+            for _ in range(len(backlog.held)):
+                label, seconds = backlog.held.popleft()
+                held_by = by_label.get(label)
+                if held_by is None:
+                    held_by = by_label[label] = {**attributes, HOLDER: label}
+                use(seconds, held_by)
 
     def _duplicate(self, name: str) -> None:
         if name not in self._duplicates:
@@ -240,13 +262,13 @@ class PoolPublisher:
             )
 
 
+def _attributes(names: tuple[str, ...], values: tuple[str, ...]) -> dict[str, str]:
+    """Attributes by name; an empty value is left out (no holder, as on /metrics)."""
+    return {name: value for name, value in zip(names, values, strict=True) if value != ""}
+
+
 def _pairs(recorder: Recorder, backlog: _Backlog) -> list[tuple[Samples, deque[float]]]:
     return [(getattr(recorder, kind), getattr(backlog, kind)) for kind in _HISTOGRAMS.values()]
-
-
-def _remove_sink(samples: Samples, sink: Callable[[list[float]], object]) -> None:
-    with _sinks_lock:
-        samples.sinks = tuple(other for other in samples.sinks if other != sink)
 
 
 _installed: weakref.WeakKeyDictionary[MeterProvider, PoolPublisher] = weakref.WeakKeyDictionary()

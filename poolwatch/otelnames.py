@@ -23,6 +23,8 @@ SEMCONV_VERSION: Final = "1.44.0"
 SCHEMA_URL: Final = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
 POOL_NAME: Final = "db.client.connection.pool.name"
 STATE: Final = "db.client.connection.state"
+SERVER: Final = "poolwatch.server"  # host:port/database, credential-free
+HOLDER: Final = "poolwatch.holder"
 
 Instrument = Literal["Counter", "UpDownCounter", "Gauge", "Histogram"]
 
@@ -40,7 +42,7 @@ class OtelName:
 
 
 def _pool(name: str, instrument: Instrument, unit: str, *more: str, semconv: bool = False) -> OtelName:
-    return OtelName(name, instrument, unit, (POOL_NAME, *more), semconv=semconv)
+    return OtelName(name, instrument, unit, (POOL_NAME, SERVER, *more), semconv=semconv)
 
 
 def _conventional(name: str, instrument: Instrument, unit: str, *more: str) -> OtelName:
@@ -56,15 +58,15 @@ POOL_NAMES: Final[dict[str, OtelName]] = {
     "pool_overflow": _pool("poolwatch.pool.overflow", "UpDownCounter", "{connection}"),
     "pool_pending_requests": _conventional("pending_requests", "UpDownCounter", "{request}"),
     "pool_wait_seconds": _conventional("wait_time", "Histogram", "s"),
-    "pool_use_seconds": _conventional("use_time", "Histogram", "s"),
+    "pool_use_seconds": _conventional("use_time", "Histogram", "s", HOLDER),
     "pool_create_seconds": _conventional("create_time", "Histogram", "s"),
     "pool_checkouts": _pool("poolwatch.pool.checkouts", "Counter", "{checkout}"),
     "pool_timeouts": _conventional("timeouts", "Counter", "{timeout}"),
     # error.type: the general conventions' attribute for the class of error an operation ended with.
     "pool_connect_errors": _pool("poolwatch.pool.connect_errors", "Counter", "{error}", "error.type"),
     "pool_closed": _pool("poolwatch.pool.closes", "Counter", "{connection}", "poolwatch.close.reason"),
-    "pool_leaked_connections": _pool("poolwatch.pool.leaked", "UpDownCounter", "{connection}"),
-    "pool_leaks": _pool("poolwatch.pool.leaks", "Counter", "{leak}"),
+    "pool_leaked_connections": _pool("poolwatch.pool.leaked", "UpDownCounter", "{connection}", HOLDER),
+    "pool_leaks": _pool("poolwatch.pool.leaks", "Counter", "{leak}", HOLDER),
     "instrumentation_errors": _pool("poolwatch.instrumentation.errors", "Counter", "{error}"),
 }
 

@@ -114,7 +114,8 @@ class RegistryBridge:
         self, family: PrometheusFamily, attributes: tuple[str, ...], labels: tuple[str, ...], now: int
     ) -> Gauge | Sum | Histogram | None:
         def renamed(sample_labels: dict[str, str]) -> dict[str, str]:
-            return {attributes[labels.index(k)]: v for k, v in sample_labels.items() if k in labels}
+            # An empty value is no value to Prometheus: left out, as poolwatch.otel does.
+            return {attributes[labels.index(k)]: v for k, v in sample_labels.items() if k in labels and v}
 
         if family.type == "gauge":
             points = [NumberDataPoint(renamed(s.labels), self._started, now, s.value) for s in family.samples]

@@ -43,6 +43,7 @@ class PoolSource(Protocol):
     """What the collector needs from an instrumented pool of either library."""
 
     recorder: Recorder
+    server: str  # the ``server`` label: ``host:port/database``, credential-free (serverlabel.py)
 
     def state(self) -> PoolState | None:
         """The pool's sizes now, or None when the pool is gone (its series are then dropped)."""
@@ -100,9 +101,9 @@ class PoolCollector(Collector):
         pools = self._read()
         for spec in POOL_METRICS:
             series = _SERIES[spec.name]
-            yield Rows(spec, [row for name, state, snap in pools for row in series(name, state, snap)])
+            yield Rows(spec, [row for key, state, snap in pools for row in series(key, state, snap)])
 
-    def _read(self) -> list[tuple[str, PoolState | None, Snapshot]]:
+    def _read(self) -> list[tuple[Key, PoolState | None, Snapshot]]:
         with self._lock:
             pools = list(self._pools.copy().items())  # a finalizer may remove one meanwhile
         read = []
@@ -112,29 +113,50 @@ class PoolCollector(Collector):
             except Exception as exc:
                 source.recorder.internal_error(exc)
                 state = None
-            read.append((name, state, source.recorder.snapshot()))
+            read.append(((name, source.server), state, source.recorder.snapshot()))
         return read
 
 
-# How each pool family reads one pool: (pool name, its sizes or None once it is gone, its snapshot)
-# -> rows. Size gauges come from the pool itself and disappear with it; the rest from the recorder.
-Series = Callable[[str, "PoolState | None", "Snapshot"], list[tuple[tuple[str, ...], object]]]
+# The labels every pool series starts with: (pool, server).
+Key = tuple[str, str]
+# How each pool family reads one pool: (its key labels, its sizes or None once it is gone, its
+# snapshot) -> rows. Size gauges come from the pool itself and disappear with it; the rest from the
+# recorder.
+Series = Callable[[Key, "PoolState | None", "Snapshot"], list[tuple[tuple[str, ...], object]]]
 
 
 def _sized(value: Callable[[PoolState], object]) -> Series:
-    return lambda name, state, _snap: [] if state is None else [((name,), value(state))]
+    return lambda key, state, _snap: [] if state is None else [(key, value(state))]
 
 
 def _recorded(value: Callable[[Snapshot], object]) -> Series:
-    return lambda name, _state, snap: [((name,), value(snap))]
+    return lambda key, _state, snap: [(key, value(snap))]
 
 
 def _by_reason(reasons: tuple[str, ...], counts: Callable[[Snapshot], dict[str, int]]) -> Series:
-    return lambda name, _state, snap: [((name, reason), counts(snap).get(reason, 0)) for reason in reasons]
+    return lambda key, _state, snap: [((*key, reason), counts(snap).get(reason, 0)) for reason in reasons]
 
 
-def _connections(name: str, state: PoolState | None, _snap: Snapshot) -> list[tuple[tuple[str, ...], object]]:
-    return [] if state is None else [((name, "idle"), state.idle), ((name, "used"), state.used)]
+def _connections(key: Key, state: PoolState | None, _snap: Snapshot) -> list[tuple[tuple[str, ...], object]]:
+    return [] if state is None else [((*key, "idle"), state.idle), ((*key, "used"), state.used)]
+
+
+def _uses(key: Key, _state: PoolState | None, snap: Snapshot) -> list[tuple[tuple[str, ...], object]]:
+    """Use time without a holder (``holder=""``, the same series as no label to Prometheus), then by
+    holder."""
+    return [((*key, ""), snap.uses), *(((*key, label), uses) for label, uses in snap.holder_uses)]
+
+
+def _by_holder(total: Callable[[Snapshot], int], by: Callable[[Snapshot], dict[str, int]]) -> Series:
+    """A leak count without a holder (the total less the holders' counts), then by holder."""
+
+    def series(key: Key, _state: PoolState | None, snap: Snapshot) -> list[tuple[tuple[str, ...], object]]:
+        counts = by(snap)
+        rows: list[tuple[tuple[str, ...], object]] = [((*key, ""), total(snap) - sum(counts.values()))]
+        rows.extend(((*key, label), count) for label, count in counts.items())
+        return rows
+
+    return series
 
 
 _SERIES: Final[dict[str, Series]] = {
@@ -145,14 +167,14 @@ _SERIES: Final[dict[str, Series]] = {
     "pool_overflow": _sized(lambda state: max(0, state.overflow)),
     "pool_pending_requests": _recorded(lambda snap: snap.pending),
     "pool_wait_seconds": _recorded(lambda snap: snap.waits),
-    "pool_use_seconds": _recorded(lambda snap: snap.uses),
+    "pool_use_seconds": _uses,
     "pool_create_seconds": _recorded(lambda snap: snap.creates),
     "pool_checkouts": _recorded(lambda snap: snap.checkouts),
     "pool_timeouts": _recorded(lambda snap: snap.timeouts),
     "pool_connect_errors": _by_reason(CONNECT_ERROR_REASONS, lambda snap: snap.connect_errors),
     "pool_closed": _by_reason(CLOSE_REASONS, lambda snap: snap.closed),
-    "pool_leaked_connections": _recorded(lambda snap: snap.leaked),
-    "pool_leaks": _recorded(lambda snap: snap.leaks_total),
+    "pool_leaked_connections": _by_holder(lambda snap: snap.leaked, lambda snap: snap.leaked_by_holder),
+    "pool_leaks": _by_holder(lambda snap: snap.leaks_total, lambda snap: snap.leaks_by_holder),
     "instrumentation_errors": _recorded(lambda snap: snap.internal_errors),
 }
 

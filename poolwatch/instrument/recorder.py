@@ -28,10 +28,13 @@ from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Final
 
 from poolwatch.errors import reason_of
+from poolwatch.instrument.holder import ByHolder
 from poolwatch.metrics import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+
+    from poolwatch.instrument.holder import Holder
 
 log = logging.getLogger("poolwatch.instrument")
 
@@ -173,28 +176,32 @@ class Ledger:
     it, ``idle_since`` (time it was last returned, pinged or opened) for the pool's idle connections.
     An entry leaves ``checked_out`` when it comes back; its stale ``idle_since`` while out is never
     read (housekeeping reads idle connections only). ``origins`` holds where each connection now out
-    was checked out, only with leak detection on. Hooks write without a lock (single dict operations,
-    atomic under the GIL). The recorder refers to the current ledger weakly: a pool that is gone takes
-    its entries with it.
+    was checked out, only with leak detection on; ``holders`` what holds it, when the application
+    named a holder (``poolwatch.holder``, the route middleware). Hooks write without a lock (single
+    dict operations, atomic under the GIL). The recorder refers to the current ledger weakly: a pool
+    that is gone takes its entries with it.
     """
 
-    __slots__ = ("__weakref__", "checked_out", "idle_since", "origins")
+    __slots__ = ("__weakref__", "checked_out", "holders", "idle_since", "origins")
 
     def __init__(self, idle: Iterable[object] = (), now: float = 0.0) -> None:
         self.checked_out: dict[object, float] = {}
         self.idle_since: dict[object, float] = dict.fromkeys(idle, now)
         self.origins: dict[object, Origin] = {}
+        self.holders: dict[object, Holder] = {}
 
     def forget(self, key: object) -> None:
         """Drop every trace of ``key`` (a connection closed for good, detached or reset away)."""
         self.checked_out.pop(key, None)
         self.idle_since.pop(key, None)
         self.origins.pop(key, None)
+        self.holders.pop(key, None)
 
     def clear(self) -> None:
         self.checked_out.clear()
         self.idle_since.clear()
         self.origins.clear()
+        self.holders.clear()
 
 
 def capture_origin(depth: int) -> Origin:
@@ -284,6 +291,7 @@ class Recorder:
     waits: Samples = field(default_factory=Samples)
     uses: Samples = field(default_factory=Samples)
     creates: Samples = field(default_factory=Samples)
+    by_holder: ByHolder = field(default_factory=lambda: ByHolder(Samples))
     leaked: set[object] = field(default_factory=set)
     failures: int = 0
     timeouts: int = 0
@@ -359,14 +367,33 @@ class Recorder:
         except Exception:  # noqa: S110 - the last line of defence must not raise into the host
             pass
 
-    def returned(self, key: object, started: float) -> None:
-        """A leaked connection came back (called from the checkin hook only while leaks are known)."""
+    def returned(self, key: object, held: float, holder: Holder | None, origin: Origin | None) -> None:
+        """A connection held ``held`` seconds came back (from the checkin hook, with leak detection on,
+        only when leaks are known or ``held`` is past ``leak_threshold``). One held too long that no
+        scrape saw while it was out is counted and warned about now."""
+        threshold = self.leak_threshold
         with self._lock:
-            if key not in self.leaked:
+            if key in self.leaked:
+                self.leaked.discard(key)
+                known = True
+            elif threshold is not None and held > threshold:
+                self.leaks_total += 1
+                self.by_holder.leak(holder)
+                known = False
+            else:
                 return
-            self.leaked.discard(key)
-        held = self.clock() - started
-        log.info("pool %s: leaked connection returned after %.1fs", self.name, held)
+        if known:
+            log.info("pool %s: leaked connection returned after %.1fs", self.name, held)
+            return
+        log.warning(
+            "pool %s: connection held for %.1fs%s (leak_threshold %gs), returned before it was seen "
+            "out; checked out at:\n%s",
+            self.name,
+            held,
+            _by(holder),
+            threshold,
+            format_origin(origin),
+        )
 
     # -- housekeeping ------------------------------------------------------------------------------
 
@@ -403,21 +430,25 @@ class Recorder:
         now = self.clock()
         out = ledger.checked_out.copy()  # one C call: atomic under the GIL while hooks write
         held = [(key, started) for key, started in out.items() if now - started > self.leak_threshold]
-        fresh: list[tuple[float, Origin | None]] = []
+        fresh: list[tuple[float, Origin | None, Holder | None]] = []
         with self._lock:
             for key, started in held:
                 if key not in self.leaked:
                     self.leaked.add(key)
                     self.leaks_total += 1
-                    fresh.append((started, ledger.origins.get(key)))
+                    holder = ledger.holders.get(key)
+                    self.by_holder.leak(holder)
+                    fresh.append((started, ledger.origins.get(key), holder))
             # Forget leaks whose connection went away without a checkin (detached, pool disposed).
             self.leaked.intersection_update(out.keys())  # in place: hooks hold this set
+            self.by_holder.count_leaked(self.leaked, ledger.holders)
             count = len(self.leaked)
-        for started, origin in fresh:
+        for started, origin, holder in fresh:
             log.warning(
-                "pool %s: connection held for %.1fs (leak_threshold %gs); checked out at:\n%s",
+                "pool %s: connection held for %.1fs%s (leak_threshold %gs); checked out at:\n%s",
                 self.name,
                 now - started,
+                _by(holder),
                 self.leak_threshold,
                 format_origin(origin),
             )
@@ -428,6 +459,7 @@ class Recorder:
             self.waits.fold()
             self.uses.fold()
             self.creates.fold()
+            self.by_holder.fold()
 
     def carry(self, previous: Recorder) -> None:
         """Go on from ``previous``'s counters and histograms: the recorder of a pool that replaces
@@ -454,6 +486,7 @@ class Recorder:
                 (self.creates, previous.creates),
             ):
                 mine.carry(theirs)
+            self.by_holder.carry(previous.by_holder)
 
     def snapshot(self) -> Snapshot:
         """Every counter and histogram value, consistent with each other, for one scrape."""
@@ -473,6 +506,9 @@ class Recorder:
                 uses=self.uses.cumulative(),
                 creates=self.creates.cumulative(),
                 min_idle=self.min_idle,
+                holder_uses=self.by_holder.cumulative(),
+                leaked_by_holder=self.by_holder.leaked_now(),
+                leaks_by_holder=self.by_holder.leaks_total(),
             )
 
 
@@ -498,6 +534,15 @@ class Snapshot:
     uses: tuple[list[tuple[str, float]], float]
     creates: tuple[list[tuple[str, float]], float]
     min_idle: int
+    # By bounded holder label (never the empty label, which the unlabelled values above stand for).
+    holder_uses: list[tuple[str, tuple[list[tuple[str, float]], float]]] = field(default_factory=list)
+    leaked_by_holder: dict[str, int] = field(default_factory=dict)
+    leaks_by_holder: dict[str, int] = field(default_factory=dict)
+
+
+def _by(holder: Holder | None) -> str:
+    label = "" if holder is None else holder.label
+    return f" by {label}" if label else ""
 
 
 def _connect_reason(exc: BaseException) -> str:

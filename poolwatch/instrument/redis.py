@@ -31,7 +31,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
 from poolwatch.instrument.collector import PoolState, collector_for
+from poolwatch.instrument.holder import current as current_holder
 from poolwatch.instrument.recorder import MAX_JITTER, Ledger, Recorder, capture_origin_outside
+from poolwatch.serverlabel import redis_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -117,9 +119,10 @@ def _times_connects(connection_class: type[Any]) -> bool:
 class RedisInstrumentation:
     """The instrumentation of one redis-py pool."""
 
-    def __init__(self, pool: redis.ConnectionPool, name: str, recorder: Recorder) -> None:
+    def __init__(self, pool: redis.ConnectionPool, name: str, recorder: Recorder, server: str = "") -> None:
         self.name = name
         self.recorder = recorder
+        self.server = server
         self._pool = weakref.ref(pool)
         self._internals = pool_internals(pool)
         # connection -> recorder-clock time its socket step started (a connect under way)
@@ -205,6 +208,7 @@ def instrument_redis(
     leak_threshold: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
     counts_from: Recorder | None = None,
+    server: str | None = None,
 ) -> RedisInstrumentation:
     """Export the metrics of a redis-py client's (or pool's) connection pool on ``registry``.
 
@@ -212,7 +216,8 @@ def instrument_redis(
     as it was (not a redis-py pool, instrumented already, the name taken on this registry, a bad
     ``leak_threshold``). Connections of a class without redis-py's connect steps (``_connect()`` and
     the connect callback: a test double, say) are counted like any other but their connects are not
-    timed. ``counts_from``: as for ``instrument``.
+    timed. ``counts_from`` and ``server``: as for ``instrument`` (the default label is the pool's
+    ``host:port/db``).
     """
     pool = client_or_pool.connection_pool if isinstance(client_or_pool, redis.Redis) else client_or_pool
     if not isinstance(pool, redis.ConnectionPool):
@@ -227,7 +232,9 @@ def instrument_redis(
     recorder = Recorder(name, leak_threshold=leak_threshold, clock=clock)
     if counts_from is not None:  # before the collector can read it: never a drop to 0
         recorder.carry(counts_from)
-    instrumentation = RedisInstrumentation(pool, name, recorder)
+    if server is None:
+        server = redis_server(pool.connection_kwargs)
+    instrumentation = RedisInstrumentation(pool, name, recorder, server)
     collector.add(name, instrumentation)  # raises ValueError if the name is taken: nothing changed yet
     instrumentation._registry_remove = lambda: collector.remove(name, instrumentation)
     try:
@@ -293,7 +300,7 @@ def _watch(instrumentation: RedisInstrumentation, connection: Any) -> None:
         instrumentation.recorder.internal_error(exc)
 
 
-def _checkout_hooks(
+def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: each local saves a lookup per call
     ref: Callable[[], Any], recorder: Recorder, ledger: Ledger
 ) -> tuple[Callable[..., Any], Callable[[Any], None]]:
     clock = recorder.clock
@@ -302,13 +309,17 @@ def _checkout_hooks(
     handed = recorder.handed.counter
     wait = recorder.waits.append
     use = recorder.uses.append
+    hold = recorder.by_holder.hold
     internal = recorder.internal_error
     checked_out = ledger.checked_out
     take = checked_out.pop
     idle_since = ledger.idle_since
     origins = ledger.origins
+    holders = ledger.holders
+    holder_now = current_holder
     leaked = recorder.leaked
     tracking = recorder.leak_threshold is not None
+    threshold = recorder.leak_threshold or 0.0
 
     def get_connection(*args: Any, **kwargs: Any) -> Any:
         start = clock()
@@ -326,6 +337,9 @@ def _checkout_hooks(
             if tracking:
                 origins[connection] = capture_origin_outside(_REDIS_DIR)
             checked_out[connection] = now
+            holder = holder_now()
+            if holder is not None:
+                holders[connection] = holder
         except Exception as exc:
             internal(exc)
         return connection
@@ -336,11 +350,16 @@ def _checkout_hooks(
             started = take(connection, None)  # None: never handed out (a failed connect), or earlier
             idle_since[connection] = now
             if started is not None:
-                use(now - started)
+                held = now - started
+                holder = holders.pop(connection, None) if holders else None
+                if holder is None:
+                    use(held)
+                else:
+                    hold((holder, held))
                 if tracking:
-                    origins.pop(connection, None)
-                    if leaked:
-                        recorder.returned(connection, started)
+                    origin = origins.pop(connection, None)
+                    if leaked or held > threshold:  # known leaks, or one no scrape saw out
+                        recorder.returned(connection, held, holder, origin)
         except Exception as exc:
             internal(exc)
         this = ref()

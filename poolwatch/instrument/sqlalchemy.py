@@ -36,7 +36,9 @@ from sqlalchemy.pool import Pool, QueuePool
 from sqlalchemy.pool.base import _ConnectionFairy
 
 from poolwatch.instrument.collector import PoolState, collector_for
+from poolwatch.instrument.holder import current as current_holder
 from poolwatch.instrument.recorder import MAX_JITTER, Ledger, Recorder
+from poolwatch.serverlabel import sql_server
 
 if TYPE_CHECKING:
     from collections import deque
@@ -125,9 +127,10 @@ class _Attached:
 class SQLAlchemyInstrumentation:
     """The instrumentation of one engine or pool: its recorder, and what the collector reads."""
 
-    def __init__(self, target: Engine | QueuePool, name: str, recorder: Recorder) -> None:
+    def __init__(self, target: Engine | QueuePool, name: str, recorder: Recorder, server: str = "") -> None:
         self.name = name
         self.recorder = recorder
+        self.server = server
         self._target = weakref.ref(target)
         self._facts: weakref.WeakKeyDictionary[ConnectionPoolEntry, _Facts] = weakref.WeakKeyDictionary()
         self._facts_lock = threading.RLock()  # reentrant: a dropped connection's finalizer closes it
@@ -210,6 +213,7 @@ def instrument(
     leak_threshold: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
     counts_from: Recorder | None = None,
+    server: str | None = None,
 ) -> SQLAlchemyInstrumentation:
     """Export the pool metrics of ``engine`` (or of a QueuePool built directly) on ``registry``.
 
@@ -219,7 +223,9 @@ def instrument(
     (not a QueuePool, instrumented already, the name taken on this registry, a bad
     ``leak_threshold``). ``leak_threshold`` (seconds) turns on leak detection. ``counts_from``: the
     recorder of a pool this one replaces under the same name (a target rebuilt on reload), whose
-    counters and histograms this one's count on from.
+    counters and histograms this one's count on from. ``server``: the ``server`` label, when the
+    engine's URL (``host:port/database``, the default; empty for a pool built directly) names the
+    server otherwise than the daemon's census of it does.
     """
     target: Engine | QueuePool = cast("Any", getattr(engine, "sync_engine", engine))  # AsyncEngine wraps one
     pool = _checked(target if isinstance(target, Pool) else target.pool, name, leak_threshold)
@@ -227,7 +233,9 @@ def instrument(
     recorder = Recorder(name, leak_threshold=leak_threshold, clock=clock)
     if counts_from is not None:  # before the collector can read it: never a drop to 0
         recorder.carry(counts_from)
-    instrumentation = SQLAlchemyInstrumentation(target, name, recorder)
+    if server is None:
+        server = "" if isinstance(target, Pool) else sql_server(target.url)
+    instrumentation = SQLAlchemyInstrumentation(target, name, recorder, server)
     collector.add(name, instrumentation)  # raises ValueError if the name is taken: nothing changed yet
     instrumentation._registry_remove = lambda: collector.remove(name, instrumentation)
     listeners = _RareEvents(instrumentation)
@@ -312,7 +320,7 @@ def _hook(pool: QueuePool, instrumentation: SQLAlchemyInstrumentation) -> QueueP
     return pool
 
 
-def _connect_hook(  # noqa: PLR0915 - unrolled on purpose: each local saves a lookup per checkout
+def _connect_hook(  # noqa: C901, PLR0915 - unrolled on purpose: each local saves a lookup per checkout
     pool: Pool, recorder: Recorder, ledger: Ledger
 ) -> Callable[[], PoolProxiedConnection]:
     # Everything the hot path touches is bound to a local of this closure once, and the leak and
@@ -329,6 +337,8 @@ def _connect_hook(  # noqa: PLR0915 - unrolled on purpose: each local saves a lo
     origins = ledger.origins
     frame = getframe
     ident = get_ident
+    holders = ledger.holders
+    holder_now = current_holder
     plain_connect = Pool.connect
     fairy = _ConnectionFairy
 
@@ -349,7 +359,11 @@ def _connect_hook(  # noqa: PLR0915 - unrolled on purpose: each local saves a lo
         count(handed)
         wait(now - start)
         try:
-            checked_out[connection._connection_record] = now
+            record = connection._connection_record
+            checked_out[record] = now
+            holder = holder_now()
+            if holder is not None:
+                holders[record] = holder
         except Exception as exc:
             internal(exc)
         return connection
@@ -377,6 +391,9 @@ def _connect_hook(  # noqa: PLR0915 - unrolled on purpose: each local saves a lo
                 caller = frame(1)
             origins[record] = (caller.f_code, caller.f_lasti, ident())
             checked_out[record] = now
+            holder = holder_now()
+            if holder is not None:
+                holders[record] = holder
         except Exception as exc:
             internal(exc)
         return connection
@@ -389,12 +406,15 @@ def _connect_hook(  # noqa: PLR0915 - unrolled on purpose: each local saves a lo
 def _return_hook(pool: Pool, recorder: Recorder, ledger: Ledger) -> Callable[[ConnectionPoolEntry], None]:
     clock = recorder.clock
     use = recorder.uses.append
+    hold = recorder.by_holder.hold
     leaked = recorder.leaked
     internal = recorder.internal_error
     take = ledger.checked_out.pop
     idle_since = ledger.idle_since
     forget_origin = ledger.origins.pop
+    holders = ledger.holders
     tracking = recorder.leak_threshold is not None
+    threshold = recorder.leak_threshold or 0.0
     plain_return = Pool._return_conn
 
     def return_conn(record: ConnectionPoolEntry) -> None:
@@ -403,11 +423,16 @@ def _return_hook(pool: Pool, recorder: Recorder, ledger: Ledger) -> Callable[[Co
             started = take(record, None)  # None: never handed out (a failed connect), or before instrument()
             idle_since[record] = now
             if started is not None:
-                use(now - started)
+                held = now - started
+                holder = holders.pop(record, None) if holders else None
+                if holder is None:
+                    use(held)
+                else:
+                    hold((holder, held))
                 if tracking:
-                    forget_origin(record, None)
-                    if leaked:
-                        recorder.returned(record, started)
+                    origin = forget_origin(record, None)
+                    if leaked or held > threshold:  # known leaks, or one no scrape saw out
+                        recorder.returned(record, held, holder, origin)
         except Exception as exc:
             internal(exc)
         # What Pool._return_conn() does, without its frame (unless overridden or patched since).

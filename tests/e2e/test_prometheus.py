@@ -248,7 +248,13 @@ def test_exhaustion_alert_fires_and_resolves_and_every_dashboard_query_has_data(
     assert remaining == {}, f"dashboard queries that returned no data: {sorted(remaining)}"
 
     # The template variables list what this stack runs: both jobs, the app's pool, the target.
-    expected = {"job": {"poolwatch", "e2e-app"}, "pool": {"e2e"}, "target": {"pg"}, "instance": set()}
+    expected = {
+        "job": {"poolwatch", "e2e-app"},
+        "pool": {"e2e"},
+        "target": {"pg"},
+        "instance": set(),
+        "server": set(),
+    }
     for name, variable in dash.variables(dash.load()).items():
         if name == "datasource" or name in dash.KIND_VARIABLES:
             continue

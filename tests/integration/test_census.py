@@ -18,7 +18,15 @@ pytestmark = pytest.mark.integration
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float | None:
-    return metrics.registry.get_sample_value(f"poolwatch_{name}", labels)
+    """The one sample of ``name`` whose labels include ``labels`` (None when there is none)."""
+    found = [
+        s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name == f"poolwatch_{name}" and labels.items() <= s.labels.items()
+    ]
+    assert len(found) <= 1, f"{name}{labels}: {len(found)} samples match"
+    return found[0] if found else None
 
 
 def census_once(runtime, metrics) -> None:
@@ -98,6 +106,9 @@ def test_postgres_census_counts_sessions_by_state_and_bounded_labels(pg, app_ses
             "current_setting('superuser_reserved_connections')::int"
         )[0][0]
         assert value(metrics, "server_max_connections", target="pgc") == limit
+        # The census names its server as the target's pools do: host:port/database, no credentials.
+        server = f"{pg.host}:{pg.port}/postgres"
+        assert value(metrics, "server_max_connections", target="pgc", server=server) == limit
         clients = len(pg.backends()) + 1  # the census connection itself
         ratio = value(metrics, "server_connections_used_ratio", target="pgc")
         assert ratio == pytest.approx(clients / limit, abs=3 / limit)

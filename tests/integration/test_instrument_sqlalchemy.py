@@ -239,7 +239,7 @@ def test_many_threads_counts_add_up_exactly(make_engine, registry) -> None:
 
     def scraper() -> None:  # scraping while the hot path runs must not lose or double anything
         while not scrapes.is_set():
-            registry.get_sample_value("poolwatch_pool_checkouts_total", {"pool": "conc"})
+            sample(registry, "pool_checkouts_total", "conc")
 
     def work() -> None:
         for _ in range(per_thread):

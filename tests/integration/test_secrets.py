@@ -182,6 +182,12 @@ def test_no_password_in_any_output_with_a_configuration_file(
     finally:
         lingering.close()
     assert "secret-holder" in "".join(texts), "the status shows the idle transaction's application"
+    # Pool and census series name their server by host, port and database: never a user or password.
+    servers = {label for text in texts for label in re.findall(r'server="([^"]*)"', text)}
+    assert f"{pg.host}:{pg.port}/postgres" in servers
+    assert f"{redis.host}:{redis.port}/0" in servers
+    credentials = ("secret_url", "secret_file", *passwords)
+    assert not [label for label in servers if "@" in label or any(c in label for c in credentials)], servers
     for command in (
         ["config", "-c", str(path)],
         ["check", "-c", str(path)],

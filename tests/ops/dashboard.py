@@ -59,4 +59,4 @@ def variable_selector(variable: dict[str, Any]) -> tuple[str, str]:
 def instantiate(expr: str, rate_interval: str) -> str:
     """The query as Grafana sends it with every variable at "All" (.*)."""
     text = expr.replace("$__rate_interval", rate_interval).replace("$__interval", rate_interval)
-    return re.sub(r"\$\{?(job|instance|pool|target)\}?", ".*", text)
+    return re.sub(r"\$\{?(job|instance|pool|target|server)\}?", ".*", text)

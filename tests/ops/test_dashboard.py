@@ -32,7 +32,11 @@ REQUIRED = {
     "pgbouncer waiting clients": "poolwatch_pgbouncer_client_connections",
     "pgbouncer max wait": "poolwatch_pgbouncer_client_max_wait_seconds",
     "pgbouncer server connections": "poolwatch_pgbouncer_server_connections",
+    "connections held by holder": "poolwatch_pool_use_seconds_sum",
+    "server limit": "poolwatch_server_max_connections",
 }
+# The fleet headroom queries: per server (host:port), over every job and instance.
+SERVER_FILTER = 'server=~"($server)(/.*)?"'
 
 
 def test_every_panel_query_uses_only_metrics_poolwatch_exports():
@@ -88,12 +92,35 @@ def test_job_instance_pool_target_variables_read_exported_labels():
 
 def test_pool_and_target_panels_filter_on_their_variables():
     for where, expr in dash.queries(dash.load()):
+        if "server_endpoint" in expr:  # fleet-wide: filtered on the server, never on job or instance
+            assert expr.count("poolwatch_") == expr.count(SERVER_FILTER), where
+            assert "$job" not in expr, where
+            assert "$instance" not in expr, where
+            continue
         assert 'job=~"$job"' in expr, where
         assert 'instance=~"$instance"' in expr, where
         if "poolwatch_pool_" in expr:
             assert 'pool=~"$pool"' in expr, where
         if any(f"poolwatch_{p}" in expr for p in ("up", "probe_", "server_", "reaper_", "job_")):
             assert 'target=~"$target"' in expr, where
+
+
+def test_the_headroom_panel_shows_ceiling_limit_and_in_use_per_server():
+    (panel,) = [p for p in dash.panels(dash.load()) if p["title"].startswith("Server headroom")]
+    by_metric = {name: target["expr"] for target in panel["targets"] for name in metric_names(target["expr"])}
+    assert set(by_metric) == {
+        "poolwatch_pool_max_connections",  # the ceiling
+        "poolwatch_server_max_connections",  # the limit
+        "poolwatch_server_connections",  # in use on the server
+        "poolwatch_pool_connections",  # open in the pools
+    }
+    for expr in by_metric.values():
+        assert "by (server_endpoint)" in expr, expr
+    variable = dash.variables(dash.load())["server"]
+    selector, label = dash.variable_selector(variable)
+    assert label == "server"
+    assert metric_names(selector) <= exported_names()
+    assert variable["regex"] == "/^([^/]+)/"  # host:port, as the panel groups by
 
 
 def test_panel_ids_are_unique_and_the_grid_fits():

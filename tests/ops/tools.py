@@ -31,3 +31,9 @@ def load_yaml(path: Path) -> object:
 def alerts(rules: object) -> list[dict[str, object]]:
     assert isinstance(rules, dict)
     return [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def rules(loaded: object) -> list[dict[str, object]]:
+    """Every rule of every group: alerts and recording rules."""
+    assert isinstance(loaded, dict)
+    return [rule for group in loaded["groups"] for rule in group["rules"]]

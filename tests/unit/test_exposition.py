@@ -251,5 +251,9 @@ def test_pool_collector_rows_say_what_its_collect_says(tmp_path):
     assert hasattr(collector_for(registry), "rows")
     assert_same_samples(ours, theirs)
     assert headers(ours) == headers(theirs)
-    assert samples(ours)["poolwatch_pool_checkouts_total", (("pool", "billing"),)] == 3
-    assert samples(ours)["poolwatch_pool_connections", (("pool", "orders"), ("state", "used"))] == 1
+    billing, orders = (
+        (("pool", "billing"), ("server", "billing.db")),
+        (("pool", "orders"), ("server", "orders.db")),
+    )
+    assert samples(ours)["poolwatch_pool_checkouts_total", billing] == 3
+    assert samples(ours)["poolwatch_pool_connections", (*orders, ("state", "used"))] == 1

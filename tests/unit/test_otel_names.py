@@ -41,7 +41,7 @@ def test_pool_families_use_every_conventional_instrument_and_namespace_the_rest(
         assert otel.attributes[0] == "db.client.connection.pool.name"
         assert otel.semconv == otel.name.startswith("db.client.connection.")
         assert otel.semconv or otel.name.startswith("poolwatch.")
-    assert POOL_NAMES["pool_connections"].attributes[1] == "db.client.connection.state"
+    assert POOL_NAMES["pool_connections"].attributes[1:] == ("poolwatch.server", "db.client.connection.state")
 
 
 def test_daemon_families_follow_the_naming_rule() -> None:

@@ -11,12 +11,13 @@ import poolwatch
 
 def counts(registry: CollectorRegistry) -> dict[str, float | None]:
     value = registry.get_sample_value
+    pool = {"pool": "orders", "server": "orders.db"}
     return {
-        "checkouts": value("poolwatch_pool_checkouts_total", {"pool": "orders"}),
-        "waits": value("poolwatch_pool_wait_seconds_count", {"pool": "orders"}),
-        "uses": value("poolwatch_pool_use_seconds_count", {"pool": "orders"}),
-        "closed": value("poolwatch_pool_closed_total", {"pool": "orders", "reason": "dispose"}),
-        "pending": value("poolwatch_pool_pending_requests", {"pool": "orders"}),
+        "checkouts": value("poolwatch_pool_checkouts_total", pool),
+        "waits": value("poolwatch_pool_wait_seconds_count", pool),
+        "uses": value("poolwatch_pool_use_seconds_count", {**pool, "holder": ""}),
+        "closed": value("poolwatch_pool_closed_total", {**pool, "reason": "dispose"}),
+        "pending": value("poolwatch_pool_pending_requests", pool),
     }
 
 

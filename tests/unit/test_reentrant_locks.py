@@ -57,7 +57,7 @@ def test_a_checkin_while_the_recorder_is_locked_on_the_same_thread() -> None:
 
     def finalizer_during_a_snapshot() -> None:
         with recorder._lock:  # a scrape folding samples, when the garbage collector runs
-            recorder.returned("entry", 0.0)  # a dropped connection's checkin, from its finalizer
+            recorder.returned("entry", 0.0, None, None)  # a dropped connection's checkin, from its finalizer
             recorder.close("overflow")
 
     assert finishes(finalizer_during_a_snapshot)
