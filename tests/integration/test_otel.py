@@ -246,3 +246,32 @@ def test_a_pool_replaced_under_its_name_hands_its_last_samples_on(make_engine, r
     assert found["poolwatch.pool.checkouts"].value() == 3
     assert found["db.client.connection.wait_time"].value().count == 3
     assert found["db.client.connection.use_time"].value().count == 3
+
+
+def test_use_time_and_leaks_carry_the_holder_and_every_point_the_server(
+    make_engine, registry, reader
+) -> None:
+    engine = make_engine(pool_size=2)
+    poolwatch.instrument(engine, name="held", registry=registry)
+    with poolwatch.holder("nightly-report"), engine.connect():
+        pass
+    with engine.connect():
+        pass
+    found = collect(reader)
+    uses = found["db.client.connection.use_time"]
+    assert uses.value(poolwatch__holder="nightly-report").count == 1
+    unlabelled = [point for labels, point in uses.points if "poolwatch.holder" not in labels]
+    assert [point.count for point in unlabelled] == [1]
+    server = sample_server(registry)
+    for family in found.values():
+        assert all(labels["poolwatch.server"] == server for labels, _ in family.points), family.name
+    assert sample(registry, "pool_use_seconds_count", "held", holder="nightly-report") == 1
+
+
+def sample_server(registry) -> str:
+    """The server label the Prometheus side gives the pool."""
+    for family in registry.collect():
+        for item in family.samples:
+            if item.labels.get("pool") == "held" and "server" in item.labels:
+                return item.labels["server"]
+    raise AssertionError("no server label")
