@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from typing import Any
 
 import psycopg2
 from prometheus_client import CollectorRegistry
@@ -31,7 +32,7 @@ SIZES = (10, 100, 250)
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 30
     server = PostgresServer().start()
-    sessions: list = []
+    sessions: list[Any] = []
     try:
         settings = validate(
             {

@@ -38,6 +38,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.servers import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("bare", "poolwatch", "poolwatch-noleak", "poolwatch-otel", "naive")
@@ -133,7 +137,7 @@ def worker(variant: str, url: str) -> None:
     engine.dispose()
 
 
-def start_postgres():
+def start_postgres() -> PostgresServer:
     sys.path.insert(0, str(ROOT))
     from tests.servers import PostgresServer
 
@@ -165,7 +169,7 @@ def main() -> int:
         return 0
 
     server = None if args.url else start_postgres()
-    url = args.url or server.url()
+    url = args.url if server is None else server.url()
     try:
         return instructions(args, url) if args.instructions else run(args, url)
     finally:
@@ -178,11 +182,16 @@ def run(args: argparse.Namespace, url: str) -> int:
     processes = 1 if args.profile else args.processes
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, __file__, "--url", url, "--worker"]
-    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True, "cwd": ROOT, "env": env}
     # Several processes per variant: one process's memory layout can make it a few per cent faster
     # or slower for its whole life, which interleaving rounds does not average out; round r runs on
     # process r % processes of every variant.
-    workers = {(v, k): subprocess.Popen([*command, v], **pipes) for v in variants for k in range(processes)}
+    workers = {
+        (v, k): subprocess.Popen(
+            [*command, v], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env
+        )
+        for v in variants
+        for k in range(processes)
+    }
 
     def ask(worker: tuple[str, int], command: str, cycles: int) -> tuple[float, float, float]:
         process = workers[worker]

@@ -165,8 +165,8 @@ def main() -> None:
         shown_ratio = f"{median(ratio[name]):.2f}" if ratio[name] else ""
         print(f"{name:58} {spread(wall_ms):>22} {spread(cpu_ms) if cpu_ms else '':>22} {shown_ratio:>17}")
         if name in after_stopped:
-            tail = spread([1000 * s for s in after_stopped[name]])
-            print(f"{'  (of which after poolwatch stopped)':58} {tail:>22}")
+            tail_ms = spread([1000 * s for s in after_stopped[name]])
+            print(f"{'  (of which after poolwatch stopped)':58} {tail_ms:>22}")
     results: dict[str, Any] = {
         "benchmark": "cli_startup",
         "command": shlex.join([".venv/bin/python", "-m", "benchmarks.cli_startup", *sys.argv[1:]]),

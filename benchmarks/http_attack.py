@@ -49,7 +49,8 @@ import yaml
 from typing_extensions import Self
 
 from benchmarks import harness
-from benchmarks.harness import LOOPBACK, SCRAPE_HEADERS, median, percentile, spread
+from benchmarks.harness import SCRAPE_HEADERS, median, percentile, spread
+from tests.servers import LOOPBACK, free_port
 
 USER, PASSWORD = "prometheus", "scrape-Pa55word"
 SCENARIOS = ("sequential", "concurrent", "flood", "auth_attack")
@@ -60,7 +61,7 @@ class Process:
 
     def __init__(self, name: str, config: dict[str, Any], workdir: Path, pythonpath: str | None) -> None:
         self.name = name
-        self.port = harness.free_port()
+        self.port = free_port()
         self.tls = "tls" in config["http"]
         config = {**config, "http": {**config["http"], "listen": f"{LOOPBACK}:{self.port}"}}
         path = workdir / f"{name}.yaml"
@@ -319,6 +320,7 @@ def tls_garbage(process: Process, count: int) -> dict[str, Any]:
     cpu = process.cpu()
     time.sleep(3)
     idle_cpu = (process.cpu() - cpu) / 3
+    status: int | str
     try:
         status, latency = scrape(process.connection(timeout=10))
     except (OSError, http.client.HTTPException) as exc:

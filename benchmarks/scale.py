@@ -33,6 +33,7 @@ from typing import Any
 
 from benchmarks import harness
 from benchmarks.harness import Contender, median, spread
+from tests.servers import LOOPBACK
 
 
 def targets_for(size: int, pg: Any, redis_server: Any, tick: float) -> list[dict[str, Any]]:
@@ -129,7 +130,7 @@ def measure_hung(
                 {
                     **targets[0],
                     "name": "hung",
-                    "url": f"postgresql+psycopg2://{pg.superuser}:{pg.password}@{harness.LOOPBACK}:"
+                    "url": f"postgresql+psycopg2://{pg.superuser}:{pg.password}@{LOOPBACK}:"
                     f"{hole.getsockname()[1]}/postgres",
                 }
             )

@@ -22,6 +22,7 @@ from typing import Any
 
 from benchmarks import harness
 from benchmarks.harness import Contender, ScrapeRound, median, spread
+from tests.servers import LOOPBACK, free_port
 
 PEER_PACKAGES = {
     "prometheus-postgres-exporter": "prometheus-postgres-exporter",
@@ -40,13 +41,13 @@ def poolwatch_config(pg: Any, redis_server: Any) -> dict[str, Any]:
 
 def start_peers(pg: Any, redis_server: Any, workdir: Path) -> list[Contender]:
     harness.ensure_debian_packages(PEER_PACKAGES)
-    pg_port, redis_port = harness.free_port(), harness.free_port()
+    pg_port, redis_port = free_port(), free_port()
     dsn = f"postgresql://{pg.superuser}:{pg.password}@{pg.host}:{pg.port}/postgres?sslmode=disable"
     postgres_exporter = harness.start_process(
         "postgres_exporter",
         [
             "prometheus-postgres-exporter",
-            f"--web.listen-address={harness.LOOPBACK}:{pg_port}",
+            f"--web.listen-address={LOOPBACK}:{pg_port}",
             "--log.level=warn",
         ],
         pg_port,
@@ -58,7 +59,7 @@ def start_peers(pg: Any, redis_server: Any, workdir: Path) -> list[Contender]:
         [
             "prometheus-redis-exporter",
             f"-redis.addr=redis://{redis_server.host}:{redis_server.port}",
-            f"-web.listen-address={harness.LOOPBACK}:{redis_port}",
+            f"-web.listen-address={LOOPBACK}:{redis_port}",
         ],
         redis_port,
         workdir,

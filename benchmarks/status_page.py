@@ -31,6 +31,7 @@ from poolwatch import statuspage
 from poolwatch.census import postgres as pg_census
 from poolwatch.census import redis as redis_census
 from poolwatch.census.job import CensusJob
+from poolwatch.census.labels import Bounds
 from poolwatch.config import validate
 from poolwatch.daemon import Daemon
 from poolwatch.history import BYTES, SLOTS
@@ -53,7 +54,7 @@ class CannedCensus(pg_census.PostgresCensus):
 
     def __call__(self) -> list[Any]:
         self.oldest_idle_in_transaction = pg_census.oldest_idle_in_transaction(self.rows)
-        bounds = pg_census.Bounds(frozenset({"orders"}), frozenset({"web"}), frozenset({"web-1"}))
+        bounds = Bounds(frozenset({"orders"}), frozenset({"web"}), frozenset({"web-1"}))
         return pg_census.samples(self.rows, 200, bounds, {"web-1": "orders"}, (60.0, 300.0, 3600.0))
 
 
@@ -109,7 +110,7 @@ def _take(kind: str, index: int) -> Callable[[], list[Any]]:
             )
             for i in range(60)
         ]
-        bounds = redis_census.Bounds(applications=frozenset({"web-1"}))
+        bounds = Bounds(applications=frozenset({"web-1"}))
         info = {"maxclients": 10000, "connected_clients": 60}
         return lambda: redis_census.samples(clients, info, bounds, {"web-1": "redis"}, (60.0, 300.0))
     states = ("active", "idle", "idle", "idle", "idle in transaction")

@@ -27,7 +27,7 @@ from poolwatch.jobs import BoundedCall
 from poolwatch.urls import sqlalchemy_url
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator, Mapping
+    from collections.abc import Collection, Generator, Iterator, Mapping
 
     import redis
     from sqlalchemy.engine import Engine
@@ -187,7 +187,7 @@ class Database:
         finally:
             session.close()
 
-    def get_session(self) -> Iterator[Session]:
+    def get_session(self) -> Generator[Session, None, None]:
         """``session_scope()`` as a generator, for ``Depends(db.get_session)`` in FastAPI."""
         with self.session_scope() as session:
             yield session
@@ -233,7 +233,7 @@ class RedisDatabase:
             yield pipe
             pipe.execute()
 
-    def get_client(self) -> Iterator[redis.Redis]:
+    def get_client(self) -> Generator[redis.Redis, None, None]:
         """``client_scope()`` as a generator, for ``Depends(cache.get_client)`` in FastAPI."""
         with self.client_scope() as client:
             yield client
@@ -327,12 +327,12 @@ def session_scope() -> Iterator[Session]:
         yield session
 
 
-def get_session() -> Iterator[Session]:
+def get_session() -> Generator[Session, None, None]:
     """A FastAPI dependency yielding a session of the default database."""
     yield from get_database().get_session()
 
 
-def get_redis() -> Iterator[redis.Redis]:
+def get_redis() -> Generator[redis.Redis, None, None]:
     """A FastAPI dependency yielding the default shared Redis client."""
     yield from get_redis_database().get_client()
 

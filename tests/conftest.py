@@ -5,7 +5,7 @@ at existing servers instead; destructive tests are then skipped."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -96,8 +96,8 @@ def mariadb_factory() -> Iterator[Callable[..., MariaDBServer]]:
     """Start private MariaDB servers a test may stop, kill and restart (options go to MariaDBServer)."""
     servers: list[MariaDBServer] = []
 
-    def make(**options: object) -> MariaDBServer:
-        server = MariaDBServer(**options).start()  # type: ignore[arg-type]
+    def make(**options: Any) -> MariaDBServer:
+        server = MariaDBServer(**options).start()
         servers.append(server)
         return server
 

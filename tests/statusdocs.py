@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from poolwatch.assess import health, rank
 
 if TYPE_CHECKING:
-    from poolwatch.status import StatusDoc, TargetDoc
+    from poolwatch.status import CountsDoc, StatusDoc, TargetDoc
 
 NOW = 1_750_000_000.0
 
@@ -92,8 +92,8 @@ def target(name: str = "orders", **changes: Any) -> TargetDoc:
             doc[key] = {**doc[key], **value}
         else:
             doc[key] = value
-    result: TargetDoc = copy.deepcopy(doc)  # type: ignore[assignment]
-    return result
+    # Built key by key from arbitrary changes: a TargetDoc only by construction.
+    return cast("TargetDoc", copy.deepcopy(doc))
 
 
 def document(*targets: TargetDoc) -> StatusDoc:
@@ -104,7 +104,7 @@ def document(*targets: TargetDoc) -> StatusDoc:
         t["health"] = health(t)
         docs.append(t)
     docs.sort(key=rank)
-    counts = {"critical": 0, "warning": 0, "unknown": 0, "ok": 0}
+    counts: CountsDoc = {"critical": 0, "warning": 0, "unknown": 0, "ok": 0}
     for t in docs:
         counts[t["health"]] += 1
     return {
@@ -113,6 +113,6 @@ def document(*targets: TargetDoc) -> StatusDoc:
         "source": "file /etc/poolwatch.yaml",
         "generated_at": NOW,
         "healthy": True,
-        "counts": counts,  # type: ignore[typeddict-item]
+        "counts": counts,
         "targets": docs,
     }

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,7 +76,7 @@ DESELECTED: dict[str, str] = {
 @dataclass(frozen=True)
 class Run:
     outcomes: dict[str, str]  # test id -> passed | failed | skipped
-    report: dict[str, object]  # what the plugin saw (instrumented runs only)
+    report: dict[str, Any]  # the JSON the plugin wrote (instrumented runs only)
     output: str
 
 

@@ -10,6 +10,7 @@ rules' logic is the shipped one, only faster.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -195,7 +196,7 @@ def stack(pg: PostgresServer, tmp_path: Path) -> Iterator[dict[str, Any]]:
         api = Prometheus(f"http://127.0.0.1:{prometheus_port}")
         wait_for("Prometheus ready", lambda: get_json_status(api.base_url + "/-/ready") == 200, 60)
         for job in ("poolwatch", "e2e-app"):
-            wait_for(f"{job} scraped", lambda job=job: api.query(f'up{{job="{job}"}} == 1'), 30)
+            wait_for(f"{job} scraped", functools.partial(api.query, f'up{{job="{job}"}} == 1'), 30)
         yield {"prometheus": api, "app": app}
     finally:
         for process in reversed(processes):

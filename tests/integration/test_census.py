@@ -29,6 +29,13 @@ def value(metrics: Metrics, name: str, **labels: str) -> float | None:
     return found[0] if found else None
 
 
+def present(metrics: Metrics, name: str, **labels: str) -> float:
+    """The sample's value; the sample must exist."""
+    sample = value(metrics, name, **labels)
+    assert sample is not None, f"no poolwatch_{name} sample with {labels}"
+    return sample
+
+
 def census_once(runtime, metrics) -> None:
     (job,) = [j for j in runtime.jobs if j.task == "census"]
     outcome = run_job(job, BoundedCall("census-test"))
@@ -92,7 +99,7 @@ def test_postgres_census_counts_sessions_by_state_and_bounded_labels(pg, app_ses
         assert (
             value(metrics, "server_connections", state="idle in transaction", application=app, **labels) == 1
         )
-        assert value(metrics, "server_connections", state="idle", application="", **labels) >= 1
+        assert present(metrics, "server_connections", state="idle", application="", **labels) >= 1
         assert value(metrics, "server_connections", state="idle", application="other", **labels) == 1
         assert (
             value(metrics, "server_connections", state="idle", application="some-request-id-1234", **labels)
@@ -112,10 +119,10 @@ def test_postgres_census_counts_sessions_by_state_and_bounded_labels(pg, app_ses
         clients = len(pg.backends()) + 1  # the census connection itself
         ratio = value(metrics, "server_connections_used_ratio", target="pgc")
         assert ratio == pytest.approx(clients / limit, abs=3 / limit)
-        assert value(metrics, "server_oldest_seconds", target="pgc", state="idle") >= 0.9
-        assert value(metrics, "server_oldest_seconds", target="pgc", state="idle in transaction") >= 0.9
-        assert value(metrics, "server_oldest_transaction_seconds", target="pgc") >= 0.9
-        assert value(metrics, "server_idle_connections", target="pgc", idle_over="0.5") >= 4
+        assert present(metrics, "server_oldest_seconds", target="pgc", state="idle") >= 0.9
+        assert present(metrics, "server_oldest_seconds", target="pgc", state="idle in transaction") >= 0.9
+        assert present(metrics, "server_oldest_transaction_seconds", target="pgc") >= 0.9
+        assert present(metrics, "server_idle_connections", target="pgc", idle_over="0.5") >= 4
         assert value(metrics, "server_idle_connections", target="pgc", idle_over="3600") == 0
     finally:
         runtime.close()
@@ -209,9 +216,9 @@ def test_redis_census_counts_clients_and_idle_thresholds(redis_server):
         assert value(metrics, "server_connections", state="pubsub", application="", **labels) == 1
         assert value(metrics, "server_pool_connections", target="rc", pool=name, state="connected") == 3
         assert value(metrics, "server_max_connections", target="rc") == 10000
-        assert value(metrics, "server_idle_connections", target="rc", idle_over="1") >= 4
+        assert present(metrics, "server_idle_connections", target="rc", idle_over="1") >= 4
         assert value(metrics, "server_idle_connections", target="rc", idle_over="3600") == 0
-        assert value(metrics, "server_oldest_seconds", target="rc", state="connected") >= 2
+        assert present(metrics, "server_oldest_seconds", target="rc", state="connected") >= 2
     finally:
         runtime.close()
         pubsub.close()

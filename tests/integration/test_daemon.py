@@ -86,7 +86,11 @@ def test_probes_report_every_kind_up(pg: PostgresServer, redis_server: RedisServ
     config = {"targets": [pg_target(pg), redis_target(redis_server), sqlite]}
     with running_daemon(config) as daemon:
         for name in ("orders", "cache", "embedded"):
-            wait_for(lambda n=name: metric(daemon, "poolwatch_up", target=n) == 1)
+
+            def up(n: str = name) -> bool:
+                return metric(daemon, "poolwatch_up", target=n) == 1
+
+            wait_for(up)
             assert metric(daemon, "poolwatch_probe_duration_seconds_count", target=name) >= 1
             assert (
                 metric(daemon, "poolwatch_job_last_success_timestamp_seconds", task="probe", target=name) > 0

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 import redis
 from sqlalchemy import text
+from sqlalchemy.pool import QueuePool
 
 from poolwatch import (
     AuthenticationFailedError,
@@ -67,13 +68,14 @@ def test_session_scope_rolls_back_on_any_error_and_reraises_it(db: Database) -> 
 
 def test_session_scope_always_returns_the_connection(db: Database) -> None:
     pool = db.engine.pool
+    assert isinstance(pool, QueuePool)
     for fail in (False, True):
         with pytest.raises(ValueError) if fail else contextlib.nullcontext(), db.session_scope() as session:
             session.execute(text("SELECT 1"))
-            assert pool.checkedout() == 1  # type: ignore[attr-defined]
+            assert pool.checkedout() == 1
             if fail:
                 raise ValueError
-        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert pool.checkedout() == 0
 
 
 def test_get_session_is_a_dependency_generator_that_commits_and_closes(db: Database) -> None:
@@ -83,7 +85,8 @@ def test_get_session_is_a_dependency_generator_that_commits_and_closes(db: Datab
     with pytest.raises(StopIteration):
         next(dependency)  # FastAPI resumes the generator after the response
     assert count(db) == 1
-    assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert isinstance(db.engine.pool, QueuePool)
+    assert db.engine.pool.checkedout() == 0
 
 
 def test_get_session_rolls_back_when_the_request_fails(db: Database) -> None:
@@ -187,7 +190,8 @@ def test_target_engine_uses_the_pool_settings_and_application_name(pg: PostgresS
         with engine.connect() as connection:
             name = connection.exec_driver_sql("SHOW application_name").scalar()
         assert name == "orders-api"
-        assert engine.pool.size() == 3  # type: ignore[attr-defined]
+        assert isinstance(engine.pool, QueuePool)
+        assert engine.pool.size() == 3
         assert "***" in repr(engine.url)
     finally:
         engine.dispose()
@@ -210,7 +214,8 @@ def test_shared_engine_serves_many_threads(db: Database) -> None:
     for thread in threads:
         thread.join(60)
     assert failures == []
-    assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert isinstance(db.engine.pool, QueuePool)
+    assert db.engine.pool.checkedout() == 0
 
 
 # --- Redis ---------------------------------------------------------------------------------------

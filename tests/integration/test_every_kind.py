@@ -129,9 +129,12 @@ def test_one_daemon_watches_postgres_mariadb_pgbouncer_and_redis(
             assert kinds == [("mysql", 2)]
             # PgBouncer's only server connection is held: the next client waits, and it shows.
             holder.cursor().execute("SELECT 1")
-            threading.Thread(
-                target=lambda: (waiter.cursor().execute("SELECT 1"), waited.set()), daemon=True
-            ).start()
+
+            def wait_for_a_connection() -> None:
+                waiter.cursor().execute("SELECT 1")
+                waited.set()
+
+            threading.Thread(target=wait_for_a_connection, daemon=True).start()
             wait_for(
                 lambda: (
                     (

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from poolwatch.reaper.job import ReaperJob
+from poolwatch.reaper.postgres import PostgresReaper
 from tests.daemonkit import Scraper, metric, running_daemon, scrape, value, wait_for
 from tests.tcpproxy import TcpProxy
 
@@ -27,7 +29,7 @@ WATCH = 6.0
 PROBE = {"interval": INTERVAL, "timeout": INTERVAL, "auth_backoff_max": BACKOFF_MAX}
 # The target's other jobs at the probe's interval: without the shared back-off each of them would
 # log in five times a second (housekeeping refills the pool to min_idle).
-OTHERS = {
+OTHERS: dict[str, dict[str, object]] = {
     "pool": {"min_idle": 1, "housekeeping_interval": INTERVAL},
     "census": {"interval": INTERVAL, "timeout": INTERVAL},
     "reaper": {
@@ -129,7 +131,11 @@ def test_backoff_ends_when_the_login_works_again(pg: PostgresServer) -> None:
         assert value(scrape(daemon), "poolwatch_probe_backoff_seconds", target=name) == 0
         # The other jobs log in and work again from their next run on.
         for task in DEFERRED:
-            wait_for(lambda task=task: _last_success(daemon, task, name) > before[task], 10, f"{task} ran")
+
+            def ran_again(task: str = task) -> bool:
+                return _last_success(daemon, task, name) > before[task]
+
+            wait_for(ran_again, 10, f"{task} ran")
         assert metric(daemon, "poolwatch_reaper_leader", target=name) == 1
 
 
@@ -150,7 +156,9 @@ def test_a_reaper_deferred_by_the_backoff_gives_up_its_lease(pg: PostgresServer)
         wait_for(lambda: metric(daemon, "poolwatch_reaper_leader", target=name) == 1, 10, "leader")
         wait_for(lambda: _census_series(daemon, name) > 0, 10, "a census")
         reaper = next(job for job in daemon.runtime(name).jobs if job.task == "reaper")
-        lease = reaper.reaper.lease  # type: ignore[attr-defined]
+        assert isinstance(reaper, ReaperJob)
+        assert isinstance(reaper.reaper, PostgresReaper)
+        lease = reaper.reaper.lease
         lease_pid = lease.pid
         assert lease_pid is not None
         pg.execute("ALTER ROLE lease_user PASSWORD 'changed-password'")

@@ -16,6 +16,7 @@ from tests.daemonkit import Scraper, metric, running_daemon, scrape, value, wait
 from tests.tcpproxy import TcpProxy
 
 if TYPE_CHECKING:
+    from poolwatch.daemon import Daemon
     from tests.servers import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.integration
@@ -23,8 +24,8 @@ pytestmark = pytest.mark.integration
 SLACK = 1.5
 
 
-def _count(daemon: object, target: str) -> float:
-    return metric(daemon, "poolwatch_probe_duration_seconds_count", target=target)  # type: ignore[arg-type]
+def _count(daemon: Daemon, target: str) -> float:
+    return metric(daemon, "poolwatch_probe_duration_seconds_count", target=target)
 
 
 def test_hung_and_slow_targets_time_out_on_schedule_without_delaying_others(
@@ -209,13 +210,11 @@ def test_host_name_that_does_not_resolve() -> None:
     }
     with running_daemon(config) as daemon, Scraper(f"{daemon.base_url}/metrics") as scraper:
         for name in ("nodns_pg", "nodns_redis"):
-            wait_for(
-                lambda name=name: (
-                    metric(daemon, "poolwatch_probe_failures_total", target=name, reason="dns") >= 2
-                ),
-                5,
-                f"{name}: dns failures counted",
-            )
+
+            def dns_failures_counted(name: str = name) -> bool:
+                return metric(daemon, "poolwatch_probe_failures_total", target=name, reason="dns") >= 2
+
+            wait_for(dns_failures_counted, 5, f"{name}: dns failures counted")
             assert metric(daemon, "poolwatch_up", target=name) == 0
         status = {t["name"]: t for t in daemon.status()["targets"]}
         assert "poolwatch-no-such-host.invalid" in status["nodns_pg"]["error"]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import event, text
+from sqlalchemy.pool import QueuePool
 
 from poolwatch.errors import DatabaseUnavailableError
 from tests.daemonkit import Scraper, metric, running_daemon, scrape, value, wait_for
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Engine
 
+    from poolwatch.daemon import Daemon
     from poolwatch.database import Database
     from tests.servers import PostgresServer, RedisServer
 
@@ -58,7 +60,9 @@ def _fill_pool(database: Database, size: int) -> None:
     for thread in threads:
         thread.join(15)
     assert not errors, errors
-    assert database.engine.pool.checkedin() == size  # type: ignore[attr-defined]
+    pool = database.engine.pool
+    assert isinstance(pool, QueuePool)
+    assert pool.checkedin() == size
 
 
 def _count_discards(engine: Engine) -> Callable[[], int]:
@@ -76,9 +80,9 @@ def _count_discards(engine: Engine) -> Callable[[], int]:
     return lambda: counts["invalidate"] + counts["close"]
 
 
-def _closed(daemon: object, pool: str) -> dict[str, float]:
+def _closed(daemon: Daemon, pool: str) -> dict[str, float]:
     """poolwatch_pool_closed_total of one pool, by reason (the instrumentation's count)."""
-    samples = scrape(daemon)  # type: ignore[arg-type]
+    samples = scrape(daemon)
     return {
         dict(labels)["reason"]: count
         for (name, labels), count in samples.items()
@@ -92,12 +96,12 @@ def _discarded_by_pool(before: dict[str, float], after: dict[str, float]) -> flo
     return sum(after.get(r, 0) - before.get(r, 0) for r in reasons)
 
 
-def _up(daemon: object, target: str) -> Callable[[], bool]:
-    return lambda: metric(daemon, "poolwatch_up", target=target) == 1  # type: ignore[arg-type]
+def _up(daemon: Daemon, target: str) -> Callable[[], bool]:
+    return lambda: metric(daemon, "poolwatch_up", target=target) == 1
 
 
-def _down(daemon: object, target: str) -> Callable[[], bool]:
-    return lambda: metric(daemon, "poolwatch_up", target=target) == 0  # type: ignore[arg-type]
+def _down(daemon: Daemon, target: str) -> Callable[[], bool]:
+    return lambda: metric(daemon, "poolwatch_up", target=target) == 0
 
 
 @pytest.mark.destructive

@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import QueuePool
 
 import poolwatch
 from poolwatch.housekeeping import BackgroundHousekeeper, Housekeeper, HousekeepingPolicy, start_housekeeping
-from poolwatch.instrument.sqlalchemy import MAX_JITTER, pool_internals
+from poolwatch.instrument.recorder import MAX_JITTER
+from poolwatch.instrument.sqlalchemy import pool_internals
 from tests.poolmetrics import FakeClock, churning, sample
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ class Pool:
         self.clock = FakeClock()
         self.registry = CollectorRegistry()
         args = {"application_name": self.app, "connect_timeout": 5}
-        self.engine: Engine = create_engine(pg.url(), connect_args=args, **options)  # type: ignore[arg-type]
+        self.engine: Engine = create_engine(pg.url(), connect_args=args, **options)
         self.instrumentation = poolwatch.instrument(
             self.engine, name="hk", registry=self.registry, clock=self.clock
         )
@@ -118,7 +120,8 @@ def test_keepalive_pings_live_connections_and_leaves_them_idle_not_in_transactio
 def test_max_lifetime_retires_old_connections_with_jitter(pg, pools) -> None:
     pool = make(pg, pools, pool_size=4)
     pool.fill(4)
-    internals = pool_internals(pool.engine.pool)  # type: ignore[arg-type]
+    assert isinstance(pool.engine.pool, QueuePool)
+    internals = pool_internals(pool.engine.pool)
     assert internals.idle_records is not None
     jitters = [pool.instrumentation.jitter(record) for record in internals.idle_records]
     assert all(0 <= j <= MAX_JITTER for j in jitters)

@@ -285,5 +285,5 @@ def test_housekeeping_lock_keeps_free_connections_from_being_handed_out(redis_se
         assert not taken, "a connection was handed out while housekeeping held the lock"
     caller.join()
     assert len(taken) == 1
-    pool.release(taken[0])  # type: ignore[arg-type]
+    pool.release(taken[0])
     pool.disconnect()

@@ -174,7 +174,7 @@ def test_a_failed_connect_and_a_failed_reconnect_are_no_internal_errors(redis_fa
     registry = CollectorRegistry()
     pool = make_pool(server, redis.ConnectionPool, socket_connect_timeout=2)
     poolwatch.instrument_redis(pool, name="down", registry=registry, leak_threshold=60)
-    client = redis.Redis(connection_pool=pool, retry=None)
+    client = redis.Redis(connection_pool=pool)
     assert client.ping()
     server.stop()
     for _ in range(3):  # the idle connection fails to reconnect and is handed back to the pool

@@ -44,7 +44,7 @@ def make_engine(pg: PostgresServer) -> Iterator[Callable[..., tuple[Engine, str]
     def make(**options: object) -> tuple[Engine, str]:
         app = f"pw-test-{uuid.uuid4().hex[:8]}"
         connect_args = {"application_name": app, "connect_timeout": 5}
-        engine = create_engine(pg.url(), connect_args=connect_args, **options)  # type: ignore[arg-type]
+        engine = create_engine(pg.url(), connect_args=connect_args, **options)
         engines.append(engine)
         return engine, app
 

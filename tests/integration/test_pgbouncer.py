@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from tests.daemonkit import found, metric, running_daemon, scrape, value, wait_for
+from tests.daemonkit import Samples, found, metric, running_daemon, scrape, value, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ def target(bouncer, *, password=None, name="pgb"):
     }
 
 
-def pgb(samples, name, **labels):
+def pgb(samples: Samples, name: str, **labels: str) -> float:
     """A PgBouncer sample of target pgb; -1 while it is not published (the first stats run may not
     have happened yet)."""
     got = found(samples, f"poolwatch_pgbouncer_{name}", target="pgb", **labels)
@@ -44,10 +44,13 @@ def test_pool_health_and_waiting_clients_during_an_exhaustion(pgbouncer_factory)
             # Two transactions hold both server connections of the pool ...
             for holder in holders:
                 holder.cursor().execute("SELECT 1")  # psycopg2 opened a transaction: it stays open
+
             # ... so a third client waits for one.
-            thread = threading.Thread(
-                target=lambda: (waiter.cursor().execute("SELECT 1"), waited.set()), daemon=True
-            )
+            def wait_for_a_connection() -> None:
+                waiter.cursor().execute("SELECT 1")
+                waited.set()
+
+            thread = threading.Thread(target=wait_for_a_connection, daemon=True)
             thread.start()
 
             def waiting() -> bool:

@@ -87,8 +87,14 @@ def make_replica(pg, app, audit, *, name="shared", url=None, **reaper):
     return job, log, metrics
 
 
-def leader(metrics) -> float:
-    return metrics.registry.get_sample_value("poolwatch_reaper_leader", {"target": "shared"})
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    assert value is not None, f"no {name} sample with {labels}"
+    return value
+
+
+def leader(metrics: Metrics) -> float:
+    return sample(metrics, "poolwatch_reaper_leader", target="shared")
 
 
 @pytest.fixture(scope="module")
@@ -333,6 +339,7 @@ def test_the_spool_bound_drops_the_oldest_and_counts(tmp_path):
                 mode="dry_run",
             )
         )
+    assert log.spool is not None
     assert [r["pid"] for r in log.spool.peek()] == [2, 3]
     assert metrics.registry.get_sample_value("poolwatch_audit_dropped_records_total") == 1
     assert metrics.registry.get_sample_value("poolwatch_audit_spooled_records") == 2
@@ -454,9 +461,7 @@ def test_two_daemons_on_one_target_never_both_terminate_a_session(pg, audit_db, 
         )
         assert sorted(r[0] for r in rows) == sorted(c.info.backend_pid for c in victims)
         labels = {"target": "shared", "reason": "idle", "mode": "enforce"}
-        counts = sorted(
-            d.metrics.registry.get_sample_value("poolwatch_reaper_terminated_total", labels) for d in daemons
-        )
+        counts = sorted(sample(d.metrics, "poolwatch_reaper_terminated_total", **labels) for d in daemons)
         assert counts == [0, len(victims)]
         assert sorted(leader(d.metrics) for d in daemons) == [0, 1]
     finally:

@@ -13,11 +13,12 @@ from dataclasses import replace
 import pytest
 from prometheus_client import CollectorRegistry
 
+from poolwatch.census.mysql import read
 from poolwatch.config import validate
 from poolwatch.daemon import Daemon
 from poolwatch.metrics import Metrics
 from poolwatch.reaper.audit import AuditLog
-from poolwatch.reaper.mysql import build_mysql_reaper, read, session_of, superusers
+from poolwatch.reaper.mysql import build_mysql_reaper, session_of, superusers
 from poolwatch.reaper.own import OwnBackends
 from poolwatch.reaper.policy import Victim
 from tests.daemonkit import wait_for
@@ -216,6 +217,7 @@ def test_the_kill_rechecks_identity_state_and_lease(mariadb, pg, world, sessions
         decided = Victim(session_of(thread, snapshot.now, superusers(connection)), "idle", 1.0)
         assert reaper.still_a_victim(connection, decided, frozenset())
         # The same id with another client address: another connection, never killed.
+        assert decided.session.client_addr is not None
         host, _, port = decided.session.client_addr.rpartition(":")
         moved = replace(decided, session=replace(decided.session, client_addr=f"{host}:{int(port) + 1}"))
         assert not reaper.still_a_victim(connection, moved, frozenset())

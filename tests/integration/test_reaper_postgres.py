@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import psycopg2
 import pytest
@@ -21,6 +22,9 @@ from poolwatch.reaper.own import OwnBackends
 from poolwatch.reaper.policy import IDLE_IN_TRANSACTION, Victim
 from poolwatch.reaper.postgres import snapshot, terminate
 from tests.idle import wait_pg_idle
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +47,7 @@ class Sessions:
         return connection
 
     def pid(self, connection) -> int:
-        return connection.info.backend_pid
+        return int(connection.info.backend_pid)
 
     def alive(self, connection) -> bool:
         rows = self.pg.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (self.pid(connection),))
@@ -135,7 +139,7 @@ def counter(metrics, **labels) -> float:
     return metrics.registry.get_sample_value("poolwatch_reaper_terminated_total", labels) or 0.0
 
 
-def wait_for(predicate, timeout: float = 10.0) -> bool:
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -276,6 +280,7 @@ def test_the_kill_statement_rechecks_pid_backend_start_and_state(pg, world, sess
         (session,) = [s for s in found if s.pid == sessions.pid(victim)]
         decided = Victim(session, "idle", 1.0)
         # Same pid, another session start: a reused pid is never killed.
+        assert session.backend_start is not None
         reused = replace(
             decided,
             session=replace(
@@ -314,6 +319,8 @@ def test_own_backends_follow_the_engines_connections(pg):
     own.track(engine)  # once per engine
     try:
         with engine.connect() as first, engine.connect() as second:
+            assert first.connection.dbapi_connection is not None
+            assert second.connection.dbapi_connection is not None
             pids = {
                 first.connection.dbapi_connection.info.backend_pid,
                 second.connection.dbapi_connection.info.backend_pid,

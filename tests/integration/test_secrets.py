@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import bcrypt
@@ -136,7 +136,7 @@ def test_no_password_in_any_output_with_a_configuration_file(
     def redis_url(password: str, where: str = f"{redis.host}:{redis.port}") -> str:
         return f"redis://:{quote(password, safe='')}@{where}/0"
 
-    config = {
+    config: dict[str, Any] = {
         "log": {"level": "DEBUG"},
         "targets": [
             {"name": "in_url", "kind": "postgres", "url": pg_url("secret_url", in_url)},
@@ -240,7 +240,7 @@ def test_short_and_common_word_passwords_are_masked_where_they_stand_and_words_s
     pg.create_role("weak_word", "postgres")
     pg.create_role("weak_letter", "a")
     redis = redis_factory(password="redis")
-    config = {
+    config: dict[str, Any] = {
         "log": {"level": "DEBUG"},
         "targets": [
             {

@@ -81,7 +81,8 @@ def k8s(kind: str) -> dict[str, Any]:
 
 
 def container() -> dict[str, Any]:
-    (only,) = k8s("Deployment")["spec"]["template"]["spec"]["containers"]
+    containers: list[dict[str, Any]] = k8s("Deployment")["spec"]["template"]["spec"]["containers"]
+    (only,) = containers
     return only
 
 

@@ -207,7 +207,7 @@ def yaml_blocks(path: Path) -> list[str]:
 def runnable(value: object, tmp_path: Path) -> object:
     """An example made loadable here: files it names exist, bcrypt placeholders are real hashes."""
     if isinstance(value, dict):
-        done = {}
+        done: dict[object, object] = {}
         for key, item in value.items():
             if isinstance(key, str) and key.endswith("_file") and isinstance(item, str):
                 stand_in = tmp_path / f"{key}-{len(list(tmp_path.iterdir()))}"
@@ -232,7 +232,9 @@ def test_configuration_examples_in_the_docs_are_valid(tmp_path):
             example = yaml.safe_load(block)
             if not isinstance(example, dict) or not set(example) <= keys:
                 continue
-            settings = validate(runnable(example, tmp_path))  # raises ConfigError, naming the key
+            config = runnable(example, tmp_path)
+            assert isinstance(config, dict)
+            settings = validate(config)  # raises ConfigError, naming the key
             assert settings.targets or "targets" not in example, path.name
             checked += 1
     assert checked >= 5  # README, install, configuration, census/reaper, security

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -14,7 +15,7 @@ from poolwatch.reaper.audit import QUERY_CHARS, AuditLog, AuditRecord
 
 
 def record(**overrides):
-    fields = {
+    fields: dict[str, Any] = {
         "target": "orders",
         "kind": "postgres",
         "pid": 4242,

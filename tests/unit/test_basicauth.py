@@ -18,6 +18,7 @@ from poolwatch.basicauth import BasicAuth, FailureThrottle, dummy_hash
 from poolwatch.http import Endpoint
 from poolwatch.httpserver import HttpServer, Limits
 from tests.daemonkit import wait_for
+from tests.statusdocs import document
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -232,7 +233,7 @@ def authed_server(hashed: bytes) -> Iterator[HttpServer]:
         registry,
         healthy=lambda: True,
         ready=lambda: True,
-        status=lambda: {"targets": []},
+        status=document,
         basic_auth_users={USER: hashed},
     )
     server = HttpServer(app, "127.0.0.1", 0, limits=Limits(max_connections=200))

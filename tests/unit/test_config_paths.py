@@ -16,7 +16,7 @@ from tests.daemonkit import DaemonProcess, clean_env, poolwatch_command
 if TYPE_CHECKING:
     from pathlib import Path
 
-REFUSED = {
+REFUSED: dict[str, tuple[dict[str, object], str]] = {
     "in-memory": (
         {"name": "mem", "kind": "sqlite", "url": "sqlite:///:memory:"},
         "targets[0](mem): url names an in-memory SQLite database",

@@ -262,7 +262,9 @@ def test_a_default_daemon_is_not_reachable_on_other_interfaces(tmp_path: Path) -
     with running_daemon(_config(tmp_path, {})) as daemon:
         host, port = daemon.address
         assert host == "127.0.0.1"
-        addresses = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+        addresses = {
+            str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+        }
         for address in addresses - {"127.0.0.1", "127.0.1.1"}:
             with pytest.raises(OSError), socket.create_connection((address, port), timeout=2):
                 pass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import math
 import re
+from typing import Any
 
 import prometheus_client
 import pytest
@@ -33,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from poolwatch import exposition
 from poolwatch.http import Endpoint
 from poolwatch.metrics import Metrics
+from tests.statusdocs import document
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -192,7 +194,7 @@ def test_format_value_agrees_with_prometheus_client():
 
 
 def call(endpoint: Endpoint, accept: str, encoding: str = "") -> tuple[str, dict[str, str], bytes]:
-    seen: dict[str, object] = {}
+    seen: dict[str, Any] = {}
 
     def start_response(status, headers):
         seen["status"], seen["headers"] = status, dict(headers)
@@ -205,11 +207,11 @@ def call(endpoint: Endpoint, accept: str, encoding: str = "") -> tuple[str, dict
         "HTTP_ACCEPT_ENCODING": encoding,
     }
     body = b"".join(endpoint(environ, start_response))
-    return str(seen["status"]), seen["headers"], body  # type: ignore[return-value]
+    return str(seen["status"]), seen["headers"], body
 
 
 def test_endpoint_serves_text_to_prometheus_and_openmetrics_to_who_insists(registry):
-    endpoint = Endpoint(registry, healthy=lambda: True, ready=lambda: True, status=dict)
+    endpoint = Endpoint(registry, healthy=lambda: True, ready=lambda: True, status=document)
     prometheus_accept = (
         "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
         "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"

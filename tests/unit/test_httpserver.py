@@ -21,6 +21,7 @@ from poolwatch.errors import ConfigError
 from poolwatch.http import Endpoint
 from poolwatch.httpserver import HttpServer, Limits
 from tests.daemonkit import wait_for
+from tests.statusdocs import document
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -32,7 +33,7 @@ LOOPBACK = "127.0.0.1"
 def endpoint() -> Endpoint:
     registry = CollectorRegistry()
     Counter("things", "Things.", registry=registry).inc()
-    return Endpoint(registry, healthy=lambda: True, ready=lambda: True, status=lambda: {"targets": []})
+    return Endpoint(registry, healthy=lambda: True, ready=lambda: True, status=document)
 
 
 @contextlib.contextmanager
@@ -186,7 +187,10 @@ def test_a_flood_of_idle_connections_does_not_refuse_scrapes() -> None:
         try:
             for round_no in range(1, 31):
                 # The cap is overrun again between any two scrapes: every scrape meets a full house.
-                wait_for(lambda n=round_no: len(opened) >= n * cap, 30, "the flood goes on")
+                def flooded(n: int = round_no) -> bool:
+                    return len(opened) >= n * cap
+
+                wait_for(flooded, 30, "the flood goes on")
                 statuses.append(scrape(server))
             stop.set()
             flooder.join(10)
@@ -206,7 +210,11 @@ def test_at_the_cap_the_connection_idle_the_longest_is_closed_first() -> None:
         idle = []
         for n in range(5):
             idle.append(connect(server))
-            wait_for(lambda n=n: server.accepted == n + 1, 10, "accepted in order")
+
+            def accepted(n: int = n) -> bool:
+                return server.accepted == n + 1
+
+            wait_for(accepted, 10, "accepted in order")
         with connect(server) as newest:
             wait_for(lambda: server.accepted == 6, 10, "the sixth accepted")
             wait_for(lambda: closed_by_server(idle[0]), 10, "the oldest closed")

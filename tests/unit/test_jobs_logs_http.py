@@ -27,6 +27,7 @@ from poolwatch.http import Endpoint
 from poolwatch.jobs import BoundedCall, Outcome, run_job
 from poolwatch.logs import JsonFormatter, RedactingFilter
 from tests.daemonkit import wait_for
+from tests.statusdocs import document
 
 
 class Job:
@@ -120,9 +121,7 @@ def call(
 def endpoint(**kwargs: Any) -> Endpoint:
     registry = CollectorRegistry()
     Counter("things", "Things.", registry=registry).inc()
-    return Endpoint(
-        registry, healthy=lambda: True, ready=lambda: False, status=lambda: {"targets": []}, **kwargs
-    )
+    return Endpoint(registry, healthy=lambda: True, ready=lambda: False, status=document, **kwargs)
 
 
 def test_endpoint_routes_and_refuses_unknown_paths_and_methods() -> None:

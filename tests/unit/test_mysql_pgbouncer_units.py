@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pymysql
 import pytest
@@ -111,7 +112,7 @@ def test_pool_rows_become_client_and_server_states_and_the_longest_wait() -> Non
 
 
 def test_stats_are_counters_in_base_units_and_lists_config_version_are_read() -> None:
-    shown = {
+    shown: dict[str, list[dict[str, Any]]] = {
         "STATS": [
             {
                 "database": "orders",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import replace
 from fnmatch import fnmatchcase
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,7 +22,7 @@ NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.timezone.utc)
 
 
 def session(**overrides: object) -> Session:
-    fields: dict[str, object] = {
+    fields: dict[str, Any] = {
         "pid": 100,
         "backend_type": "client backend",
         "backend_start": NOW - dt.timedelta(hours=5),
@@ -33,7 +34,7 @@ def session(**overrides: object) -> Session:
         "superuser": False,
     }
     fields.update(overrides)
-    return Session(**fields)  # type: ignore[arg-type]
+    return Session(**fields)
 
 
 POLICY = ReaperPolicy(idle_timeout=300, idle_in_transaction_timeout=60, applications=("web-*",))
@@ -136,7 +137,7 @@ def test_max_per_run_caps_and_the_longest_idle_go_first():
 
 def test_redis_clients_by_name_kind_and_idle():
     def client(cid: int, **kw: object) -> RedisClient:
-        fields: dict[str, object] = {
+        fields: dict[str, Any] = {
             "id": cid,
             "addr": f"127.0.0.1:{1000 + cid}",
             "name": "web-1",
@@ -146,7 +147,7 @@ def test_redis_clients_by_name_kind_and_idle():
             "kind": "normal",
         }
         fields.update(kw)
-        return RedisClient(**fields)  # type: ignore[arg-type]
+        return RedisClient(**fields)
 
     clients = [
         client(1),

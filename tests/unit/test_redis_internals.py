@@ -126,8 +126,9 @@ def test_pool_internals_read_the_pools_lists_lock_and_sockets(fake, pool_class) 
 @pytest.mark.parametrize("pool_class", POOL_CLASSES)
 def test_connects_are_timed_through_connect_and_the_connect_callback(fake, pool_class) -> None:
     assert callable(redis.Connection._connect)
+    # register_connect_callback since redis-py 5.1, _register_connect_callback in 5.0
     assert callable(getattr(redis.Connection, "register_connect_callback", None)) or callable(
-        redis.Connection._register_connect_callback
+        getattr(redis.Connection, "_register_connect_callback", None)
     )
     registry = CollectorRegistry()
     pool = pool_class(host="127.0.0.1", port=fake.port, protocol=2)

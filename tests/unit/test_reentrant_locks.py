@@ -33,6 +33,7 @@ def finishes(action: Callable[[], None]) -> bool:
 class Source:
     def __init__(self) -> None:
         self.recorder = Recorder("p")
+        self.server = ""
 
     def state(self) -> None:
         return None

@@ -83,7 +83,8 @@ def test_every_value_is_escaped() -> None:
     hostile["up"] = False
     hostile["reason"] = "refused"
     hostile["problems"] = assess(hostile, ORDERS, NOW)
-    hostile["census"]["by_state"] = {"<b>state</b>": 1}  # type: ignore[index]
+    assert hostile["census"] is not None
+    hostile["census"]["by_state"] = {"<b>state</b>": 1}
     page = render(document(hostile))
     assert "<script>alert" not in page
     assert "<img" not in page
