@@ -39,7 +39,7 @@ def collect(reader: InMemoryMetricReader) -> dict[str, Family]:
             for metric in scope.metrics:
                 kind = type(metric.data).__name__
                 points = [
-                    (dict(point.attributes or {}), point if kind == "Histogram" else point.value)
+                    (dict(point.attributes or {}), point if kind == "Histogram" else getattr(point, "value"))  # noqa: B009
                     for point in metric.data.data_points
                 ]
                 monotonic = getattr(metric.data, "is_monotonic", None)

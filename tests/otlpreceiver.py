@@ -51,8 +51,7 @@ class OtlpReceiver:
 
     @property
     def endpoint(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def __enter__(self) -> OtlpReceiver:
         self._thread.start()

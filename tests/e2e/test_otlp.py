@@ -4,7 +4,7 @@ the headers from headers_file, and a last push is made when the daemon stops."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
@@ -31,7 +31,7 @@ def has(*names: str):
     return lambda request: set(names) <= set(metrics_of(request))
 
 
-def points(metric, kind: str) -> list:
+def points(metric, kind: str) -> list[Any]:
     return list(getattr(metric, kind).data_points)
 
 
@@ -79,12 +79,13 @@ def test_the_daemon_pushes_pools_probes_census_and_reaper_over_otlp_http(
                 ):
                     return False
                 up = only(found["poolwatch.up"], "gauge", **{"poolwatch.target": "orders"})
-                return up.as_double == 1
+                return bool(up.as_double == 1)
 
             headers, request = receiver.wait_for(probed_and_counted)
             assert headers["authorization"] == "Bearer e2e-token-4711"
             resource = resource_attributes(request)
             assert resource["service.name"] == "poolwatch"
+            assert daemon._otlp is not None
             assert resource["service.instance.id"] == daemon._otlp.instance
             found = metrics_of(request)
 
@@ -173,9 +174,9 @@ def test_without_any_pool_the_push_carries_the_daemons_families_exactly() -> Non
         metrics.probe.duration.labels("bouncer").observe(seconds)
     metrics.probe.failures.labels("bouncer", "refused").inc(2)
     with OtlpReceiver() as receiver:
-        push = OtlpPush(
-            validate({"otlp": {"endpoint": receiver.endpoint, "interval": 3600}}).otlp, metrics.registry
-        )
+        settings = validate({"otlp": {"endpoint": receiver.endpoint, "interval": 3600}}).otlp
+        assert settings is not None
+        push = OtlpPush(settings, metrics.registry)
         push.close()  # pushes once
         _headers, request = receiver.wait_for(has("poolwatch.up"))
     found = metrics_of(request)
