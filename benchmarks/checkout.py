@@ -24,7 +24,8 @@ Counts can differ between set-ups (another server, other imports: up to ~2 % was
 variant is counted ``--repeat`` times (default 3), each repeat's ratio is taken to bare of the same
 repeat, and the median is reported with every per-repeat ratio.
 It counts the checkout path alone (``loop``) and the checkout path plus one scrape (``run``), which
-is where poolwatch folds the samples its hooks recorded.
+is where poolwatch folds the samples its hooks recorded. ``poolwatch-otel`` publishes through
+OpenTelemetry as well (``poolwatch.otel.install``); its scrape includes an SDK collection.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("bare", "poolwatch", "poolwatch-noleak", "naive", "poolwatch-multiprocess")
+VARIANTS = ("bare", "poolwatch", "poolwatch-noleak", "poolwatch-otel", "naive", "poolwatch-multiprocess")
 KIND_VARIANTS = ("bare", "poolwatch", "poolwatch-noleak")  # no naive wiring for the other kinds
 
 
@@ -76,6 +77,7 @@ def worker(variant: str, url: str) -> None:
 
     engine = create_engine(url, pool_size=5, max_overflow=10)
     registry = CollectorRegistry()
+    otel_reader = None
     if variant == "poolwatch-multiprocess":
         # prometheus_client's multiprocess recipe: this worker takes a slot of a directory of its own
         # and writes its pool's samples there from a thread of its own. That thread's cost is per
@@ -87,6 +89,16 @@ def worker(variant: str, url: str) -> None:
         os.environ.setdefault("POOLWATCH_MULTIPROC_INTERVAL", "3600")
         poolwatch.instrument(engine, name="bench", registry=registry, leak_threshold=60.0)
     if variant == "poolwatch":
+        poolwatch.instrument(engine, name="bench", registry=registry, leak_threshold=60.0)
+    elif variant == "poolwatch-otel":
+        # Published through OpenTelemetry as well (an SDK provider, collected with each scrape).
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        from poolwatch import otel
+
+        otel_reader = InMemoryMetricReader()
+        otel.install(MeterProvider(metric_readers=[otel_reader]), registry=registry)
         poolwatch.instrument(engine, name="bench", registry=registry, leak_threshold=60.0)
     elif variant == "poolwatch-noleak":
         poolwatch.instrument(engine, name="bench", registry=registry)
@@ -144,6 +156,8 @@ def worker(variant: str, url: str) -> None:
         # this is where the work the hook did not do is paid. Timed separately, reported per cycle.
         scrape_started = cpu()
         generate_latest(registry)
+        if otel_reader is not None:
+            otel_reader.get_metrics_data()
         print(wall, used, cpu() - scrape_started, flush=True)
     if variant.startswith("poolwatch") and command != "loop":
         # The scrape side agrees with what the hot path recorded. Not after `loop` runs: this scrape

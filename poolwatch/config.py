@@ -29,6 +29,7 @@ from pydantic import (
 
 from poolwatch.config_errors import describe_validation_error
 from poolwatch.config_file import read_yaml
+from poolwatch.config_otlp import OtlpSettings  # noqa: TC001 - pydantic reads it at runtime
 from poolwatch.errors import ConfigError
 from poolwatch.masking import MASK, mask_url, printable
 from poolwatch.urls import (
@@ -353,6 +354,11 @@ class Settings(_Model):
     audit: AuditSettings = AuditSettings()
     shard: ShardSettings = ShardSettings()
     target_files: TargetFilesSettings = TargetFilesSettings()
+    otlp: OtlpSettings | None = Field(
+        None,
+        description="Push every metric over OTLP as well (needs `poolwatch[otel]`; see "
+        "[OpenTelemetry](opentelemetry.md)). Off when absent.",
+    )
     source: str = "defaults"
 
     @model_validator(mode="after")
@@ -381,6 +387,8 @@ class Settings(_Model):
         values = [t.password.get_secret_value() for t in self.targets if t.password]
         if self.audit.password:
             values.append(self.audit.password.get_secret_value())
+        if self.otlp is not None:
+            values += self.otlp.headers.values()
         return [v for v in values if v]
 
     def public_dict(self) -> dict[str, Any]:
@@ -394,6 +402,8 @@ class Settings(_Model):
         data["audit"]["url"] = self.audit.display_url()
         data["audit"]["password"] = MASK if self.audit.password else None
         data["http"]["basic_auth_users"] = dict.fromkeys(self.http.basic_auth_users, MASK)
+        if self.otlp is not None:
+            data["otlp"] = self.otlp.public_dict()
         return data
 
 

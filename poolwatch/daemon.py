@@ -36,6 +36,7 @@ from poolwatch.history import History
 from poolwatch.housekeeping import Housekeeper, HousekeepingJob, HousekeepingPolicy
 from poolwatch.instrument import instrument, instrument_redis
 from poolwatch.metrics import Metrics
+from poolwatch.otlp_start import start_push
 from poolwatch.probe import Probe, redis_check, sql_check
 from poolwatch.reaper.audit import AuditLog
 from poolwatch.reaper.job import build_postgres_reaper, build_redis_reaper
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from poolwatch.instrument import RedisInstrumentation, SQLAlchemyInstrumentation
     from poolwatch.instrument.recorder import Recorder
     from poolwatch.jobs import Job, Outcome
+    from poolwatch.otlp import OtlpPush
     from poolwatch.status import StatusDoc
 
 log = logging.getLogger(__name__)
@@ -295,6 +297,7 @@ class Daemon:
         self._reload_lock = threading.Lock()
         self._server: tuple[HttpServer, Thread] | None = None
         self._watcher: Watcher | None = None
+        self._otlp: OtlpPush | None = None
         self._started = threading.Event()
         self._stopped = threading.Event()
 
@@ -332,6 +335,7 @@ class Daemon:
             with self._reload_lock:
                 for target in self.settings.targets:
                     self._add_target(target, self.settings.targets)
+            self._otlp = start_push(self.settings.otlp, self.metrics.registry)
         except BaseException:
             self._close()
             raise
@@ -499,7 +503,14 @@ class Daemon:
         try:
             # Validated again with what stays: an enforcing reaper needs an audit table, and the
             # one it gets is the running audit log's, whatever the file now says.
-            new = validate({**dict(loaded), "http": self.settings.http, "audit": self.audit.settings})
+            new = validate(
+                {
+                    **dict(loaded),
+                    "http": self.settings.http,
+                    "audit": self.audit.settings,
+                    "otlp": self.settings.otlp,
+                }
+            )
         except PoolwatchError as exc:
             log.error(  # noqa: TRY400 - one line, no traceback
                 "reload refused, keeping the running configuration: %s (audit settings take effect "
@@ -511,6 +522,8 @@ class Daemon:
             log.warning("reload: http settings changed; they take effect after a restart")
         if loaded.audit != self.audit.settings:
             log.warning("reload: audit settings changed; they take effect after a restart")
+        if loaded.otlp != self.settings.otlp:
+            log.warning("reload: otlp settings changed; they take effect after a restart")
         if self._on_secrets is not None:
             self._on_secrets(loaded.secrets() + self.settings.secrets())
         return new
@@ -539,6 +552,8 @@ class Daemon:
         if self._watcher is not None:
             self._watcher.stop()
         self._scheduler.stop()
+        if self._otlp is not None:  # a last push, while the pools are still there
+            self._otlp.close()
         with self._targets_lock:
             runtimes = list(self._targets.values())
         for runtime in runtimes:

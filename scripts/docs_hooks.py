@@ -1,9 +1,9 @@
 """mkdocs hooks: the generated parts of the docs site, made from the code and results at build time.
 
 A page asks for a generated part with a marker line, ``<!-- generated: NAME [ARGUMENT] -->``:
-``config-reference``, ``metrics-reference`` and ``benchmark <results file stem>``. The build fails
-on an unknown marker, and when a generated part, a benchmark's results or a chart is shown nowhere.
-The benchmark charts and CHANGELOG.md are added to the site as they are.
+``config-reference``, ``metrics-reference``, ``otel-mapping`` and ``benchmark <results file stem>``.
+The build fails on an unknown marker, and when a generated part, a benchmark's results or a chart is
+shown nowhere. The benchmark charts and CHANGELOG.md are added to the site as they are.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import functools
 import re
 from typing import TYPE_CHECKING, Final
 
-from docsgen import benchmark_pages, config_reference, metrics_reference, runbooks
+from docsgen import benchmark_pages, config_reference, metrics_reference, otel_mapping, runbooks
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
 
@@ -35,6 +35,7 @@ def parts() -> dict[str, Callable[[int], str]]:
     found: dict[str, Callable[[int], str]] = {
         "config-reference": lambda _depth: config_reference.render(),
         "metrics-reference": lambda _depth: metrics_reference.render(),
+        "otel-mapping": lambda _depth: otel_mapping.render(),
     }
     for name in benchmark_pages.names():
         found[f"benchmark {name}"] = functools.partial(_benchmark, name)

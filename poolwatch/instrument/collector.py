@@ -71,6 +71,8 @@ class PoolCollector(Collector):
                     "give each pool its own name"
                 )
             self._pools[name] = source
+        for listener in tuple(_listeners):
+            listener(self, name, source)
 
     def remove(self, name: str, source: PoolSource) -> None:
         with self._lock:
@@ -83,6 +85,11 @@ class PoolCollector(Collector):
         self._lock = threading.RLock()
         for source in list(self._pools.values()):
             source.recorder.after_fork_in_child()
+
+    def sources(self) -> list[tuple[str, PoolSource]]:
+        """The pools registered now, by name."""
+        with self._lock:
+            return list(self._pools.copy().items())
 
     def describe(self) -> Iterator[Metric]:
         # Names only, so the registry can check for clashes without calling collect().
@@ -185,6 +192,25 @@ _SERIES: Final[dict[str, Series]] = {
 }
 
 
+# Told of every pool added to any registry's collector, with that collector: how OpenTelemetry
+# publishing (poolwatch.otel) takes in pools instrumented after it was installed. Must not raise.
+Listener = Callable[["PoolCollector", str, PoolSource], None]
+_listeners: list[Listener] = []
+
+
+def listen(listener: Listener) -> Callable[[], None]:
+    """Call ``listener`` for each pool added from now on; returns what stops it."""
+    _listeners.append(listener)
+    return lambda: _listeners.remove(listener) if listener in _listeners else None
+
+
+def collectors() -> list[PoolCollector]:
+    """The pool collector of every registry that has one (the multiprocess writer writes them all,
+    poolwatch.otel publishes them)."""
+    with _collectors_lock:
+        return list(_collectors.values())
+
+
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, PoolCollector] = weakref.WeakKeyDictionary()
 _collectors_lock = threading.Lock()
 
@@ -201,12 +227,6 @@ def collector_for(registry: CollectorRegistry | None) -> PoolCollector:
             _collectors[target] = collector
     arm_multiprocess(collectors)
     return collector
-
-
-def collectors() -> list[PoolCollector]:
-    """Every pool collector of this process (the multiprocess flusher writes them all)."""
-    with _collectors_lock:
-        return list(_collectors.values())
 
 
 def _before_fork() -> None:

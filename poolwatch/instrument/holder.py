@@ -208,7 +208,7 @@ class ByHolder:
     durations into one histogram per label. Leaks are counted by the recorder under its lock.
     """
 
-    __slots__ = ("_leaked_now", "_make", "held", "hold", "labels", "leaks", "uses")
+    __slots__ = ("_leaked_now", "_make", "held", "hold", "labels", "leaks", "sinks", "uses")
 
     def __init__(self, make_samples: Callable[[], Samples], limit: int = HOLDER_LIMIT) -> None:
         self._make = make_samples
@@ -218,6 +218,9 @@ class ByHolder:
         self.uses: dict[str, Samples] = {}
         self.leaks: Counter[str] = Counter()
         self._leaked_now: Counter[str] = Counter()
+        # Whatever else takes the durations by label as they are filed (OpenTelemetry's use_time,
+        # poolwatch.otel); scraping side only. Replaced whole, never changed in place.
+        self.sinks: tuple[Callable[[str, list[float]], object], ...] = ()
 
     def fold(self) -> None:
         """File the durations held since the last fold under their labels (scraping side)."""
@@ -235,6 +238,8 @@ class ByHolder:
             if samples is None:
                 samples = self.uses[bounded[label]] = self._make()
             samples.samples.extend(times)
+            for sink in self.sinks:
+                sink(bounded[label], times)
         for samples in self.uses.values():
             samples.fold()
 

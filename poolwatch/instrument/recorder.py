@@ -99,6 +99,7 @@ class Samples:
         "count",
         "cumulative_counts",
         "samples",
+        "sinks",
         "total",
     )
 
@@ -111,6 +112,9 @@ class Samples:
         self.total = 0.0
         self._overflowed = False
         self._cumulative: tuple[int, float, tuple[list[tuple[str, float]], float]] | None = None
+        # Whatever else takes the folded samples (OpenTelemetry histograms, poolwatch.otel): each is
+        # handed every batch, on the folding side only. Replaced whole, never changed in place.
+        self.sinks: tuple[Callable[[list[float]], object], ...] = ()
 
     def fold(self) -> None:
         """Move the pending samples into the bucket counts (scraping side only)."""
@@ -134,6 +138,8 @@ class Samples:
             self.cumulative_counts[index] += bisect_right(drained, bound)  # le: value <= bound
         self.count += len(drained)
         self.total += sum(drained)
+        for sink in self.sinks:
+            sink(drained)
 
     def carry(self, previous: Samples) -> None:
         """Add the folded bucket counts, count and sum of ``previous`` (same buckets; scraping side)."""

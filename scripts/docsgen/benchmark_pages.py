@@ -19,11 +19,12 @@ if TYPE_CHECKING:
 RESULTS: Final = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 # Where the charts are published in the site, relative to the docs root.
 CHARTS_URI: Final = "assets/benchmarks"
-VARIANTS: Final = ("bare", "poolwatch", "poolwatch-noleak", "naive")
+VARIANTS: Final = ("bare", "poolwatch", "poolwatch-noleak", "poolwatch-otel", "naive")
 VARIANT_NAMES: Final = {
     "bare": "bare SQLAlchemy",
     "poolwatch": "poolwatch (every metric, leak detection on)",
     "poolwatch-noleak": "poolwatch without leak detection",
+    "poolwatch-otel": "poolwatch published through OpenTelemetry as well",
     "naive": "naive prometheus_client wiring",
     "poolwatch-multiprocess": "poolwatch with PROMETHEUS_MULTIPROC_DIR (its writer idle in the run)",
 }

@@ -1,24 +1,18 @@
-"""The metrics reference: every family poolwatch exports, read from the registries the code builds.
+"""The metrics reference: every family poolwatch exports, read from ``poolwatch.metrics.CATALOGUE``.
 
-The daemon's families come from ``poolwatch.metrics.Metrics`` on a fresh registry plus one pool of
-its own; an application's from a SQLite engine instrumented with ``poolwatch.instrument`` on another.
-Nothing is listed by hand: a family added, renamed or re-labelled in the code changes the page.
+Names, types, help and labels come from the catalogue the code builds its metrics from; the label
+values listed are those a pool's series exist with from its start (states and reasons), from the
+tuples the code itself uses. Nothing is listed by hand: a family added, renamed or re-labelled in the
+catalogue changes the page.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-from prometheus_client import CollectorRegistry
-from sqlalchemy import create_engine
-from sqlalchemy.pool import QueuePool
-
-import poolwatch
-from poolwatch.metrics import Metrics
-
-if TYPE_CHECKING:
-    from prometheus_client.metrics_core import Metric
+from poolwatch.instrument.recorder import CLOSE_REASONS, CONNECT_ERROR_REASONS
+from poolwatch.metrics import CATALOGUE
 
 # Sections of the page, by the family name's first word after ``poolwatch_``; "Other" takes the rest.
 GROUPS: Final = (
@@ -30,7 +24,6 @@ GROUPS: Final = (
     ("Scheduled jobs", ("job",)),
     ("Build", ("build",)),
 )
-_HISTOGRAM_LABELS: Final = frozenset({"le"})
 
 
 @dataclass(frozen=True)
@@ -51,25 +44,32 @@ class Family:
         return f"{self.name}_total" if self.type == "counter" else self.name
 
 
+# Label values a pool's series have from its start, by (family, label).
+START_VALUES: Final[dict[tuple[str, str], tuple[str, ...]]] = {
+    ("pool_connections", "state"): ("idle", "used"),
+    ("pool_connect_errors", "reason"): CONNECT_ERROR_REASONS,
+    ("pool_closed", "reason"): CLOSE_REASONS,
+}
+
+
 def families() -> list[Family]:
     """Every family of the daemon and of an application that instruments a pool, by name."""
-    daemon = Metrics(CollectorRegistry()).registry
-    library = CollectorRegistry()
-    engines = [create_engine("sqlite://", poolclass=QueuePool, pool_size=1) for _ in range(2)]
-    try:
-        for engine, registry in zip(engines, (daemon, library), strict=True):
-            poolwatch.instrument(engine, name="reference", registry=registry, leak_threshold=60)
-        in_library = {metric.name for metric in library.collect()}
-        found = {
-            metric.name: _family(metric, daemon, library=metric.name in in_library)
-            for metric in daemon.collect()
-        }
-        for metric in library.collect():
-            found.setdefault(metric.name, _family(metric, library, library=True))
-    finally:
-        for engine in engines:
-            engine.dispose()
-    return sorted(found.values(), key=lambda family: family.name)
+    found = [
+        Family(
+            name=spec.full_name,
+            type=spec.type,
+            help=spec.help,
+            labels=spec.labels,
+            values={
+                label: tuple(sorted(START_VALUES[spec.name, label]))
+                for label in spec.labels
+                if (spec.name, label) in START_VALUES
+            },
+            library=spec.group == "pool",
+        )
+        for spec in CATALOGUE
+    ]
+    return sorted(found, key=lambda family: family.name)
 
 
 def group(family: Family) -> str:
@@ -110,30 +110,3 @@ def _labels(family: Family) -> str:
         listed = ": " + ", ".join(f"`{value}`" for value in values) if values else ""
         shown.append(f"`{label}`{listed}")
     return "<br>".join(shown)
-
-
-def _family(metric: Metric, registry: CollectorRegistry, *, library: bool) -> Family:
-    seen: dict[str, set[str]] = {}
-    for sample in metric.samples:
-        for label, value in sample.labels.items():
-            if label not in _HISTOGRAM_LABELS:
-                seen.setdefault(label, set()).add(value)
-    labels = tuple(seen) if seen else _declared_labels(metric.name, registry)
-    return Family(
-        name=metric.name,
-        type=metric.type,
-        help=metric.documentation,
-        labels=labels,
-        values={label: tuple(sorted(values)) for label, values in seen.items() if len(values) > 1},
-        library=library,
-    )
-
-
-def _declared_labels(name: str, registry: CollectorRegistry) -> tuple[str, ...]:
-    """The label names of a family that has no series yet (census families before a census).
-
-    prometheus_client offers no public accessor for a metric's label names; these two attributes
-    have been stable across its releases. A table-driven catalogue in poolwatch would replace this.
-    """
-    collector = registry._names_to_collectors.get(name)  # noqa: SLF001
-    return tuple(getattr(collector, "_labelnames", ()))

@@ -345,3 +345,41 @@ def test_no_password_in_the_status_command_or_pages_with_basic_auth(
 
 def _basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_no_otlp_header_in_any_output(pg: PostgresServer, tmp_path: Path) -> None:
+    token, key = _password("otlp-token"), _password("otlp-key")
+    (tmp_path / "headers").write_text(f"Authorization: Bearer {token}\nX-Api-Key: {key}\n")
+    config = {
+        "log": {"level": "DEBUG"},
+        # Nothing listens there: every push fails, and the failures are logged.
+        "otlp": {
+            "endpoint": f"http://127.0.0.1:{_free_port()}",
+            "interval": 1,
+            "timeout": 1,
+            "headers_file": str(tmp_path / "headers"),
+        },
+        "targets": [
+            {
+                "name": "orders",
+                "kind": "postgres",
+                "url": pg.url(),
+                "probe": {"interval": 0.5, "timeout": 0.5},
+            }
+        ],
+    }
+    path = tmp_path / "poolwatch.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    texts = _run_daemon_and_collect(["-c", str(path)], env, _free_port(), failing=[])
+    shown = _cli("config", "-c", str(path), env=env)
+    assert "X-Api-Key" in shown.stdout, "config names the headers (so the search means something)"
+    texts += [shown.stdout, shown.stderr]
+    # A malformed file: the error names the line, never its text.
+    (tmp_path / "headers").write_text(f"Authorization Bearer {token}\n")
+    for command in (["config", "-c", str(path)], ["check", "-c", str(path)]):
+        result = _cli(*command, env=env)
+        assert result.returncode != 0
+        assert "line 1: expected 'Name: value'" in result.stderr, result.stderr
+        texts += [result.stdout, result.stderr]
+    _assert_absent(texts, [token, key])

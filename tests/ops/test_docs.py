@@ -211,7 +211,8 @@ def runnable(value: object, tmp_path: Path) -> object:
         for key, item in value.items():
             if isinstance(key, str) and key.endswith("_file") and isinstance(item, str):
                 stand_in = tmp_path / f"{key}-{len(list(tmp_path.iterdir()))}"
-                stand_in.write_text("example-secret\n")
+                # A password file holds the secret; a headers file, "Name: value" lines.
+                stand_in.write_text("X-Example: secret\n" if key == "headers_file" else "example-secret\n")
                 done[key] = str(stand_in)
             elif key == "basic_auth_users" and isinstance(item, dict):
                 done[key] = {user: bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode() for user in item}

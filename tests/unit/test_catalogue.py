@@ -59,3 +59,19 @@ def test_catalogue_names_are_unique_and_each_spec_lists_its_samples() -> None:
     assert wait.unit == "seconds"
     assert wait.samples[0] == "poolwatch_pool_wait_seconds_bucket"
     assert all(spec.buckets for spec in CATALOGUE if spec.type == "histogram")
+
+
+def test_the_metrics_reference_lists_the_label_values_a_pool_starts_with(tmp_path) -> None:
+    from docsgen.metrics_reference import START_VALUES
+
+    registry = CollectorRegistry()
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'v.db'}")
+    poolwatch.instrument(engine, name="p", registry=registry)
+    live: dict[tuple[str, str], set[str]] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            for label, value in sample.labels.items():
+                if label not in ("pool", "server", "holder", "le"):
+                    live.setdefault((family.name.removeprefix("poolwatch_"), label), set()).add(value)
+    engine.dispose()
+    assert {key: set(values) for key, values in START_VALUES.items()} == live
