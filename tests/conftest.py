@@ -4,6 +4,7 @@ at existing servers instead; destructive tests are then skipped."""
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -122,3 +123,20 @@ def pgbouncer_factory(pg: PostgresServer) -> Iterator[Callable[..., PgBouncerSer
     yield make
     for bouncer in bouncers:
         bouncer.destroy()
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """The CLI run in process (``poolwatch check``, ``config``) sets up logging as the command does:
+    its own root handler and level (ERROR). Put the root logger back after each test, so a later
+    test's log capture sees what it should."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
