@@ -87,7 +87,15 @@ class App:
         return int(response.text)
 
     def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        text = self.client.get(f"{self.base}/metrics").text
+        # A scrape may meet a worker that is being killed or replaced (gunicorn answers with an HTML
+        # error page then): ask again, as Prometheus would at its next scrape.
+        end = time.monotonic() + 60
+        while True:
+            response = self.client.get(f"{self.base}/metrics", headers={"Connection": "close"})
+            if response.status_code == 200 or time.monotonic() > end:
+                break
+        response.raise_for_status()
+        text = response.text
         return {
             (sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(text)
