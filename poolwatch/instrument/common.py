@@ -20,7 +20,7 @@ from poolwatch.instrument.holder import current as current_holder
 from poolwatch.instrument.recorder import Recorder, capture_origin_outside
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable
 
     from prometheus_client.registry import CollectorRegistry
 
@@ -51,6 +51,21 @@ def new_recorder(
     if counts_from is not None:  # before the collector can read it: never a drop to 0
         recorder.carry(counts_from)
     return recorder
+
+
+def undone_on_failure(obj: object, names: Iterable[str], install: Callable[[], None]) -> Callable[[], None]:
+    """``install`` (which shadows methods ``names`` on ``obj``), as a hook that takes every one of them
+    off ``obj`` again if it fails, so a refused pool is left as it was."""
+
+    def hook() -> None:
+        try:
+            install()
+        except BaseException:
+            for name in names:
+                vars(obj).pop(name, None)
+            raise
+
+    return hook
 
 
 def register(registry: CollectorRegistry | None, instrumentation: Any, hook: Callable[[], None]) -> None:

@@ -31,6 +31,7 @@ from poolwatch.instrument.common import (
     new_recorder,
     register,
     timed_connect,
+    undone_on_failure,
 )
 from poolwatch.instrument.recorder import Ledger
 
@@ -113,15 +114,7 @@ def instrument_psycopg_pool(
     instrumentation = PsycopgPoolInstrumentation(pool, name, recorder)
     instrumentation.server = server or ""
 
-    def hook() -> None:
-        try:
-            _hook(pool, recorder)
-        except BaseException:
-            for hooked in _HOOKED:
-                vars(pool).pop(hooked, None)
-            raise
-
-    register(registry, instrumentation, hook)
+    register(registry, instrumentation, undone_on_failure(pool, _HOOKED, lambda: _hook(pool, recorder)))
     return instrumentation
 
 

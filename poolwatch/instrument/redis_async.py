@@ -24,7 +24,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
 from poolwatch.instrument.collector import PoolState
-from poolwatch.instrument.common import Base, async_checkout_hooks, check_threshold, new_recorder, register
+from poolwatch.instrument.common import (
+    Base,
+    async_checkout_hooks,
+    check_threshold,
+    new_recorder,
+    register,
+    undone_on_failure,
+)
 from poolwatch.instrument.recorder import Ledger
 
 if TYPE_CHECKING:
@@ -103,15 +110,7 @@ def instrument_redis_async(
     instrumentation = AsyncRedisInstrumentation(pool, name, recorder)
     instrumentation.server = server or ""
 
-    def hook() -> None:
-        try:
-            _hook(pool, recorder)
-        except BaseException:
-            for hooked in _HOOKED:
-                vars(pool).pop(hooked, None)
-            raise
-
-    register(registry, instrumentation, hook)
+    register(registry, instrumentation, undone_on_failure(pool, _HOOKED, lambda: _hook(pool, recorder)))
     return instrumentation
 
 
