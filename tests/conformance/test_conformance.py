@@ -61,6 +61,22 @@ REDIS_FILES = (
 
 # Test id -> why it may fail only when instrumented. Every entry needs a reason a reviewer accepts.
 EXCLUDED: dict[str, str] = {}
+# Errors in the suites' own teardown that are races of their harness, not outcomes of the test: the
+# test body passed. Each maps the parts a junit error (message and traceback) must all hold -> why.
+HARNESS_RACES: dict[tuple[str, ...], str] = {
+    (
+        "failed on teardown",
+        "RuntimeError: Set changed size during iteration",
+        "for con in self.dbapi_connections",
+    ): (
+        "SQLAlchemy's testing reaper (sqlalchemy/testing/engines.py, ConnectionKiller.checkin_all) "
+        "iterates a set that its own pool event listeners change, and calls the driver's rollback() "
+        "inside the loop, which lets other threads run. A garbage collection in any other thread "
+        "that allocates (here the gate's scraper; in an application, any thread) can collect a "
+        "connection fairy the test abandoned; its finalizer checks the connection in, the checkin "
+        "listener discards it from the set, and the loop raises. The test itself had passed."
+    ),
+}
 # Tests left out of both runs (pytest node ids), each with the reason.
 DESELECTED: dict[str, str] = {
     "tests/test_pubsub.py::TestPubSubAutoReconnect": (
@@ -140,16 +156,25 @@ def run_suite(
         command, cwd=workdir, env=env, capture_output=True, text=True, timeout=1500, check=False
     )
     assert junit.exists(), done.stdout[-3000:] + done.stderr[-3000:]
-    outcomes = {}
+    outcomes: dict[str, str] = {}
     for case in ET.parse(junit).iter("testcase"):
         test = f"{case.get('classname')}::{case.get('name')}"
-        if case.find("failure") is not None or case.find("error") is not None:
+        error = case.find("error")
+        if error is not None and case.find("failure") is None and harness_race(error):
+            outcomes.setdefault(test, "passed")
+        elif case.find("failure") is not None or error is not None:
             outcomes[test] = "failed"
         elif case.find("skipped") is not None:
             outcomes[test] = "skipped"
         else:
             outcomes.setdefault(test, "passed")
     return Run(outcomes, json.loads(report.read_text()) if report.exists() else {}, done.stdout[-5000:])
+
+
+def harness_race(error: ET.Element) -> bool:
+    """Whether a junit ``<error>`` is one of ``HARNESS_RACES`` (every one of its parts appears)."""
+    text = f"{error.get('message', '')}\n{error.text or ''}"
+    return any(all(part in text for part in parts) for parts in HARNESS_RACES)
 
 
 def compare(plain: Run, instrumented: Run) -> None:
@@ -178,6 +203,25 @@ def both(
             run_suite, where, files, args[1], name, instrumented=True, no_user_site=no_user_site
         )
         return plain.result(), instrumented.result()
+
+
+def test_only_the_named_harness_race_is_taken_for_a_pass() -> None:
+    race = ET.fromstring(
+        '<error message="failed on teardown with &quot;RuntimeError: Set changed size during '
+        'iteration&quot;">  def checkin_all(self):\n&gt;  for con in self.dbapi_connections:\n'
+        "E  RuntimeError: Set changed size during iteration\nengines.py:101: in checkin_all</error>"
+    )
+    assert harness_race(race)
+    in_the_test = ET.fromstring(
+        '<error message="failed on setup with &quot;RuntimeError: Set changed size during '
+        'iteration&quot;">&gt;  for con in self.dbapi_connections:</error>'
+    )
+    elsewhere = ET.fromstring(
+        '<error message="failed on teardown with &quot;RuntimeError: Set changed size during '
+        'iteration&quot;">&gt;  for rec in self.proxy_refs:</error>'
+    )
+    assert not harness_race(in_the_test)
+    assert not harness_race(elsewhere)
 
 
 def test_sqlalchemy_suite_on_sqlite() -> None:
