@@ -20,8 +20,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
 
+from poolwatch import sparkline
 from poolwatch.assess import duration
 from poolwatch.memo import SlotCache
+from poolwatch.sparkline import Span
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -32,7 +34,6 @@ StartResponse = Any
 DEFAULT_REFRESH: Final = 10
 MAX_REFRESH: Final = 3600
 SHOWN_DECISIONS: Final = 3
-SPARK_HEIGHT: Final = 28  # viewBox units; the width is one unit per history step
 
 STYLE: Final = """
 :root{color-scheme:light dark;--bg:#fff;--fg:#1b1f24;--muted:#57606a;--card:#f6f8fa;--line:#d0d7de;
@@ -308,84 +309,38 @@ def _trends(target: TargetDoc, now: float) -> str:
     """Sparklines over the history window, or since the first sample when the history is shorter."""
     trend = target["trend"]
     step = trend["step_seconds"]
-    end = (now // step + 1) * step  # the step grid: points stay cached for a whole step
     firsts = [series[0] for series in (trend["at"], trend["sessions_at"]) if series]
     if not firsts:
         return ""
-    start = max(end - trend["window_seconds"], min(firsts) - step)
+    end = int(now // step) + 1  # one past the current step
+    start = max(end - round(trend["window_seconds"] / step), int(min(firsts) // step) - 1)
+    span = Span(start, end, step)
     name, pool = target["name"], target["pool"]
     figures = []
     if trend["at"]:
         limit = None if pool is None else pool["max"]
-        figures.append(_spark(name, "in use", trend["at"], trend["used"], (start, end, step), limit))
-        figures.append(_spark(name, "waiting", trend["at"], trend["pending"], (start, end, step), None))
+        at = trend["at"]
+        figures.append(_spark(name, "in use", (at, trend["used"]), span, limit))
+        figures.append(_spark(name, "waiting", (at, trend["pending"]), span, None))
     if trend["sessions_at"]:
-        figures.append(
-            _spark(name, "server sessions", trend["sessions_at"], trend["sessions"], (start, end, step), None)
-        )
-    return f'<div class="trends"><p>last {duration(end - start)}</p>{"".join(figures)}</div>'
+        samples = (trend["sessions_at"], trend["sessions"])
+        figures.append(_spark(name, "server sessions", samples, span, None))
+    return f'<div class="trends"><p>last {duration((end - start) * step)}</p>{"".join(figures)}</div>'
 
 
 def _spark(
-    target: str,
-    label: str,
-    at: list[float],
-    values: list[float],
-    span: tuple[float, float, float],
-    limit: int | None,
+    target: str, label: str, samples: tuple[list[float], list[float]], span: Span, limit: int | None
 ) -> str:
-    """One captioned sparkline over ``span`` (start, end, step); cached by ``_FIGURES``: the same
-    sample lists (shared until the next sample) in the same step draw the same figure."""
-    start, end, step = span
-
-    def make() -> str:
-        peak = max(values)
-        top = max(peak, float(limit or 0), 1.0)
-        caption = f"{label} {values[-1]:g}, peak {peak:g}" + (f" of {limit}" if limit else "")
-        width = max(1, round((end - start) / step))
-        limit_line = f'<path class="limit" d="M0 1H{width}"/>' if limit and limit >= peak else ""
-        return (
-            # The caption is numbers and a fixed label: nothing to escape.
-            f'<figure><figcaption>{caption}</figcaption><svg viewBox="0 0 {width} {SPARK_HEIGHT}" '
-            f'preserveAspectRatio="none" role="img" aria-label="{caption}, last {duration(end - start)}">'
-            f"{limit_line}{_path(at, values, start, step, top)}</svg></figure>"
-        )
-
-    return _FIGURES.get((target, label), (at, values, span, limit), make)
+    """One sparkline, cached by ``_FIGURES``: the same sample lists (shared until the next sample) in
+    the same step draw the same figure; a new sample formats only its own moves (``_LINES``)."""
+    slot = (target, label)
+    return _FIGURES.get(
+        slot, (*samples, span, limit), lambda: sparkline.figure(_LINES, slot, label, samples, span, limit)
+    )
 
 
 _FIGURES: SlotCache[str] = SlotCache()
-
-
-def _path(at: list[float], values: list[float], start: float, step: float, top: float) -> str:
-    """The line of one sparkline, one unit per step across and ``SPARK_HEIGHT`` units up, in
-    relative moves (a few bytes a point), and a dot on the newest value."""
-    scale = (SPARK_HEIGHT - 3) / top
-    points = [
-        (round((t - start) / step), round(SPARK_HEIGHT - 1.5 - v * scale))
-        for t, v in zip(at, values, strict=True)
-        if t >= start
-    ]
-    if not points:
-        return ""
-    x, y = points[0]
-    path = [f"M{x} {y}"]
-    flat = 0  # a run of level moves becomes one "h"
-    line = False  # inside an "l" list: the next move needs no letter
-    for next_x, next_y in points[1:]:
-        dx, dy = next_x - x, next_y - y
-        x, y = next_x, next_y
-        if dy == 0:
-            flat += dx
-            continue
-        if flat:
-            path.append(f"h{flat}")
-            flat, line = 0, False
-        path.append(f"{' ' if line else 'l'}{dx} {dy}" if dy > 0 else f"{' ' if line else 'l'}{dx}{dy}")
-        line = True
-    if flat:
-        path.append(f"h{flat}")
-    return f'<path d="{"".join(path)}"/><path class="dot" d="M{x} {y}h0"/>'
+_LINES = sparkline.Lines()
 
 
 def _clock(at: float) -> str:
