@@ -1,4 +1,4 @@
-"""The status page's sparklines: inline SVG whose line is kept from one page to the next, so a new sample costs a move or two.
+"""The status page's sparklines: inline SVG lines kept from page to page, so a sample costs a move or two.
 
 A line is drawn in the series' own units: one unit per history step across (x is the step index
 ``at // step``) and the value itself up. The ``viewBox`` does the scaling to the 160 x 28 pixel box
@@ -25,7 +25,6 @@ import functools
 import re
 import threading
 from typing import Final, NamedTuple
-
 
 HEIGHT: Final = 28  # pixels, as in the style sheet: the margin below is in the same proportion
 MARGIN: Final = 1.5 / (HEIGHT - 3)  # of the top value, above and below the line

@@ -145,9 +145,47 @@ def render(doc: StatusDoc, *, refresh: int = DEFAULT_REFRESH) -> str:
         '<p id="stale" role="status" hidden></p></header><main>'
     )
     parts = [head]
-    parts.extend(_target(target, now) for target in doc["targets"])
+    parts.extend(_card(target, now) for target in doc["targets"])
     parts.append(f"</main><script>{SCRIPT}</script></body></html>")
     return "".join(parts)
+
+
+def _card(target: TargetDoc, now: float) -> str:
+    """A target's card: made again only when its part of the document or the step its sparklines end
+    in changes (every ``SlotCache`` input is compared with ``==``: a few dozen pointer comparisons, as
+    the document shares its lists and records until they change); the times it says "how long ago"
+    of are filled in for each page."""
+    end = int(now // target["trend"]["step_seconds"])
+    card = _CARDS.get(target["name"], (target, end), lambda: _Card(_target(target, now)))
+    return card.at(now)
+
+
+class _Card:
+    """A card's text split at its ``_since`` marks: text, time, text, ..., text."""
+
+    __slots__ = ("_parts", "_times")
+
+    def __init__(self, text: str) -> None:
+        parts = text.split(_MARK)
+        self._parts = parts
+        self._times = [(i, float(parts[i])) for i in range(1, len(parts), 2)]
+
+    def at(self, now: float) -> str:
+        if not self._times:
+            return self._parts[0]
+        parts = self._parts.copy()
+        for i, then in self._times:
+            parts[i] = duration(now - then) if now > then else "0s"
+        return "".join(parts)
+
+
+_CARDS: SlotCache[_Card] = SlotCache()
+_MARK: Final = "\x00"  # never in the text of a card: _e() replaces it
+
+
+def _since(then: float) -> str:
+    """How long ago ``then`` was, as of the page the card goes into."""
+    return f"{_MARK}{then!r}{_MARK}"
 
 
 def _target(target: TargetDoc, now: float) -> str:
@@ -156,7 +194,7 @@ def _target(target: TargetDoc, now: float) -> str:
         f'<li class="{p["severity"]}" data-kind="{p["kind"]}">{_e(p["text"])}</li>'
         for p in target["problems"]
     )
-    rows = [("Probe", _probe(target, now))]
+    rows = [("Probe", _probe(target))]
     if target["pool"] is not None:
         rows.append(("Pool", _pool(target["pool"])))
     name, census, reaper = target["name"], target["census"], target["reaper"]
@@ -165,7 +203,7 @@ def _target(target: TargetDoc, now: float) -> str:
         rows.append(("Server", _PARTS.get((name, "census"), (census,), lambda: _census(census))))
     if reaper is not None:
         rows.append(("Reaper", _PARTS.get((name, "reaper"), (reaper,), lambda: _reaper(reaper))))
-    rows.append(("Jobs", _jobs(target["jobs"], now)))
+    rows.append(("Jobs", _jobs(target["jobs"])))
     details = "".join(f"<dt>{title}</dt><dd>{body}</dd>" for title, body in rows)
     return (
         f'<article data-target="{_e(target["name"])}" data-health="{health}">'
@@ -176,15 +214,15 @@ def _target(target: TargetDoc, now: float) -> str:
     )
 
 
-def _probe(target: TargetDoc, now: float) -> str:
+def _probe(target: TargetDoc) -> str:
     up, since, checked = target["up"], target["since"], target["checked_at"]
     if up is None or checked is None:
         return "not probed yet"
     state = '<span class="ok">up</span>' if up else '<span class="critical">down</span>'
-    text = state + (f" since {_clock(since)} ({_ago(now, since)})" if since is not None else "")
+    text = state + (f" since {_clock(since)} ({_since(since)})" if since is not None else "")
     latency = target["latency_seconds"]
     took = f", {latency * 1000:.1f} ms" if up and latency is not None else ""
-    text += f" · checked {_ago(now, checked)} ago{took}"
+    text += f" · checked {_since(checked)} ago{took}"
     if not up and target["error"] and not any(p["kind"] == "down" for p in target["problems"]):
         text += f"<br>{_e(target['error'])}"
     return text
@@ -291,11 +329,11 @@ def _unix_time(iso: str) -> float | None:
         return None
 
 
-def _jobs(jobs: Iterable[JobDoc], now: float) -> str:
+def _jobs(jobs: Iterable[JobDoc]) -> str:
     shown = []
     for job in jobs:
         success = job["last_success"]
-        last = "never succeeded" if success is None else f"ok {_ago(now, success)} ago"
+        last = "never succeeded" if success is None else f"ok {_since(success)} ago"
         if job["failing_for"]:
             n = job["failing_for"]
             shown.append(f'<span class="warning">{job["task"]} failing ({n} in a row; {last})</span>')
@@ -357,13 +395,12 @@ def _percent(ratio: float) -> str:
     return "under 1%" if 0 < ratio < 0.01 else f"{ratio:.0%}"  # noqa: PLR2004
 
 
-def _ago(now: float, then: float) -> str:
-    return duration(max(0.0, now - then))
-
-
-_ESCAPES: Final = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"})
+# NUL, which HTML does not allow anyway, marks the times in a cached card (``_since``).
+_ESCAPES: Final = str.maketrans(
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;", _MARK: "\ufffd"}
+)
 
 
 def _e(text: object) -> str:
-    """``html.escape(text, quote=True)`` in one C call."""
+    """``html.escape(text, quote=True)`` in one C call (and NUL replaced)."""
     return str(text).translate(_ESCAPES)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 import re
-
-import pytest
+from typing import TYPE_CHECKING
 
 from poolwatch import sparkline
 from poolwatch.history import History
 from poolwatch.sparkline import Lines, Span, figure
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def _path(page: str) -> str:
