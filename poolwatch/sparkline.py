@@ -1,12 +1,11 @@
 """The status page's sparklines: inline SVG lines kept from page to page, so a sample costs a move or two.
 
 A line is drawn in the series' own units: one unit per history step across (x is the step index
-``at // step``) and the value itself up. The ``viewBox`` does the scaling to the 160 x 28 pixel box
-(``preserveAspectRatio="none"``, ``vector-effect:non-scaling-stroke`` keeps the stroke even), so a
-new peak changes the ``viewBox``, never a point, and the path is relative moves (``l dx dy``, ``h dx``
-for a level stretch) that do not depend on where the window starts. Only the first point and the
-newest one are absolute, counted back from the end of the current step, so that the same path stays
-valid as time passes.
+``at // step``, counted from an origin before the first sample) and the value itself up. The
+``viewBox`` does the scaling to the 160 x 28 pixel box (``preserveAspectRatio="none"``;
+``vector-effect:non-scaling-stroke`` keeps the stroke even), so a new peak changes the ``viewBox``,
+never a point, and the time passing changes only the ``viewBox``'s left edge and width. The path is
+relative moves (``l dx dy``, ``h dx`` for a level stretch) after one absolute first point.
 
 Each series' moves are remembered per slot (target and series) with the sample lists they were
 drawn from. The status document shares those lists until the next sample; a later list is the earlier
@@ -30,12 +29,17 @@ HEIGHT: Final = 28  # pixels, as in the style sheet: the margin below is in the 
 MARGIN: Final = 1.5 / (HEIGHT - 3)  # of the top value, above and below the line
 
 
-class Span(NamedTuple):
-    """The drawn window in step indices: ``start`` to ``end`` (exclusive), ``end`` one step past now."""
+class Frame(NamedTuple):
+    """Where a target's sparklines are drawn. x is counted in steps from ``origin`` (a step index), so
+    the drawing does not change as time passes: the window shown (``left`` to ``left + width``) is
+    text put in the ``viewBox`` as it is (a number, or a mark the page fills in). The limit line runs
+    from 0 to ``reach``."""
 
-    start: int
-    end: int
     step: float
+    origin: int
+    reach: int
+    left: str
+    width: str
 
 
 class _Drawn(NamedTuple):
@@ -116,26 +120,25 @@ def figure(
     slot: object,
     label: str,
     samples: tuple[list[float], list[float]],
-    span: Span,
+    frame: Frame,
     limit: int | None,
 ) -> str:
-    """One captioned sparkline of ``samples`` (times, values; not empty) over ``span``, with the
-    dashed ``limit`` line when the values stay under it."""
+    """One captioned sparkline of ``samples`` (times, values; not empty) in ``frame``, with the dashed
+    ``limit`` line when the values stay under it."""
     at, values = samples
-    start, end, step = span
+    step, origin = frame.step, frame.origin
     peak = max(values)
     top = max(peak, float(limit or 0), 1.0)
     pad = top * MARGIN
-    width = end - start
     caption = f"{label} {values[-1]:g}, peak {peak:g}" + (f" of {limit}" if limit else "")
-    limit_line = f'<path class="limit" d="M{-width} {-limit}H0"/>' if limit and limit >= peak else ""
-    first, last = int(at[0] // step) - end, int(at[-1] // step) - end
+    limit_line = f'<path class="limit" d="M0 {-limit}H{frame.reach}"/>' if limit and limit >= peak else ""
+    first, last = int(at[0] // step) - origin, int(at[-1] // step) - origin
     # 0.0 - v: never the "-0" that -v gives for 0.0.
     line = f"M{first} {0.0 - values[0]:g}{lines.body(slot, at, values, step)}"
     return (
-        # The caption is numbers and a fixed label: nothing to escape.
         # The caption says in words what the line shows: the drawing is hidden from screen readers.
-        f'<figure><figcaption>{caption}</figcaption><svg viewBox="{-width} {-round(top + pad, 1):g} {width} '
-        f'{round(top + 2 * pad, 1):g}" preserveAspectRatio="none" aria-hidden="true">{limit_line}'
-        f'<path d="{line}"/><path class="dot" d="M{last} {0.0 - values[-1]:g}h0"/></svg></figure>'
+        f'<figure><figcaption>{caption}</figcaption><svg viewBox="{frame.left} {-round(top + pad, 2):g} '
+        f'{frame.width} {round(top + 2 * pad, 2):g}" preserveAspectRatio="none" aria-hidden="true">'
+        f'{limit_line}<path d="{line}"/><path class="dot" d="M{last} {0.0 - values[-1]:g}h0"/></svg>'
+        "</figure>"
     )

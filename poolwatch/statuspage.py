@@ -23,12 +23,21 @@ from urllib.parse import parse_qs
 from poolwatch import sparkline
 from poolwatch.assess import duration
 from poolwatch.memo import SlotCache
-from poolwatch.sparkline import Span
+from poolwatch.sparkline import Frame
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from poolwatch.status import CensusDoc, DecisionDoc, JobDoc, PoolDoc, ReaperDoc, StatusDoc, TargetDoc
+    from poolwatch.status import (
+        CensusDoc,
+        DecisionDoc,
+        JobDoc,
+        PoolDoc,
+        ReaperDoc,
+        StatusDoc,
+        TargetDoc,
+        TrendDoc,
+    )
 
 StartResponse = Any
 DEFAULT_REFRESH: Final = 10
@@ -151,44 +160,78 @@ def render(doc: StatusDoc, *, refresh: int = DEFAULT_REFRESH) -> str:
 
 
 def _card(target: TargetDoc, now: float) -> str:
-    """A target's card: made again only when its part of the document or the step its sparklines end
-    in changes (every ``SlotCache`` input is compared with ``==``: a few dozen pointer comparisons, as
-    the document shares its lists and records until they change); the times it says "how long ago"
-    of are filled in for each page."""
-    end = int(now // target["trend"]["step_seconds"])
-    card = _CARDS.get(target["name"], (target, end), lambda: _Card(_target(target, now)))
-    return card.at(now)
+    """A target's card, made again only when its part of the document is another one (the daemon
+    keeps a target's part from one job outcome to the next); what depends on the time is filled in
+    for each page."""
+    kept = _CARDS.get(target["name"])
+    if kept is None or kept[0] is not target:
+        kept = (target, _Card(target))
+        if len(_CARDS) >= _MAX_CARDS:  # targets renamed by reloads, one after another
+            _CARDS.clear()
+        _CARDS[target["name"]] = kept  # replaced whole: a reader on another thread sees one or the other
+    return kept[1].at(now)
+
+
+def prepare(target: TargetDoc) -> None:
+    """Make ``target``'s card now (off the request path) for the pages to come."""
+    _card(target, 0.0)
 
 
 class _Card:
-    """A card's text split at its ``_since`` marks: text, time, text, ..., text."""
+    """A card's text split at its marks (text, mark, text, ..., text): an ``_ago`` mark says how long
+    ago its time was; the sparklines' window marks say where it starts and how wide it is."""
 
-    __slots__ = ("_parts", "_times")
+    __slots__ = ("_first", "_marks", "_parts", "_step", "_window")
 
-    def __init__(self, text: str) -> None:
-        parts = text.split(_MARK)
+    def __init__(self, target: TargetDoc) -> None:
+        trend = target["trend"]
+        self._step = step = trend["step_seconds"]
+        self._window = round(trend["window_seconds"] / step)
+        firsts = [series[0] for series in (trend["at"], trend["sessions_at"]) if series]
+        self._first = int(min(firsts) // step) if firsts else 0
+        parts = _target(target, _frame(self._first, trend)).split(_MARK)
         self._parts = parts
-        self._times = [(i, float(parts[i])) for i in range(1, len(parts), 2)]
+        self._marks = [
+            (i, parts[i] if parts[i] in _WINDOW_MARKS else float(parts[i])) for i in range(1, len(parts), 2)
+        ]
 
     def at(self, now: float) -> str:
-        if not self._times:
+        if not self._marks:
             return self._parts[0]
+        end = int(now // self._step) + 1  # one past the current step
+        start = max(end - self._window, self._first - 1)
+        shown = {_LEFT: str(start - self._first + 1), _WIDTH: str(end - start)}
+        shown[_SPAN] = duration((end - start) * self._step)
         parts = self._parts.copy()
-        for i, then in self._times:
-            parts[i] = duration(now - then) if now > then else "0s"
+        for i, mark in self._marks:
+            if isinstance(mark, float):
+                parts[i] = duration(now - mark) if now > mark else "0s"
+            else:
+                parts[i] = shown[mark]
         return "".join(parts)
 
 
-_CARDS: SlotCache[_Card] = SlotCache()
+_CARDS: dict[str, tuple[TargetDoc, _Card]] = {}
+_MAX_CARDS: Final = 100_000
 _MARK: Final = "\x00"  # never in the text of a card: _e() replaces it
+_LEFT, _WIDTH, _SPAN = "left", "width", "span"
+_WINDOW_MARKS: Final = frozenset({_LEFT, _WIDTH, _SPAN})
 
 
-def _since(then: float) -> str:
+def _ago(then: float) -> str:
     """How long ago ``then`` was, as of the page the card goes into."""
     return f"{_MARK}{then!r}{_MARK}"
 
 
-def _target(target: TargetDoc, now: float) -> str:
+def _frame(first: int, trend: TrendDoc) -> Frame:
+    step = trend["step_seconds"]
+    lasts = [series[-1] for series in (trend["at"], trend["sessions_at"]) if series]
+    # The limit line reaches the end of the window as long as the newest sample is in it.
+    reach = (int(max(lasts) // step) if lasts else first) - first + 2 + round(trend["window_seconds"] / step)
+    return Frame(step, first - 1, reach, f"{_MARK}{_LEFT}{_MARK}", f"{_MARK}{_WIDTH}{_MARK}")
+
+
+def _target(target: TargetDoc, frame: Frame) -> str:
     health = target["health"]
     problems = "".join(
         f'<li class="{p["severity"]}" data-kind="{p["kind"]}">{_e(p["text"])}</li>'
@@ -210,7 +253,7 @@ def _target(target: TargetDoc, now: float) -> str:
         f'<header><h2><span class="badge {health}">{health}</span> {_e(target["name"])}</h2>'
         f'<p class="where">{_e(target["kind"])} · {_e(target["url"])}</p></header>'
         + (f'<ul class="problems">{problems}</ul>' if problems else "")
-        + f"<dl>{details}</dl>{_trends(target, now)}</article>"
+        + f"<dl>{details}</dl>{_trends(target, frame)}</article>"
     )
 
 
@@ -219,10 +262,10 @@ def _probe(target: TargetDoc) -> str:
     if up is None or checked is None:
         return "not probed yet"
     state = '<span class="ok">up</span>' if up else '<span class="critical">down</span>'
-    text = state + (f" since {_clock(since)} ({_since(since)})" if since is not None else "")
+    text = state + (f" since {_clock(since)} ({_ago(since)})" if since is not None else "")
     latency = target["latency_seconds"]
     took = f", {latency * 1000:.1f} ms" if up and latency is not None else ""
-    text += f" · checked {_since(checked)} ago{took}"
+    text += f" · checked {_ago(checked)} ago{took}"
     if not up and target["error"] and not any(p["kind"] == "down" for p in target["problems"]):
         text += f"<br>{_e(target['error'])}"
     return text
@@ -333,7 +376,7 @@ def _jobs(jobs: Iterable[JobDoc]) -> str:
     shown = []
     for job in jobs:
         success = job["last_success"]
-        last = "never succeeded" if success is None else f"ok {_since(success)} ago"
+        last = "never succeeded" if success is None else f"ok {_ago(success)} ago"
         if job["failing_for"]:
             n = job["failing_for"]
             shown.append(f'<span class="warning">{job["task"]} failing ({n} in a row; {last})</span>')
@@ -343,37 +386,32 @@ def _jobs(jobs: Iterable[JobDoc]) -> str:
     return " · ".join(shown) or "none"
 
 
-def _trends(target: TargetDoc, now: float) -> str:
+def _trends(target: TargetDoc, frame: Frame) -> str:
     """Sparklines over the history window, or since the first sample when the history is shorter."""
     trend = target["trend"]
-    step = trend["step_seconds"]
-    firsts = [series[0] for series in (trend["at"], trend["sessions_at"]) if series]
-    if not firsts:
+    if not (trend["at"] or trend["sessions_at"]):
         return ""
-    end = int(now // step) + 1  # one past the current step
-    start = max(end - round(trend["window_seconds"] / step), int(min(firsts) // step) - 1)
-    span = Span(start, end, step)
     name, pool = target["name"], target["pool"]
     figures = []
     if trend["at"]:
         limit = None if pool is None else pool["max"]
         at = trend["at"]
-        figures.append(_spark(name, "in use", (at, trend["used"]), span, limit))
-        figures.append(_spark(name, "waiting", (at, trend["pending"]), span, None))
+        figures.append(_spark(name, "in use", (at, trend["used"]), frame, limit))
+        figures.append(_spark(name, "waiting", (at, trend["pending"]), frame, None))
     if trend["sessions_at"]:
         samples = (trend["sessions_at"], trend["sessions"])
-        figures.append(_spark(name, "server sessions", samples, span, None))
-    return f'<div class="trends"><p>last {duration((end - start) * step)}</p>{"".join(figures)}</div>'
+        figures.append(_spark(name, "server sessions", samples, frame, None))
+    return f'<div class="trends"><p>last {_MARK}{_SPAN}{_MARK}</p>{"".join(figures)}</div>'
 
 
 def _spark(
-    target: str, label: str, samples: tuple[list[float], list[float]], span: Span, limit: int | None
+    target: str, label: str, samples: tuple[list[float], list[float]], frame: Frame, limit: int | None
 ) -> str:
-    """One sparkline, cached by ``_FIGURES``: the same sample lists (shared until the next sample) in
-    the same step draw the same figure; a new sample formats only its own moves (``_LINES``)."""
+    """One sparkline, cached by ``_FIGURES`` while its sample lists (shared until the next sample)
+    and frame stay the same; a new sample formats only its own moves (``_LINES``)."""
     slot = (target, label)
     return _FIGURES.get(
-        slot, (*samples, span, limit), lambda: sparkline.figure(_LINES, slot, label, samples, span, limit)
+        slot, (*samples, frame, limit), lambda: sparkline.figure(_LINES, slot, label, samples, frame, limit)
     )
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from poolwatch import sparkline
 from poolwatch.history import History
-from poolwatch.sparkline import Lines, Span, figure
+from poolwatch.sparkline import Frame, Lines, figure
 
 if TYPE_CHECKING:
     import pytest
@@ -20,24 +20,27 @@ def _path(page: str) -> str:
     return found[1]
 
 
-def test_a_line_is_drawn_in_the_series_units_counted_back_from_the_end_of_the_step() -> None:
+def test_a_line_is_drawn_in_the_series_units_from_its_origin_in_the_frame_given() -> None:
     at = [1000.0, 1010.0, 1020.0, 1030.0, 1040.0, 1060.0]
     values = [2.0, 5.0, 5.0, 5.0, 1.0, 0.0]
-    page = figure(Lines(), "slot", "in use", (at, values), Span(start=97, end=107, step=10.0), 8)
-    # Up 3, level for 2 steps (one "h"), down 4, then a 2-step gap down 1; y is minus the value.
-    assert _path(page) == "M-7 -2l1-3h2l1 4l2 1"
-    assert '<path class="dot" d="M-1 0h0"/>' in page
-    assert '<path class="limit" d="M-10 -8H0"/>' in page
-    # The box: 10 steps wide ending at 0; from 0 to the pool's limit (8), with the same margin above
-    # and below as 1.5 of 25 pixels.
-    assert 'viewBox="-10 -8.5 10 9"' in page
+    frame = Frame(step=10.0, origin=99, reach=20, left="3", width="10")
+    page = figure(Lines(), "slot", "in use", (at, values), frame, 8)
+    # From step 100 (x 1): up 3, level for 2 steps (one "h"), down 4, then a 2-step gap down 1; y is
+    # minus the value.
+    assert _path(page) == "M1 -2l1-3h2l1 4l2 1"
+    assert '<path class="dot" d="M7 0h0"/>' in page
+    assert '<path class="limit" d="M0 -8H20"/>' in page
+    # The box: the frame's window across; from 0 to the pool's limit (8) up, with the same margin
+    # above and below as 1.5 of 25 pixels.
+    assert 'viewBox="3 -8.48 10 8.96"' in page
     assert "<figcaption>in use 0, peak 5 of 8</figcaption>" in page
 
 
 def test_the_limit_line_is_left_out_when_values_went_past_it() -> None:
-    page = figure(Lines(), "slot", "in use", ([1.0, 11.0], [3.0, 9.0]), Span(0, 3, 10.0), 8)
+    frame = Frame(step=10.0, origin=0, reach=5, left="0", width="3")
+    page = figure(Lines(), "slot", "in use", ([1.0, 11.0], [3.0, 9.0]), frame, 8)
     assert 'class="limit"' not in page
-    assert 'viewBox="-3 -9.5 3 10.1"' in page
+    assert 'viewBox="0 -9.54 3 10.08"' in page
 
 
 def test_a_line_kept_from_page_to_page_is_the_line_drawn_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
