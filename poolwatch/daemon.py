@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy.pool import QueuePool
 
@@ -263,6 +263,11 @@ def _add_census_and_reaper(
     runtime.closers.append(reaper.close)
 
 
+# After a status request, job outcomes prepare the status (each target's part and its card) for
+# this long; after that, until the next request, they only take their samples.
+STATUS_WANTED_FOR: Final = 600.0
+
+
 class Daemon:
     """poolwatch's long-running process, built from validated settings.
 
@@ -300,6 +305,7 @@ class Daemon:
         self._otlp: OtlpPush | None = None
         self._started = threading.Event()
         self._stopped = threading.Event()
+        self._status_wanted = 0.0  # monotonic time until which job outcomes prepare the status
 
     @property
     def address(self) -> tuple[str, int]:
@@ -572,6 +578,7 @@ class Daemon:
         """The /status document, from memory (docs/status.md): each target's part as made after its
         last job outcome (``_observe``), or made now when that one no longer holds."""
         now = time.time()
+        self._status_wanted = time.monotonic() + STATUS_WANTED_FOR
         with self._targets_lock:
             runtimes = [(runtime, self._trackers[name]) for name, runtime in self._targets.items()]
         stats: dict[str, dict[str, JobStats]] | None = None
@@ -609,9 +616,8 @@ class Daemon:
         if runtime is not None and tracker is not None:
             now = time.time()
             tracker.observe(job, runtime.instrumentation, now)
-            doc = tracker.refresh(self._sources(runtime, tracker, stats), now)
-            if doc["up"] is not False:  # a down target's part is made again per request (Tracker.kept)
-                statuspage.prepare(doc)
+            if time.monotonic() < self._status_wanted:  # nobody looking: nothing made for nobody
+                statuspage.prepare(tracker.refresh(self._sources(runtime, tracker, stats), now))
 
     def runtime(self, name: str) -> TargetRuntime:
         """The live engine/client and jobs of a target (for tests and embedding)."""

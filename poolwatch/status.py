@@ -202,7 +202,8 @@ class Tracker:
     def kept(self, settings: TargetSettings, now: float) -> TargetDoc | None:
         """The document made after the last outcome, if it still holds: made for these settings
         (not before a reload rebuilt the target), from the current history, less than ``FRESH``
-        seconds ago, and not of a target that is down (its problem says for how long)."""
+        seconds ago (what it says of the last minutes, or for how long a target is down, is that
+        old at most)."""
         kept = self._kept
         if (
             kept is None
@@ -210,7 +211,6 @@ class Tracker:
             or kept.settings is not settings
             or kept.trend is not self.history.trend()
             or not 0 <= now - kept.made < FRESH
-            or kept.doc["up"] is False
         ):
             return None
         return kept.doc

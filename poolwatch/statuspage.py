@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         DecisionDoc,
         JobDoc,
         PoolDoc,
+        ProblemDoc,
         ReaperDoc,
         StatusDoc,
         TargetDoc,
@@ -234,7 +235,7 @@ def _frame(first: int, trend: TrendDoc) -> Frame:
 def _target(target: TargetDoc, frame: Frame) -> str:
     health = target["health"]
     problems = "".join(
-        f'<li class="{p["severity"]}" data-kind="{p["kind"]}">{_e(p["text"])}</li>'
+        f'<li class="{p["severity"]}" data-kind="{p["kind"]}">{_problem(p, target["since"])}</li>'
         for p in target["problems"]
     )
     rows = [("Probe", _probe(target))]
@@ -255,6 +256,17 @@ def _target(target: TargetDoc, frame: Frame) -> str:
         + (f'<ul class="problems">{problems}</ul>' if problems else "")
         + f"<dl>{details}</dl>{_trends(target, frame)}</article>"
     )
+
+
+def _problem(problem: ProblemDoc, since: float | None) -> str:
+    text = _e(problem["text"])
+    if problem["kind"] == "down" and since is not None and text.startswith("down for "):
+        # "down for <duration>: <error>" (assess) says for how long as of when the target's part of
+        # the document was made (its last job outcome); the page says it as of the page.
+        _, colon, rest = text.partition(": ")
+        if colon:
+            return f"down for {_ago(since)}: {rest}"
+    return text
 
 
 def _probe(target: TargetDoc) -> str:
