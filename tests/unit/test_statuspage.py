@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 import re
@@ -201,7 +202,8 @@ def test_a_kept_card_says_how_long_ago_as_of_each_page() -> None:
     )
     down["problems"] = assess(down, ORDERS, NOW)
     first = document(down)
-    later = {**first, "generated_at": NOW + 10}
+    later = copy.copy(first)  # the same target parts
+    later["generated_at"] = NOW + 10
     assert later["targets"][0] is first["targets"][0]
     pages = [render(first), render(later)]
     for page, down_for, checked in zip(pages, ("30s", "40s"), ("2s", "12s"), strict=True):
@@ -216,6 +218,7 @@ def test_a_kept_card_says_how_long_ago_as_of_each_page() -> None:
 
 def test_the_sparklines_window_grows_with_a_young_history() -> None:
     doc = document(target())  # samples from 30 s ago
-    later = {**doc, "generated_at": NOW + 10}
+    later = copy.copy(doc)
+    later["generated_at"] = NOW + 10
     spans = [re.search(r"<p>last (\S+)</p>", render(page)) for page in (doc, later)]
     assert [span[1] if span else None for span in spans] == ["50s", "1m"]
