@@ -8,7 +8,8 @@ candidates and decisions, job statistics, and 15 minutes of trend samples. Then 
 in a rotating order:
 
 - ``document``: the /status document, between two job outcomes;
-- ``render``: the page from it; ``json``: the JSON from it;
+- ``render``: the page from it; ``json``: the JSON from it; ``json_after_samples``: the same right
+  after every target's probe recorded an outcome;
 - ``get_page``: a whole ``GET /`` through the WSGI endpoint, between two job outcomes;
 - ``get_page_after_samples``: the same right after every target's probe recorded an outcome (so
   every target has a new sample and every card changed);
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -174,6 +176,7 @@ class Contender:
     status: Callable[[], Any]
     respond: Callable[..., list[bytes]]
     render: Callable[[Any], str]
+    to_json: Callable[[Any], str]
 
     def probes(self) -> list[Job]:
         return [
@@ -199,7 +202,7 @@ def _current(targets: int) -> Contender:
     daemon = Daemon(validate(_config(targets)))
     daemon.start()
     _fill(daemon, time.time())
-    return Contender(daemon, daemon.status, statuspage.respond, statuspage.render)
+    return Contender(daemon, daemon.status, statuspage.respond, statuspage.render, statuspage.to_json)
 
 
 def _baseline(targets: int, revision: str) -> Contender:
@@ -241,7 +244,8 @@ def _baseline(targets: int, revision: str) -> Contender:
 
     daemon.start()
     _fill(daemon, time.time())
-    return Contender(daemon, status, old["statuspage"].respond, old["statuspage"].render)
+    old_json = functools.partial(json.dumps, separators=(",", ":"))
+    return Contender(daemon, status, old["statuspage"].respond, old["statuspage"].render, old_json)
 
 
 def _load(revision: str, name: str) -> ModuleType:
@@ -266,6 +270,10 @@ def _contenders(c: Contender) -> dict[str, tuple[Callable[[], Any], Callable[[],
         c.get_page()
         state["doc"] = c.status()
 
+    def sampled() -> None:
+        c.record()
+        state["doc"] = c.status()
+
     def down() -> None:
         c.record(ConnectionRefusedError("connection refused"))
 
@@ -273,7 +281,8 @@ def _contenders(c: Contender) -> dict[str, tuple[Callable[[], Any], Callable[[],
     return {
         "document": (ready, c.status),
         "render": (ready, lambda: c.render(state["doc"])),
-        "json": (ready, lambda: json.dumps(state["doc"], separators=(",", ":"))),
+        "json": (ready, lambda: c.to_json(state["doc"])),
+        "json_after_samples": (sampled, lambda: c.to_json(state["doc"])),
         "get_page": (ready, c.get_page),
         "get_page_after_samples": (c.record, c.get_page),
         "get_page_all_down": (down, c.get_page),
@@ -299,7 +308,7 @@ def main() -> None:
         current.record()
         doc = current.status()
         page = current.render(doc).encode()
-        body = json.dumps(doc, separators=(",", ":")).encode()
+        body = current.to_json(doc).encode()
         runs = {
             (impl, name): pair
             for impl, contender in implementations.items()

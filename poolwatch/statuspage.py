@@ -111,7 +111,7 @@ def respond(
     doc = status()
     headers = [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")]
     if environ.get("PATH_INFO") == "/status":
-        body = json.dumps(doc, separators=(",", ":")).encode()
+        body = to_json(doc).encode()
         headers.append(("Content-Type", "application/json"))
     else:
         body = render(doc, refresh=refresh_seconds(environ.get("QUERY_STRING", ""))).encode()
@@ -123,6 +123,27 @@ def respond(
     headers.append(("Content-Length", str(len(body))))
     start_response("200 OK", headers)
     return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+
+def to_json(doc: StatusDoc) -> str:
+    """``json.dumps(doc)``, compact, with each target's part serialised once: the daemon keeps a
+    target's part from one job outcome to the next, and so is its text kept here."""
+    top = {key: value for key, value in doc.items() if key != "targets"}
+    targets = ",".join(map(_target_json, doc["targets"]))
+    return json.dumps(top, separators=(",", ":"))[:-1] + f',"targets":[{targets}]}}'
+
+
+def _target_json(target: TargetDoc) -> str:
+    kept = _JSON.get(target["name"])
+    if kept is None or kept[0] is not target:
+        kept = (target, json.dumps(target, separators=(",", ":")))
+        if len(_JSON) >= _MAX_CARDS:
+            _JSON.clear()
+        _JSON[target["name"]] = kept
+    return kept[1]
+
+
+_JSON: dict[str, tuple[TargetDoc, str]] = {}
 
 
 def refresh_seconds(query: str) -> int:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from poolwatch.assess import assess
 from poolwatch.config import validate
 from poolwatch.http import Endpoint
-from poolwatch.statuspage import SCRIPT, STYLE, refresh_seconds, render
+from poolwatch.statuspage import SCRIPT, STYLE, refresh_seconds, render, to_json
 from tests.statusdocs import NOW, document, target
 
 ORDERS = validate({"targets": [{"name": "o", "kind": "postgres", "url": "postgresql://u@db/o"}]}).targets[0]
@@ -222,3 +222,14 @@ def test_the_sparklines_window_grows_with_a_young_history() -> None:
     later["generated_at"] = NOW + 10
     spans = [re.search(r"<p>last (\S+)</p>", render(page)) for page in (doc, later)]
     assert [span[1] if span else None for span in spans] == ["50s", "1m"]
+
+
+def test_the_json_is_the_documents_own_serialisation_with_kept_parts_reused() -> None:
+    first = document(target("cache"), _busy_target("orders"))
+    changed = copy.deepcopy(first["targets"][1])
+    changed["up"] = False
+    later = copy.copy(first)
+    later["generated_at"] = NOW + 5
+    later["targets"] = [first["targets"][0], changed]  # one part kept, one made again
+    for doc in (first, later, document()):
+        assert to_json(doc) == json.dumps(doc, separators=(",", ":"))
