@@ -269,6 +269,7 @@ def _contenders(c: Contender) -> dict[str, tuple[Callable[[], Any], Callable[[],
         c.record()
         c.get_page()
         state["doc"] = c.status()
+        c.to_json(state["doc"])
 
     def sampled() -> None:
         c.record()
