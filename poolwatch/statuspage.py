@@ -4,9 +4,13 @@ The page is one self-contained HTML document: no external script, style sheet, f
 daemon runs in closed networks), readable without JavaScript, light or dark by the reader's
 ``prefers-color-scheme``. A few lines of script refresh it in place (``?refresh=N`` seconds, 0 for
 never; without script a ``<noscript>`` meta refresh does it), and a Content-Security-Policy allows
-exactly that script and style block. Sparklines are inline SVG; each one's points are cached until its
-samples or the step it ends in change, so a page costs little more than string joins. Every value from
-the document is HTML-escaped.
+exactly that script and style block. Sparklines are inline SVG (``sparkline``). Every value from the
+document is HTML-escaped.
+
+A target's card is made once per part of the document the daemon keeps for it (from one job outcome
+to the next; ``prepare`` makes it right then), with marks where it says how long ago something was
+and where the sparklines' window starts: a page fills those in and joins the cards. The JSON of each
+part is kept the same way.
 """
 
 from __future__ import annotations
