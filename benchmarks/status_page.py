@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
+import gc
 import json
 import logging
 import os
@@ -324,6 +325,8 @@ def main() -> None:
             for key in keys[round_ % len(keys) :] + keys[: round_ % len(keys)]:
                 setup, timed = runs[key]
                 setup()
+                # Collections owed to the setup's garbage are not the timed call's: each starts afresh.
+                gc.collect()
                 samples[key].append(_timed(timed))
         reference = samples[("current", "reference")]
         results: dict[str, dict[str, Any]] = {}
