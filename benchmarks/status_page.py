@@ -262,6 +262,12 @@ def _load(revision: str, name: str) -> ModuleType:
     return module
 
 
+def _commit(revision: str) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", revision], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 def _contenders(c: Contender) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
     """name -> (setup, timed): the setup brings the daemon to the state the name says."""
     state: dict[str, Any] = {}
@@ -302,6 +308,7 @@ def main() -> None:
     parser.add_argument("--only", help="time one contender only (for instruction counts under callgrind)")
     args = parser.parse_args()
     logging.disable(logging.CRITICAL)  # the audit log's INFO lines per decision
+    load_at_start = os.getloadavg()[0]
     implementations = {"current": _current(args.targets)}
     if args.baseline:
         implementations["baseline"] = _baseline(args.targets, args.baseline)
@@ -351,10 +358,16 @@ def main() -> None:
     report = {
         "benchmark": "status_page",
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "load": os.getloadavg()},
+        "command": " ".join([".venv/bin/python -m benchmarks.status_page", *sys.argv[1:]]),
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "loadavg_1m_at_start": round(load_at_start, 2),
+        },
         "targets": args.targets,
         "rounds": args.rounds,
         "baseline": args.baseline,
+        "baseline_commit": _commit(args.baseline) if args.baseline else None,
         "page_bytes": len(page),
         "json_bytes": len(body),
         "history_bytes_per_target": BYTES,
