@@ -4,6 +4,7 @@ rules and the worst-first order, the terminal rendering and the client's handlin
 from __future__ import annotations
 
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from poolwatch.assess import KINDS, assess, duration, rank
 from poolwatch.client_config import client_settings
 from poolwatch.config import validate
+from poolwatch.daemon import Daemon
 from poolwatch.errors import ConfigError
 from poolwatch.history import BYTES, SLOTS, History
 from poolwatch.jobs import Outcome, TargetJob
@@ -307,3 +309,31 @@ def test_the_status_command_never_echoes_credentials_from_its_url(url: str, code
     assert captured.err.startswith("poolwatch: error: ")
     assert captured.err.count("\n") == 1
     assert "s3cret-pw" not in captured.err + captured.out
+
+
+def test_job_outcomes_prepare_the_status_only_while_someone_asks_for_it() -> None:
+    """A daemon whose jobs are not scheduled: outcomes are recorded as the scheduler records them."""
+    url = f"postgresql://u@127.0.0.1:{free_port()}/orders"
+    daemon = Daemon(
+        validate(
+            {"http": {"listen": "127.0.0.1:0"}, "targets": [{"name": "o", "kind": "postgres", "url": url}]}
+        )
+    )
+    daemon.start()
+    try:
+        settings = daemon.runtime("o").settings
+        probe = next(job for job in daemon.runtime("o").jobs if job.task == "probe")
+        tracker = daemon._trackers["o"]
+        daemon._scheduler._record(probe, Outcome(0.001, time.time(), None))
+        assert tracker.kept(settings, time.time()) is None, "nobody asked: the outcome only took its sample"
+        first = daemon.status()["targets"][0]
+        assert first["up"] is True
+        assert daemon.status()["targets"][0] is first, "kept between two outcomes"
+        daemon._scheduler._record(probe, Outcome(0.001, time.time(), ConnectionRefusedError("refused")))
+        kept = tracker.kept(settings, time.time())
+        assert kept is not None, "made when the outcome was recorded"
+        assert kept["up"] is False
+        assert daemon.status()["targets"][0] is kept
+    finally:
+        daemon.stop()
+        daemon._close()
