@@ -115,7 +115,7 @@ class PostgresServer(_ServerProcess):
         port: int | None = None,
         settings: Mapping[str, object] | None = None,
     ) -> None:
-        """``settings`` are server settings given with ``-c`` on top of the defaults below
+        """``settings`` are server settings given with ``-c`` on top of ``POSTGRES_SETTINGS``
         (``{"max_connections": 25, "superuser_reserved_connections": 3}``)."""
         # pytest's tmp_path is private to root (0700); the postgres user needs a directory of its own.
         self.basedir = basedir or Path(tempfile.mkdtemp(prefix="poolwatch-pg-"))
