@@ -129,6 +129,11 @@ class App:
 
     process: subprocess.Popen[str]
     port: int
+    log: Path
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The end of the server's log, to say why it is not up."""
+        return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
     @property
     def instance(self) -> str:
@@ -266,10 +271,11 @@ def stack(pg_factory: Callable[..., PostgresServer], tmp_path: Path) -> Iterator
             }
             # The application's log (a leak warning per slow request, a traceback per pool timeout)
             # goes to a file next to Prometheus' data, not into the test's output.
-            with (tmp_path / f"app-{port}.log").open("w") as log:
-                process = start(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            log = tmp_path / f"app-{port}.log"
+            with log.open("w") as output:
+                process = start(command, env=env, stdout=output, stderr=subprocess.STDOUT)
             processes.append(process)
-            return App(process, port)
+            return App(process, port, log)
 
         yield Stack(pg, api, gunicorn_port, uvicorn_port, start_app)
     finally:
@@ -364,6 +370,7 @@ def test_fleet_alerts_fire_and_resolve_through_recycling_and_a_killed_worker(sta
         f"gunicorn's {GUNICORN_WORKERS} workers exported through Prometheus",
         lambda: stack.value(f"sum(poolwatch_pool_size{{{g}}})"),
         lambda v: v == GUNICORN_WORKERS * POOL_SIZE,
+        explain=gunicorn.log_tail,
     )
     initial_workers = gunicorn.workers()
     assert len(initial_workers) == GUNICORN_WORKERS
@@ -380,6 +387,7 @@ def test_fleet_alerts_fire_and_resolve_through_recycling_and_a_killed_worker(sta
                 "PoolwatchPoolExhausted", job=JOB, instance=gunicorn.instance, pool="orders"
             ),
             lambda states: states == ["firing"],
+            explain=lambda: f"requests {dict(load.outcomes)}",
         )
         log(f"PoolwatchPoolExhausted firing; requests so far {dict(load.outcomes)}")
         assert (stack.value(f"sum(poolwatch_pool_timeouts_total{{{g}}})") or 0) > 0
@@ -497,6 +505,7 @@ def test_fleet_alerts_fire_and_resolve_through_recycling_and_a_killed_worker(sta
         f"uvicorn's {UVICORN_WORKERS} workers exported",
         lambda: stack.value(f"sum(poolwatch_pool_size{{{u}}})"),
         lambda v: v == UVICORN_WORKERS * POOL_SIZE,
+        explain=uvicorn.log_tail,
     )
     uvicorn_workers = uvicorn.workers()
     assert len(uvicorn_workers) == UVICORN_WORKERS, uvicorn_workers
