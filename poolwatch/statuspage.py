@@ -180,12 +180,12 @@ def render(doc: StatusDoc, *, refresh: int = DEFAULT_REFRESH) -> str:
         '<p id="stale" role="status" hidden></p></header><main>'
     )
     parts = [head]
-    parts.extend(_card(target, now) for target in doc["targets"])
+    parts.extend(_card(target).at(now) for target in doc["targets"])
     parts.append(f"</main><script>{SCRIPT}</script></body></html>")
     return "".join(parts)
 
 
-def _card(target: TargetDoc, now: float) -> str:
+def _card(target: TargetDoc) -> _Card:
     """A target's card, made again only when its part of the document is another one (the daemon
     keeps a target's part from one job outcome to the next); what depends on the time is filled in
     for each page."""
@@ -195,12 +195,12 @@ def _card(target: TargetDoc, now: float) -> str:
         if len(_CARDS) >= _MAX_CARDS:  # targets renamed by reloads, one after another
             _CARDS.clear()
         _CARDS[target["name"]] = kept  # replaced whole: a reader on another thread sees one or the other
-    return kept[1].at(now)
+    return kept[1]
 
 
 def prepare(target: TargetDoc) -> None:
     """Make ``target``'s card now (off the request path) for the pages to come."""
-    _card(target, 0.0)
+    _card(target)
 
 
 class _Card:
