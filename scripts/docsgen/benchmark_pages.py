@@ -632,7 +632,7 @@ def _status_page(data: dict[str, Any]) -> list[str]:
     lines = [
         (
             f"**Machine:** {machine['cpus']} CPUs, Python {machine['python']}; {load}"
-            f"load average {data['loadavg_1m_at_end']:g} at the end; {data['when'][:10]}."
+            f"{'' if load else 'load average '}{data['loadavg_1m_at_end']:g} at the end; {data['when'][:10]}."
         ),
         "",
         _command("status_page", data, options),
