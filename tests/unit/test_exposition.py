@@ -161,17 +161,28 @@ def test_created_series_are_left_out(registry):
 
 def test_takes_the_fast_path_for_plain_metrics():
     # If prometheus_client renames the private attributes the fast path reads, this fails (and the
-    # renderer silently falls back to collect(), slower): update exposition._plain then.
+    # renderer silently falls back to collect(), slower): update exposition.Renderer._plain then.
     registry = CollectorRegistry()
-    assert exposition._plain(Counter("c", "c", ["a"], registry=registry)) is not None
-    assert exposition._plain(Gauge("g", "g", registry=registry)) is not None
+    renderer = exposition.Renderer(registry)
+    assert renderer._plain(Counter("c", "c", ["a"], registry=registry)) is not None
+    assert renderer._plain(Gauge("g", "g", registry=registry)) is not None
     histogram = Histogram("h", "h", ["a"], registry=registry)
     histogram.labels("x").observe(1)
-    assert exposition._plain(histogram) is not None
+    assert renderer._plain(histogram) is not None
     function_gauge = Gauge("f", "f", registry=registry)
     function_gauge.set_function(lambda: 1.0)
-    assert exposition._plain(function_gauge) is None
-    assert exposition._plain(Summary("s", "s", registry=registry)) is None
+    assert renderer._plain(function_gauge) is None
+    assert renderer._plain(Summary("s", "s", registry=registry)) is None
+
+
+def test_a_gauge_given_a_function_after_a_scrape_leaves_the_fast_path():
+    registry = CollectorRegistry()
+    gauge = Gauge("level", "Set, then computed.", ["x"], registry=registry)
+    gauge.labels("a").set(1)
+    renderer = exposition.Renderer(registry)
+    assert 'level{x="a"} 1.0' in renderer.render().decode()
+    gauge.labels("a").set_function(lambda: 2.0)
+    assert 'level{x="a"} 2.0' in renderer.render().decode()
 
 
 def test_follows_changes_and_forgets_removed_series(registry):
@@ -185,7 +196,7 @@ def test_follows_changes_and_forgets_removed_series(registry):
     body = renderer.render().decode()
     assert 'target="a"' not in body.split("moving_total")[-1]
     assert 'moving_total{target="b"} 5.0' in body
-    assert not any(key[0] == "moving" and "a" in key for key in renderer._prefixes)
+    assert renderer._families[counter].keys == [("b",)]
 
 
 def test_format_value_agrees_with_prometheus_client():
@@ -275,7 +286,9 @@ def test_histogram_text_is_reused_until_the_histogram_changes(registry, tmp_path
     moving.labels("a").observe(0.3)
     moving.labels("b").observe(0.3)
     first = renderer.render().decode()
-    blocks = dict(renderer._blocks)
+    before = renderer._families[moving]
+    pool_waits_before = renderer._families["poolwatch_pool_wait_seconds"]
+    create_before = renderer._families["poolwatch_pool_max_connections"]
     moving.labels("a").observe(7.0)
     with engine.connect() as connection:
         connection.exec_driver_sql("SELECT 1")
@@ -288,7 +301,12 @@ def test_histogram_text_is_reused_until_the_histogram_changes(registry, tmp_path
     assert (
         samples(second)["poolwatch_pool_wait_seconds_count", (("pool", "reuse"), ("server", "reuse.db"))] == 1
     )
-    unchanged = ("moving_seconds", "b")
-    assert renderer._blocks[unchanged][1] is blocks[unchanged][1]  # the same text object, reused
-    assert renderer._blocks["moving_seconds", "a"][1] != blocks["moving_seconds", "a"][1]
+    family = renderer._families[moving]
+    assert family.keys == [("a",), ("b",)]
+    assert family.lines[1] is before.lines[1]  # the unchanged series' text, reused
+    assert family.lines[0] != before.lines[0]
+    pool_waits = renderer._families["poolwatch_pool_wait_seconds"]
+    assert pool_waits.lines[0] != pool_waits_before.lines[0]
+    untouched = renderer._families["poolwatch_pool_max_connections"]
+    assert untouched.body is create_before.body  # a whole family reused while nothing in it changed
     engine.dispose()
