@@ -59,9 +59,9 @@ _NO_CREATED: Final = ("counter", "histogram", "summary", "gaugehistogram")
 _GAUGE_HISTOGRAM_GAUGES: Final = ("_gcount", "_gsum")
 
 Cache = dict[tuple[Any, ...], tuple[str, ...]]
-# A series' text before each of its values: one for a counter or gauge; a histogram's buckets, then
-# its count and sum.
-Prefixes = tuple[str, ...]
+# A series' text less its values: a counter's or gauge's text before its value; a histogram's every
+# line with ``%s`` for each value (its buckets, then count and sum; ``%`` in labels doubled).
+Template = str
 
 # C-level readers for the fast path (``map`` over children, no Python frame per series).
 _VALUE: Final = operator.attrgetter("_value")
@@ -105,7 +105,7 @@ class _Family:
     keys: list[Any]  # each series' label values, in order
     values: list[Any]  # each series' value(s), in the same order
     children: list[Any]  # a plain metric's children, whose value objects were checked
-    prefixes: list[Prefixes]
+    templates: list[Template]
     lines: list[str]  # each series' text
     body: bytes  # the header, then every line
 
@@ -123,6 +123,11 @@ class Renderer:
         self._headers: dict[tuple[str, str, str], str] = {}
 
     def render(self) -> bytes:
+        return b"".join(self.parts())
+
+    def parts(self) -> list[bytes]:
+        """The body as one bytes object per family (or per collector, on the general path): the
+        same object as last time for a family that did not change (gzipparts.py counts on it)."""
         with self._lock:
             fresh: Cache = {}
             out: list[bytes] = []
@@ -140,7 +145,7 @@ class Renderer:
             # Only what this scrape saw stays cached: removed targets don't leak.
             self._families, self._fresh = self._fresh, {}
             self._prefixes = fresh
-            return b"".join(out)
+            return out
 
     def _header(self, name: str, kind: str, documentation: str) -> str:
         key = (name, kind, documentation)
@@ -157,12 +162,12 @@ class Renderer:
         header: str,
         keys: list[Any],
         values: list[Any],
-        prefix: Callable[[Any, Any], Prefixes],
-        write: Callable[[Prefixes, Any], str],
+        template: Callable[[Any, Any], Template],
+        write: Callable[[Template, Any], str],
         children: list[Any] | None = None,
     ) -> bytes:
         """A family's text: the last scrape's while its series and values are the same; else the
-        series whose value changed written anew (``write(prefixes, value)``), the others' reused.
+        series whose value changed written anew (``write(template, value)``), the others' reused.
 
         Values compare with ``==``: a gauge going from 0.0 to -0.0 goes on reading ``0.0``.
         """
@@ -171,17 +176,19 @@ class Renderer:
             if old.values == values:
                 self._fresh[ident] = old
                 return old.body
-            prefixes = old.prefixes
+            templates = old.templates
             lines = [
-                line if value == was else write(prefix_, value)
-                for line, prefix_, value, was in zip(old.lines, prefixes, values, old.values, strict=True)
+                line if value == was else write(text, value)
+                for line, text, value, was in zip(old.lines, templates, values, old.values, strict=True)
             ]
-        else:  # series came or went: the prefixes of those that stay are kept
-            known = {} if old is None else dict(zip(old.keys, old.prefixes, strict=True))
-            prefixes = [known.get(key) or prefix(key, value) for key, value in zip(keys, values, strict=True)]
-            lines = list(map(write, prefixes, values))
+        else:  # series came or went: the templates of those that stay are kept
+            known = {} if old is None else dict(zip(old.keys, old.templates, strict=True))
+            templates = [
+                known.get(key) or template(key, value) for key, value in zip(keys, values, strict=True)
+            ]
+            lines = list(map(write, templates, values))
         body = (header + "".join(lines)).encode()
-        self._fresh[ident] = _Family(header, keys, values, children or [], prefixes, lines, body)
+        self._fresh[ident] = _Family(header, keys, values, children or [], templates, lines, body)
         return body
 
     def _rows(self, rows: Rows) -> bytes:
@@ -192,13 +199,13 @@ class Renderer:
         keys, values = list(map(_FIRST, rows.rows)), list(map(_SECOND, rows.rows))
         if kind == "histogram":
 
-            def buckets(labelvalues: tuple[str, ...], value: Any) -> Prefixes:
-                return _histogram_prefixes(name, labelnames, labelvalues, [le for le, _ in value[0]])
+            def buckets(labelvalues: tuple[str, ...], value: Any) -> Template:
+                return _histogram_template(name, labelnames, labelvalues, [le for le, _ in value[0]])
 
             return self._family(name, header, keys, values, buckets, _pairs_text)
 
-        def scalar(labelvalues: tuple[str, ...], _value: object) -> Prefixes:
-            return (series_prefix(series, zip(labelnames, labelvalues, strict=True)),)
+        def scalar(labelvalues: tuple[str, ...], _value: object) -> Template:
+            return series_prefix(series, zip(labelnames, labelvalues, strict=True))
 
         return self._family(name, header, keys, values, scalar, _line)
 
@@ -231,9 +238,9 @@ class Renderer:
             if kind is Histogram:
                 bounds = collector._upper_bounds
 
-                def buckets(labelvalues: tuple[str, ...], _value: object) -> Prefixes:
+                def buckets(labelvalues: tuple[str, ...], _value: object) -> Template:
                     les = [format_value(bound) for bound in bounds]
-                    return _histogram_prefixes(name, labelnames, labelvalues, les)
+                    return _histogram_template(name, labelnames, labelvalues, les)
 
                 header = self._header(name, collector._type, collector._documentation)
                 values = [_histogram_values(child) for child in children]
@@ -241,8 +248,8 @@ class Renderer:
             series = name + "_total" if kind is Counter else name
             header = self._header(series, collector._type, collector._documentation)
 
-            def scalar(labelvalues: tuple[str, ...], _value: object) -> Prefixes:
-                return (series_prefix(series, zip(labelnames, labelvalues, strict=True)),)
+            def scalar(labelvalues: tuple[str, ...], _value: object) -> Template:
+                return series_prefix(series, zip(labelnames, labelvalues, strict=True))
 
             # A float read needs no lock.
             values = list(map(_CHILD_VALUE, children))
@@ -304,18 +311,19 @@ def _mutex_values(kind: type, children: list[Any]) -> bool:
     return all(type(child._value) is MutexValue for child in children)
 
 
-def _line(prefixes: Prefixes, value: float) -> str:
+def _line(prefix: Template, value: float) -> str:
     """A counter or gauge series' line."""
     text = repr(float(value)) if -1e6 < value < 1e6 else format_value(value)  # noqa: PLR2004
-    return f"{prefixes[0]}{text}\n"
+    return f"{prefix}{text}\n"
 
 
-def _histogram_prefixes(
+def _histogram_template(
     name: str, labelnames: tuple[str, ...], labelvalues: tuple[str, ...], les: list[str]
-) -> Prefixes:
+) -> Template:
     labels = list(zip(labelnames, labelvalues, strict=True))
-    buckets = tuple(series_prefix(name + "_bucket", [*labels, ("le", le)]) for le in les)
-    return (*buckets, series_prefix(name + "_count", labels), series_prefix(name + "_sum", labels))
+    prefixes = [series_prefix(name + "_bucket", [*labels, ("le", le)]) for le in les]
+    prefixes += [series_prefix(name + "_count", labels), series_prefix(name + "_sum", labels)]
+    return "".join(prefix.replace("%", "%%") + "%s\n" for prefix in prefixes)
 
 
 def _histogram_values(child: Any) -> tuple[float, ...]:
@@ -325,17 +333,17 @@ def _histogram_values(child: Any) -> tuple[float, ...]:
     return (*itertools.accumulate(map(_VALUE, child._buckets)), child._sum._value)
 
 
-def _pairs_text(prefixes: Prefixes, value: tuple[list[tuple[str, float]], float]) -> str:
+def _pairs_text(template: Template, value: tuple[list[tuple[str, float]], float]) -> str:
     """A histogram row's text: ``(cumulative (le, count) pairs ending with +Inf, sum)``."""
     pairs, total = value
-    return _histogram_text(prefixes, (*map(_SECOND, pairs), total))
+    return _histogram_text(template, (*map(_SECOND, pairs), total))
 
 
-def _histogram_text(prefixes: Prefixes, values: tuple[float, ...]) -> str:
+def _histogram_text(template: Template, values: tuple[float, ...]) -> str:
     """Buckets, ``_count`` (the +Inf bucket's count) and ``_sum`` of one histogram series."""
-    lines = [
-        f"{prefix}{format_value(value)}\n" for prefix, value in zip(prefixes[:-2], values[:-1], strict=True)
-    ]
-    lines.append(f"{prefixes[-2]}{format_value(values[-2])}\n")
-    lines.append(f"{prefixes[-1]}{format_value(values[-1])}\n")
-    return "".join(lines)
+    count, total = values[-2], values[-1]
+    # Counts are never negative and the largest is the last: ``repr`` writes them all as Prometheus
+    # does below 1e6, in C; so it does the sum unless that is NaN, infinite or large.
+    if count < 1e6 and -1e6 < total < 1e6:  # noqa: PLR2004
+        return template % tuple(map(repr, map(float, (*values[:-1], count, total))))
+    return template % tuple(map(format_value, (*values[:-1], count, total)))

@@ -91,7 +91,7 @@ class EveryFamilyCollector:
 def registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    for target in ("orders", 'we"ird\\name\nx'):
+    for target in ("orders", 'we"ird\\name\nx', "50%s off"):  # written through %-templates
         metrics.probe.add_target(target)
         metrics.jobs.add_job("probe", target)
         metrics.probe.duration.labels(target).observe(0.0007)
@@ -233,6 +233,14 @@ def test_endpoint_serves_text_to_prometheus_and_openmetrics_to_who_insists(regis
     assert head["Content-Encoding"] == "gzip"
     assert int(head["Content-Length"]) == len(body)
     assert_same_samples(gzip.decompress(body).decode(), generate_latest(registry).decode())
+    # Again, with most families' gzip output reused and one family changed.
+    Counter("late_events", "Registered after the first scrape.", registry=registry).inc()
+    _, head, body = call(endpoint, prometheus_accept, "gzip")
+    assert int(head["Content-Length"]) == len(body)
+    assert_same_samples(gzip.decompress(body).decode(), generate_latest(registry).decode())
+    _, head, plain = call(endpoint, prometheus_accept)
+    assert "Content-Encoding" not in head
+    assert plain == gzip.decompress(body)
 
     status, head, body = call(endpoint, "application/openmetrics-text; version=1.0.0")
     assert head["Content-Type"].startswith("application/openmetrics-text")
