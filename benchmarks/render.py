@@ -139,7 +139,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "machine": info,
         "targets": count,
+        "sql_targets": args.targets,
         "tick_s": args.tick,
+        "scrapes": args.scrapes,
+        "ticks": args.ticks,
         "gzip_bytes": len(body),
         "cpu_ms": {case: {name: median(t) for name, t in by.items()} for case, by in times.items()},
         "cpu_ms_all": times,

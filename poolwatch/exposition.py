@@ -27,6 +27,7 @@ import itertools
 import math
 import operator
 import threading
+from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -106,8 +107,8 @@ class _Family:
     values: list[Any]  # each series' value(s), in the same order
     children: list[Any]  # a plain metric's children, whose value objects were checked
     templates: list[Template]
-    lines: list[str]  # each series' text
-    body: bytes  # the header, then every line
+    body: bytes  # the header, then every series' text
+    ends: array[int]  # where the header, then each series' text, ends in ``body``
 
 
 class Renderer:
@@ -176,19 +177,24 @@ class Renderer:
             if old.values == values:
                 self._fresh[ident] = old
                 return old.body
-            templates = old.templates
-            lines = [
-                line if value == was else write(text, value)
-                for line, text, value, was in zip(old.lines, templates, values, old.values, strict=True)
+            templates, view = old.templates, memoryview(old.body)
+            # A series' text is cut out of the last body (no copy until the join), not kept apart.
+            pieces = [
+                view[start:end] if value == was else write(text, value).encode()
+                for (start, end), text, value, was in zip(
+                    itertools.pairwise(old.ends), templates, values, old.values, strict=True
+                )
             ]
         else:  # series came or went: the templates of those that stay are kept
             known = {} if old is None else dict(zip(old.keys, old.templates, strict=True))
             templates = [
                 known.get(key) or template(key, value) for key, value in zip(keys, values, strict=True)
             ]
-            lines = list(map(write, templates, values))
-        body = (header + "".join(lines)).encode()
-        self._fresh[ident] = _Family(header, keys, values, children or [], templates, lines, body)
+            pieces = [write(text, value).encode() for text, value in zip(templates, values, strict=True)]
+        head = header.encode()
+        body = b"".join([head, *pieces])
+        ends = array("Q", itertools.accumulate(map(len, pieces), initial=len(head)))
+        self._fresh[ident] = _Family(header, keys, values, children or [], templates, body, ends)
         return body
 
     def _rows(self, rows: Rows) -> bytes:
