@@ -100,7 +100,7 @@ def series_prefix(name: str, labels: Iterable[tuple[str, str]]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Family:
-    """One family's text as last rendered, with what it was written from (compared, never read back)."""
+    """One family's text as last rendered (bytes, as served), and what it was written from."""
 
     header: str
     keys: list[Any]  # each series' label values, in order
