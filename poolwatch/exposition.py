@@ -6,11 +6,12 @@ character at a time. At 100 targets (19,000 samples) that was ~140 ms a scrape, 
 budget. Here the text before each value (name and labels, escaped) is built once per series.
 
 Each family's text (bytes) is kept with the label values and values it was written from. A scrape
-reads the values (C-level ``map`` over the children; no object per series), and a family whose
-series and values are all the same as last time is the same bytes object again; in a family that
-changed, only the series whose value changed are written anew. Between two scrapes of a quiet
-daemon most families do not change at all; and an unchanged body lets the endpoint reuse its gzip
-output too (gzipjoin.py).
+reads the values (C-level ``map`` over the children, no ``Sample`` or label dict), and a family
+whose series and values are all the same as last time is the same bytes object again; in a family
+that changed, only the series whose value changed are written anew (a histogram series through
+one ``%`` template), the others cut out of the last body. Between two scrapes of a quiet daemon
+most families do not change at all, and an unchanged family lets the endpoint reuse its gzip output
+too (gzipparts.py).
 
 Counters, gauges and histograms of prometheus_client (in-process mode) take the fast path, which
 reads their children and values through private attributes: that coupling lives in
