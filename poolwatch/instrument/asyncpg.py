@@ -32,6 +32,7 @@ from poolwatch.instrument.common import (
     check_threshold,
     new_recorder,
     register,
+    shadow,
 )
 from poolwatch.instrument.recorder import Ledger
 
@@ -104,7 +105,7 @@ def instrument_asyncpg(
             f"poolwatch.instrument({name!r}): the asyncpg pool is not initialised yet; "
             "instrument it after `await asyncpg.create_pool(...)`"
         )
-    if getattr(vars(queue).get("get"), ATTACHED, None) is not None:
+    if getattr(getattr(queue, "get", None), ATTACHED, None) is not None:
         raise ValueError(f"poolwatch.instrument({name!r}): this pool is already instrumented")
     check_threshold("instrument", name, leak_threshold)
     recorder = new_recorder(name, leak_threshold, clock, counts_from)
@@ -146,6 +147,6 @@ def _hook(pool: asyncpg.Pool, queue: Any, recorder: Recorder) -> None:
             return await asyncpg.connection.connect(*args, **kwargs)  # a later patch is honoured
 
         connect = connect_now
-    vars(queue).update({"get": get, "put_nowait": put})
+    shadow(queue, {"get": get, "put_nowait": put})
     pool._connect = async_timed_connect(recorder, connect)
     recorder.adopt(ledger)

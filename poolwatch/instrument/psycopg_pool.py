@@ -30,6 +30,7 @@ from poolwatch.instrument.common import (
     checkout_hooks,
     new_recorder,
     register,
+    shadow,
     timed_connect,
     undone_on_failure,
 )
@@ -105,7 +106,7 @@ def instrument_psycopg_pool(
     """
     if not isinstance(pool, psycopg_pool.ConnectionPool | psycopg_pool.AsyncConnectionPool):
         raise TypeError(f"poolwatch.instrument({name!r}): {type(pool).__name__} is not a psycopg_pool pool")
-    if getattr(vars(pool).get("getconn"), ATTACHED, None) is not None:
+    if getattr(getattr(pool, "getconn", None), ATTACHED, None) is not None:
         raise ValueError(f"poolwatch.instrument({name!r}): this pool is already instrumented")
     check_threshold("instrument", name, leak_threshold)
     if not callable(getattr(type(pool), "_connect", None)):
@@ -162,5 +163,5 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
     get.__doc__ = type(pool).getconn.__doc__
     put.__doc__ = type(pool).putconn.__doc__
     setattr(get, ATTACHED, ledger)
-    vars(pool).update({"getconn": get, "putconn": put, "_connect": connect})
+    shadow(pool, {"getconn": get, "putconn": put, "_connect": connect})
     recorder.adopt(ledger)

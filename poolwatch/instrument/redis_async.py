@@ -30,6 +30,7 @@ from poolwatch.instrument.common import (
     check_threshold,
     new_recorder,
     register,
+    shadow,
     undone_on_failure,
 )
 from poolwatch.instrument.recorder import Ledger
@@ -100,7 +101,7 @@ def instrument_redis_async(
             f"poolwatch.instrument_redis({name!r}): {type(pool).__name__} is not a redis.asyncio "
             "ConnectionPool"
         )
-    if getattr(vars(pool).get("get_connection"), ATTACHED, None) is not None:
+    if getattr(getattr(pool, "get_connection", None), ATTACHED, None) is not None:
         raise ValueError(f"poolwatch.instrument_redis({name!r}): this pool is already instrumented")
     check_threshold("instrument_redis", name, leak_threshold)
     for attr in ("_available_connections", "_in_use_connections"):
@@ -130,5 +131,5 @@ def _hook(pool: redis.asyncio.ConnectionPool, recorder: Recorder) -> None:
     get.__doc__ = type(pool).get_connection.__doc__
     put.__doc__ = type(pool).release.__doc__
     setattr(get, ATTACHED, ledger)
-    vars(pool).update({"get_connection": get, "release": put})
+    shadow(pool, {"get_connection": get, "release": put})
     recorder.adopt(ledger)
