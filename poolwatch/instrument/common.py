@@ -13,11 +13,13 @@ collector.
 from __future__ import annotations
 
 import time
+from _thread import get_ident
+from sys import _getframe as getframe
 from typing import TYPE_CHECKING, Any, Protocol
 
 from poolwatch.instrument.collector import PoolSource, collector_for
 from poolwatch.instrument.holder import current as current_holder
-from poolwatch.instrument.recorder import Recorder, capture_origin_outside
+from poolwatch.instrument.recorder import Recorder
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -135,26 +137,29 @@ def checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: each branch sa
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """Hooks for a synchronous pair: ``get_name`` / ``put_name`` name the pool class's own methods
     (looked up on the class at each call), ``owner()`` gives the pool (weakly held),
-    ``key(connection)`` the connection's ledger key (the connection itself when None).
+    ``key(connection)`` the connection's ledger key (the connection itself when None; a C callable
+    such as ``weakref.ref`` costs no frame).
 
-    Every bytecode here is paid on every cycle: no helper calls on the way (a lookup with the
-    builtin ``getattr``, the key only when there is a key function)."""
+    Every bytecode here is paid on every cycle: no helper calls on the way, only what the usual path
+    touches as a closure variable (each is copied into the hook's frame per call; rare paths go
+    through ``recorder``), and the leak and no-leak variants of the get hook are separate functions
+    (the leak variant captures its origin inline)."""
     clock = recorder.clock
     count = next
     requested = recorder.requested.counter
     handed = recorder.handed.counter
     wait = recorder.waits.append
     use = recorder.uses.append
-    internal = recorder.internal_error
     checked_out = ledger.checked_out
     take = checked_out.pop
     origins = ledger.origins
     leaked = recorder.leaked
     tracking = recorder.leak_threshold is not None
     threshold = recorder.leak_threshold or 0.0
-    hold = recorder.by_holder.hold
     holders = ledger.holders
     holder_now = current_holder
+    frame = getframe
+    ident = get_ident
 
     def get(*args: Any, **kwargs: Any) -> Any:
         start = clock()
@@ -163,7 +168,7 @@ def checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: each branch sa
         try:
             if args or kwargs:
                 connection = getattr(type(this), get_name)(this, *args, **kwargs)
-            else:  # the usual call: no argument tuple and dict to forward (~1 us on this path)
+            else:  # the usual call: no argument tuple and dict to forward
                 connection = getattr(type(this), get_name)(this)
         except BaseException as exc:
             failed(recorder, exc, start, exhausted)
@@ -173,14 +178,42 @@ def checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: each branch sa
         wait(now - start)
         try:
             held = connection if key is None else key(connection)
-            if tracking:
-                origins[held] = capture_origin_outside(library_dir)
             checked_out[held] = now
             holder = holder_now()
             if holder is not None:
                 holders[held] = holder
         except Exception as exc:
-            internal(exc)
+            recorder.internal_error(exc)
+        return connection
+
+    def get_tracking_leaks(*args: Any, **kwargs: Any) -> Any:
+        start = clock()
+        count(requested)
+        this = owner()
+        try:
+            if args or kwargs:
+                connection = getattr(type(this), get_name)(this, *args, **kwargs)
+            else:
+                connection = getattr(type(this), get_name)(this)
+        except BaseException as exc:
+            failed(recorder, exc, start, exhausted)
+            raise
+        now = clock()
+        count(handed)
+        wait(now - start)
+        try:
+            held = connection if key is None else key(connection)
+            # capture_origin_outside(), inlined (a call costs a frame).
+            caller = frame(1)
+            while caller.f_back is not None and caller.f_code.co_filename.startswith(library_dir):
+                caller = caller.f_back
+            origins[held] = (caller.f_code, caller.f_lasti, ident())
+            checked_out[held] = now
+            holder = holder_now()
+            if holder is not None:
+                holders[held] = holder
+        except Exception as exc:
+            recorder.internal_error(exc)
         return connection
 
     def put(connection: Any, *args: Any, **kwargs: Any) -> Any:
@@ -193,22 +226,22 @@ def checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: each branch sa
                 if holder is None:
                     use(duration)
                 else:
-                    hold((holder, duration))
+                    recorder.by_holder.hold((holder, duration))
                 if tracking:
                     origin = origins.pop(held, None)
                     if leaked or duration > threshold:  # known leaks, or one no scrape saw out
                         recorder.returned(held, duration, holder, origin)
         except Exception as exc:
-            internal(exc)
+            recorder.internal_error(exc)
         this = owner()
         if args or kwargs:
             return getattr(type(this), put_name)(this, connection, *args, **kwargs)
         return getattr(type(this), put_name)(this, connection)
 
-    return get, put
+    return (get_tracking_leaks if tracking else get), put
 
 
-def async_checkout_hooks(
+def async_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose, as checkout_hooks
     get_name: str,
     put_name: str,
     owner: Callable[[], Any],
@@ -227,20 +260,27 @@ def async_checkout_hooks(
     requested = recorder.requested.counter
     handed = recorder.handed.counter
     wait = recorder.waits.append
-    internal = recorder.internal_error
+    use = recorder.uses.append
     checked_out = ledger.checked_out
+    take = checked_out.pop
     origins = ledger.origins
+    leaked = recorder.leaked
     tracking = recorder.leak_threshold is not None
+    threshold = recorder.leak_threshold or 0.0
     holders = ledger.holders
     holder_now = current_holder
-    returning = _returning(recorder, ledger, key)
+    frame = getframe
+    ident = get_ident
 
     async def get(*args: Any, **kwargs: Any) -> Any:
         start = clock()
         count(requested)
         this = owner()
         try:
-            connection = await getattr(type(this), get_name)(this, *args, **kwargs)
+            if args or kwargs:
+                connection = await getattr(type(this), get_name)(this, *args, **kwargs)
+            else:
+                connection = await getattr(type(this), get_name)(this)
         except BaseException as exc:
             failed(recorder, exc, start, exhausted)
             raise
@@ -249,48 +289,46 @@ def async_checkout_hooks(
         wait(now - start)
         try:
             held = connection if key is None else key(connection)
-            if tracking:
-                origins[held] = capture_origin_outside(library_dir)
             checked_out[held] = now
             holder = holder_now()
             if holder is not None:
                 holders[held] = holder
         except Exception as exc:
-            internal(exc)
+            recorder.internal_error(exc)
         return connection
 
-    if put_is_async:
-
-        async def put_async(connection: Any, *args: Any, **kwargs: Any) -> Any:
-            returning(connection)
-            this = owner()
-            return await getattr(type(this), put_name)(this, connection, *args, **kwargs)
-
-        return get, put_async
-
-    def put(connection: Any, *args: Any, **kwargs: Any) -> Any:
-        returning(connection)
+    async def get_tracking_leaks(*args: Any, **kwargs: Any) -> Any:
+        start = clock()
+        count(requested)
         this = owner()
-        return getattr(type(this), put_name)(this, connection, *args, **kwargs)
+        try:
+            if args or kwargs:
+                connection = await getattr(type(this), get_name)(this, *args, **kwargs)
+            else:
+                connection = await getattr(type(this), get_name)(this)
+        except BaseException as exc:
+            failed(recorder, exc, start, exhausted)
+            raise
+        now = clock()
+        count(handed)
+        wait(now - start)
+        try:
+            held = connection if key is None else key(connection)
+            # capture_origin_outside(), inlined (a call costs a frame).
+            caller = frame(1)
+            while caller.f_back is not None and caller.f_code.co_filename.startswith(library_dir):
+                caller = caller.f_back
+            origins[held] = (caller.f_code, caller.f_lasti, ident())
+            checked_out[held] = now
+            holder = holder_now()
+            if holder is not None:
+                holders[held] = holder
+        except Exception as exc:
+            recorder.internal_error(exc)
+        return connection
 
-    return get, put
-
-
-def _returning(
-    recorder: Recorder, ledger: Ledger, key: Callable[[Any], object] | None
-) -> Callable[[Any], None]:
-    """Records a connection coming back (never raises)."""
-    clock = recorder.clock
-    use = recorder.uses.append
-    take = ledger.checked_out.pop
-    forget_origin = ledger.origins.pop
-    leaked = recorder.leaked
-    tracking = recorder.leak_threshold is not None
-    threshold = recorder.leak_threshold or 0.0
-    hold = recorder.by_holder.hold
-    holders = ledger.holders
-
-    def returning(connection: Any) -> None:
+    # The put hooks record inline (not through a shared helper: a call costs a frame).
+    async def put_async(connection: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             held = connection if key is None else key(connection)
             started = take(held, None)  # None: not handed out through this hook
@@ -300,15 +338,41 @@ def _returning(
                 if holder is None:
                     use(duration)
                 else:
-                    hold((holder, duration))
+                    recorder.by_holder.hold((holder, duration))
                 if tracking:
-                    origin = forget_origin(held, None)
+                    origin = origins.pop(held, None)
+                    if leaked or duration > threshold:  # known leaks, or one no scrape saw out
+                        recorder.returned(held, duration, holder, origin)
+        except Exception as exc:
+            recorder.internal_error(exc)
+        this = owner()
+        if args or kwargs:
+            return await getattr(type(this), put_name)(this, connection, *args, **kwargs)
+        return await getattr(type(this), put_name)(this, connection)
+
+    def put(connection: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            held = connection if key is None else key(connection)
+            started = take(held, None)
+            if started is not None:
+                duration = clock() - started
+                holder = holders.pop(held, None) if holders else None
+                if holder is None:
+                    use(duration)
+                else:
+                    recorder.by_holder.hold((holder, duration))
+                if tracking:
+                    origin = origins.pop(held, None)
                     if leaked or duration > threshold:
                         recorder.returned(held, duration, holder, origin)
         except Exception as exc:
             recorder.internal_error(exc)
+        this = owner()
+        if args or kwargs:
+            return getattr(type(this), put_name)(this, connection, *args, **kwargs)
+        return getattr(type(this), put_name)(this, connection)
 
-    return returning
+    return (get_tracking_leaks if tracking else get), (put_async if put_is_async else put)
 
 
 def timed_connect(

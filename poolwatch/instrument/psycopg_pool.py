@@ -56,12 +56,6 @@ def _exhausted(exc: BaseException) -> bool:
     return isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests)
 
 
-def _key(connection: Any) -> object:
-    # The same weak reference object for a connection while it is alive (CPython shares a
-    # callback-less one); a dropped connection's reference stays in the ledger as a leak.
-    return weakref.ref(connection)
-
-
 class PsycopgPoolInstrumentation(Base):
     """The instrumentation of one psycopg_pool pool."""
 
@@ -133,7 +127,9 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
             recorder,
             ledger,
             exhausted=_exhausted,
-            key=_key,
+            # The ledger key: the same weak reference object for a connection while it is alive
+            # (CPython shares a callback-less one); a dropped connection's stays there as a leak.
+            key=weakref.ref,
             library_dir=_LIBRARY_DIR,
             put_is_async=True,
         )
@@ -151,7 +147,9 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
             recorder,
             ledger,
             exhausted=_exhausted,
-            key=_key,
+            # The ledger key: the same weak reference object for a connection while it is alive
+            # (CPython shares a callback-less one); a dropped connection's stays there as a leak.
+            key=weakref.ref,
             library_dir=_LIBRARY_DIR,
         )
 

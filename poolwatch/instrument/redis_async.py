@@ -17,7 +17,7 @@ import os
 import time
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -52,10 +52,6 @@ def _exhausted(exc: BaseException) -> bool:
     return isinstance(exc, MaxConnectionsError) or (
         isinstance(exc, RedisConnectionError) and str(exc).lower().startswith(_EXHAUSTED_MESSAGES)
     )
-
-
-def _key(connection: Any) -> object:
-    return weakref.ref(connection)
 
 
 class AsyncRedisInstrumentation(Base):
@@ -124,7 +120,9 @@ def _hook(pool: redis.asyncio.ConnectionPool, recorder: Recorder) -> None:
         recorder,
         ledger,
         exhausted=_exhausted,
-        key=_key,
+        # The ledger key: the same weak reference object for a connection while it is alive
+        # (CPython shares a callback-less one); a dropped connection's stays there as a leak.
+        key=weakref.ref,
         library_dir=_LIBRARY_DIR,
         put_is_async=True,
     )
