@@ -18,6 +18,7 @@ from pathlib import Path
 from sys import _getframe as getframe
 from typing import TYPE_CHECKING, Any, Final
 
+import psycopg2.extensions
 import psycopg2.pool
 
 from poolwatch.instrument.collector import PoolState
@@ -34,6 +35,7 @@ from poolwatch.instrument.common import (
 )
 from poolwatch.instrument.holder import current as current_holder
 from poolwatch.instrument.recorder import Ledger
+from poolwatch.serverlabel import pg_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -100,10 +102,20 @@ def instrument_psycopg2_pool(
         )
     recorder = new_recorder(name, leak_threshold, clock, counts_from)
     instrumentation = Psycopg2PoolInstrumentation(pool, name, recorder)
-    instrumentation.server = server or ""
+    instrumentation.server = _server(pool) if server is None else server
 
     register(registry, instrumentation, undone_on_failure(pool, _HOOKED, lambda: _hook(pool, recorder)))
     return instrumentation
+
+
+def _server(pool: psycopg2.pool.AbstractConnectionPool) -> str:
+    """The ``server`` label from the arguments the pool connects with (its DSN and keywords, as
+    ``psycopg2.connect`` merges them); empty if they cannot be read."""
+    try:
+        dsn = pool._args[0] if pool._args else ""
+        return pg_server(psycopg2.extensions.parse_dsn(psycopg2.extensions.make_dsn(dsn, **pool._kwargs)))
+    except Exception:
+        return ""
 
 
 def _hook(pool: psycopg2.pool.AbstractConnectionPool, recorder: Recorder) -> None:

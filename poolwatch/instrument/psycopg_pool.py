@@ -19,6 +19,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import psycopg.conninfo
 import psycopg_pool
 
 from poolwatch.instrument.collector import PoolState
@@ -35,6 +36,7 @@ from poolwatch.instrument.common import (
     undone_on_failure,
 )
 from poolwatch.instrument.recorder import Ledger
+from poolwatch.serverlabel import pg_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -107,10 +109,22 @@ def instrument_psycopg_pool(
         raise TypeError(f"poolwatch.instrument({name!r}): {type(pool).__name__} has no _connect()")
     recorder = new_recorder(name, leak_threshold, clock, counts_from)
     instrumentation = PsycopgPoolInstrumentation(pool, name, recorder)
-    instrumentation.server = server or ""
+    instrumentation.server = _server(pool) if server is None else server
 
     register(registry, instrumentation, undone_on_failure(pool, _HOOKED, lambda: _hook(pool, recorder)))
     return instrumentation
+
+
+def _server(pool: AnyPool) -> str:
+    """The ``server`` label from the pool's ``conninfo`` and ``kwargs`` (as psycopg merges them);
+    empty if they cannot be read, or are functions the pool calls at each connect."""
+    conninfo, kwargs = pool.conninfo, pool.kwargs or {}
+    if not isinstance(conninfo, str) or not isinstance(kwargs, dict):
+        return ""
+    try:
+        return pg_server(psycopg.conninfo.conninfo_to_dict(conninfo, **kwargs))
+    except Exception:
+        return ""
 
 
 def _hook(pool: AnyPool, recorder: Recorder) -> None:

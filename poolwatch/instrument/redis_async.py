@@ -34,6 +34,7 @@ from poolwatch.instrument.common import (
     undone_on_failure,
 )
 from poolwatch.instrument.recorder import Ledger
+from poolwatch.serverlabel import redis_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -105,7 +106,7 @@ def instrument_redis_async(
             raise TypeError(f"poolwatch.instrument_redis({name!r}): {type(pool).__name__} has no {attr}")
     recorder = new_recorder(name, leak_threshold, clock, counts_from)
     instrumentation = AsyncRedisInstrumentation(pool, name, recorder)
-    instrumentation.server = server or ""
+    instrumentation.server = redis_server(pool.connection_kwargs) if server is None else server
 
     register(registry, instrumentation, undone_on_failure(pool, _HOOKED, lambda: _hook(pool, recorder)))
     return instrumentation
