@@ -24,6 +24,7 @@ from sqlalchemy.pool import NullPool
 from poolwatch.instrument.collector import PoolState
 from poolwatch.instrument.common import Base, check_threshold, checkout_hooks, new_recorder, register, shadow
 from poolwatch.instrument.recorder import Ledger
+from poolwatch.serverlabel import sql_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -88,7 +89,7 @@ def instrument_nullpool(
     check_threshold("instrument", name, leak_threshold)
     recorder = new_recorder(name, leak_threshold, clock, counts_from)
     instrumentation = NullPoolInstrumentation(target, name, recorder)
-    instrumentation.server = server or ""
+    instrumentation.server = sql_server(target.url) if server is None else server
 
     def on_connect(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         try:

@@ -121,3 +121,15 @@ def test_asyncpg_and_redis_asyncio_pools_are_labelled_from_their_arguments(
             await pool.close()
 
     assert asyncio.run(labels()) == (label, "cache:6380/2")
+
+
+def test_a_nullpool_engine_is_labelled_from_its_url() -> None:
+    from prometheus_client import CollectorRegistry
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    import poolwatch
+
+    engine = create_engine(f"postgresql+psycopg2://app:{SECRET}@PgBouncer:6432/orders", poolclass=NullPool)
+    instrumentation = poolwatch.instrument(engine, name="bouncer", registry=CollectorRegistry())
+    assert instrumentation.server == "pgbouncer:6432/orders"
