@@ -210,7 +210,8 @@ def checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: each branch sa
             held = connection if key is None else key(connection)
             # capture_origin_outside(), inlined (a call costs a frame).
             caller = frame(1)
-            while caller.f_back is not None and caller.f_code.co_filename.startswith(library_dir):
+            # The file first: reading f_back builds the caller's caller's frame object.
+            while caller.f_code.co_filename.startswith(library_dir) and caller.f_back is not None:
                 caller = caller.f_back
             origins[held] = (caller.f_code, caller.f_lasti, ident())
             checked_out[held] = now
@@ -323,7 +324,8 @@ def async_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose, as check
             held = connection if key is None else key(connection)
             # capture_origin_outside(), inlined (a call costs a frame).
             caller = frame(1)
-            while caller.f_back is not None and caller.f_code.co_filename.startswith(library_dir):
+            # The file first: reading f_back builds the caller's caller's frame object.
+            while caller.f_code.co_filename.startswith(library_dir) and caller.f_back is not None:
                 caller = caller.f_back
             origins[held] = (caller.f_code, caller.f_lasti, ident())
             checked_out[held] = now

@@ -186,7 +186,6 @@ def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecod
     threshold = recorder.leak_threshold or 0.0
     frame = getframe
     ident = get_ident
-    library_dir = _LIBRARY_DIR
     threaded_get = _THREADED_GET
     threaded_put = _THREADED_PUT
 
@@ -239,10 +238,9 @@ def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecod
         count(handed)
         wait(now - start)
         try:
-            # capture_origin_outside(), inlined: the first caller's frame outside psycopg2.
+            # The caller's frame, inlined (psycopg2 never calls its pool's getconn itself: no
+            # library frames to walk past, as capture_origin_outside() does for other libraries).
             caller = frame(1)
-            while caller.f_back is not None and caller.f_code.co_filename.startswith(library_dir):
-                caller = caller.f_back
             origins[connection] = (caller.f_code, caller.f_lasti, ident())
             checked_out[connection] = now
             holder = holder_now()
