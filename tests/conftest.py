@@ -15,7 +15,7 @@ from tests.pgbouncer import PgBouncerServer
 from tests.servers import ExternalPostgres, ExternalRedis, PostgresServer, RedisServer
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Mapping
     from pathlib import Path
 
 EXTERNAL_PG = os.environ.get("POOLWATCH_TEST_PG_URL")
@@ -54,12 +54,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
-def pg_factory() -> Iterator[Callable[[], PostgresServer]]:
-    """Start private PostgreSQL servers a test may stop, kill and restart."""
+def pg_factory() -> Iterator[Callable[..., PostgresServer]]:
+    """Start private PostgreSQL servers a test may stop, kill and restart; ``settings`` are server
+    settings on top of the usual ones (``max_connections``...)."""
     servers: list[PostgresServer] = []
 
-    def make() -> PostgresServer:
-        server = PostgresServer().start()
+    def make(settings: Mapping[str, object] | None = None) -> PostgresServer:
+        server = PostgresServer(settings=settings).start()
         servers.append(server)
         return server
 

@@ -19,14 +19,28 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import redis
 from mirakuru import TCPExecutor
 from psycopg2 import sql
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 LOOPBACK = "127.0.0.1"
+# What every test PostgreSQL runs with: fast and disposable (nothing survives a crash), quiet, and
+# room for the connection tests.
+POSTGRES_SETTINGS: dict[str, object] = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": 300,
+    "shared_buffers": "32MB",
+    "log_min_messages": "fatal",
+    "logging_collector": "off",
+}
 
 
 def free_port() -> int:
@@ -95,9 +109,17 @@ class _ServerProcess:
 class PostgresServer(_ServerProcess):
     """A throw-away PostgreSQL cluster: superuser ``postgres`` with a random password."""
 
-    def __init__(self, basedir: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        basedir: Path | None = None,
+        port: int | None = None,
+        settings: Mapping[str, object] | None = None,
+    ) -> None:
+        """``settings`` are server settings given with ``-c`` on top of ``POSTGRES_SETTINGS``
+        (``{"max_connections": 25, "superuser_reserved_connections": 3}``)."""
         # pytest's tmp_path is private to root (0700); the postgres user needs a directory of its own.
         self.basedir = basedir or Path(tempfile.mkdtemp(prefix="poolwatch-pg-"))
+        self.settings = {**POSTGRES_SETTINGS, **(settings or {})}
         self._owns_basedir = basedir is None
         self.port = port or free_port()
         self.host = LOOPBACK
@@ -152,21 +174,9 @@ class PostgresServer(_ServerProcess):
             str(self.sockdir),
             "-c",
             f"listen_addresses={self.host}",
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "full_page_writes=off",
-            "-c",
-            "max_connections=300",
-            "-c",
-            "shared_buffers=32MB",
-            "-c",
-            "log_min_messages=fatal",
-            "-c",
-            "logging_collector=off",
         ]
+        for name, value in self.settings.items():
+            command += ["-c", f"{name}={value}"]
         self._executor = TCPExecutor(
             command,
             host=self.host,

@@ -6,7 +6,11 @@
 Routes: ``GET /orders/{order_id}`` (a quick query), ``GET /report?seconds=2`` (a slow one that holds
 its connection while PostgreSQL sleeps: enough of them at once exhaust the pool), and ``/metrics``
 (every worker's pools, through prometheus_client's multiprocess recipe). ``DATABASE_PASSWORD_FILE``
-reads the password from a file (a container secret) instead of the URL.
+reads the password from a file (a container secret) instead of the URL. Each request's route
+template (``GET /report``) is the holder of the connections it checks out (``HolderMiddleware``).
+
+The pool of each worker: ``POOL_SIZE`` (5), ``POOL_MAX_OVERFLOW`` (2), ``POOL_TIMEOUT`` (5 seconds)
+and ``POOL_LEAK_THRESHOLD`` (30 seconds), from the environment.
 """
 
 from __future__ import annotations
@@ -27,10 +31,17 @@ if os.environ.get("DATABASE_PASSWORD_FILE"):
 
 # Created in each worker (the config does not preload the application): no connection is shared
 # across a fork.
-engine = create_engine(url, pool_size=5, max_overflow=2, pool_timeout=5, pool_pre_ping=True)
-poolwatch.instrument(engine, name="orders", leak_threshold=30)
+engine = create_engine(
+    url,
+    pool_size=int(os.environ.get("POOL_SIZE", "5")),
+    max_overflow=int(os.environ.get("POOL_MAX_OVERFLOW", "2")),
+    pool_timeout=float(os.environ.get("POOL_TIMEOUT", "5")),
+    pool_pre_ping=True,
+)
+poolwatch.instrument(engine, name="orders", leak_threshold=float(os.environ.get("POOL_LEAK_THRESHOLD", "30")))
 
 app = FastAPI(title="poolwatch example")
+app.add_middleware(poolwatch.HolderMiddleware)
 app.mount("/metrics", poolwatch.make_asgi_app())
 
 

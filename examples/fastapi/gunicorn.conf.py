@@ -1,5 +1,6 @@
 """gunicorn settings for the example: four UvicornWorkers, recycled, with prometheus_client's
-multiprocess clean-up. ``PROMETHEUS_MULTIPROC_DIR`` must name a directory emptied at start."""
+multiprocess clean-up. ``PROMETHEUS_MULTIPROC_DIR`` must name a directory emptied at start.
+``BIND``, ``WORKERS``, ``MAX_REQUESTS`` and ``MAX_REQUESTS_JITTER`` change the defaults below."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ chdir = os.path.dirname(os.path.abspath(__file__))  # noqa: PTH100, PTH120 - gun
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WORKERS", "4"))
 worker_class = "uvicorn.workers.UvicornWorker"
-max_requests = 1000
-max_requests_jitter = 100
+max_requests = int(os.environ.get("MAX_REQUESTS", "1000"))
+max_requests_jitter = int(os.environ.get("MAX_REQUESTS_JITTER", "100"))
 preload_app = False  # each worker opens its own pool after the fork
 
 

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+# The first test's setup runs every case (72 interpreters, four at a time): a minute on a quiet
+# machine, several on a loaded one. The default per-test timeout would cut it there.
+pytestmark = pytest.mark.timeout(900)
+
 SECRET = "s3cr3t-Pa55"  # appears in some bad URLs: it must not appear in the error line
 
 
