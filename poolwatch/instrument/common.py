@@ -135,9 +135,11 @@ def checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: each branch sa
     exhausted: Callable[[BaseException], bool],
     key: Callable[[Any], object] | None,
     library_dir: str,
+    put_param: str = "connection",
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """Hooks for a synchronous pair: ``get_name`` / ``put_name`` name the pool class's own methods
-    (looked up on the class at each call), ``owner()`` gives the pool (weakly held),
+    (looked up on the class at each call; ``put_param``, the name of the connection parameter of the
+    put method), ``owner()`` gives the pool (weakly held),
     ``key(connection)`` the connection's ledger key (the connection itself when None; a C callable
     such as ``weakref.ref`` costs no frame). With ``weakref.ref`` as the key, the return hook finds
     the key as the connection's ``__weakref__``: the callback-less reference CPython keeps first
@@ -245,7 +247,17 @@ def checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: each branch sa
             return getattr(type(this), put_name)(this, connection, *args, **kwargs)
         return getattr(type(this), put_name)(this, connection)
 
-    return (get_tracking_leaks if tracking else get), put
+    return (get_tracking_leaks if tracking else get), named_first(put, put_param)
+
+
+def named_first(function: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``function`` with its first parameter renamed ``name``: a put hook takes the connection by the
+    name the library's method gives it (``pool.putconn(conn=...)``), at no cost per call (a wrapper
+    would add a frame)."""
+    code = function.__code__
+    if code.co_varnames[0] != name:
+        function.__code__ = code.replace(co_varnames=(name, *code.co_varnames[1:]))
+    return function
 
 
 def async_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose, as checkout_hooks
@@ -259,6 +271,7 @@ def async_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose, as check
     key: Callable[[Any], object] | None,
     library_dir: str,
     put_is_async: bool,
+    put_param: str = "connection",
 ) -> tuple[Callable[..., Awaitable[Any]], Callable[..., Any]]:
     """As ``checkout_hooks``, for a pool whose get is a coroutine (and its put too, with
     ``put_is_async``)."""
@@ -383,7 +396,9 @@ def async_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose, as check
             return getattr(type(this), put_name)(this, connection, *args, **kwargs)
         return getattr(type(this), put_name)(this, connection)
 
-    return (get_tracking_leaks if tracking else get), (put_async if put_is_async else put)
+    return (get_tracking_leaks if tracking else get), named_first(
+        put_async if put_is_async else put, put_param
+    )
 
 
 def timed_connect(

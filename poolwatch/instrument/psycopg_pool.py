@@ -145,6 +145,7 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
             # (CPython shares a callback-less one); a dropped connection's stays there as a leak.
             key=weakref.ref,
             library_dir=_LIBRARY_DIR,
+            put_param="conn",
             put_is_async=True,
         )
 
@@ -165,6 +166,7 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
             # (CPython shares a callback-less one); a dropped connection's stays there as a leak.
             key=weakref.ref,
             library_dir=_LIBRARY_DIR,
+            put_param="conn",
         )
 
         def class_connect_sync(*args: Any, **kwargs: Any) -> Any:

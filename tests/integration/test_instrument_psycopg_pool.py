@@ -201,3 +201,22 @@ def test_a_leak_warning_shows_the_application_line_that_checked_out(pg, caplog) 
         pool.putconn(connection)
         assert sample(registry, "pool_leaked_connections", "where") == 0
         assert errors(registry, "where") == 0
+
+
+def test_connections_are_taken_and_given_back_by_keyword_as_without_poolwatch(pg) -> None:
+    registry = CollectorRegistry()
+    with psycopg_pool.ConnectionPool(pg.dsn(), min_size=1, max_size=1, open=True) as pool:
+        poolwatch.instrument(pool, name="kw", registry=registry)
+        pool.putconn(conn=pool.getconn(timeout=5.0))
+        assert sample(registry, "pool_checkouts_total", "kw") == 1
+        assert sample(registry, "pool_use_seconds_count", "kw") == 1
+
+    async def cycle() -> None:
+        async with psycopg_pool.AsyncConnectionPool(pg.dsn(), min_size=1, max_size=1, open=False) as apool:
+            poolwatch.instrument(apool, name="akw", registry=registry)
+            await apool.putconn(conn=await apool.getconn(timeout=5.0))
+
+    asyncio.run(cycle())
+    assert sample(registry, "pool_checkouts_total", "akw") == 1
+    assert sample(registry, "pool_use_seconds_count", "akw") == 1
+    assert errors(registry, "kw") == errors(registry, "akw") == 0
