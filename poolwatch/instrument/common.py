@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from poolwatch.instrument.collector import PoolSource, collector_for
 from poolwatch.instrument.holder import current as current_holder
+from poolwatch.instrument.holder import named as named_holders
 from poolwatch.instrument.recorder import Recorder
 
 if TYPE_CHECKING:
@@ -164,6 +165,7 @@ def checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: each branch sa
     threshold = recorder.leak_threshold or 0.0
     holders = ledger.holders
     holder_now = current_holder
+    holder_named = named_holders
     frame = getframe
     ident = get_ident
     weak = key is weakref.ref
@@ -186,8 +188,7 @@ def checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: each branch sa
         try:
             held = connection if key is None else key(connection)
             checked_out[held] = now
-            holder = holder_now()
-            if holder is not None:
+            if holder_named[0] and (holder := holder_now()) is not None:
                 holders[held] = holder
         except Exception as exc:
             recorder.internal_error(exc)
@@ -217,8 +218,7 @@ def checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: each branch sa
                 caller = caller.f_back
             origins[held] = (caller.f_code, caller.f_lasti, ident())
             checked_out[held] = now
-            holder = holder_now()
-            if holder is not None:
+            if holder_named[0] and (holder := holder_now()) is not None:
                 holders[held] = holder
         except Exception as exc:
             recorder.internal_error(exc)
@@ -289,6 +289,7 @@ def async_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose, as check
     threshold = recorder.leak_threshold or 0.0
     holders = ledger.holders
     holder_now = current_holder
+    holder_named = named_holders
     frame = getframe
     ident = get_ident
     weak = key is weakref.ref
@@ -311,8 +312,7 @@ def async_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose, as check
         try:
             held = connection if key is None else key(connection)
             checked_out[held] = now
-            holder = holder_now()
-            if holder is not None:
+            if holder_named[0] and (holder := holder_now()) is not None:
                 holders[held] = holder
         except Exception as exc:
             recorder.internal_error(exc)
@@ -342,8 +342,7 @@ def async_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose, as check
                 caller = caller.f_back
             origins[held] = (caller.f_code, caller.f_lasti, ident())
             checked_out[held] = now
-            holder = holder_now()
-            if holder is not None:
+            if holder_named[0] and (holder := holder_now()) is not None:
                 holders[held] = holder
         except Exception as exc:
             recorder.internal_error(exc)

@@ -34,6 +34,7 @@ from poolwatch.instrument.common import (
     undone_on_failure,
 )
 from poolwatch.instrument.holder import current as current_holder
+from poolwatch.instrument.holder import named as named_holders
 from poolwatch.instrument.recorder import Ledger
 from poolwatch.serverlabel import pg_server
 
@@ -182,6 +183,7 @@ def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecod
     origins = ledger.origins
     holders = ledger.holders
     holder_now = current_holder
+    holder_named = named_holders
     leaked = recorder.leaked
     threshold = recorder.leak_threshold or 0.0
     frame = getframe
@@ -211,8 +213,7 @@ def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecod
         wait(now - start)
         try:
             checked_out[connection] = now
-            holder = holder_now()
-            if holder is not None:
+            if holder_named[0] and (holder := holder_now()) is not None:
                 holders[connection] = holder
         except Exception as exc:
             recorder.internal_error(exc)
@@ -243,8 +244,7 @@ def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecod
             caller = frame(1)
             origins[connection] = (caller.f_code, caller.f_lasti, ident())
             checked_out[connection] = now
-            holder = holder_now()
-            if holder is not None:
+            if holder_named[0] and (holder := holder_now()) is not None:
                 holders[connection] = holder
         except Exception as exc:
             recorder.internal_error(exc)
