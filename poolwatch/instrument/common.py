@@ -107,7 +107,7 @@ class Base:
     def __init__(self, name: str, recorder: Recorder, server: str = "") -> None:
         self.name = name
         self.recorder = recorder
-        self.server = server  # the ``server`` label (empty unless given: ``instrument(..., server=)``)
+        self.server = server  # the ``server`` label (from the pool's connection parameters, or ``server=``)
         self.registry_remove: Callable[[], None] | None = None
 
     def remove(self) -> None:
