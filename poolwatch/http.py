@@ -8,7 +8,6 @@ slow and hostile clients cost.
 
 from __future__ import annotations
 
-import gzip
 import math
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from prometheus_client import make_wsgi_app
 from poolwatch import exposition, statuspage
 from poolwatch.basicauth import BasicAuth
 from poolwatch.errors import ConfigError
+from poolwatch.gzipparts import GzipParts
 from poolwatch.httpserver import HttpServer, Limits
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ class Endpoint:
         # both, and the text renderer costs a fraction of prometheus_client's (exposition.py).
         self._openmetrics_app = make_wsgi_app(registry)
         self._renderer = exposition.Renderer(registry)
+        # Level 1: most of the size saving for a fifth of the CPU of the default level 9.
+        self._gzip = GzipParts(level=1)
         self._healthy = healthy
         self._ready = ready
         self._status = status
@@ -108,12 +110,13 @@ class Endpoint:
         accept = environ.get("HTTP_ACCEPT", "")
         if "application/openmetrics-text" in accept and not ("text/plain" in accept or "*/*" in accept):
             return self._openmetrics_app(environ, start_response)  # type: ignore[no-any-return]
-        body = self._renderer.render()
+        parts = self._renderer.parts()
         headers = [("Content-Type", exposition.CONTENT_TYPE)]
         if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
-            # Level 1: most of the size saving for a fifth of the CPU of the default level 9.
-            body = gzip.compress(body, compresslevel=1)
+            body = self._gzip.compress(parts)
             headers.append(("Content-Encoding", "gzip"))
+        else:
+            body = b"".join(parts)
         headers.append(("Content-Length", str(len(body))))
         start_response("200 OK", headers)
         return [body]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ntpath
 import posixpath
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qs, unquote, urlsplit
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -42,6 +43,40 @@ def redis_server(connection_kwargs: Mapping[str, Any]) -> str:
     host = str(connection_kwargs.get("host") or "localhost")
     port = connection_kwargs.get("port") or DEFAULT_PORTS["redis"]
     return _cut(f"{_host_port(host, port)}/{database}")
+
+
+def pg_server(params: Mapping[str, Any]) -> str:
+    """The label of libpq-style connection parameters (``host``, ``port``, ``dbname`` or
+    ``database``: psycopg2's ``parse_dsn()``, psycopg's ``conninfo_to_dict()``, asyncpg's
+    arguments): ``host:port/database``, as ``sql_server`` labels the same server's URL."""
+    host = _first(params.get("host")) or _first(params.get("hostaddr"))
+    if not host or host.startswith("/"):  # none, or a socket directory: this machine
+        host = "localhost"
+    port = _first(params.get("port")) or DEFAULT_PORTS["postgresql"]
+    database = params.get("dbname") or params.get("database") or ""
+    return _cut(f"{_host_port(host, port)}/{database}")
+
+
+def pg_url_params(url: str) -> dict[str, Any]:
+    """``host``, ``port`` and ``dbname`` of a ``postgresql://`` URL (nothing else: never a
+    credential), the URL's ``?host=`` / ``?port=`` / ``?dbname=`` taking precedence as in libpq."""
+    parts = urlsplit(url)
+    params: dict[str, Any] = {
+        "host": parts.hostname or "",
+        "port": parts.port or "",
+        "dbname": unquote(parts.path.lstrip("/")),
+    }
+    for key, values in parse_qs(parts.query).items():
+        if key in params and values:
+            params[key] = values[0]
+    return params
+
+
+def _first(value: Any) -> str:
+    """The first of a libpq list (``"h1,h2"``, or asyncpg's list of hosts or ports)."""
+    if isinstance(value, tuple | list):
+        value = value[0] if value else None
+    return "" if value is None else str(value).split(",")[0].strip()
 
 
 def _query_host(query: Mapping[str, Any]) -> str:

@@ -32,8 +32,10 @@ from poolwatch.instrument.common import (
     check_threshold,
     new_recorder,
     register,
+    shadow,
 )
 from poolwatch.instrument.recorder import Ledger
+from poolwatch.serverlabel import pg_server, pg_url_params
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -104,12 +106,12 @@ def instrument_asyncpg(
             f"poolwatch.instrument({name!r}): the asyncpg pool is not initialised yet; "
             "instrument it after `await asyncpg.create_pool(...)`"
         )
-    if getattr(vars(queue).get("get"), ATTACHED, None) is not None:
+    if getattr(getattr(queue, "get", None), ATTACHED, None) is not None:
         raise ValueError(f"poolwatch.instrument({name!r}): this pool is already instrumented")
     check_threshold("instrument", name, leak_threshold)
     recorder = new_recorder(name, leak_threshold, clock, counts_from)
     instrumentation = AsyncpgInstrumentation(pool, name, recorder)
-    instrumentation.server = server or ""
+    instrumentation.server = _server(pool) if server is None else server
     original_connect = pool._connect
 
     def hook() -> None:
@@ -123,6 +125,23 @@ def instrument_asyncpg(
 
     register(registry, instrumentation, hook)
     return instrumentation
+
+
+def _server(pool: asyncpg.Pool) -> str:
+    """The ``server`` label from the DSN and keywords the pool connects with (keywords win, as in
+    asyncpg); empty if they cannot be read."""
+    try:
+        args = pool._connect_args or [None]
+        params: dict[str, Any] = pg_url_params(args[0]) if args[0] else {}
+        kwargs = pool._connect_kwargs
+        params.update({_LABELLED[key]: kwargs[key] for key in _LABELLED if kwargs.get(key)})
+        return pg_server(params)
+    except Exception:
+        return ""
+
+
+# asyncpg's keywords for what the label names, and their libpq names.
+_LABELLED: Final = {"host": "host", "port": "port", "database": "dbname"}
 
 
 def _hook(pool: asyncpg.Pool, queue: Any, recorder: Recorder) -> None:
@@ -146,6 +165,6 @@ def _hook(pool: asyncpg.Pool, queue: Any, recorder: Recorder) -> None:
             return await asyncpg.connection.connect(*args, **kwargs)  # a later patch is honoured
 
         connect = connect_now
-    vars(queue).update({"get": get, "put_nowait": put})
+    shadow(queue, {"get": get, "put_nowait": put})
     pool._connect = async_timed_connect(recorder, connect)
     recorder.adopt(ledger)

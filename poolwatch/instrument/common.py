@@ -13,11 +13,15 @@ collector.
 from __future__ import annotations
 
 import time
+import weakref
+from _thread import get_ident
+from sys import _getframe as getframe
 from typing import TYPE_CHECKING, Any, Protocol
 
 from poolwatch.instrument.collector import PoolSource, collector_for
 from poolwatch.instrument.holder import current as current_holder
-from poolwatch.instrument.recorder import Recorder, capture_origin_outside
+from poolwatch.instrument.holder import named as named_holders
+from poolwatch.instrument.recorder import Recorder
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -51,6 +55,20 @@ def new_recorder(
     if counts_from is not None:  # before the collector can read it: never a drop to 0
         recorder.carry(counts_from)
     return recorder
+
+
+def shadow(obj: object, hooks: dict[str, Callable[..., Any]]) -> None:
+    """Set ``hooks`` as instance attributes of ``obj``, one ``setattr`` each.
+
+    Never through ``vars(obj)``: on CPython 3.11+ an instance keeps its attributes in a compact array
+    laid out by its class until its ``__dict__`` is asked for; asking builds a real dict, and from
+    then on every attribute the pool's own code reads on itself (``self._lock``, ``self._pool``...)
+    and every method it calls on itself misses the interpreter's specialised fast paths. On
+    psycopg2's pool that alone cost ~6,000 instructions a cycle, more than the hooks' own work.
+    (The names join the class's shared attribute layout: other instances only get empty slots.)
+    """
+    for name, hook in hooks.items():
+        setattr(obj, name, hook)
 
 
 def undone_on_failure(obj: object, names: Iterable[str], install: Callable[[], None]) -> Callable[[], None]:
@@ -89,7 +107,7 @@ class Base:
     def __init__(self, name: str, recorder: Recorder, server: str = "") -> None:
         self.name = name
         self.recorder = recorder
-        self.server = server  # the ``server`` label (empty unless given: ``instrument(..., server=)``)
+        self.server = server  # the ``server`` label (from the pool's connection parameters, or ``server=``)
         self.registry_remove: Callable[[], None] | None = None
 
     def remove(self) -> None:
@@ -118,29 +136,39 @@ def checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: each branch sa
     exhausted: Callable[[BaseException], bool],
     key: Callable[[Any], object] | None,
     library_dir: str,
+    put_param: str = "connection",
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """Hooks for a synchronous pair: ``get_name`` / ``put_name`` name the pool class's own methods
-    (looked up on the class at each call), ``owner()`` gives the pool (weakly held),
-    ``key(connection)`` the connection's ledger key (the connection itself when None).
+    (looked up on the class at each call; ``put_param``, the name of the connection parameter of the
+    put method), ``owner()`` gives the pool (weakly held),
+    ``key(connection)`` the connection's ledger key (the connection itself when None; a C callable
+    such as ``weakref.ref`` costs no frame). With ``weakref.ref`` as the key, the return hook finds
+    the key as the connection's ``__weakref__``: the callback-less reference CPython keeps first
+    and shares, which the ledger holds while the connection is out (an attribute read, where a
+    call to ``weakref.ref`` costs ~700 instructions).
 
-    Every bytecode here is paid on every cycle: no helper calls on the way (a lookup with the
-    builtin ``getattr``, the key only when there is a key function)."""
+    Every bytecode here is paid on every cycle: no helper calls on the way, only what the usual path
+    touches as a closure variable (each is copied into the hook's frame per call; rare paths go
+    through ``recorder``), and the leak and no-leak variants of the get hook are separate functions
+    (the leak variant captures its origin inline)."""
     clock = recorder.clock
     count = next
     requested = recorder.requested.counter
     handed = recorder.handed.counter
     wait = recorder.waits.append
     use = recorder.uses.append
-    internal = recorder.internal_error
     checked_out = ledger.checked_out
     take = checked_out.pop
     origins = ledger.origins
     leaked = recorder.leaked
     tracking = recorder.leak_threshold is not None
     threshold = recorder.leak_threshold or 0.0
-    hold = recorder.by_holder.hold
     holders = ledger.holders
     holder_now = current_holder
+    holder_named = named_holders
+    frame = getframe
+    ident = get_ident
+    weak = key is weakref.ref
 
     def get(*args: Any, **kwargs: Any) -> Any:
         start = clock()
@@ -149,7 +177,7 @@ def checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: each branch sa
         try:
             if args or kwargs:
                 connection = getattr(type(this), get_name)(this, *args, **kwargs)
-            else:  # the usual call: no argument tuple and dict to forward (~1 us on this path)
+            else:  # the usual call: no argument tuple and dict to forward
                 connection = getattr(type(this), get_name)(this)
         except BaseException as exc:
             failed(recorder, exc, start, exhausted)
@@ -159,19 +187,47 @@ def checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: each branch sa
         wait(now - start)
         try:
             held = connection if key is None else key(connection)
-            if tracking:
-                origins[held] = capture_origin_outside(library_dir)
             checked_out[held] = now
-            holder = holder_now()
-            if holder is not None:
+            if holder_named[0] and (holder := holder_now()) is not None:
                 holders[held] = holder
         except Exception as exc:
-            internal(exc)
+            recorder.internal_error(exc)
+        return connection
+
+    def get_tracking_leaks(*args: Any, **kwargs: Any) -> Any:
+        start = clock()
+        count(requested)
+        this = owner()
+        try:
+            if args or kwargs:
+                connection = getattr(type(this), get_name)(this, *args, **kwargs)
+            else:
+                connection = getattr(type(this), get_name)(this)
+        except BaseException as exc:
+            failed(recorder, exc, start, exhausted)
+            raise
+        now = clock()
+        count(handed)
+        wait(now - start)
+        try:
+            held = connection if key is None else key(connection)
+            # capture_origin_outside(), inlined (a call costs a frame).
+            caller = frame(1)
+            # The file first: reading f_back builds the caller's caller's frame object.
+            while caller.f_code.co_filename.startswith(library_dir) and caller.f_back is not None:
+                caller = caller.f_back
+            origins[held] = (caller.f_code, caller.f_lasti, ident())
+            checked_out[held] = now
+            if holder_named[0] and (holder := holder_now()) is not None:
+                holders[held] = holder
+        except Exception as exc:
+            recorder.internal_error(exc)
         return connection
 
     def put(connection: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            held = connection if key is None else key(connection)
+            # With weak keys, the reference the connection was filed under (no new one).
+            held = connection.__weakref__ if weak else (connection if key is None else key(connection))
             started = take(held, None)  # None: not handed out through this hook
             if started is not None:
                 duration = clock() - started
@@ -179,22 +235,32 @@ def checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: each branch sa
                 if holder is None:
                     use(duration)
                 else:
-                    hold((holder, duration))
+                    recorder.by_holder.hold((holder, duration))
                 if tracking:
                     origin = origins.pop(held, None)
                     if leaked or duration > threshold:  # known leaks, or one no scrape saw out
                         recorder.returned(held, duration, holder, origin)
         except Exception as exc:
-            internal(exc)
+            recorder.internal_error(exc)
         this = owner()
         if args or kwargs:
             return getattr(type(this), put_name)(this, connection, *args, **kwargs)
         return getattr(type(this), put_name)(this, connection)
 
-    return get, put
+    return (get_tracking_leaks if tracking else get), named_first(put, put_param)
 
 
-def async_checkout_hooks(
+def named_first(function: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``function`` with its first parameter renamed ``name``: a put hook takes the connection by the
+    name the library's method gives it (``pool.putconn(conn=...)``), at no cost per call (a wrapper
+    would add a frame)."""
+    code = function.__code__
+    if code.co_varnames[0] != name:
+        function.__code__ = code.replace(co_varnames=(name, *code.co_varnames[1:]))
+    return function
+
+
+def async_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose, as checkout_hooks
     get_name: str,
     put_name: str,
     owner: Callable[[], Any],
@@ -205,6 +271,7 @@ def async_checkout_hooks(
     key: Callable[[Any], object] | None,
     library_dir: str,
     put_is_async: bool,
+    put_param: str = "connection",
 ) -> tuple[Callable[..., Awaitable[Any]], Callable[..., Any]]:
     """As ``checkout_hooks``, for a pool whose get is a coroutine (and its put too, with
     ``put_is_async``)."""
@@ -213,20 +280,29 @@ def async_checkout_hooks(
     requested = recorder.requested.counter
     handed = recorder.handed.counter
     wait = recorder.waits.append
-    internal = recorder.internal_error
+    use = recorder.uses.append
     checked_out = ledger.checked_out
+    take = checked_out.pop
     origins = ledger.origins
+    leaked = recorder.leaked
     tracking = recorder.leak_threshold is not None
+    threshold = recorder.leak_threshold or 0.0
     holders = ledger.holders
     holder_now = current_holder
-    returning = _returning(recorder, ledger, key)
+    holder_named = named_holders
+    frame = getframe
+    ident = get_ident
+    weak = key is weakref.ref
 
     async def get(*args: Any, **kwargs: Any) -> Any:
         start = clock()
         count(requested)
         this = owner()
         try:
-            connection = await getattr(type(this), get_name)(this, *args, **kwargs)
+            if args or kwargs:
+                connection = await getattr(type(this), get_name)(this, *args, **kwargs)
+            else:
+                connection = await getattr(type(this), get_name)(this)
         except BaseException as exc:
             failed(recorder, exc, start, exhausted)
             raise
@@ -235,50 +311,48 @@ def async_checkout_hooks(
         wait(now - start)
         try:
             held = connection if key is None else key(connection)
-            if tracking:
-                origins[held] = capture_origin_outside(library_dir)
             checked_out[held] = now
-            holder = holder_now()
-            if holder is not None:
+            if holder_named[0] and (holder := holder_now()) is not None:
                 holders[held] = holder
         except Exception as exc:
-            internal(exc)
+            recorder.internal_error(exc)
         return connection
 
-    if put_is_async:
-
-        async def put_async(connection: Any, *args: Any, **kwargs: Any) -> Any:
-            returning(connection)
-            this = owner()
-            return await getattr(type(this), put_name)(this, connection, *args, **kwargs)
-
-        return get, put_async
-
-    def put(connection: Any, *args: Any, **kwargs: Any) -> Any:
-        returning(connection)
+    async def get_tracking_leaks(*args: Any, **kwargs: Any) -> Any:
+        start = clock()
+        count(requested)
         this = owner()
-        return getattr(type(this), put_name)(this, connection, *args, **kwargs)
-
-    return get, put
-
-
-def _returning(
-    recorder: Recorder, ledger: Ledger, key: Callable[[Any], object] | None
-) -> Callable[[Any], None]:
-    """Records a connection coming back (never raises)."""
-    clock = recorder.clock
-    use = recorder.uses.append
-    take = ledger.checked_out.pop
-    forget_origin = ledger.origins.pop
-    leaked = recorder.leaked
-    tracking = recorder.leak_threshold is not None
-    threshold = recorder.leak_threshold or 0.0
-    hold = recorder.by_holder.hold
-    holders = ledger.holders
-
-    def returning(connection: Any) -> None:
+        try:
+            if args or kwargs:
+                connection = await getattr(type(this), get_name)(this, *args, **kwargs)
+            else:
+                connection = await getattr(type(this), get_name)(this)
+        except BaseException as exc:
+            failed(recorder, exc, start, exhausted)
+            raise
+        now = clock()
+        count(handed)
+        wait(now - start)
         try:
             held = connection if key is None else key(connection)
+            # capture_origin_outside(), inlined (a call costs a frame).
+            caller = frame(1)
+            # The file first: reading f_back builds the caller's caller's frame object.
+            while caller.f_code.co_filename.startswith(library_dir) and caller.f_back is not None:
+                caller = caller.f_back
+            origins[held] = (caller.f_code, caller.f_lasti, ident())
+            checked_out[held] = now
+            if holder_named[0] and (holder := holder_now()) is not None:
+                holders[held] = holder
+        except Exception as exc:
+            recorder.internal_error(exc)
+        return connection
+
+    # The put hooks record inline (not through a shared helper: a call costs a frame).
+    async def put_async(connection: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            # With weak keys, the reference the connection was filed under (no new one).
+            held = connection.__weakref__ if weak else (connection if key is None else key(connection))
             started = take(held, None)  # None: not handed out through this hook
             if started is not None:
                 duration = clock() - started
@@ -286,15 +360,44 @@ def _returning(
                 if holder is None:
                     use(duration)
                 else:
-                    hold((holder, duration))
+                    recorder.by_holder.hold((holder, duration))
                 if tracking:
-                    origin = forget_origin(held, None)
+                    origin = origins.pop(held, None)
+                    if leaked or duration > threshold:  # known leaks, or one no scrape saw out
+                        recorder.returned(held, duration, holder, origin)
+        except Exception as exc:
+            recorder.internal_error(exc)
+        this = owner()
+        if args or kwargs:
+            return await getattr(type(this), put_name)(this, connection, *args, **kwargs)
+        return await getattr(type(this), put_name)(this, connection)
+
+    def put(connection: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            # With weak keys, the reference the connection was filed under (no new one).
+            held = connection.__weakref__ if weak else (connection if key is None else key(connection))
+            started = take(held, None)
+            if started is not None:
+                duration = clock() - started
+                holder = holders.pop(held, None) if holders else None
+                if holder is None:
+                    use(duration)
+                else:
+                    recorder.by_holder.hold((holder, duration))
+                if tracking:
+                    origin = origins.pop(held, None)
                     if leaked or duration > threshold:
                         recorder.returned(held, duration, holder, origin)
         except Exception as exc:
             recorder.internal_error(exc)
+        this = owner()
+        if args or kwargs:
+            return getattr(type(this), put_name)(this, connection, *args, **kwargs)
+        return getattr(type(this), put_name)(this, connection)
 
-    return returning
+    return (get_tracking_leaks if tracking else get), named_first(
+        put_async if put_is_async else put, put_param
+    )
 
 
 def timed_connect(

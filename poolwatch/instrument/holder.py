@@ -81,10 +81,15 @@ class Holder:
 _current: ContextVar[Holder | None] = ContextVar("poolwatch_holder", default=None)
 # The checkout hooks call this: ContextVar.get, one C call.
 current: Final = _current.get
+# ``[True]`` once any holder was named in this process (``holder()`` built, ``set_holder`` called):
+# until then the checkout hooks of the other pool kinds skip ``current()`` (~170 instructions of a
+# cycle). Set once, never cleared; a list, so hooks read the one object every setter writes.
+named: Final[list[bool]] = [False]
 
 
 def set_holder(holder: Holder | None) -> Token[Holder | None]:
     """Make ``holder`` the current one in this context; ``reset_holder(token)`` undoes it."""
+    named[0] = True
     return _current.set(holder)
 
 
@@ -107,6 +112,7 @@ class holder:  # noqa: N801 - used like contextlib.suppress: a function to the r
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"poolwatch.holder: the name must be a non-empty string, not {name!r}")
         self._holder = Holder(name.strip())
+        named[0] = True
         self._tokens: list[Token[Holder | None]] = []
 
     @property

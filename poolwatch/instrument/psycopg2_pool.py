@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 import time
 import weakref
+from _thread import get_ident
 from pathlib import Path
+from sys import _getframe as getframe
 from typing import TYPE_CHECKING, Any, Final
 
+import psycopg2.extensions
 import psycopg2.pool
 
 from poolwatch.instrument.collector import PoolState
@@ -23,12 +26,17 @@ from poolwatch.instrument.common import (
     Base,
     check_threshold,
     checkout_hooks,
+    failed,
     new_recorder,
     register,
+    shadow,
     timed_connect,
     undone_on_failure,
 )
+from poolwatch.instrument.holder import current as current_holder
+from poolwatch.instrument.holder import named as named_holders
 from poolwatch.instrument.recorder import Ledger
+from poolwatch.serverlabel import pg_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -85,7 +93,7 @@ def instrument_psycopg2_pool(
     """
     if not isinstance(pool, psycopg2.pool.AbstractConnectionPool):
         raise TypeError(f"poolwatch.instrument({name!r}): {type(pool).__name__} is not a psycopg2 pool")
-    if getattr(vars(pool).get("getconn"), ATTACHED, None) is not None:
+    if getattr(getattr(pool, "getconn", None), ATTACHED, None) is not None:
         raise ValueError(f"poolwatch.instrument({name!r}): this pool is already instrumented")
     check_threshold("instrument", name, leak_threshold)
     missing = [attr for attr in ("_pool", "_used", "minconn", "maxconn") if not hasattr(pool, attr)]
@@ -95,25 +103,38 @@ def instrument_psycopg2_pool(
         )
     recorder = new_recorder(name, leak_threshold, clock, counts_from)
     instrumentation = Psycopg2PoolInstrumentation(pool, name, recorder)
-    instrumentation.server = server or ""
+    instrumentation.server = _server(pool) if server is None else server
 
     register(registry, instrumentation, undone_on_failure(pool, _HOOKED, lambda: _hook(pool, recorder)))
     return instrumentation
 
 
+def _server(pool: psycopg2.pool.AbstractConnectionPool) -> str:
+    """The ``server`` label from the arguments the pool connects with (its DSN and keywords, as
+    ``psycopg2.connect`` merges them); empty if they cannot be read."""
+    try:
+        dsn = pool._args[0] if pool._args else ""
+        return pg_server(psycopg2.extensions.parse_dsn(psycopg2.extensions.make_dsn(dsn, **pool._kwargs)))
+    except Exception:
+        return ""
+
+
 def _hook(pool: psycopg2.pool.AbstractConnectionPool, recorder: Recorder) -> None:
     ledger = Ledger()
     ref: Callable[[], Any] = weakref.ref(pool)
-    get, put = checkout_hooks(
-        "getconn",
-        "putconn",
-        ref,
-        recorder,
-        ledger,
-        exhausted=_exhausted,
-        key=None,
-        library_dir=_LIBRARY_DIR,
-    )
+    if type(pool).getconn in _OWN_GETCONN and type(pool).putconn in _OWN_PUTCONN:
+        get, put = _checkout_hooks(ref, recorder, ledger)
+    else:  # a class of the application's with methods of its own: any signature, one frame more
+        get, put = checkout_hooks(
+            "getconn",
+            "putconn",
+            ref,
+            recorder,
+            ledger,
+            exhausted=_exhausted,
+            key=None,
+            library_dir=_LIBRARY_DIR,
+        )
 
     def class_connect(*args: Any, **kwargs: Any) -> Any:
         this = ref()
@@ -124,5 +145,157 @@ def _hook(pool: psycopg2.pool.AbstractConnectionPool, recorder: Recorder) -> Non
     get.__doc__ = type(pool).getconn.__doc__
     put.__doc__ = type(pool).putconn.__doc__
     setattr(get, ATTACHED, ledger)
-    vars(pool).update({"getconn": get, "putconn": put, "_connect": connect})
+    shadow(pool, {"getconn": get, "putconn": put, "_connect": connect})
     recorder.adopt(ledger)
+
+
+# psycopg2's own getconn / putconn (ThreadedConnectionPool's, and SimpleConnectionPool's, which are
+# AbstractConnectionPool's unlocked ones): their signatures are known, so the hooks take the same
+# arguments and no ``*args, **kwargs`` (a dict built on every call).
+_THREADED_GET: Final = psycopg2.pool.ThreadedConnectionPool.getconn
+_THREADED_PUT: Final = psycopg2.pool.ThreadedConnectionPool.putconn
+_OWN_GETCONN: Final = (_THREADED_GET, psycopg2.pool.AbstractConnectionPool._getconn)
+_OWN_PUTCONN: Final = (_THREADED_PUT, psycopg2.pool.AbstractConnectionPool._putconn)
+
+
+def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecode is paid per cycle
+    ref: Callable[[], Any], recorder: Recorder, ledger: Ledger
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``getconn`` / ``putconn`` hooks for a pool with psycopg2's own methods.
+
+    psycopg2's cycle is ~11,000 instructions, so the hooks are held to what they record. Each is the
+    only frame it adds: ``ThreadedConnectionPool``'s lock-and-delegate body is done in the hook
+    itself (its ``getconn`` / ``putconn`` frame is not entered), as SQLAlchemy's hook does with
+    ``Pool.connect``; a class whose method was patched since, or ``SimpleConnectionPool``, gets its
+    method called (looked up on the class at each call). Everything the hooks touch is a local of
+    this closure, bound once; the leak and no-leak variants of ``getconn`` are separate functions.
+    """
+    # Only what the usual path touches is a closure variable (each is copied into the hook's frame
+    # on every call); the rare paths (a failure, a known leak) reach it through ``recorder``.
+    clock = recorder.clock
+    count = next
+    requested = recorder.requested.counter
+    handed = recorder.handed.counter
+    wait = recorder.waits.append
+    use = recorder.uses.append
+    checked_out = ledger.checked_out
+    take = checked_out.pop
+    origins = ledger.origins
+    holders = ledger.holders
+    holder_now = current_holder
+    holder_named = named_holders
+    leaked = recorder.leaked
+    threshold = recorder.leak_threshold or 0.0
+    frame = getframe
+    ident = get_ident
+    threaded_get = _THREADED_GET
+    threaded_put = _THREADED_PUT
+
+    def getconn(key: Any = None) -> Any:
+        start = clock()
+        count(requested)
+        this = ref()
+        try:
+            if type(this).getconn is threaded_get:
+                # ThreadedConnectionPool.getconn, without its frame.
+                this._lock.acquire()
+                try:
+                    connection = this._getconn(key)
+                finally:
+                    this._lock.release()
+            else:
+                connection = type(this).getconn(this, key)
+        except BaseException as exc:
+            failed(recorder, exc, start, _exhausted)
+            raise
+        now = clock()
+        count(handed)
+        wait(now - start)
+        try:
+            checked_out[connection] = now
+            if holder_named[0] and (holder := holder_now()) is not None:
+                holders[connection] = holder
+        except Exception as exc:
+            recorder.internal_error(exc)
+        return connection
+
+    def getconn_tracking_leaks(key: Any = None) -> Any:
+        start = clock()
+        count(requested)
+        this = ref()
+        try:
+            if type(this).getconn is threaded_get:
+                this._lock.acquire()
+                try:
+                    connection = this._getconn(key)
+                finally:
+                    this._lock.release()
+            else:
+                connection = type(this).getconn(this, key)
+        except BaseException as exc:
+            failed(recorder, exc, start, _exhausted)
+            raise
+        now = clock()
+        count(handed)
+        wait(now - start)
+        try:
+            # The caller's frame, inlined (psycopg2 never calls its pool's getconn itself: no
+            # library frames to walk past, as capture_origin_outside() does for other libraries).
+            caller = frame(1)
+            origins[connection] = (caller.f_code, caller.f_lasti, ident())
+            checked_out[connection] = now
+            if holder_named[0] and (holder := holder_now()) is not None:
+                holders[connection] = holder
+        except Exception as exc:
+            recorder.internal_error(exc)
+        return connection
+
+    def putconn(conn: Any = None, key: Any = None, close: bool = False) -> Any:
+        try:
+            started = take(conn, None)  # None: not handed out through this hook
+            if started is not None:
+                if holders and (holder := holders.pop(conn, None)) is not None:
+                    recorder.by_holder.hold((holder, clock() - started))
+                else:
+                    use(clock() - started)
+        except Exception as exc:
+            recorder.internal_error(exc)
+        this = ref()
+        if type(this).putconn is threaded_put:
+            # ThreadedConnectionPool.putconn, without its frame.
+            this._lock.acquire()
+            try:
+                this._putconn(conn, key, close)
+            finally:
+                this._lock.release()
+            return None
+        return type(this).putconn(this, conn, key, close)
+
+    def putconn_tracking_leaks(conn: Any = None, key: Any = None, close: bool = False) -> Any:
+        try:
+            started = take(conn, None)
+            if started is not None:
+                duration = clock() - started
+                holder = holders.pop(conn, None) if holders else None
+                if holder is None:
+                    use(duration)
+                else:
+                    recorder.by_holder.hold((holder, duration))
+                origin = origins.pop(conn, None)
+                if leaked or duration > threshold:  # known leaks, or one no scrape saw out
+                    recorder.returned(conn, duration, holder, origin)
+        except Exception as exc:
+            recorder.internal_error(exc)
+        this = ref()
+        if type(this).putconn is threaded_put:
+            this._lock.acquire()
+            try:
+                this._putconn(conn, key, close)
+            finally:
+                this._lock.release()
+            return None
+        return type(this).putconn(this, conn, key, close)
+
+    if recorder.leak_threshold is None:
+        return getconn, putconn
+    return getconn_tracking_leaks, putconn_tracking_leaks

@@ -19,6 +19,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import psycopg.conninfo
 import psycopg_pool
 
 from poolwatch.instrument.collector import PoolState
@@ -30,10 +31,12 @@ from poolwatch.instrument.common import (
     checkout_hooks,
     new_recorder,
     register,
+    shadow,
     timed_connect,
     undone_on_failure,
 )
 from poolwatch.instrument.recorder import Ledger
+from poolwatch.serverlabel import pg_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -53,12 +56,6 @@ ATTACHED: Final = "_poolwatch"
 def _exhausted(exc: BaseException) -> bool:
     # TooManyRequests: the pool's max_waiting queue is full, an exhaustion like a timeout.
     return isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests)
-
-
-def _key(connection: Any) -> object:
-    # The same weak reference object for a connection while it is alive (CPython shares a
-    # callback-less one); a dropped connection's reference stays in the ledger as a leak.
-    return weakref.ref(connection)
 
 
 class PsycopgPoolInstrumentation(Base):
@@ -105,17 +102,29 @@ def instrument_psycopg_pool(
     """
     if not isinstance(pool, psycopg_pool.ConnectionPool | psycopg_pool.AsyncConnectionPool):
         raise TypeError(f"poolwatch.instrument({name!r}): {type(pool).__name__} is not a psycopg_pool pool")
-    if getattr(vars(pool).get("getconn"), ATTACHED, None) is not None:
+    if getattr(getattr(pool, "getconn", None), ATTACHED, None) is not None:
         raise ValueError(f"poolwatch.instrument({name!r}): this pool is already instrumented")
     check_threshold("instrument", name, leak_threshold)
     if not callable(getattr(type(pool), "_connect", None)):
         raise TypeError(f"poolwatch.instrument({name!r}): {type(pool).__name__} has no _connect()")
     recorder = new_recorder(name, leak_threshold, clock, counts_from)
     instrumentation = PsycopgPoolInstrumentation(pool, name, recorder)
-    instrumentation.server = server or ""
+    instrumentation.server = _server(pool) if server is None else server
 
     register(registry, instrumentation, undone_on_failure(pool, _HOOKED, lambda: _hook(pool, recorder)))
     return instrumentation
+
+
+def _server(pool: AnyPool) -> str:
+    """The ``server`` label from the pool's ``conninfo`` and ``kwargs`` (as psycopg merges them);
+    empty if they cannot be read, or are functions the pool calls at each connect."""
+    conninfo, kwargs = pool.conninfo, pool.kwargs or {}
+    if not isinstance(conninfo, str) or not isinstance(kwargs, dict):
+        return ""
+    try:
+        return pg_server(psycopg.conninfo.conninfo_to_dict(conninfo, **kwargs))
+    except Exception:
+        return ""
 
 
 def _hook(pool: AnyPool, recorder: Recorder) -> None:
@@ -132,8 +141,11 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
             recorder,
             ledger,
             exhausted=_exhausted,
-            key=_key,
+            # The ledger key: the same weak reference object for a connection while it is alive
+            # (CPython shares a callback-less one); a dropped connection's stays there as a leak.
+            key=weakref.ref,
             library_dir=_LIBRARY_DIR,
+            put_param="conn",
             put_is_async=True,
         )
 
@@ -150,8 +162,11 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
             recorder,
             ledger,
             exhausted=_exhausted,
-            key=_key,
+            # The ledger key: the same weak reference object for a connection while it is alive
+            # (CPython shares a callback-less one); a dropped connection's stays there as a leak.
+            key=weakref.ref,
             library_dir=_LIBRARY_DIR,
+            put_param="conn",
         )
 
         def class_connect_sync(*args: Any, **kwargs: Any) -> Any:
@@ -162,5 +177,5 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
     get.__doc__ = type(pool).getconn.__doc__
     put.__doc__ = type(pool).putconn.__doc__
     setattr(get, ATTACHED, ledger)
-    vars(pool).update({"getconn": get, "putconn": put, "_connect": connect})
+    shadow(pool, {"getconn": get, "putconn": put, "_connect": connect})
     recorder.adopt(ledger)

@@ -234,7 +234,7 @@ def capture_origin_outside(package_dir: str) -> Origin:
     """Like ``capture_origin``, the first frame of the caller whose code is not under ``package_dir``
     (a library's own frames between the hook and the application vary by call path)."""
     frame = getframe(2)
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(package_dir):
+    while frame.f_code.co_filename.startswith(package_dir) and frame.f_back is not None:
         frame = frame.f_back
     return (frame.f_code, frame.f_lasti, get_ident())
 

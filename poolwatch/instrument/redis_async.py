@@ -17,7 +17,7 @@ import os
 import time
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -30,9 +30,11 @@ from poolwatch.instrument.common import (
     check_threshold,
     new_recorder,
     register,
+    shadow,
     undone_on_failure,
 )
 from poolwatch.instrument.recorder import Ledger
+from poolwatch.serverlabel import redis_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -51,10 +53,6 @@ def _exhausted(exc: BaseException) -> bool:
     return isinstance(exc, MaxConnectionsError) or (
         isinstance(exc, RedisConnectionError) and str(exc).lower().startswith(_EXHAUSTED_MESSAGES)
     )
-
-
-def _key(connection: Any) -> object:
-    return weakref.ref(connection)
 
 
 class AsyncRedisInstrumentation(Base):
@@ -100,7 +98,7 @@ def instrument_redis_async(
             f"poolwatch.instrument_redis({name!r}): {type(pool).__name__} is not a redis.asyncio "
             "ConnectionPool"
         )
-    if getattr(vars(pool).get("get_connection"), ATTACHED, None) is not None:
+    if getattr(getattr(pool, "get_connection", None), ATTACHED, None) is not None:
         raise ValueError(f"poolwatch.instrument_redis({name!r}): this pool is already instrumented")
     check_threshold("instrument_redis", name, leak_threshold)
     for attr in ("_available_connections", "_in_use_connections"):
@@ -108,7 +106,7 @@ def instrument_redis_async(
             raise TypeError(f"poolwatch.instrument_redis({name!r}): {type(pool).__name__} has no {attr}")
     recorder = new_recorder(name, leak_threshold, clock, counts_from)
     instrumentation = AsyncRedisInstrumentation(pool, name, recorder)
-    instrumentation.server = server or ""
+    instrumentation.server = redis_server(pool.connection_kwargs) if server is None else server
 
     register(registry, instrumentation, undone_on_failure(pool, _HOOKED, lambda: _hook(pool, recorder)))
     return instrumentation
@@ -123,12 +121,14 @@ def _hook(pool: redis.asyncio.ConnectionPool, recorder: Recorder) -> None:
         recorder,
         ledger,
         exhausted=_exhausted,
-        key=_key,
+        # The ledger key: the same weak reference object for a connection while it is alive
+        # (CPython shares a callback-less one); a dropped connection's stays there as a leak.
+        key=weakref.ref,
         library_dir=_LIBRARY_DIR,
         put_is_async=True,
     )
     get.__doc__ = type(pool).get_connection.__doc__
     put.__doc__ = type(pool).release.__doc__
     setattr(get, ATTACHED, ledger)
-    vars(pool).update({"get_connection": get, "release": put})
+    shadow(pool, {"get_connection": get, "release": put})
     recorder.adopt(ledger)

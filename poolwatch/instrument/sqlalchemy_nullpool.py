@@ -22,8 +22,9 @@ from sqlalchemy import event
 from sqlalchemy.pool import NullPool
 
 from poolwatch.instrument.collector import PoolState
-from poolwatch.instrument.common import Base, check_threshold, checkout_hooks, new_recorder, register
+from poolwatch.instrument.common import Base, check_threshold, checkout_hooks, new_recorder, register, shadow
 from poolwatch.instrument.recorder import Ledger
+from poolwatch.serverlabel import sql_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -83,12 +84,12 @@ def instrument_nullpool(
     pool = target.pool
     if not isinstance(pool, NullPool):
         raise TypeError(f"poolwatch.instrument({name!r}): {type(pool).__name__} is not a NullPool")
-    if getattr(vars(pool).get("connect"), ATTACHED, None) is not None:
+    if getattr(getattr(pool, "connect", None), ATTACHED, None) is not None:
         raise ValueError(f"poolwatch.instrument({name!r}): this engine is already instrumented")
     check_threshold("instrument", name, leak_threshold)
     recorder = new_recorder(name, leak_threshold, clock, counts_from)
     instrumentation = NullPoolInstrumentation(target, name, recorder)
-    instrumentation.server = server or ""
+    instrumentation.server = sql_server(target.url) if server is None else server
 
     def on_connect(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         try:
@@ -135,5 +136,5 @@ def _hook(pool: NullPool, recorder: Recorder, on_connect: Callable[..., None]) -
 
     connect.__doc__ = type(pool).connect.__doc__
     setattr(connect, ATTACHED, ledger)
-    vars(pool).update({"connect": connect, "_return_conn": return_conn, "recreate": recreate})
+    shadow(pool, {"connect": connect, "_return_conn": return_conn, "recreate": recreate})
     recorder.adopt(ledger)

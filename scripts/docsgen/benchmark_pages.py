@@ -245,6 +245,38 @@ def _scale_options(data: dict[str, Any]) -> dict[str, object]:
     return options
 
 
+def _render(data: dict[str, Any]) -> list[str]:
+    options: dict[str, object] = {"targets": data["sql_targets"], "tick": data["tick_s"]}
+    options |= {"scrapes": data["scrapes"], "ticks": data["ticks"]}
+    if data.get("baseline"):
+        options["baseline"] = "DIR"
+    lines = [
+        _machine(data),
+        "",
+        _command("render", data, options),
+        "",
+        (
+            f"{data['sql_targets']} SQL + {data['targets'] - data['sql_targets']} Redis targets, every job "
+            f"on a {data['tick_s']:g} s tick; thread CPU time of one answer to Prometheus' scrape request "
+            f"(text format, gzip, {data['gzip_bytes'] / 1024:.0f} KB); median of {data['scrapes']} "
+            f"answers back to back and of {data['ticks']} answers one tick apart."
+        ),
+        "",
+    ]
+    cpu = data["cpu_ms"]
+    if not data.get("baseline"):
+        lines += _head("", "CPU per answer")
+        return lines + [f"| {case.replace('_', ' ')} | {_ms(by['this'])} |" for case, by in cpu.items()]
+    source = Path(data["baseline"]).name
+    lines += _head("", "this version", f"baseline (`{source}`)", "ratio")
+    for case, by in cpu.items():
+        ratio = data["ratio"][case]
+        lines.append(
+            f"| {case.replace('_', ' ')} | {_ms(by['this'])} | {_ms(by['baseline'])} | {ratio:.2f}x |"
+        )
+    return lines
+
+
 def _reaper(data: dict[str, Any]) -> list[str]:
     return [
         _machine(data),
@@ -673,6 +705,7 @@ RENDERERS: Final[dict[str, Callable[[dict[str, Any]], list[str]]]] = {
     "footprint": _footprint,
     "multiprocess": _multiprocess,
     "reaper": _reaper,
+    "render": _render,
     "scale": _scale,
     "shards": _shards,
     "scrape": _scrape,

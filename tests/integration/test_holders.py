@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from fastapi import FastAPI
@@ -208,3 +208,32 @@ def test_redis_leak_returned_before_a_scrape_is_counted_at_checkin(redis_server:
         pubsub.close()
     assert by_holder(registry, "pool_leaks_total", pool="cache") == {"": 0, "slow-export": 1}
     assert any("by slow-export" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+@pytest.mark.parametrize("kind", ["psycopg2.pool", "psycopg_pool"])
+def test_a_holder_named_after_a_pool_was_instrumented_holds_its_connections(
+    pg: PostgresServer, kind: str
+) -> None:
+    import psycopg2.pool
+    import psycopg_pool
+
+    from poolwatch.instrument import holder as holder_module
+
+    holder_module.named[0] = False  # as in a process that never named a holder
+    try:
+        registry = CollectorRegistry()
+        if kind == "psycopg2.pool":
+            pool: Any = psycopg2.pool.ThreadedConnectionPool(1, 2, pg.dsn())
+            close = pool.closeall
+        else:
+            pool = psycopg_pool.ConnectionPool(pg.dsn(), min_size=1, max_size=2, open=True)
+            close = pool.close
+        poolwatch.instrument(pool, name="app", registry=registry)
+        pool.putconn(pool.getconn())
+        with poolwatch.holder("nightly-report"):
+            pool.putconn(pool.getconn())
+        pool.putconn(pool.getconn())
+        assert by_holder(registry, "pool_use_seconds_count") == {"": 2.0, "nightly-report": 1.0}
+        close()
+    finally:
+        holder_module.named[0] = True  # always safe: the hooks then read the context variable

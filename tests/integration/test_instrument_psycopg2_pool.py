@@ -128,3 +128,22 @@ def test_the_pool_stays_the_applications_and_leaks_are_reported(pg, pool_class) 
     assert sample(registry, "pool_leaked_connections", "inv") == 0
     assert errors(registry, "inv") == 0
     pool.closeall()
+
+
+@pytest.mark.parametrize("pool_class", POOL_CLASSES)
+def test_a_leak_warning_shows_the_application_line_that_checked_out(pg, pool_class, caplog) -> None:
+    registry = CollectorRegistry()
+    clock = FakeClock()
+    pool = pool_class(1, 2, pg.dsn())
+    poolwatch.instrument(pool, name="where", registry=registry, leak_threshold=1, clock=clock)
+    caplog.set_level("WARNING", logger="poolwatch.instrument")
+    connection = pool.getconn()  # this line must head the leak warning's stack
+    clock.advance(2)
+    assert sample(registry, "pool_leaked_connections", "where") == 1
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    last = warning.rstrip().splitlines()[-2:]
+    assert "in test_a_leak_warning_shows_the_application_line_that_checked_out" in last[0]
+    assert "connection = pool.getconn()  # this line must head" in last[1]
+    pool.putconn(connection)
+    assert errors(registry, "where") == 0
+    pool.closeall()

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 import poolwatch
 from tests.daemonkit import wait_for
-from tests.poolmetrics import sample
+from tests.poolmetrics import FakeClock, sample
 
 pytestmark = pytest.mark.integration
 
@@ -183,3 +183,40 @@ def test_tasks_on_an_async_pool_are_counted_exactly_with_exhaustion(pg) -> None:
             assert errors(registry, "apg") == 0
 
     asyncio.run(run())
+
+
+def test_a_leak_warning_shows_the_application_line_that_checked_out(pg, caplog) -> None:
+    registry = CollectorRegistry()
+    clock = FakeClock()
+    with psycopg_pool.ConnectionPool(pg.dsn(), min_size=1, max_size=2, open=True) as pool:
+        poolwatch.instrument(pool, name="where", registry=registry, leak_threshold=1, clock=clock)
+        caplog.set_level("WARNING", logger="poolwatch.instrument")
+        connection = pool.getconn()  # this line must head the leak warning's stack
+        clock.advance(2)
+        assert sample(registry, "pool_leaked_connections", "where") == 1
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        last = warning.rstrip().splitlines()[-2:]
+        assert "in test_a_leak_warning_shows_the_application_line_that_checked_out" in last[0]
+        assert "connection = pool.getconn()  # this line must head" in last[1]
+        pool.putconn(connection)
+        assert sample(registry, "pool_leaked_connections", "where") == 0
+        assert errors(registry, "where") == 0
+
+
+def test_connections_are_taken_and_given_back_by_keyword_as_without_poolwatch(pg) -> None:
+    registry = CollectorRegistry()
+    with psycopg_pool.ConnectionPool(pg.dsn(), min_size=1, max_size=1, open=True) as pool:
+        poolwatch.instrument(pool, name="kw", registry=registry)
+        pool.putconn(conn=pool.getconn(timeout=5.0))
+        assert sample(registry, "pool_checkouts_total", "kw") == 1
+        assert sample(registry, "pool_use_seconds_count", "kw") == 1
+
+    async def cycle() -> None:
+        async with psycopg_pool.AsyncConnectionPool(pg.dsn(), min_size=1, max_size=1, open=False) as apool:
+            poolwatch.instrument(apool, name="akw", registry=registry)
+            await apool.putconn(conn=await apool.getconn(timeout=5.0))
+
+    asyncio.run(cycle())
+    assert sample(registry, "pool_checkouts_total", "akw") == 1
+    assert sample(registry, "pool_use_seconds_count", "akw") == 1
+    assert errors(registry, "kw") == errors(registry, "akw") == 0

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
+import random
 import re
 from typing import Any
 
@@ -33,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from poolwatch import exposition
 from poolwatch.http import Endpoint
-from poolwatch.metrics import Metrics
+from poolwatch.metrics import POOL_METRICS, Metrics, Rows
 from tests.statusdocs import document
 
 
@@ -91,7 +93,7 @@ class EveryFamilyCollector:
 def registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    for target in ("orders", 'we"ird\\name\nx'):
+    for target in ("orders", 'we"ird\\name\nx', "50%s off"):  # written through %-templates
         metrics.probe.add_target(target)
         metrics.jobs.add_job("probe", target)
         metrics.probe.duration.labels(target).observe(0.0007)
@@ -161,17 +163,28 @@ def test_created_series_are_left_out(registry):
 
 def test_takes_the_fast_path_for_plain_metrics():
     # If prometheus_client renames the private attributes the fast path reads, this fails (and the
-    # renderer silently falls back to collect(), slower): update exposition._plain then.
+    # renderer silently falls back to collect(), slower): update exposition.Renderer._plain then.
     registry = CollectorRegistry()
-    assert exposition._plain(Counter("c", "c", ["a"], registry=registry)) is not None
-    assert exposition._plain(Gauge("g", "g", registry=registry)) is not None
+    renderer = exposition.Renderer(registry)
+    assert renderer._plain(Counter("c", "c", ["a"], registry=registry)) is not None
+    assert renderer._plain(Gauge("g", "g", registry=registry)) is not None
     histogram = Histogram("h", "h", ["a"], registry=registry)
     histogram.labels("x").observe(1)
-    assert exposition._plain(histogram) is not None
+    assert renderer._plain(histogram) is not None
     function_gauge = Gauge("f", "f", registry=registry)
     function_gauge.set_function(lambda: 1.0)
-    assert exposition._plain(function_gauge) is None
-    assert exposition._plain(Summary("s", "s", registry=registry)) is None
+    assert renderer._plain(function_gauge) is None
+    assert renderer._plain(Summary("s", "s", registry=registry)) is None
+
+
+def test_a_gauge_given_a_function_after_a_scrape_leaves_the_fast_path():
+    registry = CollectorRegistry()
+    gauge = Gauge("level", "Set, then computed.", ["x"], registry=registry)
+    gauge.labels("a").set(1)
+    renderer = exposition.Renderer(registry)
+    assert 'level{x="a"} 1.0' in renderer.render().decode()
+    gauge.labels("a").set_function(lambda: 2.0)
+    assert 'level{x="a"} 2.0' in renderer.render().decode()
 
 
 def test_follows_changes_and_forgets_removed_series(registry):
@@ -185,7 +198,7 @@ def test_follows_changes_and_forgets_removed_series(registry):
     body = renderer.render().decode()
     assert 'target="a"' not in body.split("moving_total")[-1]
     assert 'moving_total{target="b"} 5.0' in body
-    assert not any(key[0] == "moving" and "a" in key for key in renderer._prefixes)
+    assert renderer._families[counter].keys == [("b",)]
 
 
 def test_format_value_agrees_with_prometheus_client():
@@ -222,6 +235,14 @@ def test_endpoint_serves_text_to_prometheus_and_openmetrics_to_who_insists(regis
     assert head["Content-Encoding"] == "gzip"
     assert int(head["Content-Length"]) == len(body)
     assert_same_samples(gzip.decompress(body).decode(), generate_latest(registry).decode())
+    # Again, with most families' gzip output reused and one family changed.
+    Counter("late_events", "Registered after the first scrape.", registry=registry).inc()
+    _, head, body = call(endpoint, prometheus_accept, "gzip")
+    assert int(head["Content-Length"]) == len(body)
+    assert_same_samples(gzip.decompress(body).decode(), generate_latest(registry).decode())
+    _, head, plain = call(endpoint, prometheus_accept)
+    assert "Content-Encoding" not in head
+    assert plain == gzip.decompress(body)
 
     status, head, body = call(endpoint, "application/openmetrics-text; version=1.0.0")
     assert head["Content-Type"].startswith("application/openmetrics-text")
@@ -261,6 +282,10 @@ def test_pool_collector_rows_say_what_its_collect_says(tmp_path):
     assert samples(ours)["poolwatch_pool_connections", (*orders, ("state", "used"))] == 1
 
 
+def series_text(family: Any, index: int) -> bytes:
+    return bytes(family.body[family.ends[index] : family.ends[index + 1]])
+
+
 def test_histogram_text_is_reused_until_the_histogram_changes(registry, tmp_path):
     # The text of an unchanged histogram series is the last scrape's; one that observed something
     # is written anew, from both kinds of source (a plain Histogram and the pool collector's rows).
@@ -275,7 +300,9 @@ def test_histogram_text_is_reused_until_the_histogram_changes(registry, tmp_path
     moving.labels("a").observe(0.3)
     moving.labels("b").observe(0.3)
     first = renderer.render().decode()
-    blocks = dict(renderer._blocks)
+    before = renderer._families[moving]
+    pool_waits_before = renderer._families["poolwatch_pool_wait_seconds"]
+    create_before = renderer._families["poolwatch_pool_max_connections"]
     moving.labels("a").observe(7.0)
     with engine.connect() as connection:
         connection.exec_driver_sql("SELECT 1")
@@ -288,7 +315,86 @@ def test_histogram_text_is_reused_until_the_histogram_changes(registry, tmp_path
     assert (
         samples(second)["poolwatch_pool_wait_seconds_count", (("pool", "reuse"), ("server", "reuse.db"))] == 1
     )
-    unchanged = ("moving_seconds", "b")
-    assert renderer._blocks[unchanged][1] is blocks[unchanged][1]  # the same text object, reused
-    assert renderer._blocks["moving_seconds", "a"][1] != blocks["moving_seconds", "a"][1]
+    family = renderer._families[moving]
+    assert family.keys == [("a",), ("b",)]
+    assert series_text(family, 1) == series_text(before, 1)  # the unchanged series' text, reused
+    assert series_text(family, 0) != series_text(before, 0)
+    pool_waits = renderer._families["poolwatch_pool_wait_seconds"]
+    assert series_text(pool_waits, 0) != series_text(pool_waits_before, 0)
+    untouched = renderer._families["poolwatch_pool_max_connections"]
+    assert untouched.body is create_before.body  # a whole family reused while nothing in it changed
     engine.dispose()
+
+
+class ChangingRows:
+    """A scrape-time collector offering rows, whose series come, go and change at random."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.gauges: dict[str, float] = {}
+        self.histograms: dict[str, tuple[list[tuple[str, float]], float]] = {}
+        self.gauge_spec = next(spec for spec in POOL_METRICS if spec.name == "pool_size")
+        self.histogram_spec = next(spec for spec in POOL_METRICS if spec.name == "pool_wait_seconds")
+
+    def step(self, key: str) -> None:
+        action = self.rng.randrange(4)
+        if action == 0:
+            self.gauges[key] = self.rng.choice([0, 3, 2.5, 1e9, math.inf])
+        elif action == 1:
+            counts = sorted(float(self.rng.randrange(50)) for _ in self.histogram_spec.buckets or ())
+            pairs = [
+                (exposition.format_value(b), n)
+                for b, n in zip(self.histogram_spec.buckets or (), counts, strict=True)
+            ]
+            pairs.append(("+Inf", counts[-1] + self.rng.randrange(3)))
+            self.histograms[key] = (pairs, self.rng.random() * 100)
+        else:
+            self.gauges.pop(key, None)
+            self.histograms.pop(key, None)
+
+    def rows(self):
+        yield Rows(self.gauge_spec, [((key, "db"), value) for key, value in self.gauges.items()])
+        yield Rows(self.histogram_spec, [((key, "db"), value) for key, value in self.histograms.items()])
+
+    def collect(self):
+        for rows in self.rows():
+            family: Any = rows.spec.scrape_family()
+            for labels, value in rows.rows:
+                if rows.spec.type == "histogram":
+                    family.add_metric(list(labels), *value)
+                else:
+                    family.add_metric(list(labels), value)
+            yield family
+
+
+def test_a_renderer_kept_across_changes_writes_what_a_new_one_writes():
+    # The cached families, templates and reused series must never show a stale or misplaced value:
+    # after any sequence of changes, additions and removals, the text is the from-scratch text.
+    rng = random.Random(20261130)
+    registry = CollectorRegistry()
+    counter = Counter("moving_events", "Moves.", ["k"], registry=registry)
+    gauge = Gauge("moving_level", "Moves.", ["k"], registry=registry)
+    histogram = Histogram("moving_seconds", "Moves.", ["k"], registry=registry, buckets=(0.1, 1.0, 10.0))
+    rows = ChangingRows(rng)
+    registry.register(rows)
+    kept = exposition.Renderer(registry)
+    renders = 0
+    for _ in range(600):
+        key = rng.choice(["a", "b", "c", 'd"%s\\n', "e"])
+        action = rng.randrange(6)
+        if action == 0:
+            counter.labels(key).inc(rng.choice([1, 0.5, 2e6]))
+        elif action == 1:
+            gauge.labels(key).set(rng.choice([0.0, 1.5, -2.0, 1.7e9, math.inf, -math.inf, math.nan]))
+        elif action == 2:
+            histogram.labels(key).observe(rng.choice([0.05, 0.5, 5.0, 50.0]))
+        elif action == 3:
+            with contextlib.suppress(KeyError):
+                rng.choice([counter, gauge, histogram]).remove(key)
+        else:
+            rows.step(key)
+        if rng.random() < 0.4:
+            renders += 1
+            assert kept.render() == exposition.Renderer(registry).render()
+    assert renders > 100
+    assert_same_samples(kept.render().decode(), generate_latest(registry).decode())

@@ -56,3 +56,80 @@ def test_no_label_carries_a_user_password_or_query() -> None:
         assert "owner" not in label
         assert "@" not in label
         assert "?" not in label
+
+
+@pytest.mark.parametrize(
+    ("dsn", "label"),
+    [
+        (
+            f"postgresql://app:{SECRET}@DB.example.com:6543/orders?sslmode=require",
+            "db.example.com:6543/orders",
+        ),
+        (f"host=db port=5433 dbname=orders user=app password={SECRET}", "db:5433/orders"),
+        ("dbname=orders host=/var/run/postgresql", "localhost:5432/orders"),  # Unix socket
+        ("postgresql://app@replica-1,replica-2/orders", "replica-1:5432/orders"),
+    ],
+)
+def test_pool_adapters_label_the_server_their_pool_connects_to(dsn: str, label: str) -> None:
+    """psycopg2.pool and psycopg_pool pools built without connecting (minconn 0, open=False)."""
+    import psycopg2.pool
+    import psycopg_pool
+    from prometheus_client import CollectorRegistry
+
+    import poolwatch
+
+    psycopg2_pool = psycopg2.pool.ThreadedConnectionPool(0, 2, dsn)
+    psycopg3_pool = psycopg_pool.ConnectionPool(dsn, min_size=1, open=False)
+    registry = CollectorRegistry()
+    assert poolwatch.instrument(psycopg2_pool, name="p2", registry=registry).server == label
+    assert poolwatch.instrument(psycopg3_pool, name="p3", registry=registry).server == label
+    # server= still wins, even empty
+    given = psycopg2.pool.ThreadedConnectionPool(0, 2, dsn)
+    assert poolwatch.instrument(given, name="given", registry=registry, server="").server == ""
+
+
+@pytest.mark.parametrize(
+    ("dsn", "kwargs", "label"),
+    [
+        (f"postgresql://app:{SECRET}@DB.example.com:6543/orders", {}, "db.example.com:6543/orders"),
+        ("postgresql:///orders?host=/run/postgresql", {}, "localhost:5432/orders"),
+        (None, {"host": "db", "port": 6000, "database": "shop", "password": SECRET}, "db:6000/shop"),
+        (f"postgresql://app:{SECRET}@db/orders", {"database": "other"}, "db:5432/other"),  # keywords win
+    ],
+)
+def test_asyncpg_and_redis_asyncio_pools_are_labelled_from_their_arguments(
+    dsn: str | None, kwargs: dict[str, object], label: str
+) -> None:
+    import asyncio
+
+    import asyncpg
+    import redis.asyncio
+    from prometheus_client import CollectorRegistry
+
+    import poolwatch
+
+    async def labels() -> tuple[str, str]:
+        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=1, **kwargs)  # connects on demand
+        cache = redis.asyncio.ConnectionPool.from_url(f"redis://:{SECRET}@Cache:6380/2")
+        registry = CollectorRegistry()
+        try:
+            return (
+                poolwatch.instrument(pool, name="apg", registry=registry).server,
+                poolwatch.instrument_redis(cache, name="cache", registry=registry).server,
+            )
+        finally:
+            await pool.close()
+
+    assert asyncio.run(labels()) == (label, "cache:6380/2")
+
+
+def test_a_nullpool_engine_is_labelled_from_its_url() -> None:
+    from prometheus_client import CollectorRegistry
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    import poolwatch
+
+    engine = create_engine(f"postgresql+psycopg2://app:{SECRET}@PgBouncer:6432/orders", poolclass=NullPool)
+    instrumentation = poolwatch.instrument(engine, name="bouncer", registry=CollectorRegistry())
+    assert instrumentation.server == "pgbouncer:6432/orders"
