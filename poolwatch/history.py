@@ -4,7 +4,9 @@ Samples arrive at the probe and census cadence, on scheduler threads; readers ar
 series is a ring of preallocated ``array('d')`` columns with one row per ``step`` at most (a sample
 in the same step as the previous one is merged into it: the larger gauge values, the later counter
 values), so memory is fixed when the ``History`` is made, whatever the intervals: ``BYTES`` per
-target (about 5 KB with the defaults), and nothing is allocated per sample.
+target (about 5 KB with the defaults), and nothing is allocated per sample. The first read after a
+sample makes the copy that readers share until the next one (``Trend``); the daemon makes that read
+after each job outcome while someone looks at the status, so a request finds the copy made.
 """
 
 from __future__ import annotations
@@ -79,23 +81,32 @@ class History:
         self._lock = threading.Lock()
         self._pool = Ring(len(POOL_COLUMNS), slots, step)
         self._sessions = Ring(len(SESSION_COLUMNS), slots, step)
-        self._trend: Trend | None = None  # the last copy, until the next sample
+        # The last copies, until the next sample of each ring.
+        self._pool_columns: list[list[float]] | None = None
+        self._session_columns: list[list[float]] | None = None
+        self._trend: Trend | None = None
 
     def add_pool(self, at: float, used: int, pending: int, timeouts: int, leaks: int) -> None:
         """A pool sample at Unix time ``at`` (kept to a tenth of a second)."""
         row = (round(at, 1), used, pending, timeouts, leaks)
         with self._lock:
             self._pool.add(row, (False, True, True, False, False))
-            self._trend = None
+            self._pool_columns = self._trend = None
 
     def add_sessions(self, at: float, sessions: int) -> None:
         with self._lock:
             self._sessions.add((round(at, 1), sessions), (False, True))
-            self._trend = None
+            self._session_columns = self._trend = None
 
     def trend(self) -> Trend:
-        """A copy of the history, shared by every reader until the next sample: do not modify it."""
+        """A copy of the history, shared by every reader until the next sample: do not modify it.
+        A sample of one ring leaves the other ring's lists the same objects (a page that drew them
+        finds them drawn)."""
         with self._lock:
             if self._trend is None:
-                self._trend = Trend(*self._pool.columns(), *self._sessions.columns())
+                if self._pool_columns is None:
+                    self._pool_columns = self._pool.columns()
+                if self._session_columns is None:
+                    self._session_columns = self._sessions.columns()
+                self._trend = Trend(*self._pool_columns, *self._session_columns)
             return self._trend

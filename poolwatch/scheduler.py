@@ -29,7 +29,7 @@ from poolwatch.jobs import Outcome
 from poolwatch.workers import Workers
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from poolwatch.jobs import Job
     from poolwatch.metrics import JobMetrics
@@ -70,8 +70,9 @@ class JobStats:
 class Scheduler:
     """Runs jobs at their intervals in the foreground (``run()`` blocks until ``stop()``).
 
-    ``on_record(job, outcome)`` is called after each job recorded an outcome, under the lock that
-    keeps a removed target's outcomes out: it must be quick and must not call back into the
+    ``on_record(job, outcome, stats)`` is called after each job recorded an outcome, with the run
+    statistics of the job's target (task -> stats, as ``stats()`` would give them), under the lock
+    that keeps a removed target's outcomes out: it must be quick and must not call back into the
     scheduler."""
 
     def __init__(
@@ -80,7 +81,7 @@ class Scheduler:
         *,
         max_workers: int = DEFAULT_WORKERS,
         clock: Callable[[], float] = time.monotonic,
-        on_record: Callable[[Job, Outcome], None] | None = None,
+        on_record: Callable[[Job, Outcome, Mapping[str, JobStats]], None] | None = None,
     ) -> None:
         self._metrics = metrics
         self._clock = clock
@@ -216,7 +217,7 @@ class Scheduler:
         try:
             job.record(outcome)
             if self._on_record is not None:
-                self._on_record(job, outcome)
+                self._on_record(job, outcome, dict(self._stats.get(job.target, {})))
         except Exception:
             log.exception("recording the outcome of %s:%s failed", *labels)
 

@@ -174,18 +174,63 @@ class Sources:
     tracker: Tracker
 
 
+FRESH: Final = 30.0  # seconds a kept target document serves requests without a job outcome
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    version: int
+    settings: TargetSettings
+    trend: Trend
+    made: float
+    doc: TargetDoc
+
+
 class Tracker:
     """What the status keeps of one target between requests: its history (fed by ``observe`` at
-    the probe and census cadence) and its last census summarised, until the next census."""
+    the probe and census cadence), its last census summarised until the next census, and its part
+    of the document as made after its last job outcome (``refresh``), which requests take as it is
+    (``kept``) until the next outcome: what they show changes only when a job records something."""
 
     def __init__(self, history: History | None = None) -> None:
         self.history = history if history is not None else History()
         self._lock = threading.Lock()
         self._census: tuple[Reading, CensusDoc] | None = None
+        self._version = 0  # outcomes observed: a document made before the last one is not kept
+        self._kept: _Kept | None = None
+
+    def kept(self, settings: TargetSettings, now: float, pool: PoolSource | None = None) -> TargetDoc | None:
+        """The document made after the last outcome, if it still holds: made for these settings
+        (not before a reload rebuilt the target), from the current history, less than ``FRESH``
+        seconds ago (what it says of the last minutes, or for how long a target is down, is that
+        old at most), and showing ``pool`` as it is now (a job hung with the pool's connections, or
+        callers waiting, shows at once: the pool is read, a few microseconds, never the server)."""
+        kept = self._kept
+        if (
+            kept is None
+            or kept.version != self._version
+            or kept.settings is not settings
+            or kept.trend is not self.history.trend()
+            or not 0 <= now - kept.made < FRESH
+            or (pool is not None and not _same_pool(kept.doc["pool"], pool))
+        ):
+            return None
+        return kept.doc
+
+    def refresh(self, sources: Sources, now: float) -> TargetDoc:
+        """The target's document made now, and kept unless an outcome came in meanwhile."""
+        version, trend = self._version, self.history.trend()
+        doc = target_doc(sources, now)
+        with self._lock:
+            if version == self._version:
+                self._kept = _Kept(version, sources.settings, trend, now, doc)
+        return doc
 
     def observe(self, job: Job, pool: PoolSource | None, at: float) -> None:
         """Sample after ``job`` recorded an outcome (a scheduler thread): the pool after a probe, the
-        number of server sessions after a census."""
+        number of server sessions after a census. Any outcome outdates the kept document."""
+        with self._lock:
+            self._version += 1
         if isinstance(job, CensusJob):
             reading = job.last()
             if reading is not None:
@@ -251,10 +296,10 @@ def summarise(reading: Reading, oldest: Activity | None) -> CensusDoc:
 
 
 def document(
-    targets: Iterable[Sources], *, version: str, source: str, healthy: bool, now: float
+    targets: Iterable[TargetDoc], *, version: str, source: str, healthy: bool, now: float
 ) -> StatusDoc:
-    """The whole document, targets worst first."""
-    docs = sorted((target_doc(sources, now) for sources in targets), key=rank)
+    """The whole document from each target's part (``target_doc``), targets worst first."""
+    docs = sorted(targets, key=rank)
     counts: CountsDoc = {"critical": 0, "warning": 0, "unknown": 0, "ok": 0}
     for doc in docs:
         counts[doc["health"]] += 1
@@ -338,6 +383,24 @@ def pool_doc(sources: Sources, trend: Trend, now: float) -> PoolDoc | None:
         "checkout_timeout_seconds": settings.timeout,
         "leak_threshold_seconds": settings.leak_threshold,
     }
+
+
+def _same_pool(doc: PoolDoc | None, pool: PoolSource) -> bool:
+    """Whether ``doc`` still shows the pool's numbers now (sizes, waiting callers, running totals)."""
+    state = pool.state()
+    if doc is None or state is None:
+        return doc is None and state is None
+    counts = pool.recorder.counts()
+    return (
+        doc["used"] == state.used
+        and doc["idle"] == state.idle
+        and doc["size"] == state.size
+        and doc["overflow"] == state.overflow
+        and doc["pending"] == counts.pending
+        and doc["timeouts_total"] == counts.timeouts
+        and doc["leaked"] == counts.leaked
+        and doc["leaks_total"] == counts.leaks_total
+    )
 
 
 def _increase(at: list[float], totals: list[float], now_total: int, since: float) -> int:

@@ -4,9 +4,13 @@ The page is one self-contained HTML document: no external script, style sheet, f
 daemon runs in closed networks), readable without JavaScript, light or dark by the reader's
 ``prefers-color-scheme``. A few lines of script refresh it in place (``?refresh=N`` seconds, 0 for
 never; without script a ``<noscript>`` meta refresh does it), and a Content-Security-Policy allows
-exactly that script and style block. Sparklines are inline SVG; each one's points are cached until its
-samples or the step it ends in change, so a page costs little more than string joins. Every value from
-the document is HTML-escaped.
+exactly that script and style block. Sparklines are inline SVG (``sparkline``). Every value from the
+document is HTML-escaped.
+
+A target's card is made once per part of the document the daemon keeps for it (from one job outcome
+to the next; ``prepare`` makes it right then), with marks where it says how long ago something was
+and where the sparklines' window starts: a page fills those in and joins the cards. The JSON of each
+part is kept the same way.
 """
 
 from __future__ import annotations
@@ -20,19 +24,30 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
 
+from poolwatch import sparkline
 from poolwatch.assess import duration
 from poolwatch.memo import SlotCache
+from poolwatch.sparkline import Frame
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from poolwatch.status import CensusDoc, DecisionDoc, JobDoc, PoolDoc, ReaperDoc, StatusDoc, TargetDoc
+    from poolwatch.status import (
+        CensusDoc,
+        DecisionDoc,
+        JobDoc,
+        PoolDoc,
+        ProblemDoc,
+        ReaperDoc,
+        StatusDoc,
+        TargetDoc,
+        TrendDoc,
+    )
 
 StartResponse = Any
 DEFAULT_REFRESH: Final = 10
 MAX_REFRESH: Final = 3600
 SHOWN_DECISIONS: Final = 3
-SPARK_HEIGHT: Final = 28  # viewBox units; the width is one unit per history step
 
 STYLE: Final = """
 :root{color-scheme:light dark;--bg:#fff;--fg:#1b1f24;--muted:#57606a;--card:#f6f8fa;--line:#d0d7de;
@@ -100,7 +115,7 @@ def respond(
     doc = status()
     headers = [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")]
     if environ.get("PATH_INFO") == "/status":
-        body = json.dumps(doc, separators=(",", ":")).encode()
+        body = to_json(doc).encode()
         headers.append(("Content-Type", "application/json"))
     else:
         body = render(doc, refresh=refresh_seconds(environ.get("QUERY_STRING", ""))).encode()
@@ -112,6 +127,27 @@ def respond(
     headers.append(("Content-Length", str(len(body))))
     start_response("200 OK", headers)
     return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+
+def to_json(doc: StatusDoc) -> str:
+    """``json.dumps(doc)``, compact, with each target's part serialised once: the daemon keeps a
+    target's part from one job outcome to the next, and so is its text kept here."""
+    top = {key: value for key, value in doc.items() if key != "targets"}
+    targets = ",".join(map(_target_json, doc["targets"]))
+    return json.dumps(top, separators=(",", ":"))[:-1] + f',"targets":[{targets}]}}'
+
+
+def _target_json(target: TargetDoc) -> str:
+    kept = _JSON.get(target["name"])
+    if kept is None or kept[0] is not target:
+        kept = (target, json.dumps(target, separators=(",", ":")))
+        if len(_JSON) >= _MAX_CARDS:
+            _JSON.clear()
+        _JSON[target["name"]] = kept
+    return kept[1]
+
+
+_JSON: dict[str, tuple[TargetDoc, str]] = {}
 
 
 def refresh_seconds(query: str) -> int:
@@ -144,18 +180,90 @@ def render(doc: StatusDoc, *, refresh: int = DEFAULT_REFRESH) -> str:
         '<p id="stale" role="status" hidden></p></header><main>'
     )
     parts = [head]
-    parts.extend(_target(target, now) for target in doc["targets"])
+    parts.extend(_card(target).at(now) for target in doc["targets"])
     parts.append(f"</main><script>{SCRIPT}</script></body></html>")
     return "".join(parts)
 
 
-def _target(target: TargetDoc, now: float) -> str:
+def _card(target: TargetDoc) -> _Card:
+    """A target's card, made again only when its part of the document is another one (the daemon
+    keeps a target's part from one job outcome to the next); what depends on the time is filled in
+    for each page."""
+    kept = _CARDS.get(target["name"])
+    if kept is None or kept[0] is not target:
+        kept = (target, _Card(target))
+        if len(_CARDS) >= _MAX_CARDS:  # targets renamed by reloads, one after another
+            _CARDS.clear()
+        _CARDS[target["name"]] = kept  # replaced whole: a reader on another thread sees one or the other
+    return kept[1]
+
+
+def prepare(target: TargetDoc) -> None:
+    """Make ``target``'s card now (off the request path) for the pages to come."""
+    _card(target)
+
+
+class _Card:
+    """A card's text split at its marks (text, mark, text, ..., text): an ``_ago`` mark says how long
+    ago its time was; the sparklines' window marks say where it starts and how wide it is."""
+
+    __slots__ = ("_first", "_marks", "_parts", "_step", "_window")
+
+    def __init__(self, target: TargetDoc) -> None:
+        trend = target["trend"]
+        self._step = step = trend["step_seconds"]
+        self._window = round(trend["window_seconds"] / step)
+        firsts = [series[0] for series in (trend["at"], trend["sessions_at"]) if series]
+        self._first = int(min(firsts) // step) if firsts else 0
+        parts = _target(target, _frame(self._first, trend)).split(_MARK)
+        self._parts = parts
+        self._marks = [
+            (i, parts[i] if parts[i] in _WINDOW_MARKS else float(parts[i])) for i in range(1, len(parts), 2)
+        ]
+
+    def at(self, now: float) -> str:
+        if not self._marks:
+            return self._parts[0]
+        end = int(now // self._step) + 1  # one past the current step
+        start = max(end - self._window, self._first - 1)
+        shown = {_LEFT: str(start - self._first + 1), _WIDTH: str(end - start)}
+        shown[_SPAN] = duration((end - start) * self._step)
+        parts = self._parts.copy()
+        for i, mark in self._marks:
+            if isinstance(mark, float):
+                parts[i] = duration(now - mark) if now > mark else "0s"
+            else:
+                parts[i] = shown[mark]
+        return "".join(parts)
+
+
+_CARDS: dict[str, tuple[TargetDoc, _Card]] = {}
+_MAX_CARDS: Final = 100_000
+_MARK: Final = "\x00"  # never in the text of a card: _e() replaces it
+_LEFT, _WIDTH, _SPAN = "left", "width", "span"
+_WINDOW_MARKS: Final = frozenset({_LEFT, _WIDTH, _SPAN})
+
+
+def _ago(then: float) -> str:
+    """How long ago ``then`` was, as of the page the card goes into."""
+    return f"{_MARK}{then!r}{_MARK}"
+
+
+def _frame(first: int, trend: TrendDoc) -> Frame:
+    step = trend["step_seconds"]
+    lasts = [series[-1] for series in (trend["at"], trend["sessions_at"]) if series]
+    # The limit line reaches the end of the window as long as the newest sample is in it.
+    reach = (int(max(lasts) // step) if lasts else first) - first + 2 + round(trend["window_seconds"] / step)
+    return Frame(step, first - 1, reach, f"{_MARK}{_LEFT}{_MARK}", f"{_MARK}{_WIDTH}{_MARK}")
+
+
+def _target(target: TargetDoc, frame: Frame) -> str:
     health = target["health"]
     problems = "".join(
-        f'<li class="{p["severity"]}" data-kind="{p["kind"]}">{_e(p["text"])}</li>'
+        f'<li class="{p["severity"]}" data-kind="{p["kind"]}">{_problem(p, target["since"])}</li>'
         for p in target["problems"]
     )
-    rows = [("Probe", _probe(target, now))]
+    rows = [("Probe", _probe(target))]
     if target["pool"] is not None:
         rows.append(("Pool", _pool(target["pool"])))
     name, census, reaper = target["name"], target["census"], target["reaper"]
@@ -164,26 +272,37 @@ def _target(target: TargetDoc, now: float) -> str:
         rows.append(("Server", _PARTS.get((name, "census"), (census,), lambda: _census(census))))
     if reaper is not None:
         rows.append(("Reaper", _PARTS.get((name, "reaper"), (reaper,), lambda: _reaper(reaper))))
-    rows.append(("Jobs", _jobs(target["jobs"], now)))
+    rows.append(("Jobs", _jobs(target["jobs"])))
     details = "".join(f"<dt>{title}</dt><dd>{body}</dd>" for title, body in rows)
     return (
         f'<article data-target="{_e(target["name"])}" data-health="{health}">'
         f'<header><h2><span class="badge {health}">{health}</span> {_e(target["name"])}</h2>'
         f'<p class="where">{_e(target["kind"])} · {_e(target["url"])}</p></header>'
         + (f'<ul class="problems">{problems}</ul>' if problems else "")
-        + f"<dl>{details}</dl>{_trends(target, now)}</article>"
+        + f"<dl>{details}</dl>{_trends(target, frame)}</article>"
     )
 
 
-def _probe(target: TargetDoc, now: float) -> str:
+def _problem(problem: ProblemDoc, since: float | None) -> str:
+    text = _e(problem["text"])
+    if problem["kind"] == "down" and since is not None and text.startswith("down for "):
+        # "down for <duration>: <error>" (assess) says for how long as of when the target's part of
+        # the document was made (its last job outcome); the page says it as of the page.
+        _, colon, rest = text.partition(": ")
+        if colon:
+            return f"down for {_ago(since)}: {rest}"
+    return text
+
+
+def _probe(target: TargetDoc) -> str:
     up, since, checked = target["up"], target["since"], target["checked_at"]
     if up is None or checked is None:
         return "not probed yet"
     state = '<span class="ok">up</span>' if up else '<span class="critical">down</span>'
-    text = state + (f" since {_clock(since)} ({_ago(now, since)})" if since is not None else "")
+    text = state + (f" since {_clock(since)} ({_ago(since)})" if since is not None else "")
     latency = target["latency_seconds"]
     took = f", {latency * 1000:.1f} ms" if up and latency is not None else ""
-    text += f" · checked {_ago(now, checked)} ago{took}"
+    text += f" · checked {_ago(checked)} ago{took}"
     if not up and target["error"] and not any(p["kind"] == "down" for p in target["problems"]):
         text += f"<br>{_e(target['error'])}"
     return text
@@ -290,11 +409,11 @@ def _unix_time(iso: str) -> float | None:
         return None
 
 
-def _jobs(jobs: Iterable[JobDoc], now: float) -> str:
+def _jobs(jobs: Iterable[JobDoc]) -> str:
     shown = []
     for job in jobs:
         success = job["last_success"]
-        last = "never succeeded" if success is None else f"ok {_ago(now, success)} ago"
+        last = "never succeeded" if success is None else f"ok {_ago(success)} ago"
         if job["failing_for"]:
             n = job["failing_for"]
             shown.append(f'<span class="warning">{job["task"]} failing ({n} in a row; {last})</span>')
@@ -304,88 +423,37 @@ def _jobs(jobs: Iterable[JobDoc], now: float) -> str:
     return " · ".join(shown) or "none"
 
 
-def _trends(target: TargetDoc, now: float) -> str:
+def _trends(target: TargetDoc, frame: Frame) -> str:
     """Sparklines over the history window, or since the first sample when the history is shorter."""
     trend = target["trend"]
-    step = trend["step_seconds"]
-    end = (now // step + 1) * step  # the step grid: points stay cached for a whole step
-    firsts = [series[0] for series in (trend["at"], trend["sessions_at"]) if series]
-    if not firsts:
+    if not (trend["at"] or trend["sessions_at"]):
         return ""
-    start = max(end - trend["window_seconds"], min(firsts) - step)
     name, pool = target["name"], target["pool"]
     figures = []
     if trend["at"]:
         limit = None if pool is None else pool["max"]
-        figures.append(_spark(name, "in use", trend["at"], trend["used"], (start, end, step), limit))
-        figures.append(_spark(name, "waiting", trend["at"], trend["pending"], (start, end, step), None))
+        at = trend["at"]
+        figures.append(_spark(name, "in use", (at, trend["used"]), frame, limit))
+        figures.append(_spark(name, "waiting", (at, trend["pending"]), frame, None))
     if trend["sessions_at"]:
-        figures.append(
-            _spark(name, "server sessions", trend["sessions_at"], trend["sessions"], (start, end, step), None)
-        )
-    return f'<div class="trends"><p>last {duration(end - start)}</p>{"".join(figures)}</div>'
+        samples = (trend["sessions_at"], trend["sessions"])
+        figures.append(_spark(name, "server sessions", samples, frame, None))
+    return f'<div class="trends"><p>last {_MARK}{_SPAN}{_MARK}</p>{"".join(figures)}</div>'
 
 
 def _spark(
-    target: str,
-    label: str,
-    at: list[float],
-    values: list[float],
-    span: tuple[float, float, float],
-    limit: int | None,
+    target: str, label: str, samples: tuple[list[float], list[float]], frame: Frame, limit: int | None
 ) -> str:
-    """One captioned sparkline over ``span`` (start, end, step); cached by ``_FIGURES``: the same
-    sample lists (shared until the next sample) in the same step draw the same figure."""
-    start, end, step = span
-
-    def make() -> str:
-        peak = max(values)
-        top = max(peak, float(limit or 0), 1.0)
-        caption = f"{label} {values[-1]:g}, peak {peak:g}" + (f" of {limit}" if limit else "")
-        width = max(1, round((end - start) / step))
-        limit_line = f'<path class="limit" d="M0 1H{width}"/>' if limit and limit >= peak else ""
-        return (
-            # The caption is numbers and a fixed label: nothing to escape.
-            f'<figure><figcaption>{caption}</figcaption><svg viewBox="0 0 {width} {SPARK_HEIGHT}" '
-            f'preserveAspectRatio="none" role="img" aria-label="{caption}, last {duration(end - start)}">'
-            f"{limit_line}{_path(at, values, start, step, top)}</svg></figure>"
-        )
-
-    return _FIGURES.get((target, label), (at, values, span, limit), make)
+    """One sparkline, cached by ``_FIGURES`` while its sample lists (shared until the next sample)
+    and frame stay the same; a new sample formats only its own moves (``_LINES``)."""
+    slot = (target, label)
+    return _FIGURES.get(
+        slot, (*samples, frame, limit), lambda: sparkline.figure(_LINES, slot, label, samples, frame, limit)
+    )
 
 
 _FIGURES: SlotCache[str] = SlotCache()
-
-
-def _path(at: list[float], values: list[float], start: float, step: float, top: float) -> str:
-    """The line of one sparkline, one unit per step across and ``SPARK_HEIGHT`` units up, in
-    relative moves (a few bytes a point), and a dot on the newest value."""
-    scale = (SPARK_HEIGHT - 3) / top
-    points = [
-        (round((t - start) / step), round(SPARK_HEIGHT - 1.5 - v * scale))
-        for t, v in zip(at, values, strict=True)
-        if t >= start
-    ]
-    if not points:
-        return ""
-    x, y = points[0]
-    path = [f"M{x} {y}"]
-    flat = 0  # a run of level moves becomes one "h"
-    line = False  # inside an "l" list: the next move needs no letter
-    for next_x, next_y in points[1:]:
-        dx, dy = next_x - x, next_y - y
-        x, y = next_x, next_y
-        if dy == 0:
-            flat += dx
-            continue
-        if flat:
-            path.append(f"h{flat}")
-            flat, line = 0, False
-        path.append(f"{' ' if line else 'l'}{dx} {dy}" if dy > 0 else f"{' ' if line else 'l'}{dx}{dy}")
-        line = True
-    if flat:
-        path.append(f"h{flat}")
-    return f'<path d="{"".join(path)}"/><path class="dot" d="M{x} {y}h0"/>'
+_LINES = sparkline.Lines()
 
 
 def _clock(at: float) -> str:
@@ -402,13 +470,12 @@ def _percent(ratio: float) -> str:
     return "under 1%" if 0 < ratio < 0.01 else f"{ratio:.0%}"  # noqa: PLR2004
 
 
-def _ago(now: float, then: float) -> str:
-    return duration(max(0.0, now - then))
-
-
-_ESCAPES: Final = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"})
+# NUL, which HTML does not allow anyway, marks the times in a cached card (``_since``).
+_ESCAPES: Final = str.maketrans(
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;", _MARK: "\ufffd"}
+)
 
 
 def _e(text: object) -> str:
-    """``html.escape(text, quote=True)`` in one C call."""
+    """``html.escape(text, quote=True)`` in one C call (and NUL replaced)."""
     return str(text).translate(_ESCAPES)

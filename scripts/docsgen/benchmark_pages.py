@@ -637,6 +637,65 @@ def _shards(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+STATUS_PAGE_ROWS: Final = {
+    "get_page": "a whole `GET /` between two job outcomes",
+    "get_page_after_samples": "a whole `GET /` right after every target got a sample",
+    "get_page_all_down": "a whole `GET /` while every target is down",
+    "document": "the document from the daemon's memory",
+    "render": "the page from the document",
+    "json": "the `/status` JSON from the document",
+    "json_after_samples": "the same right after every target got a sample",
+    "observe": "one probe outcome recorded for every target (scheduler threads)",
+    "reference": "the reference loop, `sum(i * i for i in range(100_000))`",
+}
+
+
+def _status_page(data: dict[str, Any]) -> list[str]:
+    machine, results = data["machine"], data["results"]
+    load = (
+        f"load average {machine['loadavg_1m_at_start']:g} at the start, "
+        if "loadavg_1m_at_start" in machine
+        else ""
+    )
+    baseline = data.get("baseline")
+    commit = data.get("baseline_commit")
+    options = {"targets": data["targets"], "rounds": data["rounds"]}
+    options |= {"baseline": baseline} if baseline else {}
+    lines = [
+        (
+            f"**Machine:** {machine['cpus']} CPUs, Python {machine['python']}; {load}"
+            f"{'' if load else 'load average '}{data['loadavg_1m_at_end']:g} at the end; {data['when'][:10]}."
+        ),
+        "",
+        _command("status_page", data, options),
+        "",
+        (
+            f"{data['targets']} targets, {data['rounds']} interleaved rounds, medians of CPU time"
+            + (
+                f"; baseline: the status code of `{baseline}`" + (f" ({commit})" if commit else "")
+                if baseline
+                else ""
+            )
+            + f". Page {data['page_bytes'] / 1000:.0f} KB, `/status` {data['json_bytes'] / 1000:.0f} KB."
+        ),
+        "",
+        *_head("what", "CPU time", "ratio to the reference loop", "baseline", "this version / baseline"),
+    ]
+    for name, title in STATUS_PAGE_ROWS.items():
+        row = results.get(name)
+        if row is None:
+            continue
+        current, before = row["current"], row.get("baseline")
+        versus = (
+            f"{_ms(before['cpu_ms_median'])} | {row['cpu_ratio_current_to_baseline']:.2f}"
+            if before
+            else "- | -"
+        )
+        ratio = current["cpu_ratio_to_reference"]
+        lines.append(f"| {title} | {_ms(current['cpu_ms_median'])} | {ratio:.2f} | {versus} |")
+    return lines
+
+
 RENDERERS: Final[dict[str, Callable[[dict[str, Any]], list[str]]]] = {
     "checkout_instructions": _checkout_instructions,
     "checkout_kinds": _checkout_kinds,
@@ -650,4 +709,5 @@ RENDERERS: Final[dict[str, Callable[[dict[str, Any]], list[str]]]] = {
     "scale": _scale,
     "shards": _shards,
     "scrape": _scrape,
+    "status_page": _status_page,
 }

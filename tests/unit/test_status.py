@@ -4,20 +4,34 @@ rules and the worst-first order, the terminal rendering and the client's handlin
 from __future__ import annotations
 
 import sys
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import create_engine
+from sqlalchemy.pool import QueuePool
 
+import poolwatch
 from poolwatch.assess import KINDS, assess, duration, rank
 from poolwatch.client_config import client_settings
 from poolwatch.config import validate
+from poolwatch.daemon import Daemon
 from poolwatch.errors import ConfigError
 from poolwatch.history import BYTES, SLOTS, History
-from poolwatch.status import _increase
+from poolwatch.jobs import Outcome, TargetJob
+from poolwatch.probe import ProbeResult
+from poolwatch.scheduler import JobStats
+from poolwatch.status import FRESH, Sources, Tracker, _increase
 from poolwatch.statusclient import Remote, UnreachableError, fetch, split_credentials
 from poolwatch.statustext import render as render_text
 from tests.servers import free_port
 from tests.statusdocs import NOW, document, target
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from poolwatch.status import TargetDoc
 
 SETTINGS = validate({"targets": [{"name": "orders", "kind": "postgres", "url": "postgresql://u@db/orders"}]})
 ORDERS = SETTINGS.targets[0]
@@ -47,6 +61,76 @@ def test_history_keeps_the_newest_rows_in_fixed_memory() -> None:
     assert all(len(column) == 6 for column in history._pool._columns)
     assert SLOTS == 91
     assert BYTES == 91 * 7 * 8
+
+
+class _Housekeeping(TargetJob):
+    """A job that does nothing: its outcomes are what the tracker sees."""
+
+    task = "housekeeping"
+
+    def run(self) -> None:
+        pass
+
+    def record(self, outcome: Outcome) -> None:
+        pass
+
+
+def _sources(tracker: Tracker, stats: Mapping[str, JobStats] | None = None) -> Sources:
+    up = ProbeResult(True, NOW - 60, 0.001, "", "", NOW - 1, 0.0)
+    return Sources(ORDERS, up, None, [], {} if stats is None else stats, [], tracker)
+
+
+def test_a_targets_part_is_kept_from_one_job_outcome_to_the_next() -> None:
+    tracker = Tracker(History())
+    assert tracker.kept(ORDERS, NOW) is None
+    doc = tracker.refresh(_sources(tracker), NOW)
+    assert doc["up"] is True
+    assert tracker.kept(ORDERS, NOW + 1) is doc
+    reloaded = validate({"targets": [{"name": "orders", "kind": "postgres", "url": "postgresql://u@db/o"}]})
+    assert tracker.kept(reloaded.targets[0], NOW + 1) is None, "made for the target before a reload"
+    assert tracker.kept(ORDERS, NOW + FRESH) is None, "too old"
+    tracker.observe(_Housekeeping("orders", interval=1, timeout=1), None, NOW + 2)
+    assert tracker.kept(ORDERS, NOW + 2) is None, "an outcome came in since"
+    doc = tracker.refresh(_sources(tracker), NOW + 2)
+    tracker.history.add_pool(NOW + 3, used=1, pending=0, timeouts=0, leaks=0)
+    assert tracker.kept(ORDERS, NOW + 3) is None, "a sample came in since"
+
+
+def test_a_kept_part_is_made_again_once_the_pool_shows_other_numbers() -> None:
+    """Between two outcomes a request reads the pool (never the server): a connection taken or given
+    back, a caller waiting, shows on the next page."""
+    engine = create_engine("sqlite://", poolclass=QueuePool, pool_size=1, max_overflow=0)
+    pool = poolwatch.instrument(engine, name="orders", registry=CollectorRegistry())
+    tracker = Tracker(History())
+    up = ProbeResult(True, NOW - 60, 0.001, "", "", NOW - 1, 0.0)
+    sources = Sources(ORDERS, up, pool, [], {}, [], tracker)
+    doc = tracker.refresh(sources, NOW)
+    assert tracker.kept(ORDERS, NOW + 1, pool) is doc
+    with engine.connect():
+        assert tracker.kept(ORDERS, NOW + 1, pool) is None, "a connection was taken since"
+        doc = tracker.refresh(sources, NOW + 1)
+        assert doc["pool"] is not None
+        assert doc["pool"]["used"] == 1
+        assert tracker.kept(ORDERS, NOW + 1, pool) is doc
+    assert tracker.kept(ORDERS, NOW + 2, pool) is None, "the connection came back since"
+    engine.dispose()
+
+
+def test_a_part_made_while_an_outcome_came_in_does_not_replace_the_newer_one() -> None:
+    """A request makes the target's part while a job outcome comes in and makes its own: the
+    outcome's part is the one kept."""
+    tracker = Tracker(History())
+    newer: list[TargetDoc] = []
+
+    class OutcomeDuringTheRead(dict[str, JobStats]):
+        def items(self) -> Any:
+            tracker.observe(_Housekeeping("orders", interval=1, timeout=1), None, NOW)
+            newer.append(tracker.refresh(_sources(tracker), NOW))
+            return super().items()
+
+    older = tracker.refresh(_sources(tracker, OutcomeDuringTheRead()), NOW)
+    assert older is not newer[0]
+    assert tracker.kept(ORDERS, NOW) is newer[0]
 
 
 @pytest.mark.parametrize(
@@ -249,3 +333,31 @@ def test_the_status_command_never_echoes_credentials_from_its_url(url: str, code
     assert captured.err.startswith("poolwatch: error: ")
     assert captured.err.count("\n") == 1
     assert "s3cret-pw" not in captured.err + captured.out
+
+
+def test_job_outcomes_prepare_the_status_only_while_someone_asks_for_it() -> None:
+    """A daemon whose jobs are not scheduled: outcomes are recorded as the scheduler records them."""
+    url = f"postgresql://u@127.0.0.1:{free_port()}/orders"
+    daemon = Daemon(
+        validate(
+            {"http": {"listen": "127.0.0.1:0"}, "targets": [{"name": "o", "kind": "postgres", "url": url}]}
+        )
+    )
+    daemon.start()
+    try:
+        settings = daemon.runtime("o").settings
+        probe = next(job for job in daemon.runtime("o").jobs if job.task == "probe")
+        tracker = daemon._trackers["o"]
+        daemon._scheduler._record(probe, Outcome(0.001, time.time(), None))
+        assert tracker.kept(settings, time.time()) is None, "nobody asked: the outcome only took its sample"
+        first = daemon.status()["targets"][0]
+        assert first["up"] is True
+        assert daemon.status()["targets"][0] is first, "kept between two outcomes"
+        daemon._scheduler._record(probe, Outcome(0.001, time.time(), ConnectionRefusedError("refused")))
+        kept = tracker.kept(settings, time.time())
+        assert kept is not None, "made when the outcome was recorded"
+        assert kept["up"] is False
+        assert daemon.status()["targets"][0] is kept
+    finally:
+        daemon.stop()
+        daemon._close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 import re
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from poolwatch.assess import assess
 from poolwatch.config import validate
 from poolwatch.http import Endpoint
-from poolwatch.statuspage import SCRIPT, STYLE, refresh_seconds, render
+from poolwatch.statuspage import SCRIPT, STYLE, refresh_seconds, render, to_json
 from tests.statusdocs import NOW, document, target
 
 ORDERS = validate({"targets": [{"name": "o", "kind": "postgres", "url": "postgresql://u@db/o"}]}).targets[0]
@@ -190,3 +191,45 @@ def _endpoint() -> Endpoint:
     return Endpoint(
         CollectorRegistry(), healthy=lambda: True, ready=lambda: True, status=lambda: document(target())
     )
+
+
+def test_a_kept_card_says_how_long_ago_as_of_each_page() -> None:
+    """The same target's part in two documents ten seconds apart (as the daemon keeps it between two
+    job outcomes): the ages, the down time and the sparklines' window follow the page's time."""
+    trend = _healthy_target("billing")["trend"]  # fifteen minutes: the window is full
+    down = target(
+        "billing", up=False, reason="refused", error="connection refused", since=NOW - 30, trend=trend
+    )
+    down["problems"] = assess(down, ORDERS, NOW)
+    first = document(down)
+    later = copy.copy(first)  # the same target parts
+    later["generated_at"] = NOW + 10
+    assert later["targets"][0] is first["targets"][0]
+    pages = [render(first), render(later)]
+    for page, down_for, checked in zip(pages, ("30s", "40s"), ("2s", "12s"), strict=True):
+        assert f'data-kind="down">down for {down_for}: connection refused</li>' in page
+        assert f"({down_for}) · checked {checked} ago" in page
+    lefts = [re.findall(r'<svg viewBox="(-?\d+) ', page) for page in pages]
+    assert len(lefts[0]) == 3
+    # One step later, the window starts one step later (one unit of the drawing).
+    assert [int(b) - int(a) for a, b in zip(lefts[0], lefts[1], strict=True)] == [1, 1, 1]
+    assert all("<p>last 15m</p>" in page for page in pages)
+
+
+def test_the_sparklines_window_grows_with_a_young_history() -> None:
+    doc = document(target())  # samples from 30 s ago
+    later = copy.copy(doc)
+    later["generated_at"] = NOW + 10
+    spans = [re.search(r"<p>last (\S+)</p>", render(page)) for page in (doc, later)]
+    assert [span[1] if span else None for span in spans] == ["50s", "1m"]
+
+
+def test_the_json_is_the_documents_own_serialisation_with_kept_parts_reused() -> None:
+    first = document(target("cache"), _busy_target("orders"))
+    changed = copy.deepcopy(first["targets"][1])
+    changed["up"] = False
+    later = copy.copy(first)
+    later["generated_at"] = NOW + 5
+    later["targets"] = [first["targets"][0], changed]  # one part kept, one made again
+    for doc in (first, later, document()):
+        assert to_json(doc) == json.dumps(doc, separators=(",", ":"))
