@@ -43,11 +43,13 @@ SERVER_STATES: Final = {
     "sv_active_cancel": "active_cancel",
     "sv_being_canceled": "being_canceled",
 }
-# SHOW DATABASES column -> family (per database).
+# SHOW DATABASES column -> family (per database). PgBouncer 1.24 renamed ``reserve_pool`` to
+# ``reserve_pool_size``: either name feeds the same family (a row has only one of them).
 DATABASE_COLUMNS: Final = {
     "pool_size": "pgbouncer_database_pool_size",
     "min_pool_size": "pgbouncer_database_min_pool_size",
     "reserve_pool": "pgbouncer_database_reserve_pool_size",
+    "reserve_pool_size": "pgbouncer_database_reserve_pool_size",
     "max_connections": "pgbouncer_database_max_connections",
     "current_connections": "pgbouncer_database_current_connections",
     "paused": "pgbouncer_database_paused",

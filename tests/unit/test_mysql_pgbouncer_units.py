@@ -141,6 +141,19 @@ def test_stats_are_counters_in_base_units_and_lists_config_version_are_read() ->
     assert all(name in PGBOUNCER_FAMILIES for name, _ in got)
 
 
+@pytest.mark.parametrize(
+    "reserve_column",
+    ["reserve_pool", "reserve_pool_size"],
+    ids=["before-1.24", "1.24-and-later"],
+)
+def test_the_reserve_pool_is_read_under_its_old_and_its_new_column_name(reserve_column: str) -> None:
+    row = {"name": "orders", "pool_size": 20, "min_pool_size": 0, reserve_column: 5, "max_connections": 40}
+    got = as_dict(samples({"DATABASES": [row]}, Folder()))
+    assert got["pgbouncer_database_reserve_pool_size", ("orders",)] == 5
+    assert got["pgbouncer_database_pool_size", ("orders",)] == 20
+    assert got["pgbouncer_database_max_connections", ("orders",)] == 40
+
+
 def test_unlisted_names_fold_into_the_empty_value_counts_summed_waits_maxed() -> None:
     rows = [
         {"database": "a", "user": "u", "cl_waiting": 2, "maxwait": 3},
