@@ -54,7 +54,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Readable with a column grant (deploy/sql/mysql-grants.sql); a user with SUPER on any host counts.
+# Readable with a column grant (deploy/sql/mysql-grants.sql, mariadb-grants.sql); a user with SUPER
+# on any host counts.
 SUPERUSERS_SQL: Final = "SELECT DISTINCT User FROM mysql.user WHERE Super_priv = 'Y'"
 RECHECK_SQL: Final = f"""
 SELECT p.USER, p.HOST, p.DB, p.COMMAND, p.TIME, t.trx_mysql_thread_id IS NOT NULL, {MYSQL_FENCE}
@@ -133,7 +134,7 @@ class MySQLReaper:
         if supers is None and not self._warned_superusers:
             log.warning(
                 "reaper %s: cannot read mysql.user, so no session can be judged: "
-                "GRANT SELECT (User, Super_priv) ON mysql.user (deploy/sql/mysql-grants.sql)",
+                "GRANT SELECT (User, Super_priv) ON mysql.user (deploy/sql/*-grants.sql)",
                 self.target,
             )
         self._warned_superusers = supers is None

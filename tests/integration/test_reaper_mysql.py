@@ -5,10 +5,12 @@ Audit records go to the session's PostgreSQL, as they would in production.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -26,8 +28,21 @@ from tests.mariadb import Sessions
 
 pytestmark = pytest.mark.integration
 
-# What deploy/sql/mysql-grants.sql gives the poolwatch user on MariaDB.
-GRANTS = ("PROCESS, CONNECTION ADMIN ON *.*", "SELECT (User, Super_priv) ON mysql.user")
+SQL_DIR = Path(__file__).resolve().parents[2] / "deploy" / "sql"
+
+
+def statements(sql: str) -> list[str]:
+    """The statements of a grants file, comments left out."""
+    text = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+def create_from_grants_file(mariadb, name: str) -> None:
+    """The account deploy/sql/mariadb-grants.sql makes, run as it is but for the account name."""
+    sql = (SQL_DIR / "mariadb-grants.sql").read_text().replace("'poolwatch'@'%'", f"'{name}'@'%'")
+    for statement in statements(sql):
+        mariadb.execute(statement)
+    mariadb.execute(f"ALTER USER '{name}'@'%' IDENTIFIED BY 'pw'")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +63,7 @@ def world(mariadb, pg):
     for user in ("web", "other"):
         mariadb.create_user(names[user], "pw", f"ALL ON {names['orders']}.*", f"ALL ON {names['billing']}.*")
     mariadb.create_user(names["root"], "pw", "ALL PRIVILEGES ON *.*")  # SUPER among them
-    mariadb.create_user(names["watch"], "pw", *GRANTS)
+    create_from_grants_file(mariadb, names["watch"])
     pg.create_database(names["audit"])
     return names
 
@@ -261,20 +276,33 @@ def test_one_replica_holds_the_lease(mariadb, pg, world, sessions):
         audit2.close()
 
 
+def test_the_mysql_and_mariadb_grants_files_differ_in_the_kill_grant_only():
+    mysql = statements((SQL_DIR / "mysql-grants.sql").read_text())
+    mariadb = statements((SQL_DIR / "mariadb-grants.sql").read_text())
+    assert [s for s in mysql if s not in mariadb] == ["GRANT CONNECTION_ADMIN ON *.* TO 'poolwatch'@'%'"]
+    assert [s for s in mariadb if s not in mysql] == ["GRANT CONNECTION ADMIN ON *.* TO 'poolwatch'@'%'"]
+
+
 @pytest.mark.parametrize(
     ("grants", "killed"),
     [
-        (GRANTS, True),
+        # deploy/sql/mariadb-grants.sql, as it is.
+        (None, True),
         # Without CONNECTION ADMIN (or SUPER) MariaDB refuses KILL of another user's thread.
         (("PROCESS ON *.*", "SELECT (User, Super_priv) ON mysql.user"), False),
         # Without mysql.user nobody's superuser status is known: nobody is a victim.
         (("PROCESS, CONNECTION ADMIN ON *.*",), False),
     ],
-    ids=["minimal-grant", "no-connection-admin", "no-mysql-user"],
+    ids=["grants-file", "no-connection-admin", "no-mysql-user"],
 )
 def test_least_privilege(mariadb, pg, world, sessions, grants, killed):
     watcher = f"w_{uuid.uuid4().hex[:6]}"
-    mariadb.create_user(watcher, "pw", *grants)
+    if grants is None:
+        create_from_grants_file(mariadb, watcher)
+        shown = " ".join(row[0] for row in mariadb.execute(f"SHOW GRANTS FOR '{watcher}'@'%'"))
+        assert re.search(r"GRANT PROCESS, CONNECTION ADMIN ON \*\.\*", shown), shown
+    else:
+        mariadb.create_user(watcher, "pw", *grants)
     victim = sessions.open(world["web"], world["orders"])
     job, audit, metrics = reaper_for(mariadb, pg, world, watch=watcher)
     try:
@@ -282,7 +310,7 @@ def test_least_privilege(mariadb, pg, world, sessions, grants, killed):
         job.run()
         assert sessions.alive(victim) is not killed
         errors = metrics.registry.get_sample_value("poolwatch_reaper_errors_total", {"target": "my"})
-        assert errors == (1 if grants[0] == "PROCESS ON *.*" else 0)
+        assert errors == (1 if grants and grants[0] == "PROCESS ON *.*" else 0)
     finally:
         job.close()
         audit.close()
