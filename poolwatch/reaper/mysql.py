@@ -36,7 +36,7 @@ from poolwatch.reaper.audit import AuditRecord, Candidates
 from poolwatch.reaper.job import autocommit_connect, protected_names, session_reaper_job
 from poolwatch.reaper.lease import MYSQL_FENCE, MySQLLease
 from poolwatch.reaper.own import BACKENDS, OwnBackends
-from poolwatch.reaper.policy import CLIENT_BACKEND, ReaperPolicy, Session, choose_victims, unrecorded
+from poolwatch.reaper.policy import CLIENT_BACKEND, ReaperPolicy, Session, choose_victims, host_of, unrecorded
 from poolwatch.urls import sqlalchemy_url
 
 if TYPE_CHECKING:
@@ -93,6 +93,7 @@ def session_of(thread: Thread, now: dt.datetime, supers: frozenset[str] | None) 
         superuser=None if supers is None or thread.user is None else thread.user in supers,
         client_addr=thread.host,
         query=thread.info,
+        client_host=host_of(thread.host),
     )
 
 

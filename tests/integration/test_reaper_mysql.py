@@ -276,6 +276,61 @@ def test_one_replica_holds_the_lease(mariadb, pg, world, sessions):
         audit2.close()
 
 
+def test_client_hosts_scope_the_reaper(mariadb, pg, world, sessions):
+    """The server listens on 127.0.0.1 and a socket; MySQL shows a socket client's host as
+    ``localhost`` and a TCP client's as ``127.0.0.1:port``, matched without the port."""
+    web, orders = world["web"], world["orders"]
+    over_tcp = sessions.open(web, orders)
+    over_socket = sessions.open(web, orders, unix_socket=str(mariadb.socket))
+    hosts = {row[0]: row[1] for row in mariadb.execute("SELECT ID, HOST FROM information_schema.PROCESSLIST")}
+    assert hosts[over_tcp.thread_id()].startswith("127.0.0.1:")
+    assert hosts[over_socket.thread_id()] == "localhost"
+    job, audit, _ = reaper_for(mariadb, pg, world, hosts=["127.0.0.*"])
+    try:
+        idle_for()
+        assert job.reaper.run() == 1
+        assert not sessions.alive(over_tcp)
+        assert sessions.alive(over_socket)  # outside hosts
+    finally:
+        job.close()
+        audit.close()
+    over_tcp = sessions.open(web, orders)
+    job, audit, _ = reaper_for(mariadb, pg, world, exclude_hosts=["127.0.0.1"])
+    try:
+        idle_for()
+        assert job.reaper.run() == 1
+        assert sessions.alive(over_tcp)  # excluded by host
+        assert not sessions.alive(over_socket)
+    finally:
+        job.close()
+        audit.close()
+
+
+def test_program_names_protect_sessions_with_performance_schema_on(mariadb_factory, pg, world):
+    """With performance_schema on, the program_name connection attribute is each session's
+    application, readable with the grants file's SELECT on session_connect_attrs: a policy can
+    protect a program by name while the same user's other sessions are reaped."""
+    server = mariadb_factory(performance_schema=True)
+    web, orders = world["web"], world["orders"]
+    server.execute(f"CREATE DATABASE {orders}")
+    server.execute(f"CREATE TABLE {orders}.t (id int PRIMARY KEY) ENGINE=InnoDB")
+    server.create_user(web, "pw", f"ALL ON {orders}.*")
+    create_from_grants_file(server, world["watch"])
+    opened = Sessions(server)
+    victim = opened.open(web, orders, program_name="web-1")
+    protected = opened.open(web, orders, program_name="batch-7")
+    job, audit, _ = reaper_for(server, pg, world, exclude_applications=["batch-*"])
+    try:
+        idle_for()
+        assert job.reaper.run() == 1
+        assert not opened.alive(victim)
+        assert opened.alive(protected)
+    finally:
+        job.close()
+        audit.close()
+        opened.close()
+
+
 def test_the_mysql_and_mariadb_grants_files_differ_in_the_kill_grant_only():
     mysql = statements((SQL_DIR / "mysql-grants.sql").read_text())
     mariadb = statements((SQL_DIR / "mariadb-grants.sql").read_text())
