@@ -63,6 +63,8 @@ _PATTERN_MEANINGS = {
 # YAML gives lists; the frozen models keep tuples. strict=False here admits the list container only:
 # the items are still validated strictly (a name must be a string, a threshold a number).
 Names = Annotated[tuple[Annotated[str, Field(strict=True, min_length=1)], ...], Field(strict=False)]
+# A reaper host pattern written with a port ("10.0.0.5:3306") or in brackets ("[::1]"): never matches.
+_HOST_WITH_PORT: Final = re.compile(r"^[^:]*:[0-9*?]*$|^\[[^\]]*:")
 
 
 class _Model(BaseModel):
@@ -166,6 +168,9 @@ class ReaperSettings(_Periodic):
     exclude_users: Names = ()
     applications: Names = ()
     exclude_applications: Names = ()
+    # Client hosts: the session's client address without the port (globs, case-insensitive).
+    hosts: Names = ()
+    exclude_hosts: Names = ()
     allow_superusers: bool = False
     allow_pubsub: bool = False
     allow_monitors: bool = False
@@ -175,14 +180,22 @@ class ReaperSettings(_Periodic):
     # ``KILL CONNECTION``; it is called with the connection id.
     kill_procedure: Annotated[str, Field(pattern=PROCEDURE_PATTERN)] | None = None
 
+    @field_validator("hosts", "exclude_hosts")
+    @classmethod
+    def _hosts_without_port(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            if _HOST_WITH_PORT.search(host):
+                raise ValueError(f"{host}: a client host is matched without its port (IPv6: no brackets)")
+        return value
+
     @model_validator(mode="after")
     def _needs_a_timeout(self) -> ReaperSettings:
         if self.enabled and self.idle_timeout is None and self.idle_in_transaction_timeout is None:
             raise ValueError("an enabled reaper needs idle_timeout or idle_in_transaction_timeout")
-        if self.enabled and not (self.databases or self.users or self.applications):
+        if self.enabled and not (self.databases or self.users or self.applications or self.hosts):
             # An empty scope would mean "every session on the server": make the operator say so.
             raise ValueError(
-                "an enabled reaper needs databases, users or applications "
+                "an enabled reaper needs databases, users, applications or hosts "
                 "(applications: ['*'] means every application)"
             )
         return self

@@ -575,6 +575,14 @@ PGBOUNCER_FAMILIES: Final[dict[str, tuple[str, str, tuple[str, ...]]]] = {
         "1 per pool, labelled with its pool mode.",
         ("database", "user", "mode"),
     ),
+    "pgbouncer_clients": (
+        "gauge",
+        (
+            "Client connections to PgBouncer by database, user, application_name (census.applications; "
+            "others folded into the empty value) and state (SHOW CLIENTS)."
+        ),
+        ("database", "user", "application", "state"),
+    ),
     "pgbouncer_database_pool_size": ("gauge", "Server connections per pool of the database.", ("database",)),
     "pgbouncer_database_min_pool_size": ("gauge", "Minimum pool size of the database.", ("database",)),
     "pgbouncer_database_reserve_pool_size": ("gauge", "Extra connections when clients wait.", ("database",)),

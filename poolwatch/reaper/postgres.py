@@ -95,6 +95,7 @@ def snapshot(connection: Connection) -> tuple[dt.datetime, list[Session]]:
             superuser=r[8],
             client_addr=r[9],
             query=r[10],
+            client_host=r[9],
         )
         for r in rows
     ]

@@ -102,7 +102,8 @@ DESCRIPTIONS: dict[str, str] = {
     "targets[].reaper": "Terminating idle server sessions; see [Census and reaper]"
     "(census-and-reaper.md#idle-session-reaper).",
     "targets[].reaper.enabled": "Run the reaper job (PostgreSQL, MySQL and Redis targets). Needs "
-    "`idle_timeout` or `idle_in_transaction_timeout`, and `databases`, `users` or `applications`.",
+    "`idle_timeout` or `idle_in_transaction_timeout`, and `databases`, `users`, `applications` or "
+    "`hosts`.",
     "targets[].reaper.dry_run": "Decide and record, never terminate. `false` needs `audit.url`.",
     "targets[].reaper.interval": "Seconds between reaper runs.",
     "targets[].reaper.timeout": "Seconds one reaper run may take; at most `interval`. Left out, "
@@ -118,6 +119,10 @@ DESCRIPTIONS: dict[str, str] = {
     "targets[].reaper.applications": "Only sessions whose `application_name` / client name matches "
     "one of these `fnmatch` globs (empty: any; `['*']`: every application).",
     "targets[].reaper.exclude_applications": "Never sessions matching these globs.",
+    "targets[].reaper.hosts": "Only sessions whose client host (without the port) matches one of "
+    "these globs, case-insensitively (empty: any). With `hosts` or `exclude_hosts` set, a session "
+    "without a known host (a unix-socket client on PostgreSQL or Redis) is never reaped.",
+    "targets[].reaper.exclude_hosts": "Never sessions whose client host matches one of these globs.",
     "targets[].reaper.allow_superusers": "Allow terminating superuser sessions (PostgreSQL superusers; "
     "MySQL accounts with `SUPER`).",
     "targets[].reaper.allow_pubsub": "Allow terminating Redis subscribers.",
