@@ -15,7 +15,7 @@ import contextlib
 import platform
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -350,7 +350,7 @@ _CORE: Final[tuple[MetricSpec, ...]] = (
 class Rows:
     """One family's series as plain rows: the fast-render interface of scrape-time collectors.
 
-    A collector that offers ``rows() -> Iterable[Rows]`` besides ``collect()`` is rendered from its
+    A collector that offers ``rows()`` besides ``collect()`` (a ``RowsSource``) is rendered from its
     rows by poolwatch's /metrics renderer (exposition.py): no ``Sample`` tuples and label dicts to
     build per sample. Each row is ``(label values in spec.labels order, value)``; a histogram's value
     is ``(cumulative (le, count) pairs ending with +Inf, sum)``.
@@ -358,6 +358,19 @@ class Rows:
 
     spec: MetricSpec
     rows: list[tuple[tuple[str, ...], Any]]
+
+
+class RowsSource(Protocol):
+    """The fast-render interface: a scrape-time collector that gives its families as ``Rows``.
+
+    ``rows()`` yields the same series ``collect()`` does. The renderer looks for the method with
+    ``getattr`` rather than ``isinstance`` (a runtime protocol check walks every member on every
+    call); a class that implements it says so by deriving from this protocol, which mypy checks.
+    """
+
+    def rows(self) -> Iterable[Rows]:
+        """Every family of the collector, as plain rows."""
+        ...
 
 
 def counter(spec: MetricSpec, registry: CollectorRegistry) -> Counter:

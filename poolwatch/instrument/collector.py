@@ -23,7 +23,7 @@ from poolwatch.instrument.multiprocess import after_fork_in_parent as multiproce
 from poolwatch.instrument.multiprocess import arm as arm_multiprocess
 from poolwatch.instrument.multiprocess import before_fork as multiprocess_before_fork
 from poolwatch.instrument.recorder import CLOSE_REASONS, CONNECT_ERROR_REASONS
-from poolwatch.metrics import POOL_METRICS, Rows
+from poolwatch.metrics import POOL_METRICS, Rows, RowsSource
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -54,8 +54,9 @@ class PoolSource(Protocol):
         """The pool's sizes now, or None when the pool is gone (its series are then dropped)."""
 
 
-class PoolCollector(Collector):
-    """Exports every pool registered on one registry."""
+class PoolCollector(Collector, RowsSource):
+    """Exports every pool registered on one registry: ``collect()`` for prometheus_client, ``rows()``
+    for poolwatch's renderer."""
 
     def __init__(self) -> None:
         self._pools: dict[str, PoolSource] = {}

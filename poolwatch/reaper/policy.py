@@ -1,7 +1,7 @@
 """Which sessions the reaper may terminate: a pure function of sessions, policy, clock and own pids.
 
 Nothing here does I/O, so every rule can be checked exhaustively (tests/unit/test_reaper_policy.py
-drives it with hypothesis). The rules are the safety rules of DESIGN.md: only client backends, never
+drives it with hypothesis). The safety rules: only client backends, never
 poolwatch's own sessions, no superusers unless allowed, nothing whose columns are hidden (a NULL is
 "unknown", and unknown is never a victim), idleness measured from ``state_change``, and a cap per run.
 """

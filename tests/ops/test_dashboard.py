@@ -58,7 +58,7 @@ def test_the_metric_check_catches_a_misspelt_name():
     assert "poolwatch_pool_connections" in exported_names()
 
 
-def test_the_dashboard_shows_what_the_issue_asks_for():
+def test_the_dashboard_queries_pool_target_and_server_health_families():
     used = set().union(*(metric_names(expr) for _, expr in dash.queries(dash.load())))
     missing = {what: name for what, name in REQUIRED.items() if name not in used}
     assert missing == {}

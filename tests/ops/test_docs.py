@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import typing
+from pathlib import Path
 
 import bcrypt
 import pytest
@@ -26,9 +27,6 @@ from pydantic import BaseModel
 from poolwatch.config import Settings, validate
 from tests.ops.exported import exported_families
 from tests.ops.tools import ROOT, RULES, alerts, load_yaml
-
-if typing.TYPE_CHECKING:
-    from pathlib import Path
 
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
@@ -165,9 +163,10 @@ def test_benchmarks_page_shows_every_result_and_every_chart(site):
     results = sorted(benchmark_pages.RESULTS.glob("*.json"))
     assert results
     assert set(benchmark_pages.RENDERERS) == {path.stem for path in results}
-    # Each result is shown once: on the benchmarks page, or (the status page's cost) next to the page.
-    shown = page.count("<strong>Command:</strong>") + html(site, "status").count("<strong>Command:</strong>")
-    assert shown == len(results)
+    # Each result is shown once: on the benchmarks page, or next to what it measures (the status
+    # page's cost on the status page, the endpoint under attack on the security page).
+    pages = (page, html(site, "status"), html(site, "security"))
+    assert sum(shown.count("<strong>Command:</strong>") for shown in pages) == len(results)
     for chart in benchmark_pages.RESULTS.glob("*.png"):
         assert (site / benchmark_pages.CHARTS_URI / chart.name).read_bytes() == chart.read_bytes()
         assert f'src="../{benchmark_pages.CHARTS_URI}/{chart.name}"' in page, chart.name
@@ -250,3 +249,93 @@ def test_readme_is_a_short_front_door_whose_links_resolve():
     assert local, "the README links into the documentation"
     for link in local:
         assert (ROOT / link).exists(), f"README links to {link}, which does not exist"
+
+
+# The repository speaks of the product: what it does and what was measured, never how it was made.
+ABOUT_THE_PRODUCT_ONLY = (
+    ROOT / "README.md",
+    ROOT / "CHANGELOG.md",
+    ROOT / "pyproject.toml",
+    ROOT / "Dockerfile",
+    ROOT / "mkdocs.yml",
+    *(ROOT / folder for folder in ("docs", "poolwatch", "tests", "benchmarks", "deploy", "scripts")),
+    *(ROOT / folder for folder in ("examples", "grafana")),
+)
+# A commit's short or full hash: hex digits with at least one letter and one digit.
+COMMIT = r"(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b"
+NOT_ABOUT_THE_PRODUCT = re.compile(
+    r"\bissue #?\d+"
+    r"|\bagents?\b"
+    rf"|\b(?:at|commit|revision) {COMMIT}"
+    r"|\bgit archive [0-9a-f]{7,40}\b"
+    rf"|\({COMMIT}\)"
+    r"|\bbefore these changes\b"
+    r"|\bearlier versions? of this\b"
+    r"|\bthis session\b"
+    r"|\b(?:STYLE|DESIGN|AUDIT)\.md\b"
+    r"|\brequired by review\b",
+    re.IGNORECASE,
+)
+TEXT_SUFFIXES = frozenset({".py", ".md", ".json", ".yml", ".yaml", ".toml", ".txt", ".sql", ".sh", ".ini"})
+
+
+def product_text_files() -> list[Path]:
+    found: list[Path] = []
+    for path in ABOUT_THE_PRODUCT_ONLY:
+        if path.is_file():
+            found.append(path)
+            continue
+        found += [
+            file
+            for file in sorted(path.rglob("*"))
+            if file.is_file()
+            and (file.suffix in TEXT_SUFFIXES or file.name in {"Dockerfile", "test"})
+            and not {"__pycache__", ".venv", "site"} & set(file.relative_to(ROOT).parts)
+        ]
+    return [path for path in found if path != Path(__file__).resolve()]
+
+
+def test_the_repository_speaks_of_the_product_not_of_its_making():
+    files = product_text_files()
+    assert ROOT / "CHANGELOG.md" in files
+    assert ROOT / "benchmarks" / "results" / "checkout_instructions.json" in files
+    found = {}
+    for path in files:
+        text = path.read_text(encoding="utf-8").replace("User-Agent", "").replace("user-agent", "")
+        hits = NOT_ABOUT_THE_PRODUCT.findall(text)
+        if hits:
+            found[str(path.relative_to(ROOT))] = hits
+    assert found == {}
+
+
+@pytest.mark.parametrize(
+    "wording",
+    [
+        "as issue #12 asks",
+        "the agent wrote this",
+        "poolwatch at d313284",
+        "git archive 7527388 into DIR",
+        "before (99cf54b): --help",
+        "Before these changes, the figures were",
+        "earlier versions of this page",
+        "made in this session",
+        "see STYLE.md #2",
+        "required by review",
+    ],
+)
+def test_wording_about_the_making_is_found(wording):
+    assert NOT_ABOUT_THE_PRODUCT.search(wording)
+
+
+@pytest.mark.parametrize(
+    "wording",
+    [
+        "a User-Agent header",
+        "the session's backend",
+        "a seed (20261130)",
+        "version 0.20.0",
+        "at 1000000 cycles",
+    ],
+)
+def test_wording_about_the_product_is_not_flagged(wording):
+    assert not NOT_ABOUT_THE_PRODUCT.search(wording.replace("User-Agent", ""))
