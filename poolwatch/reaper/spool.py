@@ -43,6 +43,24 @@ SCHEMA: Final = (
 BUSY_TIMEOUT: Final = 10.0
 
 
+def check_spool_directory(path: str | None, state_dir: str | None) -> None:
+    """A spool file's directory must exist, unless it is inside poolwatch's own state directory
+    (created when the spool is): a typo in ``audit.spool_path`` must not become a directory tree,
+    made by whoever runs poolwatch, root included."""
+    if path is None:
+        return
+    directory = Path(path).parent
+    if directory.is_dir():
+        return
+    if state_dir is not None:
+        state = os.path.abspath(state_dir)  # noqa: PTH100 - no symlinks resolved: compared as written
+        if os.path.commonpath([state, os.path.abspath(directory)]) == state:  # noqa: PTH100
+            return
+    raise ValueError(
+        f"spool_path points into the directory {str(directory)!r}, which does not exist (create it first)"
+    )
+
+
 class Spool:
     """A thread-safe FIFO of JSON-serialisable records, each a dict with a ``record_id``."""
 

@@ -34,6 +34,7 @@ if typing.TYPE_CHECKING:
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 README_MAX_LINES = 200
+DEPLOYED_STATE_DIR = "/var/lib/poolwatch"  # the Dockerfile's, systemd unit's and Kubernetes manifests'
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +238,8 @@ def test_configuration_examples_in_the_docs_are_valid(tmp_path):
                 continue
             config = runnable(example, tmp_path)
             assert isinstance(config, dict)
-            settings = validate(config)  # raises ConfigError, naming the key
+            # The examples' spool lives in the deployments' state directory (POOLWATCH_STATE_DIR).
+            settings = validate(config, state_dir=DEPLOYED_STATE_DIR)  # raises ConfigError, naming the key
             assert settings.targets or "targets" not in example, path.name
             checked += 1
     assert checked >= 5  # README, install, configuration, census/reaper, security
