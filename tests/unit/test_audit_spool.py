@@ -221,7 +221,9 @@ def test_a_spool_outside_the_state_directory_needs_an_existing_directory(tmp_pat
         with pytest.raises(ValueError, match="which does not exist"):
             check_spool_directory(str(missing), str(state))
     with pytest.raises(ConfigError) as refused:
-        validate({"audit": {"spool_path": str(tmp_path / "typo" / "deep" / "spool.db")}}, state_dir=str(state))
+        validate(
+            {"audit": {"spool_path": str(tmp_path / "typo" / "deep" / "spool.db")}}, state_dir=str(state)
+        )
     assert str(refused.value) == (
         f"audit: spool_path points into the directory {str(tmp_path / 'typo' / 'deep')!r}, "
         "which does not exist (create it first)"
