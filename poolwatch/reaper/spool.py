@@ -141,6 +141,23 @@ class Spool:
             ).fetchall()
         return [json.loads(body) for (body,) in rows]
 
+    def present(self, record_ids: Collection[str]) -> set[str]:
+        """Those of ``record_ids`` waiting here."""
+        wanted = sorted(record_ids)
+        found: set[str] = set()
+        with self._lock:
+            for start in range(0, len(wanted), 500):  # below SQLite's limit on parameters
+                chunk = wanted[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                found.update(
+                    row[0]
+                    for row in self._db.execute(
+                        f"SELECT record_id FROM records WHERE record_id IN ({marks})",  # noqa: S608
+                        chunk,
+                    )
+                )
+        return found
+
     def remove(self, record_ids: Collection[str]) -> None:
         """Forget records once they are safely written elsewhere."""
         with self._lock:

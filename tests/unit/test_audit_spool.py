@@ -249,3 +249,14 @@ def test_poolwatch_config_refuses_a_spool_in_a_missing_directory_and_creates_not
     )
     assert result.stderr.splitlines() == [expected]
     assert not (tmp_path / "typo").exists()
+
+
+def test_present_names_the_records_waiting_among_those_asked(tmp_path):
+    spool = Spool(10_000, str(tmp_path / "spool.db"))
+    records = [record(n) for n in range(1200)]
+    spool.push_all(records)
+    spool.remove({str(records[0]["record_id"])})
+    asked = [str(r["record_id"]) for r in records[:1100]] + [str(uuid.uuid4())]
+    assert spool.present(asked) == {str(r["record_id"]) for r in records[1:1100]}
+    assert spool.present([]) == set()
+    spool.close()
