@@ -318,9 +318,13 @@ class AuditSettings(_Model):
         return split_url_password(data)
 
     @model_validator(mode="after")
-    def _postgres_only(self) -> AuditSettings:
+    def _postgres_only(self, info: ValidationInfo) -> AuditSettings:
         if self.url is not None:
             check_url("postgres", self.url)
+        if self.spool_path is not None:
+            from poolwatch.reaper.spool import check_spool_directory  # noqa: PLC0415 - sqlite3: with a spool only
+
+            check_spool_directory(self.spool_path, (info.context or {}).get("state_dir"))
         return self
 
     def display_url(self) -> str | None:

@@ -447,17 +447,22 @@ class BuildMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.info = gauge(BUILD_INFO, registry)
-        # The daemon's libraries, imported here: library mode never builds this family.
-        import apscheduler  # noqa: PLC0415
-        import redis  # noqa: PLC0415
-        import sqlalchemy  # noqa: PLC0415
+        # The installed versions, read without importing the libraries (redis alone is a third of a
+        # second: `poolwatch check` on SQL targets never needs it); library mode never builds this.
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+        def installed(distribution: str) -> str:
+            try:
+                return version(distribution)
+            except PackageNotFoundError:
+                return ""
 
         self.info.labels(
             __version__,
             platform.python_version(),
-            sqlalchemy.__version__,
-            redis.__version__,
-            getattr(apscheduler, "__version__", "3"),
+            installed("sqlalchemy"),
+            installed("redis"),
+            installed("apscheduler"),
         ).set(1)
 
 

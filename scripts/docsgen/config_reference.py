@@ -150,7 +150,7 @@ DESCRIPTIONS: dict[str, str] = {
     "audit.password_file": "File holding the audit database's password.",
     "audit.table": "Table of audit records; its schema version is kept in `<table>_schema`.",
     "audit.spool_path": "File where records wait while the audit database is down (kept across "
-    "restarts); `null`: in memory.",
+    "restarts); `null`: in memory. Its directory must exist, unless it is inside the state directory.",
     "audit.spool_max": "Records the spool holds; beyond it the oldest are dropped and counted.",
     "audit.connect_timeout": "Seconds to connect to the audit database.",
 }

@@ -25,12 +25,14 @@ from mkdocs.exceptions import PluginError
 from pydantic import BaseModel
 
 from poolwatch.config import Settings, validate
+from tests.daemonkit import clean_env
 from tests.ops.exported import exported_families
 from tests.ops.tools import ROOT, RULES, alerts, load_yaml
 
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 README_MAX_LINES = 200
+DEPLOYED_STATE_DIR = "/var/lib/poolwatch"  # the Dockerfile's, systemd unit's and Kubernetes manifests'
 
 
 @pytest.fixture(scope="module")
@@ -235,10 +237,32 @@ def test_configuration_examples_in_the_docs_are_valid(tmp_path):
                 continue
             config = runnable(example, tmp_path)
             assert isinstance(config, dict)
-            settings = validate(config)  # raises ConfigError, naming the key
+            # The examples' spool lives in the deployments' state directory (POOLWATCH_STATE_DIR).
+            settings = validate(config, state_dir=DEPLOYED_STATE_DIR)  # raises ConfigError, naming the key
             assert settings.targets or "targets" not in example, path.name
             checked += 1
     assert checked >= 5  # README, install, configuration, census/reaper, security
+
+
+def test_the_readmes_configuration_loads_as_copied(tmp_path):
+    # Exactly as written, through the real command: no file it names is swapped for a real one.
+    keys = set(Settings.model_fields) - INTERNAL
+    blocks = [block for block in yaml_blocks(README) if set(yaml.safe_load(block) or {}) <= keys]
+    assert blocks, "the README shows a configuration file"
+    for index, block in enumerate(blocks):
+        path = tmp_path / f"readme-{index}.yaml"
+        path.write_text(block, encoding="utf-8")
+        result = subprocess.run(
+            [sys.executable, "-m", "poolwatch", "config", "--config", str(path)],
+            cwd=tmp_path,
+            env=clean_env(HOME=str(tmp_path), PYTHONPATH=str(ROOT)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, block + result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def test_readme_is_a_short_front_door_whose_links_resolve():
