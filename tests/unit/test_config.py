@@ -100,7 +100,7 @@ def test_bad_postgres_port_variable_is_one_line_naming_it() -> None:
             load_settings(environ={"POSTGRES_HOST": "db", "POSTGRES_PORT": port})
 
 
-def test_reading_the_real_environment_goes_through_pydantic_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_settings_reads_the_real_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://env-only:6379/0")
     for name in ("POOLWATCH_CONFIG", "DATABASE_URL", "POSTGRES_HOST", "POSTGRES_DB", "POSTGRES_USER"):
         monkeypatch.delenv(name, raising=False)
