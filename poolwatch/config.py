@@ -120,7 +120,11 @@ class _Periodic(_Model):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float, not a bool. An int is finite at any size (``math.isfinite`` would
+    raise OverflowError beyond a float's range; validation then says it is not a valid number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
 
 
 class ProbeSettings(_Periodic):

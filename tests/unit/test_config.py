@@ -142,6 +142,16 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         r"pool\.size: expected a valid integer \(got '5'\)",
     ),
     (
+        "interval beyond any float",
+        {"targets": [target(probe={"interval": 10**400})]},
+        r"^targets\[0\]\(orders\)\.probe\.interval: expected a valid number \(got 1000+\.\.\.\)$",
+    ),
+    (
+        "timeout beyond any float",
+        {"targets": [target(census={"timeout": -(10**400)})]},
+        r"^targets\[0\]\(orders\)\.census\.timeout: expected a valid number \(got -1000+\.\.\.\)$",
+    ),
+    (
         "zero size",
         {"targets": [target(pool={"size": 0})]},
         r"pool\.size: expected greater than or equal to 1 \(got 0\)",
