@@ -6,8 +6,10 @@ float), a ``str`` a string, a ``bool`` ``true``/``false``; a ``tuple[X, ...]`` d
 ``Field(strict=False)`` also takes a list or a set. Supported types: those, ``SecretStr``,
 ``Literal[...]``, ``X | None``, ``tuple[X, ...]``, ``dict[str, X]`` and nested models; constraints
 ``ge``, ``gt``, ``le``, ``lt``, ``min_length``, ``max_length`` and ``pattern`` (matched as a whole, ``$``
-is the end of the text). A key the model does not have is an error, and so is a key that is not a
-string.
+is the end of the text); bounds are checked ``le``, ``lt``, ``ge``, ``gt``, the first failing one
+reported (a NaN fails whichever comes first). A key the model does not have is an error, and so is a
+key that is not a string; a key that is not valid Unicode (a lone surrogate) refuses the whole
+mapping with that one issue. A model instance where a model is expected is taken as it is.
 
 Every problem is collected, in field order and then in the order of the unknown keys, as an
 ``Issue``: where (the key path), what (a message), and the rejected value; ``ValidationError`` holds
@@ -215,7 +217,7 @@ def model_validator(*, mode: Literal["before", "after"]) -> Callable[[_F], _F]:
 
 
 class _Private:
-    def __init__(self, factory: typing.Callable[[], Any]) -> None:
+    def __init__(self, factory: Callable[[], Any]) -> None:
         self.factory = factory
 
 
@@ -230,7 +232,8 @@ def _function(member: Any) -> Any:
 
 
 def _takes_info(function: Any, arguments: int) -> bool:
-    """Whether a validator takes ``info`` too: ``arguments`` more than it needs without."""
+    """Whether a validator takes ``info`` too, i.e. has ``arguments`` parameters (self or cls
+    included)."""
     return bool(_function(function).__code__.co_argcount == arguments)
 
 
