@@ -16,22 +16,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from urllib.parse import quote
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
+from poolwatch.config_errors import describe_validation_error
+from poolwatch.config_file import read_yaml
+from poolwatch.config_otlp import OtlpSettings  # noqa: TC001 - the models read it at runtime
+from poolwatch.errors import ConfigError
+from poolwatch.masking import MASK, mask_url, printable
+from poolwatch.schema import (
     Field,
+    Model,
     SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-
-from poolwatch.config_errors import describe_validation_error
-from poolwatch.config_file import read_yaml
-from poolwatch.config_otlp import OtlpSettings  # noqa: TC001 - pydantic reads it at runtime
-from poolwatch.errors import ConfigError
-from poolwatch.masking import MASK, mask_url, printable
 from poolwatch.urls import (
     check_sqlite_directory,
     check_url,
@@ -67,9 +65,9 @@ Names = Annotated[tuple[Annotated[str, Field(strict=True, min_length=1)], ...], 
 _HOST_WITH_PORT: Final = re.compile(r"^[^:]*:[0-9*?]*$|^\[[^\]]*:")
 
 
-class _Model(BaseModel):
-    # strict: a YAML string "5" is not a size; extra=forbid: a typo is an error, not a silent default.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+class _Model(Model):
+    """Frozen and strict (``schema.py``): a YAML string "5" is not a size, and an unknown key (a typo)
+    is an error, not a silent default."""
 
 
 class PoolSettings(_Model):
@@ -124,7 +122,11 @@ class _Periodic(_Model):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float, not a bool. An int is finite at any size (``math.isfinite`` would
+    raise OverflowError beyond a float's range; validation then says it is not a valid number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
 
 
 class ProbeSettings(_Periodic):
@@ -345,8 +347,8 @@ class LogSettings(_Model):
 class ShardSettings(_Model):
     """This replica's share of the targets (``poolwatch.sharding``): ``index`` of ``count``."""
 
-    index: int = Field(0, ge=0)
-    count: int = Field(1, ge=1, le=1000)
+    index: int = Field(default=0, ge=0)
+    count: int = Field(default=1, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _index_below_count(self) -> ShardSettings:
@@ -359,7 +361,7 @@ class TargetFilesSettings(_Model):
     """A directory of target files (``poolwatch.targetfiles``), polled for changes every ``interval``."""
 
     directory: str | None = None
-    interval: float = Field(10.0, ge=MIN_SECONDS, le=MAX_SECONDS)
+    interval: float = Field(default=10.0, ge=MIN_SECONDS, le=MAX_SECONDS)
 
 
 class Settings(_Model):
@@ -372,7 +374,7 @@ class Settings(_Model):
     shard: ShardSettings = ShardSettings()
     target_files: TargetFilesSettings = TargetFilesSettings()
     otlp: OtlpSettings | None = Field(
-        None,
+        default=None,
         description="Push every metric over OTLP as well (needs `poolwatch[otel]`; see "
         "[OpenTelemetry](opentelemetry.md)). Off when absent.",
     )
@@ -410,7 +412,7 @@ class Settings(_Model):
 
     def public_dict(self) -> dict[str, Any]:
         """The effective configuration as ``poolwatch config`` prints it: secrets masked."""
-        data = self.model_dump(mode="json", exclude={"source"})
+        data = self.model_dump(exclude={"source"})
         for shown, target in zip(data["targets"], self.targets, strict=True):
             shown["url"] = target.display_url()
             shown["password"] = MASK if target.password else None

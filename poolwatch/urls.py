@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from pydantic import SecretStr
-
 from poolwatch.config_file import read_password_file
 from poolwatch.masking import printable, split_password
+from poolwatch.schema import SecretStr
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

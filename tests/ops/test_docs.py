@@ -22,9 +22,9 @@ import yaml
 from docsgen import benchmark_pages, config_reference, runbooks
 from docsgen.config_reference import DESCRIPTIONS, INTERNAL
 from mkdocs.exceptions import PluginError
-from pydantic import BaseModel
 
 from poolwatch.config import Settings, validate
+from poolwatch.schema import Model
 from tests.daemonkit import clean_env
 from tests.ops.exported import exported_families
 from tests.ops.tools import ROOT, RULES, alerts, load_yaml
@@ -62,14 +62,14 @@ def section(page: str, anchor: str) -> str:
     return page[start : end.start() if end else len(page)]
 
 
-def models(model: type[BaseModel] = Settings, path: str = "") -> list[tuple[str, type[BaseModel]]]:
+def models(model: type[Model] = Settings, path: str = "") -> list[tuple[str, type[Model]]]:
     """Every configuration model with the key path where it sits in the file."""
     found = [(path, model)]
     for name, field in model.model_fields.items():
         if not path and name in INTERNAL:
             continue
         for candidate in (field.annotation, *typing.get_args(field.annotation)):
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            if isinstance(candidate, type) and issubclass(candidate, Model):
                 many = typing.get_origin(field.annotation) is tuple
                 found += models(candidate, f"{path}.{name}".lstrip(".") + ("[]" if many else ""))
     return found
