@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import uuid
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
+SDK_VERSION = tuple(int(part) for part in metadata.version("opentelemetry-sdk").split(".")[:2])
 HOUR_MS = 3_600_000  # the reader's interval: only force_flush() and shutdown() export in these tests
 # The protobuf field of each instrument's points, and whether a sum is monotonic.
 FIELDS = {
@@ -226,3 +228,50 @@ def test_workers_set_up_after_the_fork_export_their_own_instance_ids(
     assert len(last) == len(processes)
     assert dict(last.values()) == by_pid
     assert sum(checkouts for _pid, checkouts in last.values()) == sum(WORKER_CHECKOUTS)
+
+
+def inheriting_worker(service: Service, registry: CollectorRegistry, url: str, checkouts: int) -> None:
+    """A forked worker that uses the SDK its parent set up before the fork."""
+    engine = create_engine(url, connect_args={"application_name": "pw-otel-worker"}, pool_size=1)
+    poolwatch.instrument(engine, name="orders", registry=registry)
+    for _ in range(checkouts):
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    service.flush()  # the reader's export thread was started again in this process
+    service.close()
+    engine.dispose()
+
+
+@pytest.mark.skipif(
+    SDK_VERSION < (1, 44), reason="opentelemetry-sdk before 1.44 keeps the parent's service.instance.id"
+)
+def test_a_provider_made_before_the_fork_gets_a_new_instance_id_in_every_worker(
+    pg: PostgresServer, receiver: OtlpReceiver
+) -> None:
+    """What docs/opentelemetry.md says of a provider set up before the fork: the SDK replaces
+    service.instance.id in each child, even one given explicitly; other attributes stay the parent's."""
+    registry = CollectorRegistry()
+    instance = str(uuid.uuid4())
+    service = Service(receiver.endpoint, instance, registry)
+    context = multiprocessing.get_context("fork")
+    processes = [
+        context.Process(target=inheriting_worker, args=(service, registry, pg.url(), n))
+        for n in WORKER_CHECKOUTS
+    ]
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(60)
+            assert process.exitcode == 0
+    finally:
+        service.close()
+    last: dict[str, int] = {}
+    for _headers, request in receiver.requests:
+        resource = resource_attributes(request)
+        assert resource["process.pid"] == os.getpid()  # as given: the parent's
+        checkouts = checkouts_of(request)
+        if checkouts is not None:
+            last[resource["service.instance.id"]] = checkouts
+    assert instance not in last
+    assert sorted(last.values()) == sorted(WORKER_CHECKOUTS)
