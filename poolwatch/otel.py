@@ -12,10 +12,12 @@ the first instrument's callback takes one reading of every pool, the others repo
 runs a collection's callbacks one after the other, in the order the instruments were created). The
 three histograms get the very samples the recorder folds into the Prometheus buckets: each fold (a
 scrape or a collection, whichever comes first) passes them to a sink, a bounded deque here, and the
-next collection records them into the SDK histograms on the collecting thread. Recording costs a few
-microseconds a sample, so a collection costs about that times the checkouts since the last one (at
-most ``SAMPLE_LIMIT`` per histogram and pool; beyond that the newest are kept). Histograms count the
-samples folded after ``install()``; counters count from the pool's start, like Prometheus'.
+next collection records them into the SDK histograms on the collecting thread. Recording is one
+SDK ``Histogram.record()`` a sample (about 47,000 instructions, opentelemetry-sdk 1.45), so a
+collection costs about that times three times the checkouts since the last one (at most
+``SAMPLE_LIMIT`` per histogram and pool; beyond that the newest are kept, with one warning a pool).
+Histograms count the samples folded after ``install()``; counters count from the pool's start, like
+Prometheus'.
 """
 
 from __future__ import annotations
