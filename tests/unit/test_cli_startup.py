@@ -107,3 +107,37 @@ def test_a_stopped_daemon_exits_without_the_interpreters_teardown(tmp_path: Path
     assert process.wait(30) == 0, "".join(lines) + rest
     assert "poolwatch stopped" in rest
     assert "interpreter teardown" not in rest
+
+
+def test_run_without_otlp_keeps_the_opentelemetry_sdk_out_and_redis_working(tmp_path: Path) -> None:
+    """redis-py imports the SDK whenever it is installed; ``poolwatch run`` without ``otlp:`` hides
+    it before reading the configuration (a Redis URL loads redis-py)."""
+    pytest.importorskip("opentelemetry.sdk.metrics")
+    path = tmp_path / "poolwatch.yaml"
+    # Invalid on purpose (after the Redis target): `run` returns 2 instead of running forever.
+    path.write_text(
+        "targets: [{name: cache, kind: redis, url: 'redis://127.0.0.1:1/0'}]\nlog: {level: LOUD}\n"
+    )
+    code = f"""
+import sys
+from poolwatch.cli import main
+assert main(["run", "--config", {str(path)!r}]) == 2
+import redis
+from redis.observability import providers
+client = redis.Redis.from_url("redis://127.0.0.1:1/0")
+print(int("opentelemetry.sdk.metrics" in sys.modules), int(providers.OTEL_AVAILABLE), type(client).__name__)
+from poolwatch.process import show_sdk
+show_sdk()
+import opentelemetry.sdk.metrics
+print(int("opentelemetry.sdk.metrics" in sys.modules))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=clean_env(HOME=str(tmp_path)),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "0", "Redis", "1"]
