@@ -12,10 +12,12 @@ the first instrument's callback takes one reading of every pool, the others repo
 runs a collection's callbacks one after the other, in the order the instruments were created). The
 three histograms get the very samples the recorder folds into the Prometheus buckets: each fold (a
 scrape or a collection, whichever comes first) passes them to a sink, a bounded deque here, and the
-next collection records them into the SDK histograms on the collecting thread. Recording costs a few
-microseconds a sample, so a collection costs about that times the checkouts since the last one (at
-most ``SAMPLE_LIMIT`` per histogram and pool; beyond that the newest are kept). Histograms count the
-samples folded after ``install()``; counters count from the pool's start, like Prometheus'.
+next collection records them into the SDK histograms on the collecting thread. Recording is one
+SDK ``Histogram.record()`` a sample (about 47,000 instructions, opentelemetry-sdk 1.45), so a
+collection costs about that times three times the checkouts since the last one (at most
+``SAMPLE_LIMIT`` per histogram and pool; beyond that the newest are kept, with one warning a pool).
+Histograms count the samples folded after ``install()``; counters count from the pool's start, like
+Prometheus'.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import threading
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 try:
     from opentelemetry import metrics
@@ -47,7 +49,7 @@ from poolwatch.metrics import LATENCY_BUCKETS, POOL_METRICS
 from poolwatch.otelnames import HOLDER, POOL_NAME, POOL_NAMES, SCHEMA_URL, SERVER
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider
     from prometheus_client.registry import CollectorRegistry
@@ -73,7 +75,9 @@ def _pending() -> deque[float]:
 
 @dataclass(slots=True)
 class _Backlog:
-    """One pool's folded samples waiting for the next collection, per histogram."""
+    """One pool's folded samples waiting for the next collection, per histogram. Its ``take_*``
+    methods are the recorder's sinks: they run where the recorder folds (a scrape or a collection),
+    never on the checkout path."""
 
     name: str
     server: str
@@ -82,9 +86,31 @@ class _Backlog:
     creates: deque[float] = field(default_factory=_pending)
     # Use times of connections with a holder, with its bounded label.
     held: deque[tuple[str, float]] = field(default_factory=lambda: deque(maxlen=SAMPLE_LIMIT))
+    overflowed: bool = False
+
+    def take_waits(self, seconds: list[float]) -> None:
+        self._take(self.waits, seconds)
+
+    def take_uses(self, seconds: list[float]) -> None:
+        self._take(self.uses, seconds)
+
+    def take_creates(self, seconds: list[float]) -> None:
+        self._take(self.creates, seconds)
 
     def hold(self, label: str, seconds: list[float]) -> None:
-        self.held.extend((label, held) for held in seconds)
+        self._take(self.held, [(label, held) for held in seconds])
+
+    def _take(self, pending: deque[Any], batch: list[Any]) -> None:
+        if not self.overflowed and len(pending) + len(batch) > SAMPLE_LIMIT:
+            self.overflowed = True  # one warning a pool, as the recorder gives for its own samples
+            log.warning(
+                "pool %s: more than %d samples of one histogram between two OpenTelemetry "
+                "collections: the OpenTelemetry histograms keep the newest; counters stay exact "
+                "(collect more often)",
+                self.name,
+                SAMPLE_LIMIT,
+            )
+        pending.extend(batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +177,8 @@ class PoolPublisher:
             if recorder is None:
                 continue
             with _sinks_lock:
-                for samples, pending in _pairs(recorder, backlog):
-                    samples.sinks = tuple(sink for sink in samples.sinks if sink != pending.extend)
+                for samples, take in _pairs(recorder, backlog):
+                    samples.sinks = tuple(sink for sink in samples.sinks if sink != take)
                 by_holder = recorder.by_holder
                 by_holder.sinks = tuple(sink for sink in by_holder.sinks if sink != backlog.hold)
 
@@ -174,8 +200,8 @@ class PoolPublisher:
             backlog = _Backlog(recorder.name, source.server)
             self._backlogs[key] = (weakref.ref(recorder, lambda _ref: self._gone(key)), backlog)
         with _sinks_lock:
-            for samples, pending in _pairs(recorder, backlog):
-                samples.sinks = (*samples.sinks, pending.extend)
+            for samples, take in _pairs(recorder, backlog):
+                samples.sinks = (*samples.sinks, take)
             recorder.by_holder.sinks = (*recorder.by_holder.sinks, backlog.hold)
 
     def _gone(self, key: int) -> None:
@@ -200,7 +226,9 @@ class PoolPublisher:
             for labels, value in series((reading.name, reading.server), reading.state, reading.snapshot):
                 assert isinstance(value, int | float)
                 if math.isfinite(value):  # an unbounded pool has no db.client.connection.max
-                    yield Observation(value, _attributes(otel.attributes, labels))
+                    # Every observed pool quantity is a count: an integer point, whichever type
+                    # the pool reports it in (a limit is a float, for an unbounded one's +Inf).
+                    yield Observation(int(value), _attributes(otel.attributes, labels))
 
     def _refresh(self) -> None:
         """Read every pool in scope once (sizes now, a snapshot of its recorder), and record the
@@ -267,8 +295,9 @@ def _attributes(names: tuple[str, ...], values: tuple[str, ...]) -> dict[str, st
     return {name: value for name, value in zip(names, values, strict=True) if value != ""}
 
 
-def _pairs(recorder: Recorder, backlog: _Backlog) -> list[tuple[Samples, deque[float]]]:
-    return [(getattr(recorder, kind), getattr(backlog, kind)) for kind in _HISTOGRAMS.values()]
+def _pairs(recorder: Recorder, backlog: _Backlog) -> list[tuple[Samples, Callable[[list[float]], None]]]:
+    """Each histogram's samples of ``recorder`` and the method of ``backlog`` that takes them."""
+    return [(getattr(recorder, kind), getattr(backlog, f"take_{kind}")) for kind in _HISTOGRAMS.values()]
 
 
 _installed: weakref.WeakKeyDictionary[MeterProvider, PoolPublisher] = weakref.WeakKeyDictionary()

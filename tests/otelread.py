@@ -28,9 +28,14 @@ class Family:
         return found[0]
 
 
-def collect(reader: InMemoryMetricReader) -> dict[str, Family]:
-    """Every metric of one collection, by name."""
-    data = reader.get_metrics_data()
+def collect(reader: InMemoryMetricReader, timeout_millis: float | None = None) -> dict[str, Family]:
+    """Every metric of one collection, by name. ``timeout_millis``: the SDK's bound on the callbacks
+    (10 s unless given), for a collection that records a great many samples."""
+    if timeout_millis is not None:
+        reader.collect(timeout_millis=timeout_millis)  # the reader keeps it for get_metrics_data()
+        data = reader.get_metrics_data()  # collects once more: cumulative, nothing new
+    else:
+        data = reader.get_metrics_data()
     found: dict[str, Family] = {}
     if data is None:
         return found

@@ -352,11 +352,10 @@ def _conditions(header: str) -> str:
     return re.sub(r"^#\s*(\d{4}-\d\d-\d\d) \d\d:\d\d UTC", r"\1", header.strip())
 
 
-def _checkout_instructions(data: dict[str, Any]) -> list[str]:
+def _instruction_table(data: dict[str, Any]) -> list[str]:
+    """Conditions, command and the per-variant instruction counts of a ``--instructions`` run."""
     counts = data["instructions_per_cycle"]
     loop, run = counts["loop"], counts["run"]
-    ratio = loop["poolwatch"]["median_ratio"]
-    verdict = "within" if ratio <= CHECKOUT_BUDGET else "over"
     lines = [
         f"**Conditions:** {_conditions(data['header'])}.",
         "",
@@ -377,11 +376,33 @@ def _checkout_instructions(data: dict[str, Any]) -> list[str]:
         for variant in VARIANTS
         if variant in loop
     ]
+    return lines
+
+
+def _checkout_instructions(data: dict[str, Any]) -> list[str]:
+    ratio = data["instructions_per_cycle"]["loop"]["poolwatch"]["median_ratio"]
+    verdict = "within" if ratio <= CHECKOUT_BUDGET else "over"
     summary = (
         f"With every metric on, the checkout path costs **{ratio:.3f}x** a bare checkout: {verdict} "
         f"the {CHECKOUT_BUDGET:.2f}x budget."
     )
-    return [*lines, "", summary]
+    return [*_instruction_table(data), "", summary]
+
+
+def _checkout_otel(data: dict[str, Any]) -> list[str]:
+    """The same count with ``poolwatch.otel.install()`` done: the checkout path, and the collection."""
+    loop, run = data["instructions_per_cycle"]["loop"], data["instructions_per_cycle"]["run"]
+    plain, otel = loop["poolwatch"]["median_ratio"], loop["poolwatch-otel"]["median_ratio"]
+    verdict = "within" if otel <= CHECKOUT_BUDGET else "over"
+    collection = run["poolwatch-otel"]["median_instructions"] - loop["poolwatch-otel"]["median_instructions"]
+    fold = run["poolwatch"]["median_instructions"] - loop["poolwatch"]["median_instructions"]
+    summary = (
+        f"With OpenTelemetry installed the checkout path costs **{otel:.3f}x** a bare checkout "
+        f"({plain:.3f}x without it, in the same run): {verdict} the {CHECKOUT_BUDGET:.2f}x budget. "
+        f"The scrape with its SDK collection adds {collection:,} instructions per checkout since the "
+        f"last one, against {fold:,} for the Prometheus fold alone, on the collecting thread."
+    )
+    return [*_instruction_table(data), "", summary]
 
 
 def _checkout_kinds(data: dict[str, Any]) -> list[str]:
@@ -773,6 +794,7 @@ def _status_page(data: dict[str, Any]) -> list[str]:
 
 RENDERERS: Final[dict[str, Callable[[dict[str, Any]], list[str]]]] = {
     "checkout_instructions": _checkout_instructions,
+    "checkout_otel": _checkout_otel,
     "checkout_kinds": _checkout_kinds,
     "http_attack": _http_attack,
     "checkout_time": _checkout_time,
