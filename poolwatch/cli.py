@@ -139,11 +139,12 @@ def _run(args: argparse.Namespace) -> int:
     from poolwatch.config import load_settings
     from poolwatch.daemon import Daemon
     from poolwatch.logs import set_level_and_format, setup_logging
-    from poolwatch.otlp_start import hide_sdk, show_sdk
+    from poolwatch.process import hide_sdk, pin_mmap_threshold, show_sdk
 
     def load() -> Settings:
         return load_settings(args.config, listen=args.listen, shard=args.shard, shard_count=args.shard_count)
 
+    pin_mmap_threshold()
     hide_sdk()
     settings = load()
     if settings.otlp is not None:

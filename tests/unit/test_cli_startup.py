@@ -126,7 +126,7 @@ import redis
 from redis.observability import providers
 client = redis.Redis.from_url("redis://127.0.0.1:1/0")
 print(int("opentelemetry.sdk.metrics" in sys.modules), int(providers.OTEL_AVAILABLE), type(client).__name__)
-from poolwatch.otlp_start import show_sdk
+from poolwatch.process import show_sdk
 show_sdk()
 import opentelemetry.sdk.metrics
 print(int("opentelemetry.sdk.metrics" in sys.modules))
