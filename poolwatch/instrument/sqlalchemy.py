@@ -20,6 +20,7 @@ pinned by tests/unit/test_sqlalchemy_internals.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -58,7 +59,23 @@ CALLER_DEPTH: Final = 4
 # Where SQLAlchemy's own code is (its files, and the wrappers its decorators generate): a frame at
 # CALLER_DEPTH still in it (an ORM Session's checkout, through Session.connection() or execute()) is
 # walked out of, to the application's.
-LIBRARY_CODE: Final = (str(Path(sqlalchemy.__file__).parent) + os.sep, "<sqlalchemy generated")
+# contextlib's too: `with engine.begin()` checks out inside its generator, entered from contextlib.
+LIBRARY_CODE: Final = (
+    str(Path(sqlalchemy.__file__).parent) + os.sep,
+    "<sqlalchemy generated",
+    str(Path(contextlib.__file__)),
+)
+_FILES_KEPT: Final = 4096  # file names whose verdict is cached (str.startswith costs ~1,000 instructions)
+
+
+def _library_file(name: str, seen: dict[str, bool]) -> bool:
+    """Whether code of file ``name`` is SQLAlchemy's (or contextlib's); the verdict is cached in ``seen``."""
+    inside = name.startswith(LIBRARY_CODE)
+    if len(seen) < _FILES_KEPT:
+        seen[name] = inside
+    return inside
+
+
 # The attribute of the pool's connect hook that holds what the hooks share (and marks the pool as
 # instrumented): the pool's own __dict__ gets no key but the names of the methods it shadows.
 ATTACHED: Final = "_poolwatch"
@@ -352,7 +369,8 @@ def _connect_hook(  # noqa: C901, PLR0915 - unrolled on purpose: each local save
     origins = ledger.origins
     frame = getframe
     ident = get_ident
-    library = LIBRARY_CODE
+    library_files: dict[str, bool] = {}
+    in_library = library_files.get
     holders = ledger.holders
     holder_now = current_holder
     plain_connect = Pool.connect
@@ -406,10 +424,13 @@ def _connect_hook(  # noqa: C901, PLR0915 - unrolled on purpose: each local save
             except ValueError:  # a shallower stack: a pool used directly
                 caller = frame(1)
             code = caller.f_code
-            if code.co_filename.startswith(library):
+            inside = in_library(code.co_filename)
+            if inside is None:
+                inside = _library_file(code.co_filename, library_files)
+            if inside:
                 # Still SQLAlchemy's (a Session checking out): the first frame outside it, as
                 # capture_origin_outside() finds it. Engine.connect() from the application skips this.
-                while code.co_filename.startswith(library) and caller.f_back is not None:
+                while _library_file(code.co_filename, library_files) and caller.f_back is not None:
                     caller = caller.f_back
                     code = caller.f_code
             origins[record] = (code, caller.f_lasti, ident())

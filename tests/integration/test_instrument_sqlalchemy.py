@@ -189,19 +189,23 @@ def _checked_out_at(caplog: pytest.LogCaptureFixture) -> str:
     return warning.partition("checked out at:\n")[2].partition("\n  thread ")[0]
 
 
-@pytest.mark.parametrize("hold", ["connection", "transaction"])
+@pytest.mark.parametrize("hold", ["connection", "transaction", "engine.begin"])
 def test_leak_through_an_orm_session_names_the_application_line(make_engine, registry, caplog, hold) -> None:
     clock = FakeClock()
     engine, _ = make_engine(pool_size=2)
     poolwatch.instrument(engine, name="orm", registry=registry, leak_threshold=30, clock=clock)
     caplog.set_level(logging.WARNING, logger="poolwatch.instrument")
+    if hold == "engine.begin":
+        with engine.begin():  # the application's checkout
+            clock.advance(31)
+            assert sample(registry, "pool_leaked_connections", "orm") == 1
     with Session(engine) as session:
         if hold == "connection":
             session.connection()  # the application's checkout
-        else:
+        elif hold == "transaction":
             session.execute(text("SELECT 1"))  # the application's checkout
         clock.advance(31)
-        assert sample(registry, "pool_leaked_connections", "orm") == 1
+        assert sample(registry, "pool_leaked_connections", "orm") == int(hold != "engine.begin")
     checkout = _checked_out_at(caplog)
     assert checkout.startswith(f'  File "{__file__}", line '), checkout
     assert "in test_leak_through_an_orm_session_names_the_application_line" in checkout
