@@ -56,10 +56,9 @@ if TYPE_CHECKING:
 # The application's frame, seen from the connect hook: hook < Engine.raw_connection <
 # Connection.__init__ < Engine.connect < application.
 CALLER_DEPTH: Final = 4
-# Where SQLAlchemy's own code is (its files, and the wrappers its decorators generate): a frame at
-# CALLER_DEPTH still in it (an ORM Session's checkout, through Session.connection() or execute()) is
-# walked out of, to the application's.
-# contextlib's too: `with engine.begin()` checks out inside its generator, entered from contextlib.
+# Where SQLAlchemy's own code is (its files, the wrappers its decorators generate, and contextlib,
+# through which `with engine.begin()` checks out): a frame at CALLER_DEPTH still in it (an ORM
+# Session's checkout, through Session.connection() or execute()) is walked out of, to the application's.
 LIBRARY_CODE: Final = (
     str(Path(sqlalchemy.__file__).parent) + os.sep,
     "<sqlalchemy generated",
