@@ -13,7 +13,7 @@ WORKDIR /src
 RUN python -m venv /opt/poolwatch
 COPY pyproject.toml README.md ./
 COPY poolwatch ./poolwatch
-# Every runtime dependency ships manylinux wheels (psycopg2-binary, bcrypt, pydantic-core): no
+# Every runtime dependency ships manylinux wheels (psycopg2-binary, bcrypt, PyYAML): no
 # build tools are needed, so none are installed.
 RUN /opt/poolwatch/bin/pip install --no-cache-dir '.[daemon]' \
     && /opt/poolwatch/bin/poolwatch config --help >/dev/null

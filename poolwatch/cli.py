@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from poolwatch.status import StatusDoc
 
 EXIT_OK, EXIT_DOWN, EXIT_USAGE = 0, 1, 2
-DEFAULT_LISTEN = "127.0.0.1:18187"  # config.DEFAULT_LISTEN, repeated so that --help loads no pydantic
+DEFAULT_LISTEN = (
+    "127.0.0.1:18187"  # config.DEFAULT_LISTEN, repeated so that --help loads no configuration module
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,7 +376,7 @@ def entry() -> None:
     logging.raiseExceptions = False
     code = main()
     # Everything the command opened is closed by now. The interpreter's own teardown would then
-    # collect every object SQLAlchemy, pydantic and APScheduler made, one by one, for nothing: 0.3 s
+    # collect every object SQLAlchemy and APScheduler made, one by one, for nothing: 0.3 s
     # on an idle machine, 1-2 s on a loaded one, between "poolwatch stopped" and the exit.
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

@@ -9,11 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pydantic import SecretStr
-
 from poolwatch.config import DEFAULT_LISTEN, Environment, require_mapping
 from poolwatch.config_file import read_yaml
 from poolwatch.errors import ConfigError
+from poolwatch.schema import SecretStr
 from poolwatch.urls import parse_listen
 
 if TYPE_CHECKING:

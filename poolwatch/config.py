@@ -16,22 +16,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from urllib.parse import quote
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
+from poolwatch.config_errors import describe_validation_error
+from poolwatch.config_file import read_yaml
+from poolwatch.config_otlp import OtlpSettings  # noqa: TC001 - the models read it at runtime
+from poolwatch.errors import ConfigError
+from poolwatch.masking import MASK, mask_url, printable
+from poolwatch.schema import (
     Field,
+    Model,
     SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-
-from poolwatch.config_errors import describe_validation_error
-from poolwatch.config_file import read_yaml
-from poolwatch.config_otlp import OtlpSettings  # noqa: TC001 - pydantic reads it at runtime
-from poolwatch.errors import ConfigError
-from poolwatch.masking import MASK, mask_url, printable
 from poolwatch.urls import (
     check_sqlite_directory,
     check_url,
@@ -63,11 +61,13 @@ _PATTERN_MEANINGS = {
 # YAML gives lists; the frozen models keep tuples. strict=False here admits the list container only:
 # the items are still validated strictly (a name must be a string, a threshold a number).
 Names = Annotated[tuple[Annotated[str, Field(strict=True, min_length=1)], ...], Field(strict=False)]
+# A reaper host pattern written with a port ("10.0.0.5:3306") or in brackets ("[::1]"): never matches.
+_HOST_WITH_PORT: Final = re.compile(r"^[^:]*:[0-9*?]*$|^\[[^\]]*:")
 
 
-class _Model(BaseModel):
-    # strict: a YAML string "5" is not a size; extra=forbid: a typo is an error, not a silent default.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+class _Model(Model):
+    """Frozen and strict (``schema.py``): a YAML string "5" is not a size, and an unknown key (a typo)
+    is an error, not a silent default."""
 
 
 class PoolSettings(_Model):
@@ -122,7 +122,11 @@ class _Periodic(_Model):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float, not a bool. An int is finite at any size (``math.isfinite`` would
+    raise OverflowError beyond a float's range; validation then says it is not a valid number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
 
 
 class ProbeSettings(_Periodic):
@@ -166,6 +170,9 @@ class ReaperSettings(_Periodic):
     exclude_users: Names = ()
     applications: Names = ()
     exclude_applications: Names = ()
+    # Client hosts: the session's client address without the port (globs, case-insensitive).
+    hosts: Names = ()
+    exclude_hosts: Names = ()
     allow_superusers: bool = False
     allow_pubsub: bool = False
     allow_monitors: bool = False
@@ -175,14 +182,22 @@ class ReaperSettings(_Periodic):
     # ``KILL CONNECTION``; it is called with the connection id.
     kill_procedure: Annotated[str, Field(pattern=PROCEDURE_PATTERN)] | None = None
 
+    @field_validator("hosts", "exclude_hosts")
+    @classmethod
+    def _hosts_without_port(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            if _HOST_WITH_PORT.search(host):
+                raise ValueError(f"{host}: a client host is matched without its port (IPv6: no brackets)")
+        return value
+
     @model_validator(mode="after")
     def _needs_a_timeout(self) -> ReaperSettings:
         if self.enabled and self.idle_timeout is None and self.idle_in_transaction_timeout is None:
             raise ValueError("an enabled reaper needs idle_timeout or idle_in_transaction_timeout")
-        if self.enabled and not (self.databases or self.users or self.applications):
+        if self.enabled and not (self.databases or self.users or self.applications or self.hosts):
             # An empty scope would mean "every session on the server": make the operator say so.
             raise ValueError(
-                "an enabled reaper needs databases, users or applications "
+                "an enabled reaper needs databases, users, applications or hosts "
                 "(applications: ['*'] means every application)"
             )
         return self
@@ -305,9 +320,13 @@ class AuditSettings(_Model):
         return split_url_password(data)
 
     @model_validator(mode="after")
-    def _postgres_only(self) -> AuditSettings:
+    def _postgres_only(self, info: ValidationInfo) -> AuditSettings:
         if self.url is not None:
             check_url("postgres", self.url)
+        if self.spool_path is not None:
+            from poolwatch.reaper.spool import check_spool_directory  # noqa: PLC0415 - sqlite3: with a spool only
+
+            check_spool_directory(self.spool_path, (info.context or {}).get("state_dir"))
         return self
 
     def display_url(self) -> str | None:
@@ -328,8 +347,8 @@ class LogSettings(_Model):
 class ShardSettings(_Model):
     """This replica's share of the targets (``poolwatch.sharding``): ``index`` of ``count``."""
 
-    index: int = Field(0, ge=0)
-    count: int = Field(1, ge=1, le=1000)
+    index: int = Field(default=0, ge=0)
+    count: int = Field(default=1, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _index_below_count(self) -> ShardSettings:
@@ -342,7 +361,7 @@ class TargetFilesSettings(_Model):
     """A directory of target files (``poolwatch.targetfiles``), polled for changes every ``interval``."""
 
     directory: str | None = None
-    interval: float = Field(10.0, ge=MIN_SECONDS, le=MAX_SECONDS)
+    interval: float = Field(default=10.0, ge=MIN_SECONDS, le=MAX_SECONDS)
 
 
 class Settings(_Model):
@@ -355,7 +374,7 @@ class Settings(_Model):
     shard: ShardSettings = ShardSettings()
     target_files: TargetFilesSettings = TargetFilesSettings()
     otlp: OtlpSettings | None = Field(
-        None,
+        default=None,
         description="Push every metric over OTLP as well (needs `poolwatch[otel]`; see "
         "[OpenTelemetry](opentelemetry.md)). Off when absent.",
     )
@@ -393,7 +412,7 @@ class Settings(_Model):
 
     def public_dict(self) -> dict[str, Any]:
         """The effective configuration as ``poolwatch config`` prints it: secrets masked."""
-        data = self.model_dump(mode="json", exclude={"source"})
+        data = self.model_dump(exclude={"source"})
         for shown, target in zip(data["targets"], self.targets, strict=True):
             shown["url"] = target.display_url()
             shown["password"] = MASK if target.password else None

@@ -10,7 +10,7 @@ from poolwatch.masking import printable
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from pydantic import ValidationError
+    from poolwatch.schema import Issue, ValidationError
 
 
 def describe_validation_error(
@@ -20,11 +20,10 @@ def describe_validation_error(
 
     ``pattern_meanings`` says in words what a regular expression of the models accepts; a pattern not
     in it is shown as it is."""
-    errors = exc.errors(include_url=False)
-    error = errors[0]
-    path = _key_path(error["loc"], data)
-    message = _plain_message(error, pattern_meanings)
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    issues = exc.issues
+    path = _key_path(issues[0].loc, data)
+    message = _plain_message(issues[0], pattern_meanings)
+    more = f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""
     return f"{path}: {message}{more}" if path else f"{message}{more}"
 
 
@@ -38,7 +37,7 @@ def _key_path(loc: Sequence[int | str], data: Mapping[str, Any]) -> str:
             if isinstance(node, dict) and isinstance(node.get("name"), str) and len(parts) == 1:
                 parts[-1] += f"({printable(node['name'])[1:-1][:40]})"
             continue
-        if item in {"function-after", "function-before", "function-wrap"} or "[" in item:
+        if "[" in item:  # a mapping key's own check ("[key]")
             continue
         parts.append(key_text(item))
         node = node.get(item) if isinstance(node, dict) else None
@@ -51,26 +50,15 @@ def key_text(key: str) -> str:
     return key if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key) else printable(key)
 
 
-def _plain_message(error: Mapping[str, Any], pattern_meanings: Mapping[str, str]) -> str:
-    kind = error["type"]
-    message = str(error["msg"])
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "string_pattern_mismatch":
-        pattern = str((error.get("ctx") or {}).get("pattern", ""))
-        message = f"expected {pattern_meanings.get(pattern, f'text matching {pattern}')}"
-    elif kind == "value_error":
-        message = message.removeprefix("Value error, ")
-    elif kind == "literal_error":
-        message = "expected " + message.removeprefix("Input should be ")
-    else:
-        message = message.replace("Input should be", "expected")
-    shown = "" if kind in {"value_error", "missing", "model_type"} else _got(error.get("input"))
-    if kind == "model_type":
-        message = f"expected a mapping{_got(error.get('input'))}"
-    return message[:1].lower() + message[1:] + shown
+def _plain_message(issue: Issue, pattern_meanings: Mapping[str, str]) -> str:
+    if issue.kind in {"unknown", "missing"}:
+        return issue.message
+    if issue.kind == "value":
+        return issue.message[:1].lower() + issue.message[1:]
+    message = issue.message
+    if issue.kind == "pattern":
+        message = f"expected {pattern_meanings.get(message, f'text matching {message}')}"
+    return message + _got(issue.value)
 
 
 def _got(value: Any) -> str:

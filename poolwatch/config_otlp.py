@@ -11,21 +11,18 @@ import re
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
-
 from poolwatch.config_file import UnreadableFileError, read_text
 from poolwatch.masking import printable
+from poolwatch.schema import Field, Model, field_validator, model_validator, private
 
 MAX_HEADERS_BYTES: Final = 64 * 1024
 METRICS_PATH: Final = "/v1/metrics"
 _TOKEN: Final = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")  # an HTTP header name (RFC 9110 token)
 
 
-class OtlpSettings(BaseModel):
+class OtlpSettings(Model):
     """Push every metric of the daemon over OTLP: its pools as ``db.client.connection.*``, and its
     probes, census, reaper and jobs as ``poolwatch.*``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     endpoint: str = Field(
         description="The OTLP receiver (an OpenTelemetry Collector, or a backend's OTLP endpoint): "
@@ -34,21 +31,22 @@ class OtlpSettings(BaseModel):
         "credentials in it: put them in `headers_file`."
     )
     protocol: Literal["http/protobuf", "grpc"] = Field(
-        "http/protobuf", description="OTLP over HTTP with protobuf bodies, or over gRPC."
+        default="http/protobuf", description="OTLP over HTTP with protobuf bodies, or over gRPC."
     )
     interval: Annotated[float, Field(ge=1, le=3600)] = Field(
-        15.0, description="Seconds between two pushes (one collection each)."
+        default=15.0, description="Seconds between two pushes (one collection each)."
     )
     timeout: Annotated[float, Field(ge=1, le=300)] = Field(
-        10.0, description="Seconds one push may take before it is abandoned (the next one tries again)."
+        default=10.0,
+        description="Seconds one push may take before it is abandoned (the next one tries again).",
     )
     headers_file: str | None = Field(
-        None,
+        default=None,
         description="File of headers sent with every push, one `Name: value` a line (blank lines "
         "and lines starting with `#` are skipped), at most 64 KiB: an API key or bearer token. "
         "Secrets: never logged, printed or shown on the status page.",
     )
-    _headers: dict[str, str] = PrivateAttr(default_factory=dict)
+    _headers: dict[str, str] = private(dict)
 
     @field_validator("endpoint")
     @classmethod
@@ -69,7 +67,7 @@ class OtlpSettings(BaseModel):
     @model_validator(mode="after")
     def _read_headers(self) -> OtlpSettings:
         if self.headers_file is not None:
-            self._headers = read_headers(self.headers_file)
+            object.__setattr__(self, "_headers", read_headers(self.headers_file))  # frozen: set once here
         return self
 
     @property
@@ -86,7 +84,7 @@ class OtlpSettings(BaseModel):
 
     def public_dict(self) -> dict[str, Any]:
         """As ``poolwatch config`` prints it: the header names, never their values."""
-        return {**self.model_dump(mode="json"), "headers": sorted(self._headers)}
+        return {**self.model_dump(), "headers": sorted(self._headers)}
 
 
 def read_headers(path: str) -> dict[str, str]:

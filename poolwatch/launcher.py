@@ -10,9 +10,7 @@ from typing import Final
 from poolwatch._version import __version__
 
 # The top-level modules of what ``poolwatch[daemon]`` installs beyond the library.
-DAEMON_MODULES: Final = frozenset(
-    {"apscheduler", "pydantic", "pydantic_settings", "yaml", "bcrypt", "redis", "psycopg2"}
-)
+DAEMON_MODULES: Final = frozenset({"apscheduler", "yaml", "bcrypt", "redis", "psycopg2"})
 DAEMON_INSTALL: Final = "pip install 'poolwatch[daemon]'"
 
 

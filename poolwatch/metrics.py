@@ -15,7 +15,7 @@ import contextlib
 import platform
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -350,7 +350,7 @@ _CORE: Final[tuple[MetricSpec, ...]] = (
 class Rows:
     """One family's series as plain rows: the fast-render interface of scrape-time collectors.
 
-    A collector that offers ``rows() -> Iterable[Rows]`` besides ``collect()`` is rendered from its
+    A collector that offers ``rows()`` besides ``collect()`` (a ``RowsSource``) is rendered from its
     rows by poolwatch's /metrics renderer (exposition.py): no ``Sample`` tuples and label dicts to
     build per sample. Each row is ``(label values in spec.labels order, value)``; a histogram's value
     is ``(cumulative (le, count) pairs ending with +Inf, sum)``.
@@ -358,6 +358,19 @@ class Rows:
 
     spec: MetricSpec
     rows: list[tuple[tuple[str, ...], Any]]
+
+
+class RowsSource(Protocol):
+    """The fast-render interface: a scrape-time collector that gives its families as ``Rows``.
+
+    ``rows()`` yields the same series ``collect()`` does. The renderer looks for the method with
+    ``getattr`` rather than ``isinstance`` (a runtime protocol check walks every member on every
+    call); a class that implements it says so by deriving from this protocol, which mypy checks.
+    """
+
+    def rows(self) -> Iterable[Rows]:
+        """Every family of the collector, as plain rows."""
+        ...
 
 
 def counter(spec: MetricSpec, registry: CollectorRegistry) -> Counter:
@@ -434,17 +447,22 @@ class BuildMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.info = gauge(BUILD_INFO, registry)
-        # The daemon's libraries, imported here: library mode never builds this family.
-        import apscheduler  # noqa: PLC0415
-        import redis  # noqa: PLC0415
-        import sqlalchemy  # noqa: PLC0415
+        # The installed versions, read without importing the libraries (redis alone is a third of a
+        # second: `poolwatch check` on SQL targets never needs it); library mode never builds this.
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+        def installed(distribution: str) -> str:
+            try:
+                return version(distribution)
+            except PackageNotFoundError:
+                return ""
 
         self.info.labels(
             __version__,
             platform.python_version(),
-            sqlalchemy.__version__,
-            redis.__version__,
-            getattr(apscheduler, "__version__", "3"),
+            installed("sqlalchemy"),
+            installed("redis"),
+            installed("apscheduler"),
         ).set(1)
 
 
@@ -574,6 +592,14 @@ PGBOUNCER_FAMILIES: Final[dict[str, tuple[str, str, tuple[str, ...]]]] = {
         "gauge",
         "1 per pool, labelled with its pool mode.",
         ("database", "user", "mode"),
+    ),
+    "pgbouncer_clients": (
+        "gauge",
+        (
+            "Client connections to PgBouncer by database, user, application_name (census.applications; "
+            "others folded into the empty value) and state (SHOW CLIENTS)."
+        ),
+        ("database", "user", "application", "state"),
     ),
     "pgbouncer_database_pool_size": ("gauge", "Server connections per pool of the database.", ("database",)),
     "pgbouncer_database_min_pool_size": ("gauge", "Minimum pool size of the database.", ("database",)),

@@ -1,7 +1,8 @@
 """URLs of targets and the listen address: checks per kind, the password split out, the SQLAlchemy URL.
 
-SQLAlchemy's URL parser is imported when a SQL URL is checked, not with this module: ``poolwatch
---version`` and a Redis-only configuration never load SQLAlchemy.
+A SQL URL is checked with ``parse_sql_url``, SQLAlchemy's ``make_url`` rules without SQLAlchemy
+(importing any part of it loads the whole package, half a second): ``poolwatch config`` and
+``--version`` never load it. ``sqlalchemy_url`` builds the real URL object when an engine is made.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
-
-from pydantic import SecretStr
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from poolwatch.config_file import read_password_file
 from poolwatch.masking import printable, split_password
+from poolwatch.schema import SecretStr
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -41,6 +41,57 @@ _EXAMPLES: dict[str, str] = {
 }
 
 
+# SQLAlchemy's make_url() pattern (sqlalchemy/engine/url.py, 2.0 and 2.1), as it is.
+_SQL_URL = re.compile(
+    r"""
+        (?P<name>[\w\+]+)://
+        (?:
+            (?P<username>[^:/]*)
+            (?::(?P<password>[^@]*))?
+        @)?
+        (?:
+            (?:
+                \[(?P<ipv6host>[^/\?]+)\] |
+                (?P<ipv4host>[^/:\?]+)
+            )?
+            (?::(?P<port>[^/\?]*))?
+        )?
+        (?:/(?P<database>[^\?]*))?
+        (?:\?(?P<query>.*))?
+    """,
+    re.VERBOSE,
+)
+
+
+class SqlUrl(NamedTuple):
+    """The parts of a SQL URL the checks read, as ``sqlalchemy.engine.make_url`` gives them."""
+
+    host: str | None
+    port: int | None
+    database: str | None
+    query: dict[str, str | tuple[str, ...]]
+
+
+def parse_sql_url(url: str) -> SqlUrl:
+    """``make_url(url)``'s host, port, database and query, or ``ValueError`` where ``make_url``
+    raises (``tests/unit/test_sql_url.py`` compares the two on many URLs)."""
+    match = _SQL_URL.match(url)
+    if match is None:
+        raise ValueError("not a SQL URL")
+    query: dict[str, str | tuple[str, ...]] = {}
+    for key, value in parse_qsl(match["query"] or ""):
+        held = query.get(key)
+        query[key] = value if held is None else (*((held,) if isinstance(held, str) else held), value)
+    database = match["database"]
+    port = match["port"]
+    return SqlUrl(
+        host=match["ipv4host"] or match["ipv6host"],
+        port=None if port is None else int(port),  # int("") and int("x") raise, as in make_url
+        database=None if database is None else unquote(database),
+        query=query,
+    )
+
+
 def check_url(kind: str, url: str) -> None:
     """Reject a URL that cannot work for ``kind``, naming what is expected."""
     scheme, sep, rest = url.partition("://")
@@ -56,12 +107,9 @@ def check_url(kind: str, url: str) -> None:
 
 
 def _check_sql_url(kind: str, url: str, rest: str) -> None:
-    from sqlalchemy.engine import make_url  # noqa: PLC0415 - see the module docstring
-    from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
-
     try:
-        parsed = make_url(url.replace("postgres://", "postgresql://", 1))
-    except (ArgumentError, ValueError):
+        parsed = parse_sql_url(url.replace("postgres://", "postgresql://", 1))
+    except ValueError:
         raise ValueError(f"url is not a valid {kind} URL: {printable(url)}") from None
     if kind == "sqlite" and in_memory(parsed.database, parsed.query):
         # SQLAlchemy gives such an engine a SingletonThreadPool (one database per thread) or a
@@ -74,7 +122,7 @@ def _check_sql_url(kind: str, url: str, rest: str) -> None:
         _check_server_url(kind, parsed, rest)
 
 
-def _check_server_url(kind: str, parsed: Any, rest: str) -> None:
+def _check_server_url(kind: str, parsed: SqlUrl, rest: str) -> None:
     example = _EXAMPLES[kind]
     if (not parsed.host and "host" not in parsed.query) or rest.startswith("/") or not rest:
         raise ValueError(f"url needs a host, as in {example}")
@@ -173,7 +221,7 @@ def split_url_password(data: Any) -> Any:
 def check_sqlite_directory(url: str, state_dir: str | None) -> None:
     """A SQLite file's directory must exist: poolwatch creates its own state directory only (a typo
     in a path must not become a directory tree, made by whoever runs poolwatch, root included)."""
-    database = sqlalchemy_url(url, None).database
+    database = parse_sql_url(url.replace("postgres://", "postgresql://", 1)).database
     if not database or database.startswith("file:"):
         return
     directory = Path(database).parent

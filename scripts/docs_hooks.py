@@ -1,7 +1,8 @@
 """mkdocs hooks: the generated parts of the docs site, made from the code and results at build time.
 
 A page asks for a generated part with a marker line, ``<!-- generated: NAME [ARGUMENT] -->``:
-``config-reference``, ``metrics-reference``, ``otel-mapping`` and ``benchmark <results file stem>``.
+``config-reference``, ``metrics-reference``, ``otel-mapping``, ``checkout-kinds-cost`` (the
+pool kinds' checkout path in instructions) and ``benchmark <results file stem>``.
 The build fails on an unknown marker, and when a generated part, a benchmark's results or a chart is
 shown nowhere. The benchmark charts and CHANGELOG.md are added to the site as they are.
 """
@@ -36,6 +37,7 @@ def parts() -> dict[str, Callable[[int], str]]:
         "config-reference": lambda _depth: config_reference.render(),
         "metrics-reference": lambda _depth: metrics_reference.render(),
         "otel-mapping": lambda _depth: otel_mapping.render(),
+        "checkout-kinds-cost": lambda _depth: benchmark_pages.kinds_cost(),
     }
     for name in benchmark_pages.names():
         found[f"benchmark {name}"] = functools.partial(_benchmark, name)

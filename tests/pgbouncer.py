@@ -2,8 +2,10 @@
 
 Its configuration, auth file, socket and log live in a temporary directory; it listens on a free
 loopback port. Every database name is routed to the PostgreSQL server given (``* = host=...``), in
-transaction pooling with a small pool, so a test can exhaust it with a few clients. ``admin`` may use
-the admin console (database ``pgbouncer``); ``app`` is an ordinary client. PgBouncer refuses to run
+transaction pooling with a small pool, so a test can exhaust it with a few clients. On the admin
+console (database ``pgbouncer``) ``stats`` is a ``stats_users`` member, read-only, the account poolwatch
+is given (``console_url``); ``admin`` (``admin_users``) is for the tests' own look and changes; ``app``
+is an ordinary client. PgBouncer refuses to run
 as root, so as root it runs as the ``postgres`` OS user (as PostgreSQL does in ``tests.servers``).
 """
 
@@ -45,6 +47,8 @@ class PgBouncerServer(_ServerProcess):
         self.port = free_port()
         self.admin = "pgbadmin"
         self.admin_password = "pgb-" + secrets.token_hex(8)
+        self.stats = "pgbstats"
+        self.stats_password = "pgs-" + secrets.token_hex(8)
         self.app_user = app_user
         self.app_password = app_password
         self.pool_size = pool_size
@@ -52,7 +56,11 @@ class PgBouncerServer(_ServerProcess):
         self._write_config()
 
     def _write_config(self) -> None:
-        quoted = {self.admin: self.admin_password, self.app_user: self.app_password}
+        quoted = {
+            self.admin: self.admin_password,
+            self.stats: self.stats_password,
+            self.app_user: self.app_password,
+        }
         (self.basedir / "userlist.txt").write_text(
             "".join(f'"{user}" "{password}"\n' for user, password in quoted.items())
         )
@@ -67,6 +75,7 @@ unix_socket_dir = {self.basedir}
 auth_type = scram-sha-256
 auth_file = {self.basedir / "userlist.txt"}
 admin_users = {self.admin}
+stats_users = {self.stats}
 pool_mode = transaction
 default_pool_size = {self.pool_size}
 max_client_conn = 100
@@ -116,12 +125,17 @@ pidfile = {self.basedir / "pgbouncer.pid"}
     def admin_url(self) -> str:
         return f"postgresql://{self.admin}:{self.admin_password}@{self.host}:{self.port}/pgbouncer"
 
-    def admin_connection(self) -> Any:
+    def console_url(self) -> str:
+        """The admin console as a ``stats_users`` member: what a poolwatch target is given."""
+        return f"postgresql://{self.stats}:{self.stats_password}@{self.host}:{self.port}/pgbouncer"
+
+    def admin_connection(self, *, stats: bool = False) -> Any:
+        """The admin console, as the admin or (``stats``) as the read-only stats user."""
         connection = psycopg2.connect(
             host=self.host,
             port=self.port,
-            user=self.admin,
-            password=self.admin_password,
+            user=self.stats if stats else self.admin,
+            password=self.stats_password if stats else self.admin_password,
             dbname="pgbouncer",
             connect_timeout=5,
         )

@@ -26,6 +26,11 @@ def sample(registry: CollectorRegistry, name: str, pool: str, **labels: str) -> 
     )
 
 
+def waits(registry: CollectorRegistry, pool: str) -> tuple[float, float]:
+    """The wait histogram's count and sum: how many checkouts waited (or gave up), for how long."""
+    return sample(registry, "pool_wait_seconds_count", pool), sample(registry, "pool_wait_seconds_sum", pool)
+
+
 class FakeClock:
     """A clock tests move by hand."""
 

@@ -1,5 +1,7 @@
--- The least-privilege account poolwatch logs in as, on each monitored MySQL 8 or MariaDB 10.5+ server.
--- Run as an administrator (mariadb < deploy/sql/mysql-grants.sql), then set a password:
+-- MySQL 8.0+: the least-privilege account poolwatch logs in as, on each monitored server.
+-- (MariaDB: deploy/sql/mariadb-grants.sql. The two files differ only in the spelling of the kill
+-- grant, MySQL's CONNECTION_ADMIN against MariaDB's CONNECTION ADMIN: each server rejects the other's.)
+-- Run as an administrator (mysql < deploy/sql/mysql-grants.sql), then set a password:
 --   ALTER USER 'poolwatch'@'%' IDENTIFIED BY '...';
 -- Give the target a URL without a default database (mysql+pymysql://poolwatch@db:3306/): the
 -- account needs no rights on the application's schemas.
@@ -12,8 +14,8 @@ CREATE USER IF NOT EXISTS 'poolwatch'@'%';
 GRANT PROCESS ON *.* TO 'poolwatch'@'%';
 
 -- Program names (the program_name connection attribute) of other sessions, where performance_schema
--- is on (MySQL's default; MariaDB's is off, and then every program name is unknown). Optional: without
--- it the census counts every session under the empty (folded) application label.
+-- is on (MySQL's default). Optional: without it the census counts every session under the empty
+-- (folded) application label.
 GRANT SELECT ON performance_schema.session_connect_attrs TO 'poolwatch'@'%';
 
 -- The reaper only. Which accounts hold SUPER: a superuser's session is never killed unless
@@ -21,14 +23,11 @@ GRANT SELECT ON performance_schema.session_connect_attrs TO 'poolwatch'@'%';
 -- Two columns of mysql.user only: not the password hashes.
 GRANT SELECT (User, Super_priv) ON mysql.user TO 'poolwatch'@'%';
 
--- The reaper with dry_run: false only: KILL CONNECTION of other accounts' connections.
--- MariaDB 10.5.2+ and MySQL 8.0: CONNECTION ADMIN (MySQL spells it CONNECTION_ADMIN). Older servers
--- need SUPER instead. MySQL 8 also refuses to kill a SYSTEM_USER account's connection without
--- SYSTEM_USER: leave that out, such sessions stay safe. Like pg_signal_backend on PostgreSQL, this
--- grant can kill any ordinary connection: which ones are fair game is the reaper policy's decision.
-GRANT CONNECTION ADMIN ON *.* TO 'poolwatch'@'%';   -- MariaDB
--- GRANT CONNECTION_ADMIN ON *.* TO 'poolwatch'@'%'; -- MySQL 8
-
--- Managed servers without CONNECTION ADMIN (Amazon RDS): leave the grant above out, set
+-- The reaper with dry_run: false only: KILL CONNECTION of other accounts' connections. MySQL also
+-- refuses to kill a SYSTEM_USER account's connection without SYSTEM_USER: leave that out, such
+-- sessions stay safe. Like pg_signal_backend on PostgreSQL, this grant can kill any ordinary
+-- connection: which ones are fair game is the reaper policy's decision.
+-- Managed servers without it (Amazon RDS for MySQL): leave it out, set
 -- reaper.kill_procedure: mysql.rds_kill, and let the account run that procedure (RDS grants it to
 -- every user by default).
+GRANT CONNECTION_ADMIN ON *.* TO 'poolwatch'@'%';

@@ -1,4 +1,5 @@
-"""PgBouncer's pool health from its admin console: SHOW POOLS, STATS, DATABASES, LISTS, CONFIG, VERSION.
+"""PgBouncer's pool health from its admin console: SHOW POOLS, CLIENTS, STATS, DATABASES, LISTS, CONFIG,
+VERSION.
 
 The admin console speaks the PostgreSQL protocol but takes only its own ``SHOW`` commands: no
 transactions, no ``SELECT``. So it is reached through one raw psycopg2 connection in autocommit (no
@@ -6,7 +7,8 @@ SQLAlchemy engine, whose dialect queries the server on connect), shared by the p
 job under a lock and opened again after any failure. Values become ``poolwatch_pgbouncer_*`` samples
 per database and user; a column an older PgBouncer lacks is simply not exported. With
 ``census.databases`` or ``census.users`` configured, other names are folded into the empty label value (counts
-summed, waits and ages maxed), as the census does.
+summed, waits and ages maxed), as the census does. Client application names (SHOW CLIENTS) are chosen
+by each client, so only those listed in ``census.applications`` become label values, as in the census.
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ SERVER_STATES: Final = {
     "sv_active_cancel": "active_cancel",
     "sv_being_canceled": "being_canceled",
 }
-# SHOW DATABASES column -> family (per database).
+# SHOW DATABASES column -> family (per database). PgBouncer 1.24 renamed ``reserve_pool`` to
+# ``reserve_pool_size``: either name feeds the same family (a row has only one of them).
 DATABASE_COLUMNS: Final = {
     "pool_size": "pgbouncer_database_pool_size",
     "min_pool_size": "pgbouncer_database_min_pool_size",
     "reserve_pool": "pgbouncer_database_reserve_pool_size",
+    "reserve_pool_size": "pgbouncer_database_reserve_pool_size",
     "max_connections": "pgbouncer_database_max_connections",
     "current_connections": "pgbouncer_database_current_connections",
     "paused": "pgbouncer_database_paused",
@@ -176,9 +180,12 @@ def _number(value: Any) -> float | None:
 class Folder:
     """Label values limited to configured names (when any are configured); samples aggregated."""
 
-    def __init__(self, databases: Iterable[str] = (), users: Iterable[str] = ()) -> None:
+    def __init__(
+        self, databases: Iterable[str] = (), users: Iterable[str] = (), applications: Iterable[str] = ()
+    ) -> None:
         self.databases = frozenset(databases)
         self.users = frozenset(users)
+        self.applications = frozenset(applications)
         self.values: dict[tuple[str, tuple[str, ...]], float] = {}
 
     def database(self, name: Any) -> str:
@@ -186,6 +193,10 @@ class Folder:
 
     def user(self, name: Any) -> str:
         return str(name) if not self.users or name in self.users else FOLDED
+
+    def application(self, name: Any) -> str:
+        """Only configured names: a client sets its own, so they are not bounded otherwise."""
+        return str(name) if name in self.applications else FOLDED
 
     def add(self, family: str, labels: tuple[str, ...], value: float | None) -> None:
         if value is None:
@@ -206,15 +217,12 @@ def samples(shown: Mapping[str, Rows], folder: Folder) -> list[Sample]:
     """The ``SHOW`` results as ``poolwatch_pgbouncer_*`` samples (family, labels after target, value)."""
     for row in shown.get("POOLS", []):
         _pool(row, folder)
+    for row in shown.get("CLIENTS", []):
+        _client(row, folder)
     for row in shown.get("DATABASES", []):
-        database = (folder.database(row.get("name")),)
-        for column, family in DATABASE_COLUMNS.items():
-            folder.add(family, database, _number(row.get(column)))
+        _database(row, folder)
     for row in shown.get("STATS", []):
-        database = (folder.database(row.get("database")),)
-        for column, (family, scale) in STATS_COLUMNS.items():
-            value = _number(row.get(column))
-            folder.add(family, database, None if value is None else value * scale)
+        _stats(row, folder)
     for row in shown.get("LISTS", []):
         folder.add("pgbouncer_list_items", (str(row.get("list")),), _number(row.get("items")))
     for row in shown.get("CONFIG", []):
@@ -239,11 +247,36 @@ def _pool(row: Mapping[str, Any], folder: Folder) -> None:
         folder.add("pgbouncer_pool_mode", (*labels, str(row["pool_mode"])), 1.0)
 
 
+def _database(row: Mapping[str, Any], folder: Folder) -> None:
+    database = (folder.database(row.get("name")),)
+    for column, family in DATABASE_COLUMNS.items():
+        folder.add(family, database, _number(row.get(column)))
+
+
+def _stats(row: Mapping[str, Any], folder: Folder) -> None:
+    database = (folder.database(row.get("database")),)
+    for column, (family, scale) in STATS_COLUMNS.items():
+        value = _number(row.get(column))
+        folder.add(family, database, None if value is None else value * scale)
+
+
+def _client(row: Mapping[str, Any], folder: Folder) -> None:
+    """One SHOW CLIENTS row: one client, counted by database, user, application and state."""
+    labels = (
+        folder.database(row.get("database")),
+        folder.user(row.get("user")),
+        folder.application(row.get("application_name")),
+        str(row.get("state") or ""),
+    )
+    folder.add("pgbouncer_clients", labels, 1.0)
+
+
 def stats(target: TargetSettings, console: AdminConsole) -> Callable[[], list[Sample]]:
     """The ``take`` function of a PgBouncer target's stats job."""
 
     def take() -> list[Sample]:
-        shown = console.show("POOLS", "DATABASES", "STATS", "LISTS", "CONFIG", "VERSION")
-        return samples(shown, Folder(target.census.databases, target.census.users))
+        shown = console.show("POOLS", "CLIENTS", "DATABASES", "STATS", "LISTS", "CONFIG", "VERSION")
+        census = target.census
+        return samples(shown, Folder(census.databases, census.users, census.applications))
 
     return take

@@ -20,7 +20,7 @@ import prometheus_client.registry
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from poolwatch.instrument.recorder import CLOSE_REASONS, CONNECT_ERROR_REASONS
-from poolwatch.metrics import POOL_METRICS, Rows
+from poolwatch.metrics import POOL_METRICS, Rows, RowsSource
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -52,8 +52,9 @@ class PoolSource(Protocol):
         """The pool's sizes now, or None when the pool is gone (its series are then dropped)."""
 
 
-class PoolCollector(Collector):
-    """Exports every pool registered on one registry."""
+class PoolCollector(Collector, RowsSource):
+    """Exports every pool registered on one registry: ``collect()`` for prometheus_client, ``rows()``
+    for poolwatch's renderer."""
 
     def __init__(self) -> None:
         self._pools: dict[str, PoolSource] = {}

@@ -12,7 +12,8 @@ Connects are timed from the socket to the end of the handshake (AUTH, HELLO, SET
 start by a ``_connect`` attribute on each connection of the pool that calls its class's ``_connect``
 (looked up at each call), the end by redis-py's public connect callback, which runs only after a
 successful handshake. Every private name of redis-py poolwatch reads is read in this module
-(``pool_internals()``, once per pool), pinned by tests/unit/test_redis_internals.py.
+(``pool_internals()``, once per pool; ``async_pool_sizes()`` for the asyncio pools of
+redis_async.py), pinned by tests/unit/test_redis_internals.py and test_private_names.py.
 """
 
 from __future__ import annotations
@@ -122,6 +123,15 @@ def missing_internals(pool: redis.ConnectionPool) -> list[str]:
 
 
 _ABSENT: Final = object()
+
+
+# A redis.asyncio pool's lists of free and in-use connections (instrument_redis_async checks them).
+ASYNC_POOL_LISTS: Final = ("_available_connections", "_in_use_connections")
+
+
+def async_pool_sizes(pool: Any) -> tuple[int, int]:
+    """A redis.asyncio pool's free and in-use connections, counted (at scrape time)."""
+    return len(pool._available_connections), len(pool._in_use_connections)
 
 
 def _connected(connection: Any) -> bool:

@@ -7,8 +7,8 @@ included, as redis-py connects inside ``get_connection()``), uses, checkouts, pe
 exhaustion ("Too many connections", or "No connection available." after a blocking pool's timeout)
 counted as timeouts, and connect errors by reason. The asyncio pool holds its connections in use
 weakly (a connection the application drops is collected), so poolwatch's ledger holds them by weak
-reference too. Sizes are read from the pool's lists of free and in-use connections. Every private
-name of redis-py poolwatch reads for the asyncio pools is read in this module.
+reference too. Sizes are read from the pool's lists of free and in-use connections, by redis.py's
+``async_pool_sizes()``: every private name of redis-py poolwatch reads is read there.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from poolwatch.instrument.common import (
     undone_on_failure,
 )
 from poolwatch.instrument.recorder import Ledger
+from poolwatch.instrument.redis import ASYNC_POOL_LISTS, async_pool_sizes
 from poolwatch.serverlabel import redis_server
 
 if TYPE_CHECKING:
@@ -70,8 +71,7 @@ class AsyncRedisInstrumentation(Base):
         pool = self._pool()
         if pool is None:
             return None
-        idle = len(pool._available_connections)
-        used = len(pool._in_use_connections)
+        idle, used = async_pool_sizes(pool)
         limit = float(pool.max_connections)
         return PoolState(idle=idle, used=used, size=int(min(limit, 2**31)), max_connections=limit, overflow=0)
 
@@ -101,7 +101,7 @@ def instrument_redis_async(
     if getattr(getattr(pool, "get_connection", None), ATTACHED, None) is not None:
         raise ValueError(f"poolwatch.instrument_redis({name!r}): this pool is already instrumented")
     check_threshold("instrument_redis", name, leak_threshold)
-    for attr in ("_available_connections", "_in_use_connections"):
+    for attr in ASYNC_POOL_LISTS:
         if not hasattr(pool, attr):
             raise TypeError(f"poolwatch.instrument_redis({name!r}): {type(pool).__name__} has no {attr}")
     recorder = new_recorder(name, leak_threshold, clock, counts_from)

@@ -13,9 +13,10 @@ the engine uses it.
 Rarer facts come from public pool events (connect, invalidate, close, detach), registered on the pool
 and carried by SQLAlchemy to the pools it recreates. Per-connection facts (a lifetime jitter, why a
 connection is being closed) live in poolwatch's own weak map, never in the application's
-``Connection.info``. Every private name of SQLAlchemy poolwatch reads is read in this module:
-``pool_internals()`` once per pool, and ``_connection_record`` / ``last_connect_time`` per connection,
-pinned by tests/unit/test_sqlalchemy_internals.py.
+``Connection.info``. Every private name of SQLAlchemy poolwatch reads is read in this module, for
+NullPool engines (sqlalchemy_nullpool.py) too: ``pool_internals()`` once per pool, and
+``_connection_record`` / ``last_connect_time`` per connection (``record_of``, ``entry_of``,
+``connected_at``), pinned by tests/unit/test_sqlalchemy_internals.py and test_private_names.py.
 """
 
 from __future__ import annotations
@@ -78,7 +79,10 @@ def _library_file(name: str, seen: dict[str, bool]) -> bool:
 # The attribute of the pool's connect hook that holds what the hooks share (and marks the pool as
 # instrumented): the pool's own __dict__ gets no key but the names of the methods it shadows.
 ATTACHED: Final = "_poolwatch"
-_HOOKED: Final = ("connect", "_return_conn", "dispose", "recreate")
+# The pool method a connection goes back through: private, shadowed by the checkin hooks of QueuePool
+# and of NullPool (sqlalchemy_nullpool.py).
+RETURN_CONN: Final = "_return_conn"
+_HOOKED: Final = ("connect", RETURN_CONN, "dispose", "recreate")
 _EVENTS: Final = ("connect", "invalidate", "soft_invalidate", "close", "detach")
 
 _closing = threading.local()  # .reason while dispose() closes connections on this thread
@@ -125,9 +129,15 @@ def record_of(connection: PoolProxiedConnection) -> ConnectionPoolEntry:
     return cast("Any", connection)._connection_record  # type: ignore[no-any-return]
 
 
+def entry_of(connection: object) -> object:
+    """A checked-out connection's pool entry, or the entry itself (what ``_return_conn()`` is given):
+    the ledger key of NullPool's hooks (sqlalchemy_nullpool.py), called by them as ``key``."""
+    return getattr(connection, "_connection_record", connection)
+
+
 def connected_at(record: ConnectionPoolEntry) -> float:
     """Unix time the entry last opened its connection (``_ConnectionRecord.last_connect_time``)."""
-    return float(cast("Any", record).last_connect_time)
+    return float(record.last_connect_time)  # type: ignore[attr-defined]
 
 
 @dataclass(slots=True)
@@ -342,7 +352,7 @@ def _hook(pool: QueuePool, instrumentation: SQLAlchemyInstrumentation) -> QueueP
     vars(pool).update(
         {
             "connect": connect,
-            "_return_conn": _return_hook(pool, recorder, ledger),
+            RETURN_CONN: _return_hook(pool, recorder, ledger),
             "dispose": dispose,
             "recreate": recreate,
         }

@@ -6,7 +6,9 @@ NullPool keeps none idle), how many were opened (checkouts), how long opening to
 create histograms) and why it failed (connect errors by reason), plus use times and leaks. The
 pool's ``connect()``, ``_return_conn()`` and ``recreate()`` are shadowed by hooks set as instance
 attributes, as for QueuePool (poolwatch/instrument/sqlalchemy.py), each calling the pool class's own
-method looked up when it runs; connect times come from the public ``connect`` pool event.
+method looked up when it runs; connect times come from the public ``connect`` pool event. The private
+names of SQLAlchemy read here (the return method's, a connection's entry, its connect time) are read
+by sqlalchemy.py's accessors, bound into the hooks when the pool is instrumented.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sqlalchemy.pool import NullPool
 from poolwatch.instrument.collector import PoolState
 from poolwatch.instrument.common import Base, check_threshold, checkout_hooks, new_recorder, register, shadow
 from poolwatch.instrument.recorder import Ledger
+from poolwatch.instrument.sqlalchemy import RETURN_CONN, connected_at, entry_of
 from poolwatch.serverlabel import sql_server
 
 if TYPE_CHECKING:
@@ -37,17 +40,12 @@ if TYPE_CHECKING:
     from poolwatch.instrument.recorder import Recorder
 
 _LIBRARY_DIR: Final = str(Path(sqlalchemy.__file__).parent) + os.sep
-_HOOKED: Final = ("connect", "_return_conn", "recreate")
+_HOOKED: Final = ("connect", RETURN_CONN, "recreate")
 ATTACHED: Final = "_poolwatch"
 
 
 def _never(_exc: BaseException) -> bool:
     return False  # a NullPool has no limit to run into
-
-
-def _record(connection: Any) -> object:
-    # A checked-out connection's pool entry, or the entry itself (what _return_conn() is given).
-    return getattr(connection, "_connection_record", connection)
 
 
 class NullPoolInstrumentation(Base):
@@ -93,8 +91,7 @@ def instrument_nullpool(
 
     def on_connect(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         try:
-            opened = float(cast("Any", record).last_connect_time)
-            recorder.connected(max(0.0, time.time() - opened))
+            recorder.connected(max(0.0, time.time() - connected_at(record)))
         except Exception as exc:
             recorder.internal_error(exc)
 
@@ -117,12 +114,12 @@ def _hook(pool: NullPool, recorder: Recorder, on_connect: Callable[..., None]) -
     ledger = Ledger()
     connect, return_conn = checkout_hooks(
         "connect",
-        "_return_conn",
+        RETURN_CONN,
         weakref.ref(pool),
         recorder,
         ledger,
         exhausted=_never,
-        key=_record,
+        key=entry_of,
         library_dir=_LIBRARY_DIR,
     )
     ref: Callable[[], Any] = weakref.ref(pool)
@@ -136,5 +133,5 @@ def _hook(pool: NullPool, recorder: Recorder, on_connect: Callable[..., None]) -
 
     connect.__doc__ = type(pool).connect.__doc__
     setattr(connect, ATTACHED, ledger)
-    shadow(pool, {"connect": connect, "_return_conn": return_conn, "recreate": recreate})
+    shadow(pool, {"connect": connect, RETURN_CONN: return_conn, "recreate": recreate})
     recorder.adopt(ledger)

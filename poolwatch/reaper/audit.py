@@ -30,7 +30,7 @@ from poolwatch.reaper.own import BACKENDS
 from poolwatch.reaper.spool import Spool
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Collection, Sequence
 
     from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.sql.elements import TextClause
@@ -220,6 +220,28 @@ class AuditLog:
         if self.spool is not None and records:
             self.spool.push_all([record.as_dict() for record in records])
             self._set_spooled()
+
+    def recorded(self, record_ids: Collection[str]) -> set[str]:
+        """Those of ``record_ids`` already recorded: waiting in the spool, or in the audit table.
+        The table is not asked while the audit database is failing; what it holds is then unknown,
+        and only the spool's are returned."""
+        if self.spool is None or not record_ids:
+            return set()
+        found = self.spool.present(record_ids)
+        missing = sorted(set(record_ids) - found)
+        if not missing or self._failing:
+            return found
+        statement = text(
+            f"SELECT CAST(record_id AS text) FROM {self.table} "  # noqa: S608 - table is validated
+            "WHERE record_id = ANY(CAST(:ids AS uuid[]))"
+        )
+        try:
+            with translating("audit"), self._get_engine().connect() as connection:
+                if _schema_version(connection, self.table) is not None:
+                    found |= {str(row[0]) for row in connection.execute(statement, {"ids": missing})}
+        except Exception as exc:  # unknown: the caller decides as without the table
+            log.debug("audit table lookup failed: %s", first_line(translate(exc) or exc))
+        return found
 
     def _announce(self, record: AuditRecord) -> None:
         log.info(

@@ -36,7 +36,7 @@ from poolwatch.reaper.audit import AuditRecord, Candidates
 from poolwatch.reaper.job import autocommit_connect, protected_names, session_reaper_job
 from poolwatch.reaper.lease import MYSQL_FENCE, MySQLLease
 from poolwatch.reaper.own import BACKENDS, OwnBackends
-from poolwatch.reaper.policy import CLIENT_BACKEND, ReaperPolicy, Session, choose_victims, unrecorded
+from poolwatch.reaper.policy import CLIENT_BACKEND, ReaperPolicy, Session, choose_victims, host_of, unrecorded
 from poolwatch.urls import sqlalchemy_url
 
 if TYPE_CHECKING:
@@ -54,7 +54,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Readable with a column grant (deploy/sql/mysql-grants.sql); a user with SUPER on any host counts.
+# Readable with a column grant (deploy/sql/mysql-grants.sql, mariadb-grants.sql); a user with SUPER
+# on any host counts.
 SUPERUSERS_SQL: Final = "SELECT DISTINCT User FROM mysql.user WHERE Super_priv = 'Y'"
 RECHECK_SQL: Final = f"""
 SELECT p.USER, p.HOST, p.DB, p.COMMAND, p.TIME, t.trx_mysql_thread_id IS NOT NULL, {MYSQL_FENCE}
@@ -92,6 +93,7 @@ def session_of(thread: Thread, now: dt.datetime, supers: frozenset[str] | None) 
         superuser=None if supers is None or thread.user is None else thread.user in supers,
         client_addr=thread.host,
         query=thread.info,
+        client_host=host_of(thread.host),
     )
 
 
@@ -133,7 +135,7 @@ class MySQLReaper:
         if supers is None and not self._warned_superusers:
             log.warning(
                 "reaper %s: cannot read mysql.user, so no session can be judged: "
-                "GRANT SELECT (User, Super_priv) ON mysql.user (deploy/sql/mysql-grants.sql)",
+                "GRANT SELECT (User, Super_priv) ON mysql.user (deploy/sql/*-grants.sql)",
                 self.target,
             )
         self._warned_superusers = supers is None

@@ -1,7 +1,7 @@
 """Which sessions the reaper may terminate: a pure function of sessions, policy, clock and own pids.
 
 Nothing here does I/O, so every rule can be checked exhaustively (tests/unit/test_reaper_policy.py
-drives it with hypothesis). The rules are the safety rules of DESIGN.md: only client backends, never
+drives it with hypothesis). The safety rules: only client backends, never
 poolwatch's own sessions, no superusers unless allowed, nothing whose columns are hidden (a NULL is
 "unknown", and unknown is never a victim), idleness measured from ``state_change``, and a cap per run.
 """
@@ -41,6 +41,9 @@ class Session:
     superuser: bool | None
     client_addr: str | None = None
     query: str | None = None
+    # The client's host without its port, as ``hosts`` / ``exclude_hosts`` match it; None when the
+    # server shows none (a PostgreSQL unix-socket client) or hides it.
+    client_host: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,9 @@ class ReaperPolicy:
     exclude_users: frozenset[str] = frozenset()
     applications: tuple[str, ...] = ()
     exclude_applications: tuple[str, ...] = ()
+    # Client host globs (lower case); with either set, a session without a known host is never chosen.
+    hosts: tuple[str, ...] = ()
+    exclude_hosts: tuple[str, ...] = ()
     # Exact application names that are poolwatch itself (any replica): never touched.
     protected_applications: frozenset[str] = frozenset()
     allow_superusers: bool = False
@@ -75,6 +81,8 @@ class ReaperPolicy:
             exclude_users=frozenset(settings.exclude_users),
             applications=tuple(settings.applications),
             exclude_applications=tuple(settings.exclude_applications),
+            hosts=tuple(host.lower() for host in settings.hosts),
+            exclude_hosts=tuple(host.lower() for host in settings.exclude_hosts),
             protected_applications=frozenset(protected),
             allow_superusers=settings.allow_superusers,
             allow_pubsub=settings.allow_pubsub,
@@ -105,8 +113,40 @@ def reason_for_state(state: str | None) -> Reason | None:
     return None
 
 
+def host_of(address: str | None) -> str | None:
+    """A client address without its port: ``10.0.0.5:51234`` -> ``10.0.0.5``, MySQL's
+    ``::1:51234`` -> ``::1``, Redis' ``[::1]:51234`` -> ``::1``; one without a port (MySQL's
+    ``localhost`` for a socket client) as it is. None or empty: None."""
+    if not address:
+        return None
+    if address.startswith("["):
+        host, bracket, _ = address[1:].partition("]")
+        return host if bracket and host else None
+    host, colon, port = address.rpartition(":")
+    if colon and host and port.isdigit():
+        return host
+    return address
+
+
+def matches_hosts(host: str | None, policy: ReaperPolicy) -> bool:
+    """The client host is inside ``hosts`` and outside ``exclude_hosts`` (globs, case-insensitive).
+
+    With either list set, a session whose host is unknown (hidden, or a unix-socket client on
+    PostgreSQL) is outside: it might be one the operator meant to protect.
+    """
+    if not policy.hosts and not policy.exclude_hosts:
+        return True
+    if host is None:
+        return False
+    host = host.lower()
+    if policy.hosts and not any(fnmatchcase(host, p) for p in policy.hosts):
+        return False
+    return not any(fnmatchcase(host, p) for p in policy.exclude_hosts)
+
+
 def matches_scope(session: Session, policy: ReaperPolicy) -> bool:
-    """Database, user and application are inside the policy (include lists, excludes, protection).
+    """Database, user, application and client host are inside the policy (include lists, excludes,
+    protection).
 
     Hidden values (None) never match: a session we cannot see is a session we do not touch.
     """
@@ -122,6 +162,8 @@ def matches_scope(session: Session, policy: ReaperPolicy) -> bool:
     if user in policy.exclude_users:
         return False
     if application in policy.protected_applications:
+        return False
+    if not matches_hosts(session.client_host, policy):
         return False
     if policy.applications and not any(fnmatchcase(application, p) for p in policy.applications):
         return False
@@ -202,6 +244,9 @@ def judge_redis(client: RedisClient, policy: ReaperPolicy, own_ids: Collection[i
         state=None,
         state_change=None,
         superuser=False,
+        client_addr=client.addr,
+        # A unix-socket client's address is the socket's path (``/run/redis.sock:0``): no host.
+        client_host=None if client.addr.startswith("/") else host_of(client.addr),
     )
     if not matches_scope(session, policy):
         return None

@@ -95,6 +95,7 @@ def snapshot(connection: Connection) -> tuple[dt.datetime, list[Session]]:
             superuser=r[8],
             client_addr=r[9],
             query=r[10],
+            client_host=r[9],
         )
         for r in rows
     ]
@@ -199,7 +200,14 @@ class PostgresReaper:
             # they are still listed (and forgotten once they are not).
             self._signalled &= {(s.pid, s.backend_start) for s in sessions}
             fresh = [s for s in sessions if (s.pid, s.backend_start) not in self._signalled]
-            victims = self._terminate_all(connection, choose_victims(fresh, self.policy, now, own), own)
+            chosen = choose_victims(fresh, self.policy, now, own)
+            # A replica that held the lease before may have signalled some of them, still exiting:
+            # their termination is recorded under the same id (audit table, or this spool). Left
+            # alone like those signalled here, they are neither signalled nor counted again.
+            recorded = self.audit.recorded([termination_id(self.target, victim) for victim in chosen])
+            done = [victim for victim in chosen if termination_id(self.target, victim) in recorded]
+            self._signalled.update(_key(victim) for victim in done)
+            victims = self._terminate_all(connection, [v for v in chosen if v not in done], own)
             self._signalled.update(_key(victim) for victim in victims)
         self.audit.record_all([self._record(victim) for victim in victims])
         return len(victims)

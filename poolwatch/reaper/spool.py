@@ -43,6 +43,24 @@ SCHEMA: Final = (
 BUSY_TIMEOUT: Final = 10.0
 
 
+def check_spool_directory(path: str | None, state_dir: str | None) -> None:
+    """A spool file's directory must exist, unless it is inside poolwatch's own state directory
+    (created when the spool is): a typo in ``audit.spool_path`` must not become a directory tree,
+    made by whoever runs poolwatch, root included."""
+    if path is None:
+        return
+    directory = Path(path).parent
+    if directory.is_dir():
+        return
+    if state_dir is not None:
+        state = os.path.abspath(state_dir)  # noqa: PTH100 - no symlinks resolved: compared as written
+        if os.path.commonpath([state, os.path.abspath(directory)]) == state:  # noqa: PTH100
+            return
+    raise ValueError(
+        f"spool_path points into the directory {str(directory)!r}, which does not exist (create it first)"
+    )
+
+
 class Spool:
     """A thread-safe FIFO of JSON-serialisable records, each a dict with a ``record_id``."""
 
@@ -122,6 +140,23 @@ class Spool:
                 "SELECT body FROM records ORDER BY seq LIMIT ?", (-1 if limit is None else limit,)
             ).fetchall()
         return [json.loads(body) for (body,) in rows]
+
+    def present(self, record_ids: Collection[str]) -> set[str]:
+        """Those of ``record_ids`` waiting here."""
+        wanted = sorted(record_ids)
+        found: set[str] = set()
+        with self._lock:
+            for start in range(0, len(wanted), 500):  # below SQLite's limit on parameters
+                chunk = wanted[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                found.update(
+                    row[0]
+                    for row in self._db.execute(
+                        f"SELECT record_id FROM records WHERE record_id IN ({marks})",  # noqa: S608
+                        chunk,
+                    )
+                )
+        return found
 
     def remove(self, record_ids: Collection[str]) -> None:
         """Forget records once they are safely written elsewhere."""

@@ -440,6 +440,55 @@ def _checkout_kinds(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+KIND_NAMES: Final = {
+    "psycopg2_pool": "psycopg2.pool (`ThreadedConnectionPool`)",
+    "psycopg_pool": "psycopg_pool (`ConnectionPool`)",
+    "psycopg_pool_async": "psycopg_pool (`AsyncConnectionPool`)",
+    "redis_async": "redis.asyncio (`ConnectionPool`)",
+    "asyncpg": "asyncpg (`Pool`)",
+}
+
+
+def kinds_cost(results: Path = RESULTS) -> str:
+    """The checkout path of each pool kind in instructions, for the supported-pools page."""
+    data = json.loads((results / "checkout_kinds.json").read_text(encoding="utf-8"))
+    counted: dict[str, dict[str, dict[str, float]]] = data["instructions"]
+    lines = [
+        f"**Conditions:** {_conditions(data['instructions_header'])}; `{data['instructions_command']}`.",
+        "",
+        *_head(
+            "kind",
+            "bare",
+            "poolwatch, no leak detection",
+            "ratio",
+            "with leak detection",
+            "ratio",
+            f"to shed for {CHECKOUT_BUDGET:.2f}x",
+        ),
+    ]
+    hooks, leak = [], []
+    for kind, loop in counted.items():
+        variants = ("bare", "poolwatch-noleak", "poolwatch")
+        bare, noleak, full = (loop[variant]["median_instructions"] for variant in variants)
+        hooks.append(noleak - bare)
+        leak.append(full - noleak)
+        shed = noleak - bare * CHECKOUT_BUDGET
+        lines.append(
+            f"| {KIND_NAMES.get(kind, kind)} | {bare:,.0f} | {noleak:,.0f} "
+            f"| {loop['poolwatch-noleak']['median_ratio']:.2f}x | {full:,.0f} "
+            f"| {loop['poolwatch']['median_ratio']:.2f}x | {f'{shed:,.0f}' if shed > 0 else 'within'} |"
+        )
+    lines += [
+        "",
+        (
+            f"Without leak detection the hooks cost {min(hooks):,.0f} to {max(hooks):,.0f} instructions a "
+            f"cycle; leak detection adds {min(leak):,.0f} to {max(leak):,.0f}. The last column is what the "
+            "hooks without leak detection would have to shed to meet the budget."
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _checkout_time(data: dict[str, Any]) -> list[str]:
     runs = data["runs"]
     lines = [f"**Conditions:** {_conditions(runs[0]['header'])}.", "", f"**Command:** `{data['command']}`"]
@@ -508,6 +557,10 @@ HTTP_SCENARIOS: Final = {
 }
 
 
+# The two daemons of a run, as the results file names them and as the page does.
+HTTP_RUNS: Final = {"before": "baseline", "after": "this version"}
+
+
 def _http_attack(data: dict[str, Any]) -> list[str]:
     options = {"baseline": data["baseline"], "rounds": data["rounds"]}
     options["tls-garbage"] = next(iter(data["tls_garbage"].values()))["connections"]
@@ -517,8 +570,9 @@ def _http_attack(data: dict[str, Any]) -> list[str]:
         _command("http_attack", data, options),
         "",
         (
-            f"`before` is {data['baseline']}, `after` this version; {data['rounds']} rounds, "
-            "interleaved; scrapes answered 200 (all rounds), latency of those, median [min-max]."
+            f"`baseline` is the revision given with `--baseline` (`{data['baseline']}` in this run), "
+            f"next to this version; {data['rounds']} rounds, interleaved; scrapes answered 200 (all "
+            "rounds), latency of those, median [min-max]."
         ),
         "",
         *_head("scenario", "", "scrapes answered", "p50", "p99", "over 0.5 s", "CPU", "threads"),
@@ -527,23 +581,23 @@ def _http_attack(data: dict[str, Any]) -> list[str]:
         per = data["scenarios"].get(scenario)
         if per is None:
             continue
-        for name in ("before", "after"):
+        for name, label in HTTP_RUNS.items():
             row = per[name]
             p50 = [v for v in row["p50_ms"] if v is not None]
             p99 = [v for v in row["p99_ms"] if v is not None]
             slow = sum(extra["over_500ms"] for extra in row["extra"])
             lines.append(
-                f"| {title if name == 'before' else ''} | {name} "
+                f"| {title if name == 'before' else ''} | {label} "
                 f"| {sum(row['ok'])} of {row['total'] * len(row['ok'])} "
                 f"| {_spread(p50) if p50 else '-'} | {_spread(p99) if p99 else '-'} | {slow} "
                 f"| {_median(row['cpu_s']):.2f} s "
                 f"| {row['threads_idle']} idle, {max(row['threads_max'])} most |"
             )
     lines += ["", *_head("failed TLS handshakes", "RSS growth", "CPU after", "TLS scrape after", "threads")]
-    for name in ("before", "after"):
+    for name, label in HTTP_RUNS.items():
         garbage = data["tls_garbage"][name]
         lines.append(
-            f"| {name}: {garbage['connections']:,} | {garbage['rss_growth_mb']:.1f} MB "
+            f"| {label}: {garbage['connections']:,} | {garbage['rss_growth_mb']:.1f} MB "
             f"| {garbage['cpu_share_after']:.1%} of a core | {garbage['tls_scrape_after']} "
             f"| {garbage['threads_after']} |"
         )
@@ -640,7 +694,28 @@ def _shards(data: dict[str, Any]) -> list[str]:
             f"| {_spread(values('rss_mb_total'), mb)} | {_spread(values('scrape_p50_ms'))} "
             f"| {_spread(values('scrape_p99_ms'))} |"
         )
-    return lines
+    return lines + _shards_summary(data["setups"])
+
+
+def _shards_summary(setups: dict[str, list[dict[str, float]]]) -> list[str]:
+    """One process against the most replicas: each replica's scrape and memory, at the median."""
+    most = max(setups, key=int)
+    if "1" not in setups or most == "1":
+        return []
+
+    def med(replicas: str, key: str) -> float:
+        return _median([r[key] for r in setups[replicas]])
+
+    scrape, one_scrape = med(most, "scrape_p50_ms"), med("1", "scrape_p50_ms")
+    rss, one_rss = med(most, "rss_mb_largest"), med("1", "rss_mb_largest")
+    return [
+        "",
+        (
+            f"On {most} replicas a replica's scrape takes {scrape / one_scrape:.2f} of one process's "
+            f"({_ms(scrape)} against {_ms(one_scrape)} at the median) and its memory is "
+            f"{rss / one_rss:.2f} of it ({rss:.0f} MB against {one_rss:.0f} MB)."
+        ),
+    ]
 
 
 STATUS_PAGE_ROWS: Final = {

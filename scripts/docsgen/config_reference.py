@@ -1,6 +1,6 @@
 """The configuration reference: every key of ``poolwatch.config.Settings``, read from the models.
 
-Names, types, defaults and bounds come from the pydantic models, so they cannot drift from what
+Names, types, defaults and bounds come from the models (``poolwatch.schema``), so they cannot drift from what
 ``poolwatch run`` accepts. A key's description is its ``Field(description=...)`` when the model has
 one, else the entry for its path in ``DESCRIPTIONS``; tests/ops/test_docs.py fails when a key has
 neither, both, or when an entry names a key the models no longer have.
@@ -13,11 +13,8 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, SecretStr
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
-
 from poolwatch.config import Settings
+from poolwatch.schema import MISSING, FieldInfo, FieldSpec, Model, SecretStr
 
 # Fields of the models that are not configuration keys: ``source`` records where the targets came
 # from (set by load_settings; a file that names it is rejected).
@@ -102,7 +99,8 @@ DESCRIPTIONS: dict[str, str] = {
     "targets[].reaper": "Terminating idle server sessions; see [Census and reaper]"
     "(census-and-reaper.md#idle-session-reaper).",
     "targets[].reaper.enabled": "Run the reaper job (PostgreSQL, MySQL and Redis targets). Needs "
-    "`idle_timeout` or `idle_in_transaction_timeout`, and `databases`, `users` or `applications`.",
+    "`idle_timeout` or `idle_in_transaction_timeout`, and `databases`, `users`, `applications` or "
+    "`hosts`.",
     "targets[].reaper.dry_run": "Decide and record, never terminate. `false` needs `audit.url`.",
     "targets[].reaper.interval": "Seconds between reaper runs.",
     "targets[].reaper.timeout": "Seconds one reaper run may take; at most `interval`. Left out, "
@@ -118,6 +116,10 @@ DESCRIPTIONS: dict[str, str] = {
     "targets[].reaper.applications": "Only sessions whose `application_name` / client name matches "
     "one of these `fnmatch` globs (empty: any; `['*']`: every application).",
     "targets[].reaper.exclude_applications": "Never sessions matching these globs.",
+    "targets[].reaper.hosts": "Only sessions whose client host (without the port) matches one of "
+    "these globs, case-insensitively (empty: any). With `hosts` or `exclude_hosts` set, a session "
+    "without a known host (a unix-socket client on PostgreSQL or Redis) is never reaped.",
+    "targets[].reaper.exclude_hosts": "Never sessions whose client host matches one of these globs.",
     "targets[].reaper.allow_superusers": "Allow terminating superuser sessions (PostgreSQL superusers; "
     "MySQL accounts with `SUPER`).",
     "targets[].reaper.allow_pubsub": "Allow terminating Redis subscribers.",
@@ -145,7 +147,7 @@ DESCRIPTIONS: dict[str, str] = {
     "audit.password_file": "File holding the audit database's password.",
     "audit.table": "Table of audit records; its schema version is kept in `<table>_schema`.",
     "audit.spool_path": "File where records wait while the audit database is down (kept across "
-    "restarts); `null`: in memory.",
+    "restarts); `null`: in memory. Its directory must exist, unless it is inside the state directory.",
     "audit.spool_max": "Records the spool holds; beyond it the oldest are dropped and counted.",
     "audit.connect_timeout": "Seconds to connect to the audit database.",
 }
@@ -172,7 +174,7 @@ class Section:
     keys: tuple[Key, ...]
 
 
-def sections(model: type[BaseModel] = Settings, path: str = "") -> list[Section]:
+def sections(model: type[Model] = Settings, path: str = "") -> list[Section]:
     """Every model reachable from ``model``, depth first, each with its keys."""
     keys: list[Key] = []
     nested: list[Section] = []
@@ -234,10 +236,10 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ") or " "
 
 
-def _model_of(annotation: Any) -> type[BaseModel] | None:
+def _model_of(annotation: Any) -> type[Model] | None:
     """The model a field holds (directly, optionally, or as a list of them), if any."""
     for candidate in (annotation, *_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+        if isinstance(candidate, type) and issubclass(candidate, Model):
             return candidate
     return None
 
@@ -267,13 +269,13 @@ def _type_name(annotation: Any, section: str = "") -> str:
         return "one of " + ", ".join(f"`{value}`" for value in typing.get_args(annotation))
     if origin in (tuple, list):
         item = _strip(_args(annotation)[0])
-        if isinstance(item, type) and issubclass(item, BaseModel):
+        if isinstance(item, type) and issubclass(item, Model):
             return f"list of [mappings](#{anchor(section)})"
         return f"list of {_type_name(item, section)}s"
     if origin is dict:
         key, value = typing.get_args(annotation)
         return f"mapping of {_type_name(key)} to {_type_name(value)}"
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    if isinstance(annotation, type) and issubclass(annotation, Model):
         return f"[mapping](#{anchor(section)})"
     names = {bool: "boolean", int: "integer", float: "number", str: "string", SecretStr: "secret string"}
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
@@ -281,12 +283,12 @@ def _type_name(annotation: Any, section: str = "") -> str:
 
 def _default(field: FieldInfo) -> str:
     if field.default_factory is not None:
-        value: Any = field.default_factory()  # type: ignore[call-arg]
-    elif field.default is PydanticUndefined:
+        value: Any = field.default_factory()
+    elif field.default is MISSING:
         return "required"
     else:
         value = field.default
-    if isinstance(value, BaseModel):
+    if isinstance(value, Model):
         return "see its table"
     return f"`{_yaml(value)}`"
 
@@ -330,7 +332,7 @@ def _annotated_parts(annotation: Any) -> list[list[Any]]:
         if typing.get_origin(arg) is Annotated:
             metadata: list[Any] = []
             for extra in typing.get_args(arg)[1:]:
-                metadata.extend(extra.metadata if isinstance(extra, FieldInfo) else [extra])
+                metadata.extend([extra] if isinstance(extra, FieldSpec) else [])
             parts.append(metadata)
     return parts
 

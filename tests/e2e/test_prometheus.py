@@ -239,7 +239,7 @@ def test_exhaustion_alert_fires_and_resolves_and_every_dashboard_query_has_data(
     assert api.query('sum(poolwatch_pool_timeouts_total{job="e2e-app", pool="e2e"}) > 0')
 
     # Every dashboard query, as Grafana sends it with every variable at "All", returns data (but the
-    # MySQL and PgBouncer rows: this stack watches neither, so they do not show).
+    # MySQL and PgBouncer rows: this stack watches neither, so their queries match no target).
     queries = dash.queries(dash.load(), without=dash.KIND_VARIABLES)
     remaining = {where: dash.instantiate(expr, RATE_INTERVAL) for where, expr in queries}
     deadline = time.monotonic() + 45

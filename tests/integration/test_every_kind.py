@@ -49,7 +49,7 @@ def test_one_daemon_watches_postgres_mariadb_pgbouncer_and_redis(
             {
                 "name": "bouncer",
                 "kind": "pgbouncer",
-                "url": bouncer.admin_url(),
+                "url": bouncer.console_url(),
                 "probe": {"interval": 0.5, "timeout": 0.5},
                 "census": {"interval": 0.5, "timeout": 0.5},
             },

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 import poolwatch
 from tests.integration.test_instrument_psycopg_pool import errors, queued
-from tests.poolmetrics import sample
+from tests.poolmetrics import sample, waits
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -79,9 +79,13 @@ def test_exhaustion_shows_pending_and_counts_acquire_timeouts(pg) -> None:
             await pool.release(held.pop())
             held.append(await waiter)
             assert sample(registry, "pool_pending_requests", "ex") == 0
+            count, total = waits(registry, "ex")
             with pytest.raises(asyncio.TimeoutError):
                 await pool.acquire(timeout=0.05)
             assert sample(registry, "pool_timeouts_total", "ex") == 1
+            after_count, after_total = waits(registry, "ex")
+            assert after_count == count + 1
+            assert after_total - total >= 0.05
             assert sample(registry, "pool_pending_requests", "ex") == 0
             assert sample(registry, "pool_checkouts_total", "ex") == 3
             for connection in held:

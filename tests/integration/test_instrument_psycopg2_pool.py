@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 import poolwatch
 from tests.daemonkit import wait_for
 from tests.integration.test_instrument_psycopg_pool import errors
-from tests.poolmetrics import FakeClock, sample
+from tests.poolmetrics import FakeClock, sample, waits
 from tests.threads import acquiring
 
 pytestmark = pytest.mark.integration
@@ -58,9 +58,13 @@ def test_exhaustion_is_counted_as_a_timeout(pg, pool_class) -> None:
     poolwatch.instrument(pool, name="ex", registry=registry)
     held = [pool.getconn(), pool.getconn()]
     assert sample(registry, "pool_connections", "ex", state="used") == 2
+    count, total = waits(registry, "ex")
     with pytest.raises(psycopg2.pool.PoolError, match="exhausted"):
         pool.getconn()
     assert sample(registry, "pool_timeouts_total", "ex") == 1
+    after_count, after_total = waits(registry, "ex")
+    assert after_count == count + 1  # refused at once: a wait of about 0
+    assert after_total >= total
     assert sample(registry, "pool_pending_requests", "ex") == 0
     assert sample(registry, "pool_checkouts_total", "ex") == 2
     for connection in held:

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 import poolwatch
 from tests.daemonkit import wait_for
-from tests.poolmetrics import FakeClock, sample
+from tests.poolmetrics import FakeClock, sample, waits
 
 pytestmark = pytest.mark.integration
 
@@ -66,9 +66,13 @@ def test_exhaustion_shows_pending_and_counts_timeouts(pg) -> None:
         pool.putconn(held)
         waiter.join()
         assert sample(registry, "pool_pending_requests", "ex") == 0
+        count, total = waits(registry, "ex")
         with pytest.raises(psycopg_pool.PoolTimeout):
             pool.getconn(timeout=0.05)
         assert sample(registry, "pool_timeouts_total", "ex") == 1
+        after_count, after_total = waits(registry, "ex")
+        assert after_count == count + 1
+        assert after_total - total >= 0.05
         assert sample(registry, "pool_pending_requests", "ex") == 0
         assert sample(registry, "pool_checkouts_total", "ex") == 2
         pool.putconn(got[0])  # type: ignore[arg-type]
@@ -174,9 +178,13 @@ def test_tasks_on_an_async_pool_are_counted_exactly_with_exhaustion(pg) -> None:
             await queued(registry, "apg")
             await pool.putconn(held.pop())
             held.append(await waiter)
+            count, total = waits(registry, "apg")
             with pytest.raises(psycopg_pool.PoolTimeout):
                 await pool.getconn(timeout=0.05)
             assert sample(registry, "pool_timeouts_total", "apg") == 1
+            after_count, after_total = waits(registry, "apg")
+            assert after_count == count + 1
+            assert after_total - total >= 0.05
             assert sample(registry, "pool_pending_requests", "apg") == 0
             for connection in held:
                 await pool.putconn(connection)

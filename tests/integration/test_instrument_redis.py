@@ -18,7 +18,7 @@ from poolwatch.database import create_target_redis
 from poolwatch.housekeeping import Housekeeper, HousekeepingPolicy
 from poolwatch.instrument.redis import pool_internals
 from tests.daemonkit import wait_for
-from tests.poolmetrics import FakeClock, sample
+from tests.poolmetrics import FakeClock, sample, waits
 from tests.servers import free_port
 from tests.threads import acquiring
 
@@ -75,6 +75,7 @@ def test_blocking_pool_exhaustion_counts_timeouts_and_pending(redis_server) -> N
     )
     poolwatch.instrument_redis(pool, name="blocking", registry=registry)
     held = pool.get_connection()
+    count, total = waits(registry, "blocking")
     errors: list[BaseException] = []
 
     def caller() -> None:
@@ -89,6 +90,10 @@ def test_blocking_pool_exhaustion_counts_timeouts_and_pending(redis_server) -> N
     pool.release(held)
     assert len(errors) == 1
     assert sample(registry, "pool_timeouts_total", "blocking") == 1
+    # The timed-out checkout is in the wait histogram, with at least the 0.5 s it waited.
+    after_count, after_total = waits(registry, "blocking")
+    assert after_count == count + 1
+    assert after_total - total >= 0.5
     assert sample(registry, "pool_pending_requests", "blocking") == 0
     assert sample(registry, "pool_connect_errors_total", "blocking", reason="other") == 0
     pool.disconnect()
@@ -101,10 +106,14 @@ def test_connection_pool_limit_counts_as_a_timeout(redis_server) -> None:
     )
     poolwatch.instrument_redis(pool, name="limited", registry=registry)
     held = pool.get_connection()
+    count, total = waits(registry, "limited")
     with pytest.raises(redis.ConnectionError):
         pool.get_connection()
     pool.release(held)
     assert sample(registry, "pool_timeouts_total", "limited") == 1
+    after_count, after_total = waits(registry, "limited")
+    assert after_count == count + 1  # refused at once: a wait of about 0
+    assert after_total >= total
     pool.disconnect()
 
 

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 import poolwatch
 from tests.integration.test_instrument_psycopg_pool import errors, queued
-from tests.poolmetrics import sample
+from tests.poolmetrics import sample, waits
 
 if TYPE_CHECKING:
     from tests.servers import RedisServer
@@ -71,17 +71,25 @@ def test_exhaustion_shows_pending_and_counts_timeouts(redis_server) -> None:
         held = await waiter
         assert sample(registry, "pool_pending_requests", "ex") == 0
         pool.timeout = 0.05
+        count, total = waits(registry, "ex")
         with pytest.raises(redis.ConnectionError, match="No connection available"):
             await pool.get_connection()
         assert sample(registry, "pool_timeouts_total", "ex") == 1
+        after_count, after_total = waits(registry, "ex")
+        assert after_count == count + 1
+        assert after_total - total >= 0.05
         await pool.release(held)
 
         plain = make_pool(redis_server, redis.asyncio.ConnectionPool, max_connections=1)
         poolwatch.instrument_redis(plain, name="max", registry=registry)
         held = await plain.get_connection()
+        count, total = waits(registry, "max")
         with pytest.raises(redis.ConnectionError, match="Too many connections"):
             await plain.get_connection()
         assert sample(registry, "pool_timeouts_total", "max") == 1
+        after_count, after_total = waits(registry, "max")
+        assert after_count == count + 1
+        assert after_total >= total
         assert sample(registry, "pool_pending_requests", "max") == 0
         await plain.release(held)
         assert errors(registry, "ex") == errors(registry, "max") == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import psycopg2
 import pytest
 
 from tests.daemonkit import Samples, found, metric, running_daemon, scrape, value, wait_for
@@ -12,16 +13,16 @@ from tests.daemonkit import Samples, found, metric, running_daemon, scrape, valu
 pytestmark = pytest.mark.integration
 
 
-def target(bouncer, *, password=None, name="pgb"):
-    url = bouncer.admin_url()
+def target(bouncer, *, password=None, name="pgb", applications=()):
+    url = bouncer.console_url()  # a stats_users member: read-only
     if password is not None:
-        url = url.replace(bouncer.admin_password, password)
+        url = url.replace(bouncer.stats_password, password)
     return {
         "name": name,
         "kind": "pgbouncer",
         "url": url,
         "probe": {"interval": 0.5, "timeout": 0.5},
-        "census": {"interval": 0.5, "timeout": 0.5},
+        "census": {"interval": 0.5, "timeout": 0.5, "applications": list(applications)},
     }
 
 
@@ -35,11 +36,11 @@ def pgb(samples: Samples, name: str, **labels: str) -> float:
 def test_pool_health_and_waiting_clients_during_an_exhaustion(pgbouncer_factory):
     bouncer = pgbouncer_factory(pool_size=2)
     user = bouncer.app_user
-    holders = [bouncer.client() for _ in range(2)]
-    waiter = bouncer.client()
+    holders = [bouncer.client(application_name="holder") for _ in range(2)]
+    waiter = bouncer.client(application_name="waiter")
     waited = threading.Event()
     try:
-        with running_daemon({"targets": [target(bouncer)]}) as daemon:
+        with running_daemon({"targets": [target(bouncer, applications=["holder", "waiter"])]}) as daemon:
             wait_for(lambda: metric(daemon, "poolwatch_up", target="pgb") == 1, what="up")
             # Two transactions hold both server connections of the pool ...
             for holder in holders:
@@ -66,6 +67,15 @@ def test_pool_health_and_waiting_clients_during_an_exhaustion(pgbouncer_factory)
             assert pgb(samples, "server_connections", database="postgres", user=user, state="active") == 2
             assert pgb(samples, "pool_mode", database="postgres", user=user, mode="transaction") == 1
             assert pgb(samples, "database_pool_size", database="postgres") == 2
+            # max_db_connections (pool_size x 4 in tests.pgbouncer).
+            assert pgb(samples, "database_max_connections", database="postgres") == 8
+            # SHOW CLIENTS: each client by its application_name and state; poolwatch's own console
+            # connection is a client too, its name not in census.applications: folded.
+            clients = {"database": "postgres", "user": user}
+            assert pgb(samples, "clients", **clients, application="holder", state="active") == 2
+            assert pgb(samples, "clients", **clients, application="waiter", state="waiting") == 1
+            console = {"database": "pgbouncer", "user": bouncer.stats, "application": ""}
+            assert pgb(samples, "clients", **console, state="active") == 1
             assert pgb(samples, "config_max_client_connections") == 100
             assert pgb(samples, "list_items", list="pools") >= 1
             assert value(samples, "poolwatch_target_info", target="pgb", kind="pgbouncer") == 1
@@ -98,7 +108,7 @@ def test_wrong_admin_password_is_an_auth_failure(pgbouncer_factory):
         assert metric(daemon, "poolwatch_up", target="pgb") == 0
         status = str(daemon.status())  # what /status and the status page show
         assert "SASL authentication failed" in status or "password authentication failed" in status
-        assert bouncer.admin_password not in status
+        assert bouncer.stats_password not in status
         assert "wrong" not in status
 
 
@@ -115,3 +125,24 @@ def test_a_restart_takes_the_target_down_and_back_up(pgbouncer_factory):
         bouncer.start()
         wait_for(lambda: metric(daemon, "poolwatch_up", target="pgb") == 1, what="up again")
         wait_for(lambda: "poolwatch_pgbouncer_version_info" in str(scrape(daemon)), what="stats again")
+
+
+def test_the_console_user_poolwatch_is_given_is_read_only(pgbouncer_factory):
+    """poolwatch needs no admin_users membership: stats_users may run every SHOW it uses (the
+    exhaustion test reads them all as that user), and none of PgBouncer's admin commands."""
+    bouncer = pgbouncer_factory()
+    connection = bouncer.admin_connection(stats=True)
+    try:
+        with connection.cursor() as cursor:
+            for what in ("POOLS", "CLIENTS", "DATABASES", "STATS", "LISTS", "CONFIG", "VERSION"):
+                cursor.execute(f"SHOW {what}")
+                assert cursor.fetchall(), what
+    finally:
+        connection.close()
+    for command in ("PAUSE", "RELOAD", "SHOW FDS"):
+        connection = bouncer.admin_connection(stats=True)
+        try:
+            with pytest.raises(psycopg2.Error, match="admin access needed"), connection.cursor() as cursor:
+                cursor.execute(command)
+        finally:
+            connection.close()

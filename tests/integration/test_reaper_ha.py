@@ -209,19 +209,24 @@ def test_a_replica_taking_the_lease_over_while_a_victim_is_still_exiting_does_no
 ):
     app = f"ex-{uuid.uuid4().hex[:6]}"
     audit = {"url": pg.url(database=audit_db)}
-    (a, a_log, _), (b, b_log, b_metrics) = (make_replica(pg, app, audit) for _ in range(2))
+    (a, a_log, a_metrics), (b, b_log, b_metrics) = (make_replica(pg, app, audit) for _ in range(2))
     victims = open_idle(pg, app, 2, **user)
     try:
         wait_idle(pg, victims)
         with frozen(victims[0]):
             a.run()
             a.close()  # the lease goes to whoever asks next, while victims[0] is still listed
+            assert alive(pg, victims[0])
             b.run()
             assert leader(b_metrics) == 1
         assert gone(pg, victims)
         a_log.flush()
         b_log.flush()
         assert enforce_rows(pg, audit_db, app) == sorted(c.info.backend_pid for c in victims)
+        # Each termination counted once, by the replica that made it.
+        labels = {"target": "shared", "reason": "idle", "mode": "enforce"}
+        assert sample(a_metrics, "poolwatch_reaper_terminated_total", **labels) == 2
+        assert sample(b_metrics, "poolwatch_reaper_terminated_total", **labels) == 0
     finally:
         for job, log in ((a, a_log), (b, b_log)):
             job.close()

@@ -5,10 +5,12 @@ Audit records go to the session's PostgreSQL, as they would in production.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -26,8 +28,21 @@ from tests.mariadb import Sessions
 
 pytestmark = pytest.mark.integration
 
-# What deploy/sql/mysql-grants.sql gives the poolwatch user on MariaDB.
-GRANTS = ("PROCESS, CONNECTION ADMIN ON *.*", "SELECT (User, Super_priv) ON mysql.user")
+SQL_DIR = Path(__file__).resolve().parents[2] / "deploy" / "sql"
+
+
+def statements(sql: str) -> list[str]:
+    """The statements of a grants file, comments left out."""
+    text = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+def create_from_grants_file(mariadb, name: str) -> None:
+    """The account deploy/sql/mariadb-grants.sql makes, run as it is but for the account name."""
+    sql = (SQL_DIR / "mariadb-grants.sql").read_text().replace("'poolwatch'@'%'", f"'{name}'@'%'")
+    for statement in statements(sql):
+        mariadb.execute(statement)
+    mariadb.execute(f"ALTER USER '{name}'@'%' IDENTIFIED BY 'pw'")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +63,7 @@ def world(mariadb, pg):
     for user in ("web", "other"):
         mariadb.create_user(names[user], "pw", f"ALL ON {names['orders']}.*", f"ALL ON {names['billing']}.*")
     mariadb.create_user(names["root"], "pw", "ALL PRIVILEGES ON *.*")  # SUPER among them
-    mariadb.create_user(names["watch"], "pw", *GRANTS)
+    create_from_grants_file(mariadb, names["watch"])
     pg.create_database(names["audit"])
     return names
 
@@ -261,20 +276,88 @@ def test_one_replica_holds_the_lease(mariadb, pg, world, sessions):
         audit2.close()
 
 
+def test_client_hosts_scope_the_reaper(mariadb, pg, world, sessions):
+    """The server listens on 127.0.0.1 and a socket; MySQL shows a socket client's host as
+    ``localhost`` and a TCP client's as ``127.0.0.1:port``, matched without the port."""
+    web, orders = world["web"], world["orders"]
+    over_tcp = sessions.open(web, orders)
+    over_socket = sessions.open(web, orders, unix_socket=str(mariadb.socket))
+    hosts = {row[0]: row[1] for row in mariadb.execute("SELECT ID, HOST FROM information_schema.PROCESSLIST")}
+    assert hosts[over_tcp.thread_id()].startswith("127.0.0.1:")
+    assert hosts[over_socket.thread_id()] == "localhost"
+    job, audit, _ = reaper_for(mariadb, pg, world, hosts=["127.0.0.*"])
+    try:
+        idle_for()
+        assert job.reaper.run() == 1
+        assert not sessions.alive(over_tcp)
+        assert sessions.alive(over_socket)  # outside hosts
+    finally:
+        job.close()
+        audit.close()
+    over_tcp = sessions.open(web, orders)
+    job, audit, _ = reaper_for(mariadb, pg, world, exclude_hosts=["127.0.0.1"])
+    try:
+        idle_for()
+        assert job.reaper.run() == 1
+        assert sessions.alive(over_tcp)  # excluded by host
+        assert not sessions.alive(over_socket)
+    finally:
+        job.close()
+        audit.close()
+
+
+def test_program_names_protect_sessions_with_performance_schema_on(mariadb_factory, pg, world):
+    """With performance_schema on, the program_name connection attribute is each session's
+    application, readable with the grants file's SELECT on session_connect_attrs: a policy can
+    protect a program by name while the same user's other sessions are reaped."""
+    server = mariadb_factory(performance_schema=True)
+    web, orders = world["web"], world["orders"]
+    server.execute(f"CREATE DATABASE {orders}")
+    server.execute(f"CREATE TABLE {orders}.t (id int PRIMARY KEY) ENGINE=InnoDB")
+    server.create_user(web, "pw", f"ALL ON {orders}.*")
+    create_from_grants_file(server, world["watch"])
+    opened = Sessions(server)
+    victim = opened.open(web, orders, program_name="web-1")
+    protected = opened.open(web, orders, program_name="batch-7")
+    job, audit, _ = reaper_for(server, pg, world, exclude_applications=["batch-*"])
+    try:
+        idle_for()
+        assert job.reaper.run() == 1
+        assert not opened.alive(victim)
+        assert opened.alive(protected)
+    finally:
+        job.close()
+        audit.close()
+        opened.close()
+
+
+def test_the_mysql_and_mariadb_grants_files_differ_in_the_kill_grant_only():
+    mysql = statements((SQL_DIR / "mysql-grants.sql").read_text())
+    mariadb = statements((SQL_DIR / "mariadb-grants.sql").read_text())
+    assert [s for s in mysql if s not in mariadb] == ["GRANT CONNECTION_ADMIN ON *.* TO 'poolwatch'@'%'"]
+    assert [s for s in mariadb if s not in mysql] == ["GRANT CONNECTION ADMIN ON *.* TO 'poolwatch'@'%'"]
+
+
 @pytest.mark.parametrize(
     ("grants", "killed"),
     [
-        (GRANTS, True),
+        # deploy/sql/mariadb-grants.sql, as it is.
+        (None, True),
         # Without CONNECTION ADMIN (or SUPER) MariaDB refuses KILL of another user's thread.
         (("PROCESS ON *.*", "SELECT (User, Super_priv) ON mysql.user"), False),
         # Without mysql.user nobody's superuser status is known: nobody is a victim.
         (("PROCESS, CONNECTION ADMIN ON *.*",), False),
     ],
-    ids=["minimal-grant", "no-connection-admin", "no-mysql-user"],
+    ids=["grants-file", "no-connection-admin", "no-mysql-user"],
 )
 def test_least_privilege(mariadb, pg, world, sessions, grants, killed):
     watcher = f"w_{uuid.uuid4().hex[:6]}"
-    mariadb.create_user(watcher, "pw", *grants)
+    if grants is None:
+        create_from_grants_file(mariadb, watcher)
+        shown = " ".join(row[0] for row in mariadb.execute(f"SHOW GRANTS FOR '{watcher}'@'%'"))
+        assert re.search(r"GRANT PROCESS, CONNECTION ADMIN ON \*\.\*", shown), shown
+    else:
+        mariadb.create_user(watcher, "pw", *grants)
     victim = sessions.open(world["web"], world["orders"])
     job, audit, metrics = reaper_for(mariadb, pg, world, watch=watcher)
     try:
@@ -282,7 +365,7 @@ def test_least_privilege(mariadb, pg, world, sessions, grants, killed):
         job.run()
         assert sessions.alive(victim) is not killed
         errors = metrics.registry.get_sample_value("poolwatch_reaper_errors_total", {"target": "my"})
-        assert errors == (1 if grants[0] == "PROCESS ON *.*" else 0)
+        assert errors == (1 if grants and grants[0] == "PROCESS ON *.*" else 0)
     finally:
         job.close()
         audit.close()

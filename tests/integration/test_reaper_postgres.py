@@ -452,3 +452,48 @@ def test_reloaded_reapers_record_in_the_running_audit_table_until_a_restart(pg, 
     finally:
         daemon.stop()
         runner.join(10)
+
+
+def test_client_hosts_scope_and_a_socket_client_has_no_host(pg, world, sessions):
+    """A TCP client's host is its ``client_addr``; a unix-socket client has none, so with a host
+    scope it is never a victim, whether the scope includes or excludes."""
+    app = f"web-{uuid.uuid4().hex[:6]}"
+    kwargs = {"user": world["web"], "password": "pw", "database": world["orders"]}
+    over_tcp = sessions.open(app, **kwargs)
+    over_socket = psycopg2.connect(
+        pg.dsn(user=world["web"], password="pw", dbname=world["orders"]),
+        host=str(pg.sockdir),
+        application_name=app,
+    )
+    over_socket.autocommit = True
+    sessions.opened.append(over_socket)
+    shown = dict(
+        pg.execute("SELECT pid, host(client_addr) FROM pg_stat_activity WHERE application_name = %s", (app,))
+    )
+    assert shown == {sessions.pid(over_tcp): "127.0.0.1", sessions.pid(over_socket): None}
+    job, audit, _metrics = reaper_for(pg, world, app, exclude_hosts=["10.*"])
+    try:
+        wait_pg_idle(pg, [sessions.pid(over_tcp), sessions.pid(over_socket)], 1)
+        job.run()
+        assert not sessions.alive(over_tcp)  # not excluded
+        assert sessions.alive(over_socket)  # no host: never reaped under a host scope
+    finally:
+        job.close()
+        audit.close()
+    over_tcp = sessions.open(app, **kwargs)
+    job, audit, _metrics = reaper_for(pg, world, app, exclude_hosts=["127.0.0.*"])
+    try:
+        wait_pg_idle(pg, [sessions.pid(over_tcp)], 1)
+        job.run()
+        assert sessions.alive(over_tcp)
+        assert sessions.alive(over_socket)
+    finally:
+        job.close()
+        audit.close()
+    job, audit, _metrics = reaper_for(pg, world, app)  # no host scope: the socket client is reaped
+    try:
+        job.run()
+        assert not sessions.alive(over_socket)
+    finally:
+        job.close()
+        audit.close()

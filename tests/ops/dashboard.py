@@ -8,8 +8,8 @@ from typing import Any
 
 from tests.ops.tools import DASHBOARD
 
-# Variables listing the targets of one kind; a row repeats over each, so it shows only when the
-# daemon watches such targets.
+# Variables listing the targets of one kind; a row repeats over each. Without such targets the one
+# unrepeated row ("All") queries no target: its variable has no allValue.
 KIND_VARIABLES = ("mysql_target", "pgbouncer_target")
 
 _LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.*),\s*(?P<label>[A-Za-z_]\w*)\s*\)$", re.DOTALL)

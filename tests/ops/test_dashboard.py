@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from tests.ops import dashboard as dash
 from tests.ops.exported import exported_names
 from tests.ops.promql import metric_names
@@ -55,7 +58,7 @@ def test_the_metric_check_catches_a_misspelt_name():
     assert "poolwatch_pool_connections" in exported_names()
 
 
-def test_the_dashboard_shows_what_the_issue_asks_for():
+def test_the_dashboard_queries_pool_target_and_server_health_families():
     used = set().union(*(metric_names(expr) for _, expr in dash.queries(dash.load())))
     missing = {what: name for what, name in REQUIRED.items() if name not in used}
     assert missing == {}
@@ -150,18 +153,41 @@ def test_provisioning_files():
     assert provider["options"]["path"].startswith("/")
 
 
-def test_mysql_and_pgbouncer_rows_show_only_when_such_targets_exist():
+def grafana_all_value(variable: dict[str, Any], values: list[str]) -> str:
+    """What Grafana puts for ``$variable`` at "All" in a Prometheus regex matcher, when the
+    variable's query found ``values``: its ``allValue``, or else every value as one alternation."""
+    if variable.get("allValue"):
+        return str(variable["allValue"])
+    return "(" + "|".join(re.escape(value) for value in values) + ")"
+
+
+def test_mysql_and_pgbouncer_rows_repeat_per_target_and_query_nothing_without_one():
     data = dash.load()
     variables = dash.variables(data)
     exported = exported_names()
     rows = {panel.get("repeat"): panel for panel in data["panels"] if panel["type"] == "row"}
     for name in dash.KIND_VARIABLES:
         kind = name.removesuffix("_target")
-        selector, label = dash.variable_selector(variables[name])
+        variable = variables[name]
+        selector, label = dash.variable_selector(variable)
         assert label == "target"
         assert f'kind="{kind}"' in selector
         assert metric_names(selector) <= exported
-        row = rows[name]  # collapsed, and repeated once per target of the kind: none, no row
+        # "All" by default, so the row repeats once per target of the kind...
+        assert variable["includeAll"] is True
+        assert variable["multi"] is True
+        assert variable["current"]["value"] == ["$__all"]
+        # ... and no allValue: with no such target, "All" is the empty alternation, which matches
+        # no target (".*" would have made the one unrepeated row query every target).
+        assert "allValue" not in variable, name
+        assert re.fullmatch(grafana_all_value(variable, []), "orders") is None
+        assert re.fullmatch(grafana_all_value(variable, []), "") is not None  # no poolwatch series
+        both = grafana_all_value(variable, ["shop", "shop.eu"])
+        assert [t for t in ("shop", "shop.eu", "shopXeu", "orders") if re.fullmatch(both, t)] == [
+            "shop",
+            "shop.eu",
+        ]
+        row = rows[name]  # collapsed, and repeated once per target of the kind
         assert row["collapsed"] is True
         assert row["panels"], name
         for panel in row["panels"]:

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import typing
+from pathlib import Path
 
 import bcrypt
 import pytest
@@ -21,18 +22,17 @@ import yaml
 from docsgen import benchmark_pages, config_reference, runbooks
 from docsgen.config_reference import DESCRIPTIONS, INTERNAL
 from mkdocs.exceptions import PluginError
-from pydantic import BaseModel
 
 from poolwatch.config import Settings, validate
+from poolwatch.schema import Model
+from tests.daemonkit import clean_env
 from tests.ops.exported import exported_families
 from tests.ops.tools import ROOT, RULES, alerts, load_yaml
-
-if typing.TYPE_CHECKING:
-    from pathlib import Path
 
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 README_MAX_LINES = 200
+DEPLOYED_STATE_DIR = "/var/lib/poolwatch"  # the Dockerfile's, systemd unit's and Kubernetes manifests'
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +62,14 @@ def section(page: str, anchor: str) -> str:
     return page[start : end.start() if end else len(page)]
 
 
-def models(model: type[BaseModel] = Settings, path: str = "") -> list[tuple[str, type[BaseModel]]]:
+def models(model: type[Model] = Settings, path: str = "") -> list[tuple[str, type[Model]]]:
     """Every configuration model with the key path where it sits in the file."""
     found = [(path, model)]
     for name, field in model.model_fields.items():
         if not path and name in INTERNAL:
             continue
         for candidate in (field.annotation, *typing.get_args(field.annotation)):
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            if isinstance(candidate, type) and issubclass(candidate, Model):
                 many = typing.get_origin(field.annotation) is tuple
                 found += models(candidate, f"{path}.{name}".lstrip(".") + ("[]" if many else ""))
     return found
@@ -165,9 +165,10 @@ def test_benchmarks_page_shows_every_result_and_every_chart(site):
     results = sorted(benchmark_pages.RESULTS.glob("*.json"))
     assert results
     assert set(benchmark_pages.RENDERERS) == {path.stem for path in results}
-    # Each result is shown once: on the benchmarks page, or (the status page's cost) next to the page.
-    shown = page.count("<strong>Command:</strong>") + html(site, "status").count("<strong>Command:</strong>")
-    assert shown == len(results)
+    # Each result is shown once: on the benchmarks page, or next to what it measures (the status
+    # page's cost on the status page, the endpoint under attack on the security page).
+    pages = (page, html(site, "status"), html(site, "security"))
+    assert sum(shown.count("<strong>Command:</strong>") for shown in pages) == len(results)
     for chart in benchmark_pages.RESULTS.glob("*.png"):
         assert (site / benchmark_pages.CHARTS_URI / chart.name).read_bytes() == chart.read_bytes()
         assert f'src="../{benchmark_pages.CHARTS_URI}/{chart.name}"' in page, chart.name
@@ -236,10 +237,32 @@ def test_configuration_examples_in_the_docs_are_valid(tmp_path):
                 continue
             config = runnable(example, tmp_path)
             assert isinstance(config, dict)
-            settings = validate(config)  # raises ConfigError, naming the key
+            # The examples' spool lives in the deployments' state directory (POOLWATCH_STATE_DIR).
+            settings = validate(config, state_dir=DEPLOYED_STATE_DIR)  # raises ConfigError, naming the key
             assert settings.targets or "targets" not in example, path.name
             checked += 1
     assert checked >= 5  # README, install, configuration, census/reaper, security
+
+
+def test_the_readmes_configuration_loads_as_copied(tmp_path):
+    # Exactly as written, through the real command: no file it names is swapped for a real one.
+    keys = set(Settings.model_fields) - INTERNAL
+    blocks = [block for block in yaml_blocks(README) if set(yaml.safe_load(block) or {}) <= keys]
+    assert blocks, "the README shows a configuration file"
+    for index, block in enumerate(blocks):
+        path = tmp_path / f"readme-{index}.yaml"
+        path.write_text(block, encoding="utf-8")
+        result = subprocess.run(
+            [sys.executable, "-m", "poolwatch", "config", "--config", str(path)],
+            cwd=tmp_path,
+            env=clean_env(HOME=str(tmp_path), PYTHONPATH=str(ROOT)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, block + result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def test_readme_is_a_short_front_door_whose_links_resolve():
@@ -250,3 +273,93 @@ def test_readme_is_a_short_front_door_whose_links_resolve():
     assert local, "the README links into the documentation"
     for link in local:
         assert (ROOT / link).exists(), f"README links to {link}, which does not exist"
+
+
+# The repository speaks of the product: what it does and what was measured, never how it was made.
+ABOUT_THE_PRODUCT_ONLY = (
+    ROOT / "README.md",
+    ROOT / "CHANGELOG.md",
+    ROOT / "pyproject.toml",
+    ROOT / "Dockerfile",
+    ROOT / "mkdocs.yml",
+    *(ROOT / folder for folder in ("docs", "poolwatch", "tests", "benchmarks", "deploy", "scripts")),
+    *(ROOT / folder for folder in ("examples", "grafana")),
+)
+# A commit's short or full hash: hex digits with at least one letter and one digit.
+COMMIT = r"(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b"
+NOT_ABOUT_THE_PRODUCT = re.compile(
+    r"\bissue #?\d+"
+    r"|\bagents?\b"
+    rf"|\b(?:at|commit|revision) {COMMIT}"
+    r"|\bgit archive [0-9a-f]{7,40}\b"
+    rf"|\({COMMIT}\)"
+    r"|\bbefore these changes\b"
+    r"|\bearlier versions? of this\b"
+    r"|\bthis session\b"
+    r"|\b(?:STYLE|DESIGN|AUDIT)\.md\b"
+    r"|\brequired by review\b",
+    re.IGNORECASE,
+)
+TEXT_SUFFIXES = frozenset({".py", ".md", ".json", ".yml", ".yaml", ".toml", ".txt", ".sql", ".sh", ".ini"})
+
+
+def product_text_files() -> list[Path]:
+    found: list[Path] = []
+    for path in ABOUT_THE_PRODUCT_ONLY:
+        if path.is_file():
+            found.append(path)
+            continue
+        found += [
+            file
+            for file in sorted(path.rglob("*"))
+            if file.is_file()
+            and (file.suffix in TEXT_SUFFIXES or file.name in {"Dockerfile", "test"})
+            and not {"__pycache__", ".venv", "site"} & set(file.relative_to(ROOT).parts)
+        ]
+    return [path for path in found if path != Path(__file__).resolve()]
+
+
+def test_the_repository_speaks_of_the_product_not_of_its_making():
+    files = product_text_files()
+    assert ROOT / "CHANGELOG.md" in files
+    assert ROOT / "benchmarks" / "results" / "checkout_instructions.json" in files
+    found = {}
+    for path in files:
+        text = path.read_text(encoding="utf-8").replace("User-Agent", "").replace("user-agent", "")
+        hits = NOT_ABOUT_THE_PRODUCT.findall(text)
+        if hits:
+            found[str(path.relative_to(ROOT))] = hits
+    assert found == {}
+
+
+@pytest.mark.parametrize(
+    "wording",
+    [
+        "as issue #12 asks",
+        "the agent wrote this",
+        "poolwatch at d313284",
+        "git archive 7527388 into DIR",
+        "before (99cf54b): --help",
+        "Before these changes, the figures were",
+        "earlier versions of this page",
+        "made in this session",
+        "see STYLE.md #2",
+        "required by review",
+    ],
+)
+def test_wording_about_the_making_is_found(wording):
+    assert NOT_ABOUT_THE_PRODUCT.search(wording)
+
+
+@pytest.mark.parametrize(
+    "wording",
+    [
+        "a User-Agent header",
+        "the session's backend",
+        "a seed (20261130)",
+        "version 0.20.0",
+        "at 1000000 cycles",
+    ],
+)
+def test_wording_about_the_product_is_not_flagged(wording):
+    assert not NOT_ABOUT_THE_PRODUCT.search(wording.replace("User-Agent", ""))

@@ -11,7 +11,12 @@ import sys
 import uuid
 from pathlib import Path
 
-from poolwatch.reaper.spool import SQLITE_HEADER, Spool
+import pytest
+
+from poolwatch.config import validate
+from poolwatch.errors import ConfigError
+from poolwatch.reaper.spool import SQLITE_HEADER, Spool, check_spool_directory
+from tests.daemonkit import clean_env
 
 WRITER = """
 import signal, sys, uuid
@@ -204,3 +209,54 @@ def test_a_runs_records_go_in_together_and_survive_a_restart(tmp_path):
     reopened = Spool(4, path)
     assert [r["pid"] for r in reopened.peek()] == [2, 3, 4, 5]
     reopened.close()
+
+
+def test_a_spool_outside_the_state_directory_needs_an_existing_directory(tmp_path):
+    state = tmp_path / "state"
+    check_spool_directory(None, str(state))
+    check_spool_directory(str(tmp_path / "spool.db"), None)  # the directory exists
+    check_spool_directory(str(state / "spool.db"), str(state))  # made with the spool
+    check_spool_directory(str(state / "audit" / "spool.db"), str(state))
+    for missing in (tmp_path / "typo" / "spool.db", tmp_path / "statex" / "spool.db"):
+        with pytest.raises(ValueError, match="which does not exist"):
+            check_spool_directory(str(missing), str(state))
+    with pytest.raises(ConfigError) as refused:
+        validate(
+            {"audit": {"spool_path": str(tmp_path / "typo" / "deep" / "spool.db")}}, state_dir=str(state)
+        )
+    assert str(refused.value) == (
+        f"audit: spool_path points into the directory {str(tmp_path / 'typo' / 'deep')!r}, "
+        "which does not exist (create it first)"
+    )
+    assert validate({"audit": {"spool_path": str(state / "spool.db")}}, state_dir=str(state))
+
+
+def test_poolwatch_config_refuses_a_spool_in_a_missing_directory_and_creates_nothing(tmp_path):
+    path = tmp_path / "poolwatch.yaml"
+    path.write_text(f'audit: {{spool_path: "{tmp_path}/typo/spool.db"}}\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "poolwatch", "config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=clean_env(HOME=str(tmp_path), POOLWATCH_STATE_DIR=str(tmp_path / "state")),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    expected = (
+        f"poolwatch: error: audit: spool_path points into the directory '{tmp_path}/typo', "
+        "which does not exist (create it first)"
+    )
+    assert result.stderr.splitlines() == [expected]
+    assert not (tmp_path / "typo").exists()
+
+
+def test_present_names_the_records_waiting_among_those_asked(tmp_path):
+    spool = Spool(10_000, str(tmp_path / "spool.db"))
+    records = [record(n) for n in range(1200)]
+    spool.push_all(records)
+    spool.remove({str(records[0]["record_id"])})
+    asked = [str(r["record_id"]) for r in records[:1100]] + [str(uuid.uuid4())]
+    assert spool.present(asked) == {str(r["record_id"]) for r in records[1:1100]}
+    assert spool.present([]) == set()
+    spool.close()

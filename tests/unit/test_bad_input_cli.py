@@ -13,18 +13,19 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 # The first test's setup runs every case (72 interpreters, four at a time): a minute on a quiet
 # machine, several on a loaded one. The default per-test timeout would cut it there.
 pytestmark = pytest.mark.timeout(900)
 
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-Pa55"  # appears in some bad URLs: it must not appear in the error line
 
 
@@ -166,6 +167,11 @@ CASES = [
         'targets: [{name: lite, kind: sqlite, url: "sqlite:///{tmp}/no/such/app.db"}]\n',
         "url points into the directory '{tmp}/no/such', which does not exist",
     ),
+    Case(
+        "audit-spool-missing-directory",
+        'audit: {spool_path: "{tmp}/typo/spool.db"}\n',
+        "audit: spool_path points into the directory '{tmp}/typo', which does not exist",
+    ),
     Case("audit-url-not-postgres", 'audit: {url: "redis://h/0"}\n', "audit: url scheme redis://"),
     # Passwords
     Case(
@@ -279,6 +285,7 @@ def _fill(text: str, tmp: Path, busy: int) -> str:
 
 def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), **env}
+    environment["PYTHONPATH"] = str(ROOT)  # this tree's poolwatch, whichever one is installed
     return subprocess.run(
         [sys.executable, "-m", "poolwatch", *args],
         capture_output=True,

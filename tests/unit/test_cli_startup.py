@@ -19,9 +19,18 @@ from tests.daemonkit import clean_env, get, wait_for
 
 PACKAGE = Path(cli.__file__).parent
 # Loaded by none of the light commands: the daemon's and the drivers' libraries.
-HEAVY = ("sqlalchemy", "redis", "psycopg2", "apscheduler", "prometheus_client", "bcrypt", "wsgiref")
+HEAVY = (
+    "sqlalchemy",
+    "redis",
+    "psycopg2",
+    "apscheduler",
+    "prometheus_client",
+    "bcrypt",
+    "wsgiref",
+    "pydantic",
+)
 # `--version` and `--help` load no more than argparse does: not even the configuration's libraries.
-CONFIGURATION = ("pydantic", "yaml", "urllib.request", "concurrent.futures")
+CONFIGURATION = ("poolwatch.schema", "yaml", "urllib.request", "concurrent.futures")
 
 
 def modules_loaded_by(argv: list[str], tmp_path: Path) -> set[str]:
@@ -70,8 +79,35 @@ def test_config_loads_no_scheduler_server_or_driver(tmp_path: Path) -> None:
     path = tmp_path / "poolwatch.yaml"
     path.write_text('targets: [{name: cache, kind: redis, url: "redis://cache.example:6379/0"}]\n')
     modules = modules_loaded_by(["config", "-c", str(path)], tmp_path)
-    assert "pydantic" in modules, "the measurement ran"
+    assert "poolwatch.schema" in modules, "the measurement ran"
     assert loaded(modules, HEAVY) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "url"),
+    [
+        ("postgres", "postgresql+psycopg2://app@db.example:5432/orders"),
+        ("mysql", "mysql+pymysql://app@db.example:3306/orders"),
+        ("pgbouncer", "postgresql://app@db.example:6432/pgbouncer"),
+        ("sqlite", "sqlite:///{tmp}/app.db"),
+    ],
+)
+def test_config_of_a_sql_target_loads_no_sqlalchemy(kind: str, url: str, tmp_path: Path) -> None:
+    # A SQL URL is checked by poolwatch's own parser (tests/unit/test_sql_url.py holds it to
+    # SQLAlchemy's); SQLAlchemy itself costs half a second of start-up.
+    path = tmp_path / "poolwatch.yaml"
+    path.write_text(f'targets: [{{name: db, kind: {kind}, url: "{url.replace("{tmp}", str(tmp_path))}"}}]\n')
+    modules = modules_loaded_by(["config", "-c", str(path)], tmp_path)
+    assert "poolwatch.schema" in modules, "the measurement ran"
+    assert loaded(modules, HEAVY) == []
+
+
+def test_check_of_a_sqlite_target_loads_no_redis(tmp_path: Path) -> None:
+    path = tmp_path / "poolwatch.yaml"
+    path.write_text(f'targets: [{{name: lite, kind: sqlite, url: "sqlite:///{tmp_path}/app.db"}}]\n')
+    modules = modules_loaded_by(["check", "-c", str(path)], tmp_path)
+    assert "sqlalchemy" in modules, "the measurement ran"
+    assert loaded(modules, ("redis",)) == []
 
 
 def test_the_listen_default_shown_by_help_is_the_configurations() -> None:

@@ -100,7 +100,7 @@ def test_bad_postgres_port_variable_is_one_line_naming_it() -> None:
             load_settings(environ={"POSTGRES_HOST": "db", "POSTGRES_PORT": port})
 
 
-def test_reading_the_real_environment_goes_through_pydantic_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_settings_reads_the_real_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://env-only:6379/0")
     for name in ("POOLWATCH_CONFIG", "DATABASE_URL", "POSTGRES_HOST", "POSTGRES_DB", "POSTGRES_USER"):
         monkeypatch.delenv(name, raising=False)
@@ -140,6 +140,16 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "string size",
         {"targets": [target(pool={"size": "5"})]},
         r"pool\.size: expected a valid integer \(got '5'\)",
+    ),
+    (
+        "interval beyond any float",
+        {"targets": [target(probe={"interval": 10**400})]},
+        r"^targets\[0\]\(orders\)\.probe\.interval: expected a valid number \(got 1000+\.\.\.\)$",
+    ),
+    (
+        "timeout beyond any float",
+        {"targets": [target(census={"timeout": -(10**400)})]},
+        r"^targets\[0\]\(orders\)\.census\.timeout: expected a valid number \(got -1000+\.\.\.\)$",
     ),
     (
         "zero size",

@@ -109,7 +109,7 @@ def _reads_the_environment(path: Path) -> bool:
 
 def test_only_config_reads_the_environment() -> None:
     readers = sorted(_module(path) for path in PACKAGE.rglob("*.py") if _reads_the_environment(path))
-    # The library cannot load the daemon's settings (pydantic): multiprocess export reads
+    # The library does not load the daemon's settings: multiprocess export reads
     # prometheus_client's PROMETHEUS_MULTIPROC_DIR, and its own two settings next to it, in one function;
     # the collector only asks whether that variable is set, so multiprocess.py loads only then.
     assert readers == [

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
-DAEMON_ONLY = ("apscheduler", "pydantic", "pydantic_settings", "yaml", "bcrypt", "psycopg2")
+DAEMON_ONLY = ("apscheduler", "yaml", "bcrypt", "psycopg2")
 
 
 def modules_after(code: str, env: dict[str, str] | None = None) -> set[str]:
@@ -150,7 +150,7 @@ def test_a_missing_daemon_dependency_is_one_line_naming_the_install() -> None:
         import sys
         class Missing:
             def find_spec(self, name, path=None, target=None):
-                if name.partition(".")[0] == "pydantic":
+                if name.partition(".")[0] == "yaml":
                     raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         sys.meta_path.insert(0, Missing())
         from poolwatch.launcher import main
@@ -161,7 +161,7 @@ def test_a_missing_daemon_dependency_is_one_line_naming_the_install() -> None:
     )
     assert done.returncode == 2
     assert done.stderr == (
-        "poolwatch: the daemon needs pydantic, which is not installed: pip install 'poolwatch[daemon]'\n"
+        "poolwatch: the daemon needs yaml, which is not installed: pip install 'poolwatch[daemon]'\n"
     )
 
 
@@ -170,7 +170,7 @@ def test_a_lazy_name_whose_dependency_is_missing_says_what_to_install() -> None:
         import sys
         class Missing:
             def find_spec(self, name, path=None, target=None):
-                if name.partition(".")[0] == "pydantic":
+                if name.partition(".")[0] == "yaml":
                     raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         sys.meta_path.insert(0, Missing())
         import poolwatch
@@ -183,5 +183,5 @@ def test_a_lazy_name_whose_dependency_is_missing_says_what_to_install() -> None:
         [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, check=False
     )
     assert done.stdout.strip() == (
-        "poolwatch.Database needs pydantic, which is not installed: pip install 'poolwatch[daemon]'"
+        "poolwatch.Database needs yaml, which is not installed: pip install 'poolwatch[daemon]'"
     )

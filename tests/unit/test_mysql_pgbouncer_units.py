@@ -141,6 +141,44 @@ def test_stats_are_counters_in_base_units_and_lists_config_version_are_read() ->
     assert all(name in PGBOUNCER_FAMILIES for name, _ in got)
 
 
+@pytest.mark.parametrize(
+    "reserve_column",
+    ["reserve_pool", "reserve_pool_size"],
+    ids=["before-1.24", "1.24-and-later"],
+)
+def test_the_reserve_pool_is_read_under_its_old_and_its_new_column_name(reserve_column: str) -> None:
+    row = {"name": "orders", "pool_size": 20, "min_pool_size": 0, reserve_column: 5, "max_connections": 40}
+    got = as_dict(samples({"DATABASES": [row]}, Folder()))
+    assert got["pgbouncer_database_reserve_pool_size", ("orders",)] == 5
+    assert got["pgbouncer_database_pool_size", ("orders",)] == 20
+    assert got["pgbouncer_database_max_connections", ("orders",)] == 40
+
+
+def test_client_rows_are_counted_by_database_user_application_and_state() -> None:
+    def client(database: str, user: str, application: str | None, state: str) -> dict[str, Any]:
+        row = {"type": "C", "user": user, "database": database, "state": state, "addr": "10.0.0.9"}
+        return row if application is None else {**row, "application_name": application}
+
+    rows = [
+        client("orders", "web", "web-1", "active"),
+        client("orders", "web", "web-1", "active"),
+        client("orders", "web", "web-1", "waiting"),
+        client("orders", "web", "req-81f3", "active"),  # a name the client chose: folded
+        client("orders", "web", "req-77aa", "active"),
+        client("batch", "etl", None, "idle"),  # a PgBouncer without the column
+    ]
+    got = as_dict(samples({"CLIENTS": rows}, Folder(applications=["web-1"])))
+    assert got == {
+        ("pgbouncer_clients", ("orders", "web", "web-1", "active")): 2,
+        ("pgbouncer_clients", ("orders", "web", "web-1", "waiting")): 1,
+        ("pgbouncer_clients", ("orders", "web", "", "active")): 2,
+        ("pgbouncer_clients", ("batch", "etl", "", "idle")): 1,
+    }
+    # No census.applications: every application name is folded, as in the census.
+    unnamed = as_dict(samples({"CLIENTS": rows}, Folder()))
+    assert unnamed["pgbouncer_clients", ("orders", "web", "", "active")] == 4
+
+
 def test_unlisted_names_fold_into_the_empty_value_counts_summed_waits_maxed() -> None:
     rows = [
         {"database": "a", "user": "u", "cl_waiting": 2, "maxwait": 3},

@@ -93,3 +93,13 @@ def test_idle_in_transaction_needs_its_own_timeout():
 def test_program_patterns_match_nothing_when_the_server_knows_no_program_names():
     assert victims(thread(program=""), applications=["web-*"]) == []
     assert victims(thread(program="web-1"), applications=["web-*"]) == [42]
+
+
+def test_client_hosts_are_matched_without_the_port():
+    app = thread(id=1, host="10.0.0.7:51234")
+    admin = thread(id=2, host="10.0.9.1:40000")
+    socket = thread(id=3, host="localhost")  # a unix-socket client, as MySQL shows it
+    assert victims(app, admin, socket, hosts=["10.0.0.*"]) == [1]
+    assert victims(app, admin, socket, exclude_hosts=["10.0.9.1", "localhost"]) == [1]
+    assert victims(app, admin, socket, hosts=["LOCALHOST"]) == [3]
+    assert victims(thread(host="::1:51234"), hosts=["::1"]) == [42]

@@ -21,7 +21,7 @@ def test_the_reaper_is_off_and_dry_run_by_default():
 def test_an_enabled_reaper_needs_a_scope():
     with pytest.raises(ConfigError) as info:
         validate({"targets": [target(enabled=True, idle_timeout=60)]})
-    assert "needs databases, users or applications" in str(info.value)
+    assert "needs databases, users, applications or hosts" in str(info.value)
     assert "\n" not in str(info.value)
 
 

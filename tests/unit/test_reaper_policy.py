@@ -7,6 +7,7 @@ from dataclasses import replace
 from fnmatch import fnmatchcase
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,7 @@ from poolwatch.reaper.policy import (
     Session,
     choose_redis_victims,
     choose_victims,
+    host_of,
 )
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.timezone.utc)
@@ -122,6 +124,58 @@ def test_excludes_win_over_includes():
     assert choose_victims([session()], policy, NOW) == []
 
 
+def test_client_hosts_scope_by_glob_and_excludes_win():
+    web = session(pid=1, client_addr="10.1.0.7", client_host="10.1.0.7")
+    admin = session(pid=2, client_addr="10.9.0.3", client_host="10.9.0.3")
+    named = session(pid=3, client_host="Web-3.Internal")
+    inside = ReaperPolicy(idle_timeout=300, applications=("*",), hosts=("10.1.*", "web-*.internal"))
+    assert [v.session.pid for v in choose_victims([web, admin, named], inside, NOW)] == [1, 3]
+    outside = ReaperPolicy(idle_timeout=300, applications=("*",), exclude_hosts=("10.9.0.3",))
+    assert [v.session.pid for v in choose_victims([web, admin], outside, NOW)] == [1]
+    both = replace(inside, exclude_hosts=("10.1.0.7",))
+    assert [v.session.pid for v in choose_victims([web, admin, named], both, NOW)] == [3]
+
+
+def test_a_session_without_a_known_host_is_outside_any_host_scope():
+    """A PostgreSQL unix-socket client has no address, and a hidden one is unknown: with hosts or
+    exclude_hosts set, neither is chosen (it may be one the operator meant to protect)."""
+    local = session(client_addr=None, client_host=None)
+    assert len(choose_victims([local], ReaperPolicy(idle_timeout=300, applications=("*",)), NOW)) == 1
+    assert choose_victims([local], ReaperPolicy(idle_timeout=300, hosts=("*",)), NOW) == []
+    excluding = ReaperPolicy(idle_timeout=300, applications=("*",), exclude_hosts=("10.9.0.3",))
+    assert choose_victims([local], excluding, NOW) == []
+
+
+@pytest.mark.parametrize(
+    ("address", "host"),
+    [
+        ("10.0.0.5:51234", "10.0.0.5"),  # MySQL, Redis
+        ("::1:51234", "::1"),  # MySQL over IPv6
+        ("[::1]:51234", "::1"),  # Redis over IPv6
+        ("app-3.internal:40000", "app-3.internal"),  # MySQL with name resolution
+        ("localhost", "localhost"),  # MySQL over its socket
+        ("10.0.0.5", "10.0.0.5"),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_host_of_an_address(address, host):
+    assert host_of(address) == host
+
+
+def test_redis_clients_are_scoped_by_host_and_a_socket_client_has_none():
+    def client(id_: int, addr: str) -> RedisClient:
+        return RedisClient(
+            id=id_, addr=addr, name="web-1", user="default", db=0, idle=900.0, kind="normal", in_multi=False
+        )
+
+    clients = [client(1, "10.1.0.7:5000"), client(2, "[fd00::9]:5000"), client(3, "/run/redis.sock:0")]
+    policy = ReaperPolicy(idle_timeout=300, applications=("*",), exclude_hosts=("fd00::*",))
+    assert [v.client.id for v in choose_redis_victims(clients, policy)] == [1]
+    policy = ReaperPolicy(idle_timeout=300, hosts=("fd00::9",))
+    assert [v.client.id for v in choose_redis_victims(clients, policy)] == [2]
+
+
 def test_protected_applications_are_never_chosen():
     policy = ReaperPolicy(
         idle_timeout=300, applications=("*",), protected_applications=frozenset({"poolwatch-db"})
@@ -186,6 +240,8 @@ def test_redis_clients_by_name_kind_and_idle():
 NAMES = st.sampled_from(["orders", "billing", "web", "batch", "admin", ""])
 APPS = st.sampled_from(["web-1", "web-2", "batch-7", "psql", "", "poolwatch-db", "web-admin"])
 PATTERNS = st.sampled_from(["web-*", "batch-*", "*", "psql", "web-?", "poolwatch-*", "[wb]*"])
+HOSTS = st.sampled_from(["10.1.0.7", "10.9.0.3", "::1", "localhost", "web-3.internal"])
+HOST_PATTERNS = st.sampled_from(["10.1.*", "10.9.0.3", "*", "::1", "web-*", "local*"])
 STATES = st.sampled_from(
     ["idle", "active", "idle in transaction", "idle in transaction (aborted)", "disabled", None]
 )
@@ -202,6 +258,7 @@ sessions_strategy = st.builds(
     state=STATES,
     state_change=st.one_of(st.none(), st.integers(0, 5000).map(lambda s: NOW - dt.timedelta(seconds=s))),
     superuser=st.one_of(st.none(), st.booleans()),
+    client_host=st.one_of(st.none(), HOSTS),
 )
 name_sets = st.frozensets(NAMES, max_size=3)
 policies = st.builds(
@@ -215,9 +272,21 @@ policies = st.builds(
     applications=st.lists(PATTERNS, max_size=3).map(tuple),
     exclude_applications=st.lists(PATTERNS, max_size=2).map(tuple),
     protected_applications=st.frozensets(APPS, max_size=2),
+    hosts=st.one_of(st.just(()), st.lists(HOST_PATTERNS, max_size=2).map(tuple)),
+    exclude_hosts=st.one_of(st.just(()), st.lists(HOST_PATTERNS, max_size=2).map(tuple)),
     allow_superusers=st.booleans(),
     max_per_run=st.integers(0, 30),
 )
+
+
+def host_inside(host: str | None, p: ReaperPolicy) -> bool:
+    if not p.hosts and not p.exclude_hosts:
+        return True
+    if host is None:
+        return False
+    if p.hosts and not any(fnmatchcase(host, pat) for pat in p.hosts):
+        return False
+    return not any(fnmatchcase(host, pat) for pat in p.exclude_hosts)
 
 
 def inside_policy(s: Session, p: ReaperPolicy, own: frozenset[int]) -> bool:
@@ -244,6 +313,8 @@ def inside_policy(s: Session, p: ReaperPolicy, own: frozenset[int]) -> bool:
     if (p.users and s.user not in p.users) or s.user in p.exclude_users:
         return False
     if s.application in p.protected_applications:
+        return False
+    if not host_inside(s.client_host, p):
         return False
     if p.applications and not any(fnmatchcase(s.application, pat) for pat in p.applications):
         return False
@@ -311,6 +382,7 @@ def test_no_redis_client_outside_the_policy_is_ever_chosen(clients, policy, pubs
             state="idle",
             state_change=NOW - dt.timedelta(days=365),
             superuser=False,
+            client_host="127.0.0.1",
         )
         assert inside_policy(as_session, replace(policy, idle_timeout=1.0), frozenset())
 

@@ -4,6 +4,7 @@ the oldest supported version too."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import socket
 import threading
@@ -11,16 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
+import redis.asyncio
 from prometheus_client import CollectorRegistry
 
 import poolwatch
-from poolwatch.instrument.redis import pool_internals
+from poolwatch.instrument.redis import ASYNC_POOL_LISTS, async_pool_sizes, pool_internals
 from tests.poolmetrics import sample
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 POOL_CLASSES = [redis.ConnectionPool, redis.BlockingConnectionPool]
+ASYNC_POOL_CLASSES = [redis.asyncio.ConnectionPool, redis.asyncio.BlockingConnectionPool]
 # redis-py before 5.3 needs a command name to hand a connection out; later ones deprecate passing it.
 _NEEDS_COMMAND = (
     inspect.signature(redis.ConnectionPool.get_connection).parameters["command_name"].default
@@ -184,3 +187,26 @@ def test_a_pool_without_a_part_poolwatch_reads_is_a_type_error_naming_it(pool_cl
         poolwatch.instrument_redis(pool, name="cache", registry=registry)
     assert vars(pool) == before  # nothing changed
     assert [s for family in registry.collect() for s in family.samples] == []  # nor registered
+
+
+@pytest.mark.parametrize("pool_class", ASYNC_POOL_CLASSES)
+def test_asyncio_pool_sizes_read_the_pools_lists(fake, pool_class) -> None:
+    # What redis_async.py's hooks and sizes rely on: coroutine get_connection() / release(), and the
+    # lists of free and in-use connections that redis.py's async_pool_sizes() counts.
+    assert inspect.iscoroutinefunction(pool_class.get_connection)
+    assert inspect.iscoroutinefunction(pool_class.release)
+    pool = pool_class(host="127.0.0.1", port=fake.port, protocol=2, max_connections=3)
+    assert all(hasattr(pool, attr) for attr in ASYNC_POOL_LISTS)
+    assert async_pool_sizes(pool) == (0, 0)
+
+    async def cycle() -> list[tuple[int, int]]:
+        command = inspect.signature(pool_class.get_connection).parameters.get("command_name")
+        needed = command is not None and command.default is inspect.Parameter.empty  # before 5.3
+        connection = await (pool.get_connection("PING") if needed else pool.get_connection())
+        sizes = [async_pool_sizes(pool)]
+        await pool.release(connection)
+        sizes.append(async_pool_sizes(pool))
+        await pool.disconnect()
+        return sizes
+
+    assert asyncio.run(cycle()) == [(0, 1), (1, 0)]
