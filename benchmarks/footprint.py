@@ -39,32 +39,40 @@ started, cpu_started = time.perf_counter(), time.process_time()
 import prometheus_client
 import sqlalchemy
 from sqlalchemy.pool import QueuePool
-{extra_imports}
 engine = sqlalchemy.create_engine("sqlite://", poolclass=QueuePool)
-{instrument}
+own_started, own_cpu_started = time.perf_counter(), time.process_time()
+{poolwatch}
+own, own_cpu = time.perf_counter() - own_started, time.process_time() - own_cpu_started
 elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
 with engine.connect():
     pass
 rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))
-print(elapsed, cpu, rss * 1024)
+print(elapsed, cpu, rss * 1024, own, own_cpu)
 """
 
 VARIANTS = {
-    "baseline": _PROGRAM.format(extra_imports="", instrument=""),
+    "baseline": _PROGRAM.format(poolwatch=""),
     "poolwatch": _PROGRAM.format(
-        extra_imports="import poolwatch",
-        instrument="poolwatch.instrument(engine, name='app', leak_threshold=30)",
+        poolwatch="import poolwatch\npoolwatch.instrument(engine, name='app', leak_threshold=30)"
     ),
 }
 
 
-def measure(variant: str) -> tuple[float, float, float]:
-    """(wall seconds, CPU seconds) of the imports and instrumentation, and the RSS at the end."""
-    done = subprocess.run(
-        [sys.executable, "-c", VARIANTS[variant]], capture_output=True, text=True, check=True, cwd=ROOT
-    )
-    seconds, cpu, rss = done.stdout.split()
-    return float(seconds), float(cpu), float(rss)
+# A worker imports from bytecode caches: with PYTHONDONTWRITEBYTECODE set none is ever written, and
+# each round would time compiling poolwatch's sources. Multi-process export off, as in most workers.
+_ENV = {
+    key: value
+    for key, value in os.environ.items()
+    if key not in ("PYTHONDONTWRITEBYTECODE", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+}
+
+
+def measure(variant: str) -> tuple[float, ...]:
+    """(wall seconds, CPU seconds) of the imports and instrumentation, the RSS at the end, and the
+    wall and CPU seconds of ``import poolwatch`` + ``instrument()`` alone, timed in the process."""
+    command = [sys.executable, "-c", VARIANTS[variant]]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT, env=_ENV)
+    return tuple(float(value) for value in done.stdout.split())
 
 
 def version_seconds() -> tuple[float, float]:
@@ -72,7 +80,7 @@ def version_seconds() -> tuple[float, float]:
     command = [str(Path(sys.executable).parent / "poolwatch"), "--version"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(command, capture_output=True, check=True)
+    subprocess.run(command, capture_output=True, check=True, env=_ENV)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -83,7 +91,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--json", type=Path, help="write the results here as well")
     args = parser.parse_args()
-    rows: dict[str, list[tuple[float, float, float]]] = {v: [] for v in VARIANTS}
+    rows: dict[str, list[tuple[float, ...]]] = {v: [] for v in VARIANTS}
     versions: list[tuple[float, float]] = []
     for _ in range(args.rounds):
         order = [*VARIANTS, "version"]
@@ -97,6 +105,8 @@ def main() -> int:
     import_delta = [p[0] - b[0] for p, b in pairs]
     cpu_delta = [p[1] - b[1] for p, b in pairs]
     rss_delta = [p[2] - b[2] for p, b in pairs]
+    own = [p[3] for p in rows["poolwatch"]]
+    own_cpu = [p[4] for p in rows["poolwatch"]]
     load = os.getloadavg()
     result = {
         "command": ".venv/bin/python -m benchmarks.footprint",
@@ -118,6 +128,12 @@ def main() -> int:
             "import_cpu_ms_iqr": [round(q * 1e3, 1) for q in statistics.quantiles(cpu_delta, n=4)[::2]],
             "rss_mb": round(statistics.median(rss_delta) / 2**20, 2),
             "rss_mb_iqr": [round(q / 2**20, 2) for q in statistics.quantiles(rss_delta, n=4)[::2]],
+            # Timed around import poolwatch + instrument() in the process: no baseline to subtract,
+            # so far less noise on a loaded machine than the differences above.
+            "own_ms": round(statistics.median(own) * 1e3, 1),
+            "own_ms_iqr": [round(q * 1e3, 1) for q in statistics.quantiles(own, n=4)[::2]],
+            "own_cpu_ms": round(statistics.median(own_cpu) * 1e3, 1),
+            "own_cpu_ms_iqr": [round(q * 1e3, 1) for q in statistics.quantiles(own_cpu, n=4)[::2]],
         },
         "cli_version_ms": round(statistics.median(v[0] for v in versions) * 1e3, 1),
         "cli_version_cpu_ms": round(statistics.median(v[1] for v in versions) * 1e3, 1),

@@ -17,8 +17,6 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from poolwatch.masking import mask_text
-
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from types import ModuleType
@@ -176,6 +174,8 @@ class CallTimeoutError(PoolwatchError):
 
 def first_line(text: object, limit: int = 300) -> str:
     """The first line of an error text, masked and shortened: enough to act on, nothing that leaks."""
+    from poolwatch.masking import mask_text  # noqa: PLC0415 - instrument() loads errors, never this
+
     line = mask_text(str(text).strip().splitlines()[0]) if str(text).strip() else ""
     return line if len(line) <= limit else line[: limit - 1] + "…"
 

@@ -9,6 +9,7 @@ same family names would clash). Each scrape builds fresh metric families, like p
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -18,15 +19,12 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import prometheus_client.registry
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from poolwatch.instrument.multiprocess import after_fork_in_child as multiprocess_after_fork_in_child
-from poolwatch.instrument.multiprocess import after_fork_in_parent as multiprocess_after_fork_in_parent
-from poolwatch.instrument.multiprocess import arm as arm_multiprocess
-from poolwatch.instrument.multiprocess import before_fork as multiprocess_before_fork
 from poolwatch.instrument.recorder import CLOSE_REASONS, CONNECT_ERROR_REASONS
 from poolwatch.metrics import POOL_METRICS, Rows, RowsSource
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from types import ModuleType
 
     from prometheus_client.metrics_core import Metric
 
@@ -226,18 +224,37 @@ def collector_for(registry: CollectorRegistry | None) -> PoolCollector:
             collector = PoolCollector()
             target.register(collector)
             _collectors[target] = collector
-    arm_multiprocess(collectors)
+    if os.environ.get(MULTIPROC_DIR) or os.environ.get(MULTIPROC_DIR.lower()):
+        # Multi-process export (and its slot files) load only in a process that has it on.
+        from poolwatch.instrument import multiprocess  # noqa: PLC0415
+
+        multiprocess.arm(collectors)
     return collector
+
+
+# prometheus_client's multiprocess variable (multiprocess.py reads it, with its own two settings).
+MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"
+_MULTIPROCESS: Final = "poolwatch.instrument.multiprocess"
+# The multiprocess module as this thread's fork found it (None: not loaded). Looked up once per fork,
+# so the handlers after it release what the first took even if the module loads meanwhile.
+_forking = threading.local()
 
 
 def _before_fork() -> None:
     # In the order a flush takes them: the flusher's lock, then this one.
-    multiprocess_before_fork()
+    multiprocess = _forking.module = sys.modules.get(_MULTIPROCESS)
+    if multiprocess is not None:
+        multiprocess.before_fork()
     _collectors_lock.acquire()
 
 
+def _forked() -> ModuleType | None:
+    return getattr(_forking, "module", None)
+
+
 def _after_fork_in_parent() -> None:
-    multiprocess_after_fork_in_parent()
+    if (multiprocess := _forked()) is not None:
+        multiprocess.after_fork_in_parent()
     _collectors_lock.release()
 
 
@@ -247,7 +264,8 @@ def _after_fork_in_child() -> None:
     _collectors_lock = threading.Lock()
     for collector in list(_collectors.values()):
         collector.after_fork_in_child()
-    multiprocess_after_fork_in_child()
+    if (multiprocess := _forked()) is not None:
+        multiprocess.after_fork_in_child()
 
 
 os.register_at_fork(

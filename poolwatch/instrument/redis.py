@@ -98,6 +98,33 @@ def pool_internals(pool: redis.ConnectionPool) -> RedisPoolInternals:
     )
 
 
+# The attributes of each pool class poolwatch reads (pool_internals() and the hooks): checked before
+# anything changes, so a redis-py that renamed one is a TypeError naming it, not a later AttributeError.
+_NEEDED: Final = {
+    redis.BlockingConnectionPool: ("pool", "pool.queue", "pool.mutex", "_connections", "connection_kwargs"),
+    redis.ConnectionPool: ("_lock", "_available_connections", "_in_use_connections", "connection_kwargs"),
+}
+
+
+def missing_internals(pool: redis.ConnectionPool) -> list[str]:
+    """The attributes of ``pool`` poolwatch reads that it lacks (none for a redis-py it supports)."""
+    needed = next(names for cls, names in _NEEDED.items() if isinstance(pool, cls))
+    missing: list[str] = []
+    for dotted in needed:
+        if any(dotted.startswith(f"{name}.") for name in missing):
+            continue  # its parent is named already
+        owner: Any = pool
+        for part in dotted.split("."):
+            owner = getattr(owner, part, _ABSENT)
+            if owner is _ABSENT:
+                missing.append(dotted)
+                break
+    return missing
+
+
+_ABSENT: Final = object()
+
+
 # A redis.asyncio pool's lists of free and in-use connections (instrument_redis_async checks them).
 ASYNC_POOL_LISTS: Final = ("_available_connections", "_in_use_connections")
 
@@ -225,16 +252,21 @@ def instrument_redis(
     """Export the metrics of a redis-py client's (or pool's) connection pool on ``registry``.
 
     Everything is checked before anything changes: a ``TypeError`` / ``ValueError`` leaves the pool
-    as it was (not a redis-py pool, instrumented already, the name taken on this registry, a bad
-    ``leak_threshold``). Connections of a class without redis-py's connect steps (``_connect()`` and
-    the connect callback: a test double, say) are counted like any other but their connects are not
-    timed. ``counts_from``, ``server`` and ``holders``: as for ``instrument`` (the default label is the pool's
-    ``host:port/db``).
+    as it was (not a redis-py pool, or one without a private part poolwatch reads, instrumented
+    already, the name taken on this registry, a bad ``leak_threshold``). Connections of a class
+    without redis-py's connect steps (``_connect()`` and the connect callback: a test double, say)
+    are counted like any other but their connects are not timed. ``counts_from``, ``server`` and
+    ``holders``: as for ``instrument`` (the default label is the pool's ``host:port/db``).
     """
     pool = client_or_pool.connection_pool if isinstance(client_or_pool, redis.Redis) else client_or_pool
     if not isinstance(pool, redis.ConnectionPool):
         raise TypeError(
             f"poolwatch.instrument_redis({name!r}): {type(pool).__name__} is not a ConnectionPool"
+        )
+    if missing := missing_internals(pool):
+        raise TypeError(
+            f"poolwatch.instrument_redis({name!r}): {type(pool).__name__} has no {', '.join(missing)} "
+            "(redis-py's pool internals poolwatch reads)"
         )
     if getattr(vars(pool).get("get_connection"), ATTACHED, None) is not None:
         raise ValueError(f"poolwatch.instrument_redis({name!r}): this pool is already instrumented")

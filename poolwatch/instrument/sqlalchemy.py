@@ -21,15 +21,19 @@ NullPool engines (sqlalchemy_nullpool.py) too: ``pool_internals()`` once per poo
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import threading
 import time
 import weakref
 from _thread import get_ident
 from dataclasses import dataclass
+from pathlib import Path
 from sys import _getframe as getframe
 from typing import TYPE_CHECKING, Any, Final, cast
 
+import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -40,7 +44,6 @@ from poolwatch.instrument.collector import PoolState, collector_for
 from poolwatch.instrument.holder import HOLDER_LIMIT, check_holder_limit
 from poolwatch.instrument.holder import current as current_holder
 from poolwatch.instrument.recorder import MAX_JITTER, Ledger, Recorder
-from poolwatch.serverlabel import sql_server
 
 if TYPE_CHECKING:
     from collections import deque
@@ -54,6 +57,25 @@ if TYPE_CHECKING:
 # The application's frame, seen from the connect hook: hook < Engine.raw_connection <
 # Connection.__init__ < Engine.connect < application.
 CALLER_DEPTH: Final = 4
+# Where SQLAlchemy's own code is (its files, the wrappers its decorators generate, and contextlib,
+# through which `with engine.begin()` checks out): a frame at CALLER_DEPTH still in it (an ORM
+# Session's checkout, through Session.connection() or execute()) is walked out of, to the application's.
+LIBRARY_CODE: Final = (
+    str(Path(sqlalchemy.__file__).parent) + os.sep,
+    "<sqlalchemy generated",
+    str(Path(contextlib.__file__)),
+)
+_FILES_KEPT: Final = 4096  # file names whose verdict is cached (str.startswith costs ~1,000 instructions)
+
+
+def _library_file(name: str, seen: dict[str, bool]) -> bool:
+    """Whether code of file ``name`` is SQLAlchemy's (or contextlib's); the verdict is cached in ``seen``."""
+    inside = name.startswith(LIBRARY_CODE)
+    if len(seen) < _FILES_KEPT:
+        seen[name] = inside
+    return inside
+
+
 # The attribute of the pool's connect hook that holds what the hooks share (and marks the pool as
 # instrumented): the pool's own __dict__ gets no key but the names of the methods it shadows.
 ATTACHED: Final = "_poolwatch"
@@ -248,8 +270,12 @@ def instrument(
     recorder.by_holder.labels.limit = holders
     if counts_from is not None:  # before the collector can read it: never a drop to 0
         recorder.carry(counts_from)
-    if server is None:
-        server = "" if isinstance(target, Pool) else sql_server(target.url)
+    if server is None and not isinstance(target, Pool):
+        from poolwatch.serverlabel import sql_server  # noqa: PLC0415 - loaded when a URL needs it
+
+        server = sql_server(target.url)
+    elif server is None:
+        server = ""
     instrumentation = SQLAlchemyInstrumentation(target, name, recorder, server)
     collector.add(name, instrumentation)  # raises ValueError if the name is taken: nothing changed yet
     instrumentation._registry_remove = lambda: collector.remove(name, instrumentation)
@@ -352,6 +378,8 @@ def _connect_hook(  # noqa: C901, PLR0915 - unrolled on purpose: each local save
     origins = ledger.origins
     frame = getframe
     ident = get_ident
+    library_files: dict[str, bool] = {}
+    in_library = library_files.get
     holders = ledger.holders
     holder_now = current_holder
     plain_connect = Pool.connect
@@ -404,7 +432,17 @@ def _connect_hook(  # noqa: C901, PLR0915 - unrolled on purpose: each local save
                 caller = frame(CALLER_DEPTH)
             except ValueError:  # a shallower stack: a pool used directly
                 caller = frame(1)
-            origins[record] = (caller.f_code, caller.f_lasti, ident())
+            code = caller.f_code
+            inside = in_library(code.co_filename)
+            if inside is None:
+                inside = _library_file(code.co_filename, library_files)
+            if inside:
+                # Still SQLAlchemy's (a Session checking out): the first frame outside it, as
+                # capture_origin_outside() finds it. Engine.connect() from the application skips this.
+                while _library_file(code.co_filename, library_files) and caller.f_back is not None:
+                    caller = caller.f_back
+                    code = caller.f_code
+            origins[record] = (code, caller.f_lasti, ident())
             checked_out[record] = now
             holder = holder_now()
             if holder is not None:

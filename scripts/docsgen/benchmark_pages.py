@@ -546,7 +546,8 @@ def _footprint(data: dict[str, Any]) -> list[str]:
 
     def row(measure: str, key: str, unit: Callable[[float], str]) -> str:
         low, high = extra[f"{key}_iqr"]
-        return f"| {measure} | {unit(base[key])} | {unit(extra[key])} | {unit(low)} to {unit(high)} |"
+        baseline = unit(base[key]) if key in base else "-"
+        return f"| {measure} | {baseline} | {unit(extra[key])} | {unit(low)} to {unit(high)} |"
 
     version = f"{_ms(data['cli_version_ms'])} wall, {_ms(data['cli_version_cpu_ms'])} CPU"
     what = f"Baseline: {base['what']}. poolwatch: {extra['what']}."
@@ -559,6 +560,11 @@ def _footprint(data: dict[str, Any]) -> list[str]:
         row("resident memory", "rss_mb", lambda mb: f"{mb:g} MB"),
         row("import and instrument, CPU time", "import_cpu_ms", _ms),
         row("import and instrument, wall time", "import_ms", _ms),
+        *(
+            [row("import poolwatch + instrument() alone, CPU time", "own_cpu_ms", _ms)]
+            if "own_cpu_ms" in extra
+            else []
+        ),
         "",
         f"{what} `poolwatch --version`, a whole process: {version}.",
     ]

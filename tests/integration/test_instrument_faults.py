@@ -1,9 +1,10 @@
-"""Instrumented pools through server outages while eight threads use them: stopped, killed with -9,
-backends terminated, Redis SHUTDOWN. The application sees the outages; poolwatch's hooks never fail
-(``poolwatch_instrumentation_errors_total`` stays 0) and the counts still add up."""
+"""Instrumented pools through server outages while eight threads (or asyncio tasks) use them: stopped,
+killed with -9, backends terminated, Redis SHUTDOWN. The application sees the outages; poolwatch's
+hooks never fail (``poolwatch_instrumentation_errors_total`` stays 0) and the counts still add up."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -14,6 +15,8 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import create_engine, text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 import poolwatch
 from poolwatch.exposition import Renderer
@@ -21,6 +24,8 @@ from tests.poolmetrics import sample
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.destructive]
 
@@ -129,6 +134,63 @@ def test_postgres_outages_cause_no_internal_error(pg_factory, pre_ping) -> None:
             server.terminate(app)
             load.progress()
     engine.dispose()
+    assert load.unexpected == []
+    assert sample(registry, "instrumentation_errors_total", "pg") == 0
+    assert sample(registry, "pool_pending_requests", "pg") == 0
+    assert sample(registry, "pool_connections", "pg", state="used") == 0
+    checkouts = sample(registry, "pool_checkouts_total", "pg")
+    assert checkouts >= load.done
+    assert sample(registry, "pool_use_seconds_count", "pg") == checkouts
+
+
+def test_postgres_outages_on_an_async_engine_cause_no_internal_error(pg_factory) -> None:
+    """AsyncAdaptedQueuePool (asyncpg): the eight threads' calls run as tasks on one event loop."""
+    server = pg_factory()
+    app = f"pw-faults-{uuid.uuid4().hex[:8]}"
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, name="event-loop")
+    runner.start()
+
+    async def build() -> AsyncEngine:
+        return create_async_engine(
+            server.url(driver="postgresql+asyncpg"),
+            pool_size=4,
+            max_overflow=2,
+            pool_timeout=2,
+            connect_args={"server_settings": {"application_name": app}, "timeout": 2},
+        )
+
+    engine = asyncio.run_coroutine_threadsafe(build(), loop).result(30)
+    assert isinstance(engine.pool, AsyncAdaptedQueuePool)
+    registry = CollectorRegistry()
+    poolwatch.instrument(engine, name="pg", registry=registry, leak_threshold=0.5)
+
+    async def query() -> None:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    def work() -> None:
+        asyncio.run_coroutine_threadsafe(query(), loop).result(30)
+
+    try:
+        with Workload(registry, work).running() as load:
+            load.progress()
+            server.stop()
+            load.failures(20)
+            server.start()
+            load.progress()
+            server.kill()
+            load.failures(20)
+            server.start()
+            load.progress()
+            for _ in range(3):
+                server.terminate(app)
+                load.progress()
+        asyncio.run_coroutine_threadsafe(engine.dispose(), loop).result(30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(30)
+        loop.close()
     assert load.unexpected == []
     assert sample(registry, "instrumentation_errors_total", "pg") == 0
     assert sample(registry, "pool_pending_requests", "pg") == 0

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 import poolwatch
@@ -180,6 +181,36 @@ def test_leak_warning_shows_where_the_holding_thread_is_now(make_engine, registr
     assert "in slow_job" in checkout
     assert "with engine.connect():  # checked out here" in checkout
     assert "in slow_job\n    release.wait(30)  # the holder is stuck here when the leak is reported" in now
+
+
+def _checked_out_at(caplog: pytest.LogCaptureFixture) -> str:
+    """The "checked out at" frame of the one leak warning logged (as traceback prints a frame)."""
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    return warning.partition("checked out at:\n")[2].partition("\n  thread ")[0]
+
+
+@pytest.mark.parametrize("hold", ["connection", "transaction", "engine.begin"])
+def test_leak_through_an_orm_session_names_the_application_line(make_engine, registry, caplog, hold) -> None:
+    clock = FakeClock()
+    engine, _ = make_engine(pool_size=2)
+    poolwatch.instrument(engine, name="orm", registry=registry, leak_threshold=30, clock=clock)
+    caplog.set_level(logging.WARNING, logger="poolwatch.instrument")
+    if hold == "engine.begin":
+        with engine.begin():  # the application's checkout
+            clock.advance(31)
+            assert sample(registry, "pool_leaked_connections", "orm") == 1
+    with Session(engine) as session:
+        if hold == "connection":
+            session.connection()  # the application's checkout
+        elif hold == "transaction":
+            session.execute(text("SELECT 1"))  # the application's checkout
+        clock.advance(31)
+        assert sample(registry, "pool_leaked_connections", "orm") == int(hold != "engine.begin")
+    checkout = _checked_out_at(caplog)
+    assert checkout.startswith(f'  File "{__file__}", line '), checkout
+    assert "in test_leak_through_an_orm_session_names_the_application_line" in checkout
+    assert "# the application's checkout" in checkout
+    assert checkout.count("  File ") == 1, checkout  # that frame only, none of SQLAlchemy's
 
 
 def test_pre_ping_closes_a_connection_whose_backend_was_killed(pg, make_engine, registry) -> None:

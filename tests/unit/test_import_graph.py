@@ -110,5 +110,10 @@ def _reads_the_environment(path: Path) -> bool:
 def test_only_config_reads_the_environment() -> None:
     readers = sorted(_module(path) for path in PACKAGE.rglob("*.py") if _reads_the_environment(path))
     # The library does not load the daemon's settings: multiprocess export reads
-    # prometheus_client's PROMETHEUS_MULTIPROC_DIR, and its own two settings next to it, in one function.
-    assert readers == ["poolwatch.config", "poolwatch.instrument.multiprocess"]
+    # prometheus_client's PROMETHEUS_MULTIPROC_DIR, and its own two settings next to it, in one function;
+    # the collector only asks whether that variable is set, so multiprocess.py loads only then.
+    assert readers == [
+        "poolwatch.config",
+        "poolwatch.instrument.collector",
+        "poolwatch.instrument.multiprocess",
+    ]

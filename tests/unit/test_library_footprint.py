@@ -3,18 +3,62 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DAEMON_ONLY = ("apscheduler", "yaml", "bcrypt", "psycopg2")
 
 
+def modules_after(code: str, env: dict[str, str] | None = None) -> set[str]:
+    """Every module loaded by a fresh interpreter after running ``code``."""
+    script = textwrap.dedent(code) + "\nimport json, sys; print(json.dumps(sorted(sys.modules)))"
+    environ = {k: v for k, v in os.environ.items() if k.upper() != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**environ, **(env or {})},
+    )
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
 def loaded_after(code: str) -> set[str]:
     """Top-level modules loaded by a fresh interpreter after running ``code``."""
-    script = textwrap.dedent(code) + "\nimport json, sys; print(json.dumps(sorted(sys.modules)))"
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    return {name.partition(".")[0] for name in json.loads(done.stdout.splitlines()[-1])}
+    return {name.partition(".")[0] for name in modules_after(code)}
+
+
+INSTRUMENT_AND_CHECK_OUT = """
+    import sqlalchemy
+    import poolwatch
+    from prometheus_client import CollectorRegistry
+    engine = sqlalchemy.create_engine("sqlite://", poolclass=sqlalchemy.pool.QueuePool)
+    poolwatch.instrument(engine, name="app", registry=CollectorRegistry(), leak_threshold=30)
+    with engine.connect():
+        pass
+"""
+# What import poolwatch + instrument(engine) load of poolwatch, and nothing more: each module is
+# import time a worker pays. Multi-process export, masking (the daemon's error lines) and a URL's
+# server label parts other adapters need are not among them.
+LIBRARY_MODULES = {
+    "poolwatch",
+    "poolwatch._version",
+    "poolwatch.errors",
+    "poolwatch.instrument",
+    "poolwatch.instrument.collector",
+    "poolwatch.instrument.dispatch",
+    "poolwatch.instrument.holder",
+    "poolwatch.instrument.recorder",
+    "poolwatch.instrument.sqlalchemy",
+    "poolwatch.metrics",
+    "poolwatch.serverlabel",
+}
 
 
 def test_import_and_instrument_load_no_daemon_module_and_no_redis() -> None:
@@ -31,6 +75,24 @@ def test_import_and_instrument_load_no_daemon_module_and_no_redis() -> None:
     )
     assert loaded.isdisjoint((*DAEMON_ONLY, "redis")), sorted(loaded & {*DAEMON_ONLY, "redis"})
     assert "poolwatch" in loaded
+
+
+def test_import_and_instrument_load_these_poolwatch_modules_only() -> None:
+    loaded = {name for name in modules_after(INSTRUMENT_AND_CHECK_OUT) if name.startswith("poolwatch")}
+    assert loaded == LIBRARY_MODULES, sorted(loaded ^ LIBRARY_MODULES)
+
+
+def test_import_poolwatch_alone_loads_only_its_version() -> None:
+    loaded = {name for name in modules_after("import poolwatch") if name.startswith("poolwatch")}
+    assert loaded == {"poolwatch", "poolwatch._version"}
+
+
+def test_multiprocess_export_loads_only_with_its_directory_set(tmp_path: Path) -> None:
+    multiprocess = {"poolwatch.instrument.multiprocess", "poolwatch.instrument.slots"}
+    assert modules_after(INSTRUMENT_AND_CHECK_OUT).isdisjoint(multiprocess)
+    with_directory = modules_after(INSTRUMENT_AND_CHECK_OUT, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert multiprocess <= with_directory
+    assert any(path.name.startswith("counter_poolwatch-") for path in tmp_path.iterdir())
 
 
 def test_instrument_stays_the_function_when_its_subpackage_is_imported() -> None:

@@ -167,6 +167,28 @@ def test_a_fork_resets_the_pool_through_the_reset_hook(fake, pool_class) -> None
     pool.disconnect()
 
 
+@pytest.mark.parametrize(
+    ("pool_class", "missing"),
+    [
+        (redis.ConnectionPool, "_in_use_connections"),
+        (redis.ConnectionPool, "_lock"),
+        (redis.BlockingConnectionPool, "_connections"),
+        (redis.BlockingConnectionPool, "pool"),
+    ],
+)
+def test_a_pool_without_a_part_poolwatch_reads_is_a_type_error_naming_it(pool_class, missing) -> None:
+    pool = pool_class(host="127.0.0.1", port=1)  # never connects: nothing is checked out
+    delattr(pool, missing)
+    before = dict(vars(pool))
+    registry = CollectorRegistry()
+    with pytest.raises(
+        TypeError, match=rf"instrument_redis\('cache'\): {pool_class.__name__} has no {missing}\b"
+    ):
+        poolwatch.instrument_redis(pool, name="cache", registry=registry)
+    assert vars(pool) == before  # nothing changed
+    assert [s for family in registry.collect() for s in family.samples] == []  # nor registered
+
+
 @pytest.mark.parametrize("pool_class", ASYNC_POOL_CLASSES)
 def test_asyncio_pool_sizes_read_the_pools_lists(fake, pool_class) -> None:
     # What redis_async.py's hooks and sizes rely on: coroutine get_connection() / release(), and the
