@@ -48,6 +48,7 @@ from poolwatch.instrument.recorder import MAX_JITTER, Ledger, Recorder
 if TYPE_CHECKING:
     from collections import deque
     from collections.abc import Callable
+    from types import FrameType
 
     from prometheus_client.registry import CollectorRegistry
     from sqlalchemy.engine import Engine
@@ -65,15 +66,20 @@ LIBRARY_CODE: Final = (
     "<sqlalchemy generated",
     str(Path(contextlib.__file__)),
 )
-_FILES_KEPT: Final = 4096  # file names whose verdict is cached (str.startswith costs ~1,000 instructions)
+_FILES_KEPT: Final = 4096  # application file names remembered (each costs a str.startswith once)
 
 
-def _library_file(name: str, seen: dict[str, bool]) -> bool:
-    """Whether code of file ``name`` is SQLAlchemy's (or contextlib's); the verdict is cached in ``seen``."""
-    inside = name.startswith(LIBRARY_CODE)
-    if len(seen) < _FILES_KEPT:
-        seen[name] = inside
-    return inside
+def outside_library(caller: FrameType, application_files: set[str]) -> FrameType:
+    """``caller`` if its code is the application's, else the first frame outside SQLAlchemy (an ORM
+    Session checking out): the rare path of the checkout hook, which calls it only for a file name
+    not yet in ``application_files``. File names found to be the application's are added there (up
+    to ``_FILES_KEPT``), so the hook's usual path is one set lookup."""
+    while caller.f_code.co_filename.startswith(LIBRARY_CODE) and caller.f_back is not None:
+        caller = caller.f_back
+    name = caller.f_code.co_filename
+    if not name.startswith(LIBRARY_CODE) and len(application_files) < _FILES_KEPT:
+        application_files.add(name)
+    return caller
 
 
 # The attribute of the pool's connect hook that holds what the hooks share (and marks the pool as
@@ -378,8 +384,8 @@ def _connect_hook(  # noqa: C901, PLR0915 - unrolled on purpose: each local save
     origins = ledger.origins
     frame = getframe
     ident = get_ident
-    library_files: dict[str, bool] = {}
-    in_library = library_files.get
+    application_files: set[str] = set()
+    walk_out = outside_library
     holders = ledger.holders
     holder_now = current_holder
     plain_connect = Pool.connect
@@ -432,17 +438,11 @@ def _connect_hook(  # noqa: C901, PLR0915 - unrolled on purpose: each local save
                 caller = frame(CALLER_DEPTH)
             except ValueError:  # a shallower stack: a pool used directly
                 caller = frame(1)
-            code = caller.f_code
-            inside = in_library(code.co_filename)
-            if inside is None:
-                inside = _library_file(code.co_filename, library_files)
-            if inside:
-                # Still SQLAlchemy's (a Session checking out): the first frame outside it, as
-                # capture_origin_outside() finds it. Engine.connect() from the application skips this.
-                while _library_file(code.co_filename, library_files) and caller.f_back is not None:
-                    caller = caller.f_back
-                    code = caller.f_code
-            origins[record] = (code, caller.f_lasti, ident())
+            if caller.f_code.co_filename not in application_files:
+                # Maybe still SQLAlchemy's (a Session checking out): the first frame outside it.
+                # Engine.connect() from a file seen before skips this.
+                caller = walk_out(caller, application_files)
+            origins[record] = (caller.f_code, caller.f_lasti, ident())
             checked_out[record] = now
             holder = holder_now()
             if holder is not None:
