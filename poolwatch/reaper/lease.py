@@ -57,6 +57,10 @@ class PostgresLease:
         f"SELECT CASE WHEN {FENCE} THEN true ELSE pg_try_advisory_lock(%(lock_class)s, %(lock_key)s) END"
     )
 
+    # Given up explicitly on release: the server frees a session's locks only once it has processed
+    # the disconnect, after the close returns; the next replica to ask should find the lock free.
+    UNLOCK_SQL: ClassVar[str] = "SELECT pg_advisory_unlock(%(lock_class)s, %(lock_key)s)"
+
     @staticmethod
     def lock_params(target: str) -> dict[str, Any]:
         return {"lock_class": LOCK_CLASS, "lock_key": lock_key(target)}
@@ -132,10 +136,16 @@ class PostgresLease:
             self._pid = None
 
     def release(self) -> None:
-        """Give the lease up (closing the session frees the lock). Safe to call twice."""
+        """Give the lease up: unlock, then close the session (which would free the lock too, but only
+        once the server has seen it go). Safe to call twice."""
         with self._lock:
             held = self._held
             self._held = False
+            if held and self._connection is not None:
+                try:
+                    self._connection.exec_driver_sql(self.UNLOCK_SQL, self.params)
+                except Exception as exc:  # the close below frees it all the same
+                    log.debug("unlocking the lease failed: %s", type(exc).__name__)
             self._drop()
             if held:
                 log.info("reaper lease of %s released", self.target)
@@ -147,6 +157,7 @@ class MySQLLease(PostgresLease):
     # GET_LOCK by the session already holding the lock nests it (MySQL 5.7+, MariaDB 10.0+): only
     # ask for it when not held here.
     HOLD_SQL: ClassVar[str] = f"SELECT CASE WHEN {MYSQL_FENCE} THEN 1 ELSE GET_LOCK(%(lock_name)s, 0) END"
+    UNLOCK_SQL: ClassVar[str] = "SELECT RELEASE_LOCK(%(lock_name)s)"
 
     @staticmethod
     def lock_params(target: str) -> dict[str, Any]:

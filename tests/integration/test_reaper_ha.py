@@ -216,6 +216,14 @@ def test_a_replica_taking_the_lease_over_while_a_victim_is_still_exiting_does_no
         with frozen(victims[0]):
             a.run()
             a.close()  # the lease goes to whoever asks next, while victims[0] is still listed
+            # Unlocked before its session closed: no one holds the lock, even before the server has
+            # seen that session go.
+            held = pg.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %(lock_class)s"
+                " AND objid = %(lock_key)s AND granted",
+                a.reaper.lease.params,
+            )
+            assert held == [(0,)]
             assert alive(pg, victims[0])
             b.run()
             assert leader(b_metrics) == 1

@@ -266,7 +266,9 @@ def test_one_replica_holds_the_lease(mariadb, pg, world, sessions):
         assert first.reaper.lease.hold() is not None
         assert second.reaper.run() == 0
         assert metrics2.registry.get_sample_value("poolwatch_reaper_leader", {"target": "my"}) == 0
-        first.close()  # the lease connection ends: the lock is free
+        first.close()  # releases the lock before its session ends: free at once, for whoever asks next
+        lock = first.reaper.lease.params["lock_name"]
+        assert mariadb.execute("SELECT IS_FREE_LOCK(%s)", (lock,))[0][0] == 1
         assert second.reaper.run() >= 1
         assert sessions.alive(victim)
     finally:
