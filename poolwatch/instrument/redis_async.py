@@ -16,8 +16,10 @@ from __future__ import annotations
 import os
 import time
 import weakref
+from _thread import get_ident
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from sys import _getframe as getframe
+from typing import TYPE_CHECKING, Any, Final
 
 import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -28,11 +30,14 @@ from poolwatch.instrument.common import (
     Base,
     async_checkout_hooks,
     check_threshold,
+    failed,
     new_recorder,
     register,
     shadow,
     undone_on_failure,
 )
+from poolwatch.instrument.holder import current as current_holder
+from poolwatch.instrument.holder import named as named_holders
 from poolwatch.instrument.recorder import Ledger
 from poolwatch.instrument.redis import ASYNC_POOL_LISTS, async_pool_sizes
 from poolwatch.serverlabel import redis_server
@@ -114,21 +119,185 @@ def instrument_redis_async(
 
 def _hook(pool: redis.asyncio.ConnectionPool, recorder: Recorder) -> None:
     ledger = Ledger()
-    get, put = async_checkout_hooks(
-        "get_connection",
-        "release",
-        weakref.ref(pool),
-        recorder,
-        ledger,
-        exhausted=_exhausted,
-        # The ledger key: the same weak reference object for a connection while it is alive
-        # (CPython shares a callback-less one); a dropped connection's stays there as a leak.
-        key=weakref.ref,
-        library_dir=_LIBRARY_DIR,
-        put_is_async=True,
-    )
+    ref: Callable[[], Any] = weakref.ref(pool)
+    if type(pool).get_connection in _OWN_GETS and type(pool).release in _OWN_RELEASES:
+        get, put = _checkout_hooks(ref, recorder, ledger)
+    else:  # a class of the application's with a release() of its own: one coroutine more per call
+        get, put = async_checkout_hooks(
+            "get_connection",
+            "release",
+            ref,
+            recorder,
+            ledger,
+            exhausted=_exhausted,
+            # The ledger key: the same weak reference object for a connection while it is alive
+            # (CPython shares a callback-less one); a dropped connection's stays there as a leak.
+            key=weakref.ref,
+            library_dir=_LIBRARY_DIR,
+            put_is_async=True,
+        )
     get.__doc__ = type(pool).get_connection.__doc__
     put.__doc__ = type(pool).release.__doc__
     setattr(get, ATTACHED, ledger)
     shadow(pool, {"get_connection": get, "release": put})
     recorder.adopt(ledger)
+
+
+def _get_bodies() -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """For ``ConnectionPool`` and ``BlockingConnectionPool``: the class's own ``get_connection``, and
+    the coroutine function it awaits.
+
+    Since 5.3 redis-py wraps ``get_connection`` in ``deprecated_args``, whose wrapper only warns of
+    arguments given and then awaits the method it wraps (``__wrapped__``, set by ``functools.wraps``):
+    called with none, it is a coroutine and an argument dict per checkout for nothing, which the hook
+    skips by awaiting the wrapped method itself. Before 5.3 (no wrapper) the method is its own body.
+    """
+    pools = (redis.asyncio.ConnectionPool, redis.asyncio.BlockingConnectionPool)
+    own = [
+        (pool.get_connection, getattr(pool.get_connection, "__wrapped__", pool.get_connection))
+        for pool in pools
+    ]
+    return own[0], own[1]
+
+
+(_PLAIN_GET, _PLAIN_BODY), (_BLOCKING_GET, _BLOCKING_BODY) = _get_bodies()
+_OWN_GETS: Final = (_PLAIN_GET, _BLOCKING_GET)
+_OWN_RELEASES: Final = (redis.asyncio.ConnectionPool.release, redis.asyncio.BlockingConnectionPool.release)
+
+
+def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecode is paid per cycle
+    ref: Callable[[], Any], recorder: Recorder, ledger: Ledger
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``get_connection`` / ``release`` hooks for a pool with redis-py's own methods.
+
+    Each adds no coroutine of its own to the cycle. The ``get_connection`` hook, a coroutine (it
+    records once the connection is there), awaits the method under redis-py's ``deprecated_args``
+    wrapper when called without arguments, in the wrapper's place. ``release`` records before the
+    pool takes the connection back, so its hook is a plain function that returns the class's
+    coroutine for the caller to await: no coroutine, frame and ``await`` chain around it. A class
+    whose method was patched since gets that method called (looked up on the class at each call).
+    """
+    # Only what the usual path touches is a closure variable (each is copied into the hook's frame
+    # on every call); the rare paths (a failure, a known leak) reach it through ``recorder``.
+    clock = recorder.clock
+    count = next
+    requested = recorder.requested.counter
+    handed = recorder.handed.counter
+    wait = recorder.waits.append
+    use = recorder.uses.append
+    checked_out = ledger.checked_out
+    take = checked_out.pop
+    origins = ledger.origins
+    holders = ledger.holders
+    holder_now = current_holder
+    holder_named = named_holders
+    leaked = recorder.leaked
+    threshold = recorder.leak_threshold or 0.0
+    frame = getframe
+    ident = get_ident
+    weak = weakref.ref
+    library_dir = _LIBRARY_DIR
+    plain_get, plain_body = _PLAIN_GET, _PLAIN_BODY
+    blocking_get, blocking_body = _BLOCKING_GET, _BLOCKING_BODY
+
+    async def get_connection(command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        start = clock()
+        count(requested)
+        this = ref()
+        try:
+            method = type(this).get_connection
+            if command_name is not None or keys or options:  # deprecated arguments: the wrapper warns
+                connection = await method(this, command_name, *keys, **options)
+            elif method is plain_get:
+                connection = await plain_body(this)
+            elif method is blocking_get:
+                connection = await blocking_body(this)
+            else:
+                connection = await method(this)
+        except BaseException as exc:
+            failed(recorder, exc, start, _exhausted)
+            raise
+        now = clock()
+        count(handed)
+        wait(now - start)
+        try:
+            held = weak(connection)
+            checked_out[held] = now
+            if holder_named[0] and (holder := holder_now()) is not None:
+                holders[held] = holder
+        except Exception as exc:
+            recorder.internal_error(exc)
+        return connection
+
+    async def get_connection_tracking_leaks(command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        start = clock()
+        count(requested)
+        this = ref()
+        try:
+            method = type(this).get_connection
+            if command_name is not None or keys or options:
+                connection = await method(this, command_name, *keys, **options)
+            elif method is plain_get:
+                connection = await plain_body(this)
+            elif method is blocking_get:
+                connection = await blocking_body(this)
+            else:
+                connection = await method(this)
+        except BaseException as exc:
+            failed(recorder, exc, start, _exhausted)
+            raise
+        now = clock()
+        count(handed)
+        wait(now - start)
+        try:
+            held = weak(connection)
+            # capture_origin_outside(), inlined: redis-py's client calls get_connection() itself.
+            caller = frame(1)
+            # The file first: reading f_back builds the caller's caller's frame object.
+            while caller.f_code.co_filename.startswith(library_dir) and caller.f_back is not None:
+                caller = caller.f_back
+            origins[held] = (caller.f_code, caller.f_lasti, ident())
+            checked_out[held] = now
+            if holder_named[0] and (holder := holder_now()) is not None:
+                holders[held] = holder
+        except Exception as exc:
+            recorder.internal_error(exc)
+        return connection
+
+    def release(connection: Any) -> Any:
+        try:
+            # The reference the connection was filed under (no new one).
+            held = connection.__weakref__
+            started = take(held, None)  # None: not handed out through this hook
+            if started is not None:
+                if holders and (holder := holders.pop(held, None)) is not None:
+                    recorder.by_holder.hold((holder, clock() - started))
+                else:
+                    use(clock() - started)
+        except Exception as exc:
+            recorder.internal_error(exc)
+        this = ref()
+        return type(this).release(this, connection)
+
+    def release_tracking_leaks(connection: Any) -> Any:
+        try:
+            held = connection.__weakref__
+            started = take(held, None)
+            if started is not None:
+                duration = clock() - started
+                holder = holders.pop(held, None) if holders else None
+                if holder is None:
+                    use(duration)
+                else:
+                    recorder.by_holder.hold((holder, duration))
+                origin = origins.pop(held, None)
+                if leaked or duration > threshold:  # known leaks, or one no scrape saw out
+                    recorder.returned(held, duration, holder, origin)
+        except Exception as exc:
+            recorder.internal_error(exc)
+        this = ref()
+        return type(this).release(this, connection)
+
+    if recorder.leak_threshold is None:
+        return get_connection, release
+    return get_connection_tracking_leaks, release_tracking_leaks
