@@ -140,7 +140,7 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
     get: Callable[..., Any]
     put: Callable[..., Any]
     if is_async:
-        if KNOWN_BODIES and type(pool).getconn is _ASYNC_GETCONN and type(pool).putconn is _ASYNC_PUTCONN:
+        if _KNOWN_BODIES and type(pool).getconn is _ASYNC_GETCONN and type(pool).putconn is _ASYNC_PUTCONN:
             get, put = _async_checkout_hooks(ref, recorder, ledger)
         else:  # a class of the application's with methods of its own: any signature, one frame more
             get, put = async_checkout_hooks(
@@ -215,7 +215,7 @@ _PUTCONN_READS: Final = (
     "_maybe_close_connection",
     "_putconn",
 )
-KNOWN_BODIES: Final = (
+_KNOWN_BODIES: Final = (
     _ASYNC_GETCONN.__code__.co_names == _GETCONN_READS and _ASYNC_PUTCONN.__code__.co_names == _PUTCONN_READS
 )
 _LOGGER: Final = psycopg_pool.pool_async.logger
@@ -252,6 +252,9 @@ def _async_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every b
     ident = get_ident
     weak = weakref.ref
     library_dir = _LIBRARY_DIR
+    # The code of the last caller found outside the library: the same call site again needs no
+    # look at its file (``str.startswith`` is ~1,000 instructions: it parses its arguments).
+    outside: list[object] = [None]
     own_get = _ASYNC_GETCONN
     own_put = _ASYNC_PUTCONN
     monotonic = time.monotonic  # the library's deadline clock (its module imports it)
@@ -285,7 +288,7 @@ def _async_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every b
         count(handed)
         wait(now - start)
         try:
-            held = weak(connection)
+            held = connection.__weakref__ or weak(connection)
             checked_out[held] = now
             if holder_named[0] and (holder := holder_now()) is not None:
                 holders[held] = holder
@@ -318,13 +321,20 @@ def _async_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every b
         count(handed)
         wait(now - start)
         try:
-            held = weak(connection)
+            held = connection.__weakref__ or weak(connection)
             # capture_origin_outside(), inlined: the pool's connection() calls getconn() itself.
             caller = frame(1)
-            # The file first: reading f_back builds the caller's caller's frame object.
-            while caller.f_code.co_filename.startswith(library_dir) and caller.f_back is not None:
-                caller = caller.f_back
-            origins[held] = (caller.f_code, caller.f_lasti, ident())
+            code = caller.f_code
+            if code is not outside[0]:
+                # The file first: reading f_back builds the caller's caller's frame object.
+                while code.co_filename.startswith(library_dir):
+                    if caller.f_back is None:
+                        break
+                    caller = caller.f_back
+                    code = caller.f_code
+                else:
+                    outside[0] = code
+            origins[held] = (code, caller.f_lasti, ident())
             checked_out[held] = now
             if holder_named[0] and (holder := holder_now()) is not None:
                 holders[held] = holder

@@ -122,7 +122,7 @@ def _hook(pool: redis.asyncio.ConnectionPool, recorder: Recorder) -> None:
     ref: Callable[[], Any] = weakref.ref(pool)
     if type(pool).get_connection in _OWN_GETS and type(pool).release in _OWN_RELEASES:
         get, put = _checkout_hooks(ref, recorder, ledger)
-    else:  # a class of the application's with a release() of its own: one coroutine more per call
+    else:  # a class of the application's with methods of its own: any signature, one coroutine more
         get, put = async_checkout_hooks(
             "get_connection",
             "release",
@@ -145,18 +145,23 @@ def _hook(pool: redis.asyncio.ConnectionPool, recorder: Recorder) -> None:
 
 def _get_bodies() -> tuple[tuple[Any, Any], tuple[Any, Any]]:
     """For ``ConnectionPool`` and ``BlockingConnectionPool``: the class's own ``get_connection``, and
-    the coroutine function it awaits.
+    the coroutine function a hook called without arguments awaits in its place.
 
     Since 5.3 redis-py wraps ``get_connection`` in ``deprecated_args``, whose wrapper only warns of
     arguments given and then awaits the method it wraps (``__wrapped__``, set by ``functools.wraps``):
-    called with none, it is a coroutine and an argument dict per checkout for nothing, which the hook
-    skips by awaiting the wrapped method itself. Before 5.3 (no wrapper) the method is its own body.
+    called with none, it is a coroutine and an argument dict per checkout for nothing. Any other
+    wrapper, or none (before 5.3), is awaited as it is.
     """
     pools = (redis.asyncio.ConnectionPool, redis.asyncio.BlockingConnectionPool)
-    own = [
-        (pool.get_connection, getattr(pool.get_connection, "__wrapped__", pool.get_connection))
-        for pool in pools
-    ]
+    own = []
+    for pool in pools:
+        method = pool.get_connection
+        wrapped = getattr(method, "__wrapped__", None)
+        code = getattr(method, "__code__", None)
+        name = getattr(code, "co_qualname", "")  # 3.11+; on 3.10 the wrapper is awaited
+        own.append(
+            (method, wrapped if wrapped is not None and name.startswith("deprecated_args.") else method)
+        )
     return own[0], own[1]
 
 
@@ -170,12 +175,11 @@ def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecod
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """``get_connection`` / ``release`` hooks for a pool with redis-py's own methods.
 
-    Each adds no coroutine of its own to the cycle. The ``get_connection`` hook, a coroutine (it
-    records once the connection is there), awaits the method under redis-py's ``deprecated_args``
-    wrapper when called without arguments, in the wrapper's place. ``release`` records before the
-    pool takes the connection back, so its hook is a plain function that returns the class's
-    coroutine for the caller to await: no coroutine, frame and ``await`` chain around it. A class
-    whose method was patched since gets that method called (looked up on the class at each call).
+    They take redis-py's own arguments (no ``*args, **kwargs`` to forward). The ``get_connection``
+    hook, called without arguments, awaits the method under redis-py's ``deprecated_args`` wrapper in
+    the wrapper's place: no coroutine of its own in the cycle. The ``release`` hook stays a
+    coroutine around ``release()``, whose body is redis-py's own work. A class whose method was
+    patched since gets that method awaited (looked up on the class at each call).
     """
     # Only what the usual path touches is a closure variable (each is copied into the hook's frame
     # on every call); the rare paths (a failure, a known leak) reach it through ``recorder``.
@@ -197,6 +201,9 @@ def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecod
     ident = get_ident
     weak = weakref.ref
     library_dir = _LIBRARY_DIR
+    # The code of the last caller found outside the library: the same call site again needs no
+    # look at its file (``str.startswith`` is ~1,000 instructions: it parses its arguments).
+    outside: list[object] = [None]
     plain_get, plain_body = _PLAIN_GET, _PLAIN_BODY
     blocking_get, blocking_body = _BLOCKING_GET, _BLOCKING_BODY
 
@@ -221,7 +228,7 @@ def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecod
         count(handed)
         wait(now - start)
         try:
-            held = weak(connection)
+            held = connection.__weakref__ or weak(connection)
             checked_out[held] = now
             if holder_named[0] and (holder := holder_now()) is not None:
                 holders[held] = holder
@@ -250,13 +257,20 @@ def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecod
         count(handed)
         wait(now - start)
         try:
-            held = weak(connection)
+            held = connection.__weakref__ or weak(connection)
             # capture_origin_outside(), inlined: redis-py's client calls get_connection() itself.
             caller = frame(1)
-            # The file first: reading f_back builds the caller's caller's frame object.
-            while caller.f_code.co_filename.startswith(library_dir) and caller.f_back is not None:
-                caller = caller.f_back
-            origins[held] = (caller.f_code, caller.f_lasti, ident())
+            code = caller.f_code
+            if code is not outside[0]:
+                # The file first: reading f_back builds the caller's caller's frame object.
+                while code.co_filename.startswith(library_dir):
+                    if caller.f_back is None:
+                        break
+                    caller = caller.f_back
+                    code = caller.f_code
+                else:
+                    outside[0] = code
+            origins[held] = (code, caller.f_lasti, ident())
             checked_out[held] = now
             if holder_named[0] and (holder := holder_now()) is not None:
                 holders[held] = holder
@@ -264,7 +278,7 @@ def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecod
             recorder.internal_error(exc)
         return connection
 
-    def release(connection: Any) -> Any:
+    async def release(connection: Any) -> Any:
         try:
             # The reference the connection was filed under (no new one).
             held = connection.__weakref__
@@ -277,9 +291,9 @@ def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecod
         except Exception as exc:
             recorder.internal_error(exc)
         this = ref()
-        return type(this).release(this, connection)
+        return await type(this).release(this, connection)
 
-    def release_tracking_leaks(connection: Any) -> Any:
+    async def release_tracking_leaks(connection: Any) -> Any:
         try:
             held = connection.__weakref__
             started = take(held, None)
@@ -296,7 +310,7 @@ def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecod
         except Exception as exc:
             recorder.internal_error(exc)
         this = ref()
-        return type(this).release(this, connection)
+        return await type(this).release(this, connection)
 
     if recorder.leak_threshold is None:
         return get_connection, release
