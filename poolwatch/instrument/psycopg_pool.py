@@ -8,7 +8,9 @@ attributes, for the wait and use histograms, checkouts, pending requests, timeou
 reason (the pool connects on its own workers, so a caller only ever sees a timeout). The pool's
 ``configure`` / ``check`` / ``reset`` callbacks stay the application's. The connections handed out
 are held in the ledger by weak reference: the pool keeps none of them, and neither does poolwatch.
-Every private name of psycopg_pool poolwatch reads (``_connect``) is read in this module.
+An ``AsyncConnectionPool``'s hooks do the small bodies of its ``getconn`` / ``putconn`` themselves
+(one coroutine fewer per call), which read more of its private names. Every private name of
+psycopg_pool poolwatch reads is read in this module.
 """
 
 from __future__ import annotations

@@ -7,8 +7,10 @@ included, as redis-py connects inside ``get_connection()``), uses, checkouts, pe
 exhaustion ("Too many connections", or "No connection available." after a blocking pool's timeout)
 counted as timeouts, and connect errors by reason. The asyncio pool holds its connections in use
 weakly (a connection the application drops is collected), so poolwatch's ledger holds them by weak
-reference too. Sizes are read from the pool's lists of free and in-use connections, by redis.py's
-``async_pool_sizes()``: every private name of redis-py poolwatch reads is read there.
+reference too. Called without arguments, the ``get_connection()`` hook awaits the method under
+redis-py's ``deprecated_args`` wrapper, in the wrapper's place. Sizes are read from the pool's lists
+of free and in-use connections, by redis.py's ``async_pool_sizes()``: every private name of
+redis-py poolwatch reads is read there.
 """
 
 from __future__ import annotations
