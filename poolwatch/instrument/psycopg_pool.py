@@ -8,7 +8,9 @@ attributes, for the wait and use histograms, checkouts, pending requests, timeou
 reason (the pool connects on its own workers, so a caller only ever sees a timeout). The pool's
 ``configure`` / ``check`` / ``reset`` callbacks stay the application's. The connections handed out
 are held in the ledger by weak reference: the pool keeps none of them, and neither does poolwatch.
-Every private name of psycopg_pool poolwatch reads (``_connect``) is read in this module.
+An ``AsyncConnectionPool``'s hooks do the small bodies of its ``getconn`` / ``putconn`` themselves
+(one coroutine fewer per call), which read more of its private names. Every private name of
+psycopg_pool poolwatch reads is read in this module.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from __future__ import annotations
 import os
 import time
 import weakref
+from _thread import get_ident
 from pathlib import Path
+from sys import _getframe as getframe
 from typing import TYPE_CHECKING, Any, Final
 
 import psycopg.conninfo
 import psycopg_pool
+import psycopg_pool.pool_async
 
 from poolwatch.instrument.collector import PoolState
 from poolwatch.instrument.common import (
@@ -29,12 +34,15 @@ from poolwatch.instrument.common import (
     async_timed_connect,
     check_threshold,
     checkout_hooks,
+    failed,
     new_recorder,
     register,
     shadow,
     timed_connect,
     undone_on_failure,
 )
+from poolwatch.instrument.holder import current as current_holder
+from poolwatch.instrument.holder import named as named_holders
 from poolwatch.instrument.recorder import Ledger
 from poolwatch.serverlabel import pg_server
 
@@ -134,20 +142,23 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
     get: Callable[..., Any]
     put: Callable[..., Any]
     if is_async:
-        get, put = async_checkout_hooks(
-            "getconn",
-            "putconn",
-            ref,
-            recorder,
-            ledger,
-            exhausted=_exhausted,
-            # The ledger key: the same weak reference object for a connection while it is alive
-            # (CPython shares a callback-less one); a dropped connection's stays there as a leak.
-            key=weakref.ref,
-            library_dir=_LIBRARY_DIR,
-            put_param="conn",
-            put_is_async=True,
-        )
+        if _KNOWN_BODIES and type(pool).getconn is _ASYNC_GETCONN and type(pool).putconn is _ASYNC_PUTCONN:
+            get, put = _async_checkout_hooks(ref, recorder, ledger)
+        else:  # a class of the application's with methods of its own: any signature, one frame more
+            get, put = async_checkout_hooks(
+                "getconn",
+                "putconn",
+                ref,
+                recorder,
+                ledger,
+                exhausted=_exhausted,
+                # The ledger key: the same weak reference object for a connection while it is alive
+                # (CPython shares a callback-less one); a dropped connection's stays there as a leak.
+                key=weakref.ref,
+                library_dir=_LIBRARY_DIR,
+                put_param="conn",
+                put_is_async=True,
+            )
 
         async def class_connect(*args: Any, **kwargs: Any) -> Any:
             this = ref()
@@ -179,3 +190,209 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
     setattr(get, ATTACHED, ledger)
     shadow(pool, {"getconn": get, "putconn": put, "_connect": connect})
     recorder.adopt(ledger)
+
+
+# AsyncConnectionPool's own getconn / putconn, whose bodies the hooks do themselves if these are the
+# names they read (the hooks' copies are of psycopg_pool 3.2 and 3.3's; another body is awaited as
+# it is), and what those bodies read of the library's module.
+_ASYNC_GETCONN: Final = psycopg_pool.AsyncConnectionPool.getconn
+_ASYNC_PUTCONN: Final = psycopg_pool.AsyncConnectionPool.putconn
+_GETCONN_READS: Final = (
+    "timeout",
+    "monotonic",
+    "logger",
+    "info",
+    "name",
+    "_stats",
+    "_REQUESTS_NUM",
+    "_check_open_getconn",
+    "_getconn_with_check_loop",
+    "PoolTimeout",
+)
+_PUTCONN_READS: Final = (
+    "_check_pool_putconn",
+    "logger",
+    "info",
+    "name",
+    "_maybe_close_connection",
+    "_putconn",
+)
+_KNOWN_BODIES: Final = (
+    _ASYNC_GETCONN.__code__.co_names == _GETCONN_READS and _ASYNC_PUTCONN.__code__.co_names == _PUTCONN_READS
+)
+_LOGGER: Final = psycopg_pool.pool_async.logger
+
+
+def _async_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecode is paid per cycle
+    ref: Callable[[], Any], recorder: Recorder, ledger: Ledger
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``getconn`` / ``putconn`` hooks for an ``AsyncConnectionPool`` with psycopg_pool's own methods.
+
+    Each hook is a coroutine in place of the library's, not around it: ``getconn`` and ``putconn``
+    only check the pool, log and count a request, then await the method that does the work
+    (``_getconn_with_check_loop``, ``_putconn``); the hooks do that themselves, unless the class's
+    method was patched since (looked up on the class at each call), which is then awaited. One
+    coroutine, frame and ``await`` fewer per call than awaiting the library's method.
+    """
+    # Only what the usual path touches is a closure variable (each is copied into the hook's frame
+    # on every call); the rare paths (a failure, a known leak) reach it through ``recorder``.
+    clock = recorder.clock
+    count = next
+    requested = recorder.requested.counter
+    handed = recorder.handed.counter
+    wait = recorder.waits.append
+    use = recorder.uses.append
+    checked_out = ledger.checked_out
+    take = checked_out.pop
+    origins = ledger.origins
+    holders = ledger.holders
+    holder_now = current_holder
+    holder_named = named_holders
+    leaked = recorder.leaked
+    threshold = recorder.leak_threshold or 0.0
+    frame = getframe
+    ident = get_ident
+    weak = weakref.ref
+    library_dir = _LIBRARY_DIR
+    # The code of the last caller found outside the library: the same call site again needs no
+    # look at its file (``str.startswith`` is ~1,000 instructions: it parses its arguments).
+    outside: list[object] = [None]
+    own_get = _ASYNC_GETCONN
+    own_put = _ASYNC_PUTCONN
+    monotonic = time.monotonic  # the library's deadline clock (its module imports it)
+    logger = _LOGGER
+    pool_timeout = psycopg_pool.PoolTimeout
+
+    async def getconn(timeout: float | None = None) -> Any:
+        start = clock()
+        count(requested)
+        this = ref()
+        try:
+            if type(this).getconn is own_get:
+                # AsyncConnectionPool.getconn, without its coroutine.
+                if timeout is None:
+                    timeout = this.timeout
+                deadline = monotonic() + timeout
+                logger.info("connection requested from %r", this.name)
+                this._stats[this._REQUESTS_NUM] += 1
+                this._check_open_getconn()
+                try:
+                    connection = await this._getconn_with_check_loop(deadline)
+                except pool_timeout:
+                    # The timeout the caller gave, not the last attempt's (as the library does).
+                    raise pool_timeout(f"couldn't get a connection after {timeout:.2f} sec") from None
+            else:
+                connection = await type(this).getconn(this, timeout)
+        except BaseException as exc:
+            failed(recorder, exc, start, _exhausted)
+            raise
+        now = clock()
+        count(handed)
+        wait(now - start)
+        try:
+            held = connection.__weakref__ or weak(connection)
+            checked_out[held] = now
+            if holder_named[0] and (holder := holder_now()) is not None:
+                holders[held] = holder
+        except Exception as exc:
+            recorder.internal_error(exc)
+        return connection
+
+    async def getconn_tracking_leaks(timeout: float | None = None) -> Any:
+        start = clock()
+        count(requested)
+        this = ref()
+        try:
+            if type(this).getconn is own_get:
+                if timeout is None:
+                    timeout = this.timeout
+                deadline = monotonic() + timeout
+                logger.info("connection requested from %r", this.name)
+                this._stats[this._REQUESTS_NUM] += 1
+                this._check_open_getconn()
+                try:
+                    connection = await this._getconn_with_check_loop(deadline)
+                except pool_timeout:
+                    raise pool_timeout(f"couldn't get a connection after {timeout:.2f} sec") from None
+            else:
+                connection = await type(this).getconn(this, timeout)
+        except BaseException as exc:
+            failed(recorder, exc, start, _exhausted)
+            raise
+        now = clock()
+        count(handed)
+        wait(now - start)
+        try:
+            held = connection.__weakref__ or weak(connection)
+            # capture_origin_outside(), inlined: the pool's connection() calls getconn() itself.
+            caller = frame(1)
+            code = caller.f_code
+            if code is not outside[0]:
+                # The file first: reading f_back builds the caller's caller's frame object.
+                while code.co_filename.startswith(library_dir):
+                    if caller.f_back is None:
+                        break
+                    caller = caller.f_back
+                    code = caller.f_code
+                else:
+                    outside[0] = code
+            origins[held] = (code, caller.f_lasti, ident())
+            checked_out[held] = now
+            if holder_named[0] and (holder := holder_now()) is not None:
+                holders[held] = holder
+        except Exception as exc:
+            recorder.internal_error(exc)
+        return connection
+
+    async def putconn(conn: Any) -> None:
+        try:
+            # The reference the connection was filed under (no new one).
+            held = conn.__weakref__
+            started = take(held, None)  # None: not handed out through this hook
+            if started is not None:
+                if holders and (holder := holders.pop(held, None)) is not None:
+                    recorder.by_holder.hold((holder, clock() - started))
+                else:
+                    use(clock() - started)
+        except Exception as exc:
+            recorder.internal_error(exc)
+        this = ref()
+        if type(this).putconn is own_put:
+            # AsyncConnectionPool.putconn, without its coroutine.
+            this._check_pool_putconn(conn)
+            logger.info("returning connection to %r", this.name)
+            if await this._maybe_close_connection(conn):
+                return
+            await this._putconn(conn, from_getconn=False)
+            return
+        await type(this).putconn(this, conn)
+
+    async def putconn_tracking_leaks(conn: Any) -> None:
+        try:
+            held = conn.__weakref__
+            started = take(held, None)
+            if started is not None:
+                duration = clock() - started
+                holder = holders.pop(held, None) if holders else None
+                if holder is None:
+                    use(duration)
+                else:
+                    recorder.by_holder.hold((holder, duration))
+                origin = origins.pop(held, None)
+                if leaked or duration > threshold:  # known leaks, or one no scrape saw out
+                    recorder.returned(held, duration, holder, origin)
+        except Exception as exc:
+            recorder.internal_error(exc)
+        this = ref()
+        if type(this).putconn is own_put:
+            this._check_pool_putconn(conn)
+            logger.info("returning connection to %r", this.name)
+            if await this._maybe_close_connection(conn):
+                return
+            await this._putconn(conn, from_getconn=False)
+            return
+        await type(this).putconn(this, conn)
+
+    if recorder.leak_threshold is None:
+        return getconn, putconn
+    return getconn_tracking_leaks, putconn_tracking_leaks

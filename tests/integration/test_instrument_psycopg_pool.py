@@ -7,6 +7,8 @@ import asyncio
 import gc
 import threading
 import weakref
+from typing import Any
+from unittest import mock
 
 import psycopg
 import psycopg_pool
@@ -228,3 +230,72 @@ def test_connections_are_taken_and_given_back_by_keyword_as_without_poolwatch(pg
     assert sample(registry, "pool_checkouts_total", "akw") == 1
     assert sample(registry, "pool_use_seconds_count", "akw") == 1
     assert errors(registry, "kw") == errors(registry, "akw") == 0
+
+
+@pytest.mark.parametrize("leak_threshold", [None, 60.0])
+def test_async_methods_patched_on_the_class_later_are_called(pg, leak_threshold) -> None:
+    calls: list[str] = []
+    own_get, own_put = psycopg_pool.AsyncConnectionPool.getconn, psycopg_pool.AsyncConnectionPool.putconn
+
+    async def getconn(self: Any, timeout: float | None = None) -> Any:
+        calls.append("get")
+        return await own_get(self, timeout)
+
+    async def putconn(self: Any, conn: Any) -> None:
+        calls.append("put")
+        await own_put(self, conn)
+
+    async def run() -> None:
+        registry = CollectorRegistry()
+        async with psycopg_pool.AsyncConnectionPool(pg.dsn(), min_size=1, max_size=1, open=False) as pool:
+            await pool.wait()
+            poolwatch.instrument(pool, name="later", registry=registry, leak_threshold=leak_threshold)
+            async with pool.connection() as connection:
+                await connection.execute("SELECT 1")
+            assert calls == []
+            with (
+                mock.patch.object(psycopg_pool.AsyncConnectionPool, "getconn", getconn),
+                mock.patch.object(psycopg_pool.AsyncConnectionPool, "putconn", putconn),
+            ):
+                async with pool.connection() as connection:
+                    await connection.execute("SELECT 1")
+            assert calls == ["get", "put"]
+            await pool.putconn(await pool.getconn())
+            stats = pool.get_stats()
+            assert stats["requests_num"] == 3  # what the library's getconn counts, done by the hook
+            assert sample(registry, "pool_checkouts_total", "later") == 3
+            assert sample(registry, "pool_use_seconds_count", "later") == 3
+            held = await pool.getconn()
+            # The library's message, with the timeout the caller gave.
+            with pytest.raises(psycopg_pool.PoolTimeout, match=r"after 0\.05 sec"):
+                await pool.getconn(timeout=0.05)
+            assert sample(registry, "pool_timeouts_total", "later") == 1
+            await pool.putconn(held)
+            with pytest.raises(ValueError, match="doesn't come from any pool"):
+                await pool.putconn(await psycopg.AsyncConnection.connect(pg.dsn()))
+            assert sample(registry, "pool_pending_requests", "later") == 0
+            assert errors(registry, "later") == 0
+
+    asyncio.run(run())
+
+
+def test_a_connection_dropped_by_a_task_is_not_kept_alive_and_is_reported_as_leaked(pg) -> None:
+    async def run() -> None:
+        registry = CollectorRegistry()
+        async with psycopg_pool.AsyncConnectionPool(pg.dsn(), min_size=1, max_size=2, open=False) as pool:
+            await pool.wait()
+            poolwatch.instrument(pool, name="agc", registry=registry, leak_threshold=0.001)
+
+            async def drop() -> weakref.ref[object]:
+                connection = await pool.getconn()
+                await connection.execute("SELECT 1")
+                return weakref.ref(connection)
+
+            dropped = await drop()
+            gc.collect()
+            assert dropped() is None  # poolwatch holds no reference to it
+            await asyncio.sleep(0.01)
+            assert sample(registry, "pool_leaked_connections", "agc") == 1
+            assert errors(registry, "agc") == 0
+
+    asyncio.run(run())

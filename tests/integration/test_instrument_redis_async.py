@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import warnings
 import weakref
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import pytest
 import redis
@@ -157,3 +159,60 @@ def test_a_dropped_connection_lives_exactly_as_long_as_without_poolwatch(redis_s
 def test_instrument_redis_refuses_what_is_not_redis() -> None:
     with pytest.raises(TypeError, match="not a redis-py client or connection pool"):
         poolwatch.instrument_redis(object(), name="nothing", registry=CollectorRegistry())
+
+
+@pytest.mark.parametrize("pool_class", POOL_CLASSES)
+@pytest.mark.parametrize("leak_threshold", [None, 60.0])
+def test_methods_patched_on_the_class_later_are_called(redis_server, pool_class, leak_threshold) -> None:
+    calls: list[str] = []
+    own_get, own_release = pool_class.get_connection, pool_class.release
+
+    async def get_connection(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append("get")
+        return await own_get(self, *args, **kwargs)
+
+    async def release(self: Any, connection: Any) -> None:
+        calls.append("release")
+        await own_release(self, connection)
+
+    async def body() -> None:
+        registry = CollectorRegistry()
+        pool = make_pool(redis_server, pool_class, max_connections=2)
+        client = redis.asyncio.Redis(connection_pool=pool)
+        poolwatch.instrument_redis(client, name="later", registry=registry, leak_threshold=leak_threshold)
+        assert await client.ping()
+        assert calls == []  # redis-py's own methods, skipping nothing they do
+        with (
+            mock.patch.object(pool_class, "get_connection", get_connection),
+            mock.patch.object(pool_class, "release", release),
+        ):
+            assert await client.ping()
+        assert calls == ["get", "release"]
+        assert await client.ping()
+        assert sample(registry, "pool_checkouts_total", "later") == 3
+        assert sample(registry, "pool_use_seconds_count", "later") == 3
+        assert sample(registry, "pool_connections", "later", state="used") == 0
+        assert errors(registry, "later") == 0
+        await pool.disconnect()
+
+    asyncio.run(asyncio.wait_for(body(), timeout=60))
+
+
+def test_deprecated_arguments_still_reach_redis_pys_warning(redis_server) -> None:
+    async def body() -> None:
+        registry = CollectorRegistry()
+        pool = make_pool(redis_server, redis.asyncio.ConnectionPool, max_connections=2)
+        poolwatch.instrument_redis(pool, name="args", registry=registry, leak_threshold=60)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            await pool.release(await pool.get_connection())
+            assert caught == []
+            await pool.release(await pool.get_connection("PING"))
+        if hasattr(redis.asyncio.ConnectionPool.get_connection, "__wrapped__"):  # deprecated since 5.3
+            assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+        assert sample(registry, "pool_checkouts_total", "args") == 2
+        assert sample(registry, "pool_use_seconds_count", "args") == 2
+        assert errors(registry, "args") == 0
+        await pool.disconnect()
+
+    asyncio.run(asyncio.wait_for(body(), timeout=60))

@@ -72,7 +72,18 @@ LIBRARY_PRIVATE = {
             "_checkpid",
         }
     ),
-    "psycopg_pool": frozenset({"_connect"}),
+    "psycopg_pool": frozenset(
+        {
+            "_connect",
+            "_stats",
+            "_REQUESTS_NUM",
+            "_check_open_getconn",
+            "_getconn_with_check_loop",
+            "_check_pool_putconn",
+            "_maybe_close_connection",
+            "_putconn",
+        }
+    ),
     "asyncpg": frozenset({"_holders", "_queue", "_pool", "_connect", "_connect_args", "_connect_kwargs"}),
     "psycopg2": frozenset({"_used", "_pool", "_getconn", "_putconn", "_connect", "_args", "_kwargs"}),
 }

@@ -210,3 +210,21 @@ def test_asyncio_pool_sizes_read_the_pools_lists(fake, pool_class) -> None:
         return sizes
 
     assert asyncio.run(cycle()) == [(0, 1), (1, 0)]
+
+
+def test_asyncio_get_connection_is_awaited_past_only_the_deprecated_args_wrapper() -> None:
+    # What redis_async.py's get_connection hook awaits when called without arguments: the method
+    # under redis-py's deprecated_args wrapper (5.3+, whose wrapper then does nothing else), or the
+    # class's own method.
+    from poolwatch.instrument import redis_async
+
+    for own, body in (
+        (redis_async._PLAIN_GET, redis_async._PLAIN_BODY),
+        (redis_async._BLOCKING_GET, redis_async._BLOCKING_BODY),
+    ):
+        assert inspect.iscoroutinefunction(body)
+        assert body.__name__ == "get_connection"
+        if body is not own:
+            assert own.__wrapped__ is body
+            assert own.__module__ == body.__module__ == "redis.asyncio.connection"
+            assert own.__code__.co_filename.endswith(("redis/utils.py", "redis\\utils.py"))
