@@ -43,6 +43,7 @@ from sqlalchemy.pool.base import _ConnectionFairy
 from poolwatch.instrument.collector import PoolState, collector_for
 from poolwatch.instrument.holder import HOLDER_LIMIT, check_holder_limit
 from poolwatch.instrument.holder import current as current_holder
+from poolwatch.instrument.holder import named as named_holders
 from poolwatch.instrument.recorder import MAX_JITTER, Ledger, Recorder
 
 if TYPE_CHECKING:
@@ -322,7 +323,8 @@ def _checked(pool: Pool, name: str, leak_threshold: float | None) -> QueuePool:
 
 
 def _attached(pool: object) -> _Attached | None:
-    hook = vars(pool).get("connect") if pool is not None else None
+    # The pool's connect hook, or its class's method (whose function has no such attribute).
+    hook = getattr(pool, "connect", None)
     attached = getattr(hook, ATTACHED, None)
     return attached if isinstance(attached, _Attached) else None
 
@@ -355,14 +357,14 @@ def _hook(pool: QueuePool, instrumentation: SQLAlchemyInstrumentation) -> QueueP
 
     connect = _connect_hook(pool, recorder, ledger)
     setattr(connect, ATTACHED, _Attached(instrumentation, internals, ledger))
-    vars(pool).update(
-        {
-            "connect": connect,
-            RETURN_CONN: _return_hook(pool, recorder, ledger),
-            "dispose": dispose,
-            "recreate": recreate,
-        }
-    )
+    # setattr, never vars(pool): see shadow() in common.py (not imported here, for a lighter import).
+    for attribute, hook in (
+        ("connect", connect),
+        (RETURN_CONN, _return_hook(pool, recorder, ledger)),
+        ("dispose", dispose),
+        ("recreate", recreate),
+    ):
+        setattr(pool, attribute, hook)
     recorder.adopt(ledger)
     return pool
 
@@ -385,9 +387,11 @@ def _connect_hook(  # noqa: C901, PLR0915 - unrolled on purpose: each local save
     frame = getframe
     ident = get_ident
     application_files: set[str] = set()
+    last_application_code: list[object] = [None]  # a one-item cache; threads may race on it harmlessly
     walk_out = outside_library
     holders = ledger.holders
     holder_now = current_holder
+    holder_named = named_holders
     plain_connect = Pool.connect
     fairy = _ConnectionFairy
 
@@ -410,8 +414,7 @@ def _connect_hook(  # noqa: C901, PLR0915 - unrolled on purpose: each local save
         try:
             record = connection._connection_record
             checked_out[record] = now
-            holder = holder_now()
-            if holder is not None:
+            if holder_named[0] and (holder := holder_now()) is not None:
                 holders[record] = holder
         except Exception as exc:
             internal(exc)
@@ -438,14 +441,20 @@ def _connect_hook(  # noqa: C901, PLR0915 - unrolled on purpose: each local save
                 caller = frame(CALLER_DEPTH)
             except ValueError:  # a shallower stack: a pool used directly
                 caller = frame(1)
-            if caller.f_code.co_filename not in application_files:
-                # Maybe still SQLAlchemy's (a Session checking out): the first frame outside it.
-                # Engine.connect() from a file seen before skips this.
-                caller = walk_out(caller, application_files)
-            origins[record] = (caller.f_code, caller.f_lasti, ident())
+            code = caller.f_code
+            # The same code as the last checkout found to be the application's (a handler that
+            # runs again): known without reading its file name (~600 instructions).
+            if code is not last_application_code[0]:
+                if code.co_filename in application_files:
+                    last_application_code[0] = code
+                else:
+                    # Maybe still SQLAlchemy's (a Session checking out): the first frame outside
+                    # it. Engine.connect() from a file seen before skips this.
+                    caller = walk_out(caller, application_files)
+                    code = caller.f_code
+            origins[record] = (code, caller.f_lasti, ident())
             checked_out[record] = now
-            holder = holder_now()
-            if holder is not None:
+            if holder_named[0] and (holder := holder_now()) is not None:
                 holders[record] = holder
         except Exception as exc:
             internal(exc)
@@ -456,7 +465,9 @@ def _connect_hook(  # noqa: C901, PLR0915 - unrolled on purpose: each local save
     return hook
 
 
-def _return_hook(pool: Pool, recorder: Recorder, ledger: Ledger) -> Callable[[ConnectionPoolEntry], None]:
+def _return_hook(  # noqa: C901 - the leak and no-leak variants are separate functions, unrolled on purpose
+    pool: Pool, recorder: Recorder, ledger: Ledger
+) -> Callable[[ConnectionPoolEntry], None]:
     clock = recorder.clock
     use = recorder.uses.append
     hold = recorder.by_holder.hold
@@ -466,7 +477,6 @@ def _return_hook(pool: Pool, recorder: Recorder, ledger: Ledger) -> Callable[[Co
     idle_since = ledger.idle_since
     forget_origin = ledger.origins.pop
     holders = ledger.holders
-    tracking = recorder.leak_threshold is not None
     threshold = recorder.leak_threshold or 0.0
     plain_return = Pool._return_conn
 
@@ -482,10 +492,6 @@ def _return_hook(pool: Pool, recorder: Recorder, ledger: Ledger) -> Callable[[Co
                     use(held)
                 else:
                     hold((holder, held))
-                if tracking:
-                    origin = forget_origin(record, None)
-                    if leaked or held > threshold:  # known leaks, or one no scrape saw out
-                        recorder.returned(record, held, holder, origin)
         except Exception as exc:
             internal(exc)
         # What Pool._return_conn() does, without its frame (unless overridden or patched since).
@@ -494,7 +500,29 @@ def _return_hook(pool: Pool, recorder: Recorder, ledger: Ledger) -> Callable[[Co
         else:
             type(pool)._return_conn(pool, record)
 
-    return return_conn
+    def return_conn_tracking_leaks(record: ConnectionPoolEntry) -> None:
+        try:
+            now = clock()
+            started = take(record, None)
+            idle_since[record] = now
+            if started is not None:
+                held = now - started
+                holder = holders.pop(record, None) if holders else None
+                if holder is None:
+                    use(held)
+                else:
+                    hold((holder, held))
+                origin = forget_origin(record, None)
+                if leaked or held > threshold:  # known leaks, or one no scrape saw out
+                    recorder.returned(record, held, holder, origin)
+        except Exception as exc:
+            internal(exc)
+        if type(pool)._return_conn is plain_return:
+            pool._do_return_conn(record)
+        else:
+            type(pool)._return_conn(pool, record)
+
+    return return_conn if recorder.leak_threshold is None else return_conn_tracking_leaks
 
 
 class _RareEvents:
