@@ -119,6 +119,8 @@ class Samples:
     def fold(self) -> None:
         """Move the pending samples into the bucket counts (scraping side only)."""
         pending = len(self.samples)
+        if not pending:  # most pools between two scrapes close together: nothing to sort or bisect
+            return
         if pending == SAMPLE_LIMIT and not self._overflowed:
             self._overflowed = True
             log.warning(

@@ -32,6 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
 from poolwatch.instrument.collector import PoolState, collector_for
+from poolwatch.instrument.common import shadow
 from poolwatch.instrument.holder import HOLDER_LIMIT, check_holder_limit
 from poolwatch.instrument.holder import current as current_holder
 from poolwatch.instrument.recorder import MAX_JITTER, Ledger, Recorder, capture_origin_outside
@@ -204,7 +205,8 @@ class RedisInstrumentation:
 
     def watch(self, connection: Any, *, connected_now: bool = False) -> None:
         """Time ``connection``'s connects from now on (a connection of this pool, new or adopted)."""
-        if "_connect" in vars(connection) or not _times_connects(type(connection)):
+        # `is True`: a class attribute patched with a mock answers any attribute with a new mock.
+        if getattr(connection._connect, ATTACHED, None) is True or not _times_connects(type(connection)):
             return  # watched already, or a proxy (client-side caching) whose inner connection connects
         ref: Callable[[], Any] = weakref.ref(connection)
         clock, starts, lock = self.recorder.clock, self._starts, self._lock
@@ -219,7 +221,8 @@ class RedisInstrumentation:
                 internal(exc)
             return type(target)._connect(target)
 
-        vars(connection)["_connect"] = _connect
+        setattr(_connect, ATTACHED, True)
+        shadow(connection, {"_connect": _connect})
         _register_connect_callback(connection, self._on_connect)
         if connected_now:  # opened before instrument_redis(): it ages from now
             with self._lock:
@@ -268,7 +271,7 @@ def instrument_redis(
             f"poolwatch.instrument_redis({name!r}): {type(pool).__name__} has no {', '.join(missing)} "
             "(redis-py's pool internals poolwatch reads)"
         )
-    if getattr(vars(pool).get("get_connection"), ATTACHED, None) is not None:
+    if _attached_ledger(pool) is not None:
         raise ValueError(f"poolwatch.instrument_redis({name!r}): this pool is already instrumented")
     if leak_threshold is not None and not leak_threshold > 0:
         raise ValueError(f"poolwatch.instrument_redis({name!r}): leak_threshold must be > 0")
@@ -325,15 +328,22 @@ def _hook(pool: redis.ConnectionPool, instrumentation: RedisInstrumentation) -> 
     get_connection.__doc__ = type(pool).get_connection.__doc__
     setattr(get_connection, ATTACHED, ledger)
     release.__doc__ = type(pool).release.__doc__
-    vars(pool).update(
+    shadow(
+        pool,
         {
             "get_connection": get_connection,
             "release": release,
             "make_connection": make_connection,
             "reset": reset,
-        }
+        },
     )
     recorder.adopt(ledger)
+
+
+def _attached_ledger(pool: object) -> Ledger | None:
+    """The ledger of an instrumented pool's hook (not an attribute a mock patched in answers)."""
+    ledger = getattr(getattr(pool, "get_connection", None), ATTACHED, None)
+    return ledger if isinstance(ledger, Ledger) else None
 
 
 def _watch(instrumentation: RedisInstrumentation, connection: Any) -> None:
