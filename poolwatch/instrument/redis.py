@@ -206,7 +206,8 @@ class RedisInstrumentation:
     def watch(self, connection: Any, *, connected_now: bool = False) -> None:
         """Time ``connection``'s connects from now on (a connection of this pool, new or adopted)."""
         # `is True`: a class attribute patched with a mock answers any attribute with a new mock.
-        if getattr(connection._connect, ATTACHED, None) is True or not _times_connects(type(connection)):
+        hook = getattr(connection, "_connect", None)
+        if getattr(hook, ATTACHED, None) is True or not _times_connects(type(connection)):
             return  # watched already, or a proxy (client-side caching) whose inner connection connects
         ref: Callable[[], Any] = weakref.ref(connection)
         clock, starts, lock = self.recorder.clock, self._starts, self._lock
