@@ -148,7 +148,8 @@ def start_poolwatch(
     config: dict[str, Any], workdir: Path, name: str = "poolwatch", source: Path | None = None
 ) -> Contender:
     """``python -m poolwatch run`` with ``config`` (its http.listen is set to a free port here);
-    ``source``: another source tree of poolwatch to run instead of this one (a baseline)."""
+    ``source``: another source tree of poolwatch to run instead of this one (a baseline); with a
+    ``.venv`` of its own it runs on that interpreter, as its dependencies may not be this version's."""
     port = free_port()
     config = {**config, "http": {"listen": f"{LOOPBACK}:{port}"}, "log": {"level": "WARNING"}}
     workdir.mkdir(parents=True, exist_ok=True)
@@ -156,11 +157,14 @@ def start_poolwatch(
     path.write_text(yaml.safe_dump(config))
     logfile = workdir / f"{name}.log"
     env = {**os.environ, "POOLWATCH_STATE_DIR": str(workdir)}
+    python = sys.executable
     if source is not None:
         env["PYTHONPATH"] = str(source)
+        if (own := source / ".venv" / "bin" / "python").exists():
+            python = str(own)
     with logfile.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "poolwatch", "run", "--config", str(path)],
+            [python, "-m", "poolwatch", "run", "--config", str(path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -200,12 +200,14 @@ def _scale_baseline(data: dict[str, Any]) -> list[str]:
     baseline = data.get("baseline")
     if not baseline:
         return []
-    source = Path(baseline["source"]).name
+    # A git checkout is described by its short hash and subject, another tree by its path.
+    described = baseline["source"]
+    source = described.split(" ", 1)[0] if " " in described else Path(described).name
     lines = [
         "",
         (
-            f"**The baseline in the same rounds** (`--baseline DIR`, DIR holding `{source}`), "
-            "and the ratio this / baseline of each figure, computed within each round:"
+            "**The baseline in the same rounds** (`--baseline DIR`, DIR holding poolwatch as of "
+            f"`{source}`), and the ratio this / baseline of each figure, computed within each round:"
         ),
         "",
         *_head(
