@@ -49,6 +49,8 @@ SCRAPE_HEADERS = {
     "Accept-Encoding": "gzip",
     "User-Agent": "poolwatch-benchmark",
 }
+# A plain-text request without compression (curl, or a scraper configured for the text format).
+PLAIN_HEADERS = {"Accept": "text/plain;version=0.0.4", "User-Agent": "poolwatch-benchmark"}
 
 
 # ---------------------------------------------------------------------------------------- servers
@@ -231,10 +233,11 @@ def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[in
         connection.close()
 
 
-def scrape(contender: Contender) -> tuple[float, bytes]:
-    """Seconds for one Prometheus-like scrape (connect, request, whole body), and the body."""
+def scrape(contender: Contender, headers: dict[str, str] = SCRAPE_HEADERS) -> tuple[float, bytes]:
+    """Seconds for one scrape (connect, request, whole body), and the body; Prometheus' request
+    unless ``headers`` say otherwise."""
     started = time.perf_counter()
-    status, body = get(contender.port, contender.path, SCRAPE_HEADERS)
+    status, body = get(contender.port, contender.path, headers)
     elapsed = time.perf_counter() - started
     if status != 200:
         raise RuntimeError(f"{contender.name} answered {status}")
@@ -263,12 +266,12 @@ class ScrapeRound:
         return self.cpu_seconds / len(self.latencies)
 
 
-def scrape_round(contender: Contender, count: int) -> ScrapeRound:
+def scrape_round(contender: Contender, count: int, headers: dict[str, str] = SCRAPE_HEADERS) -> ScrapeRound:
     cpu_before = contender.cpu_seconds()
     latencies = []
     body = b""
     for _ in range(count):
-        elapsed, body = scrape(contender)
+        elapsed, body = scrape(contender, headers)
         latencies.append(elapsed)
     cpu = contender.cpu_seconds() - cpu_before
     return ScrapeRound(latencies, cpu, count_samples(body), len(body))

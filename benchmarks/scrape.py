@@ -5,10 +5,12 @@
 Starts its own PostgreSQL and Redis, poolwatch (census on, default intervals) and, on the same two
 servers, ``prometheus-postgres-exporter`` and ``prometheus-redis-exporter`` (Debian packages,
 installed with apt-get when missing), each on a free loopback port with its packaged defaults. Each
-round scrapes every contender ``--scrapes`` times back to back (rotating who goes first), with the
-headers Prometheus sends (OpenMetrics preferred, gzip), on a fresh connection per scrape. Per round:
-client-side latency p50/p99, CPU time of the contender's process per scrape (psutil), RSS. Printed:
-medians over rounds, and poolwatch/peer ratios computed within each round, then their median.
+round scrapes every contender ``--scrapes`` times back to back (rotating who goes first), on a fresh
+connection per scrape, once with the headers Prometheus sends (OpenMetrics preferred, gzip) and once
+asking for plain text without compression (rotating which goes first). Per round and request:
+client-side latency p50/p99, CPU time of the contender's process per scrape (psutil); RSS per round.
+Printed: medians over rounds, and poolwatch/peer ratios computed within each round, then their
+median, per request.
 Writes benchmarks/results/scrape.json and scrape_latency.png, scrape_ratios.png.
 """
 
@@ -67,6 +69,10 @@ def start_peers(pg: Any, redis_server: Any, workdir: Path) -> list[Contender]:
     return [postgres_exporter, redis_exporter]
 
 
+# What a contender is asked for: Prometheus' own request, and plain text without compression.
+REQUESTS = {"openmetrics-gzip": harness.SCRAPE_HEADERS, "plain": harness.PLAIN_HEADERS}
+
+
 def run(rounds: int, scrapes: int, peers: bool) -> dict[str, Any]:
     info = harness.machine()
     with harness.servers() as (pg, redis_server), tempfile.TemporaryDirectory() as tmp:
@@ -76,30 +82,36 @@ def run(rounds: int, scrapes: int, peers: bool) -> dict[str, Any]:
             if peers:
                 contenders += start_peers(pg, redis_server, workdir)
             for contender in contenders:  # warm up: connections open, first census done, caches hot
-                harness.scrape_round(contender, 20)
-            results: dict[str, list[ScrapeRound]] = {c.name: [] for c in contenders}
+                for headers in REQUESTS.values():
+                    harness.scrape_round(contender, 20, headers)
+            results: dict[str, dict[str, list[ScrapeRound]]] = {
+                request: {c.name: [] for c in contenders} for request in REQUESTS
+            }
             rss: dict[str, list[int]] = {c.name: [] for c in contenders}
             for round_no in range(rounds):
-                for contender in harness.rotate(contenders, round_no):
-                    results[contender.name].append(harness.scrape_round(contender, scrapes))
+                for request in harness.rotate(list(REQUESTS), round_no):
+                    for contender in harness.rotate(contenders, round_no):
+                        scraped = harness.scrape_round(contender, scrapes, REQUESTS[request])
+                        results[request][contender.name].append(scraped)
+                for contender in contenders:
                     rss[contender.name].append(contender.rss_bytes())
                 print(f"round {round_no + 1}/{rounds} done", file=sys.stderr)
             threads = {c.name: c.threads() for c in contenders}
         finally:
             for contender in contenders:
                 contender.stop()
-    return summarize(results, rss, threads, info, rounds, scrapes)
+    return {
+        "machine": info,
+        "rounds": rounds,
+        "scrapes_per_round": scrapes,
+        "requests": {request: summarize(results[request], rss, threads) for request in REQUESTS},
+    }
 
 
 def summarize(
-    results: dict[str, list[ScrapeRound]],
-    rss: dict[str, list[int]],
-    threads: dict[str, int],
-    info: dict[str, Any],
-    rounds: int,
-    scrapes: int,
+    results: dict[str, list[ScrapeRound]], rss: dict[str, list[int]], threads: dict[str, int]
 ) -> dict[str, Any]:
-    summary: dict[str, Any] = {"machine": info, "rounds": rounds, "scrapes_per_round": scrapes}
+    """One request's figures: per contender, and poolwatch's ratios to each peer."""
     contenders: dict[str, Any] = {}
     for name, per_round in results.items():
         contenders[name] = {
@@ -111,7 +123,6 @@ def summarize(
             "body_bytes": per_round[-1].body_bytes,
             "threads": threads[name],
         }
-    summary["contenders"] = contenders
     ratios: dict[str, dict[str, float]] = {}
     mine = results["poolwatch"]
     for peer, theirs in results.items():
@@ -136,8 +147,7 @@ def summarize(
             for a, b, c in zip(rss["poolwatch"], rss["postgres_exporter"], rss["redis_exporter"], strict=True)
         ]
         ratios["both_exporters"] = {"cpu_per_scrape": median(pair_cpu), "rss": median(pair_rss)}
-    summary["ratios"] = ratios
-    return summary
+    return {"contenders": contenders, "ratios": ratios}
 
 
 def report(summary: dict[str, Any]) -> None:
@@ -145,63 +155,76 @@ def report(summary: dict[str, Any]) -> None:
     print(
         f"{summary['rounds']} rounds x {summary['scrapes_per_round']} scrapes; median [min-max] over rounds"
     )
-    print(f"{'contender':<18} {'p50 ms':>22} {'p99 ms':>22} {'CPU ms/scrape':>22} {'RSS MB':>20} samples")
-    for name, c in summary["contenders"].items():
-        print(
-            f"{name:<18} {spread(c['p50_ms']):>22} {spread(c['p99_ms']):>22} "
-            f"{spread(c['cpu_ms_per_scrape']):>22} {spread(c['rss_mb']):>20} {c['samples']}"
-        )
-    for peer, r in summary["ratios"].items():
-        shown = ", ".join(f"{k} {v:.3f}x" for k, v in r.items())
-        print(f"poolwatch / {peer}: {shown}")
+    for request, figures in summary["requests"].items():
+        print(f"\n{request} request")
+        print(f"{'contender':<18} {'p50 ms':>22} {'p99 ms':>22} {'CPU ms/scrape':>22} {'RSS MB':>20} samples")
+        for name, c in figures["contenders"].items():
+            print(
+                f"{name:<18} {spread(c['p50_ms']):>22} {spread(c['p99_ms']):>22} "
+                f"{spread(c['cpu_ms_per_scrape']):>22} {spread(c['rss_mb']):>20} {c['samples']}"
+            )
+        for peer, r in figures["ratios"].items():
+            shown = ", ".join(f"{k} {v:.3f}x" for k, v in r.items())
+            print(f"poolwatch / {peer}: {shown}")
 
 
 def chart(summary: dict[str, Any]) -> list[Path]:
     plt = harness.pyplot()
-    names = list(summary["contenders"])
-    contenders = summary["contenders"]
+    requests = summary["requests"]
+    names = list(next(iter(requests.values()))["contenders"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    width = 0.38
+    width = 0.8 / (2 * len(requests))
     xs = range(len(names))
-    p50 = [median(contenders[n]["p50_ms"]) for n in names]
-    p99 = [median(contenders[n]["p99_ms"]) for n in names]
-    left.bar([x - width / 2 for x in xs], p50, width, label="p50")
-    left.bar([x + width / 2 for x in xs], p99, width, label="p99")
-    left.set_xticks(list(xs), names)
+    bar = 0
+    for request, figures in requests.items():
+        contenders = figures["contenders"]
+        for quantile in ("p50", "p99"):
+            values = [median(contenders[n][f"{quantile}_ms"]) for n in names]
+            left.bar([x + bar * width for x in xs], values, width, label=f"{quantile}, {request}")
+            bar += 1
+    left.set_xticks([x + width * (bar - 1) / 2 for x in xs], names)
     left.set_yscale("log")
     left.set_ylabel("scrape latency, ms (log)")
     left.set_title("/metrics scrape latency (1 PostgreSQL + 1 Redis)")
-    left.legend()
-    cpu = [median(contenders[n]["cpu_ms_per_scrape"]) for n in names]
-    right.bar(list(xs), cpu, 0.6, color="tab:green")
-    right.set_xticks(list(xs), names)
+    left.legend(fontsize=8)
+    width = 0.8 / len(requests)
+    for i, (request, figures) in enumerate(requests.items()):
+        cpu = [median(figures["contenders"][n]["cpu_ms_per_scrape"]) for n in names]
+        right.bar([x + i * width for x in xs], cpu, width, label=request)
+    right.set_xticks([x + width * (len(requests) - 1) / 2 for x in xs], names)
     right.set_ylabel("CPU ms per scrape (process)")
     right.set_title("CPU per scrape")
+    right.legend(fontsize=8)
     fig.suptitle(f"{summary['machine']['date']}, {summary['machine']['cpus']} shared noisy cores", fontsize=9)
     fig.tight_layout()
     paths = [harness.RESULTS / "scrape_latency.png"]
     fig.savefig(paths[0], dpi=110)
     plt.close(fig)
 
-    ratios = summary["ratios"]
-    if ratios:
-        fig, ax = plt.subplots(figsize=(9, 4.2))
+    bars = [(request, peer) for request, figures in requests.items() for peer in figures["ratios"]]
+    if bars:
+        fig, ax = plt.subplots(figsize=(10, 4.4))
         metrics_shown = ["p50", "p99", "cpu_per_scrape", "rss"]
-        peers = list(ratios)
-        width = 0.8 / len(peers)
-        for i, peer in enumerate(peers):
-            values = [ratios[peer].get(m, float("nan")) for m in metrics_shown]
-            ax.bar([x + i * width for x in range(len(metrics_shown))], values, width, label=f"vs {peer}")
+        width = 0.8 / len(bars)
+        for i, (request, peer) in enumerate(bars):
+            ratios = requests[request]["ratios"][peer]
+            values = [ratios.get(m, float("nan")) for m in metrics_shown]
+            ax.bar(
+                [x + i * width for x in range(len(metrics_shown))],
+                values,
+                width,
+                label=f"vs {peer}, {request}",
+            )
         ax.axhline(1.0, color="grey", linewidth=0.8)
-        ax.axhline(0.25, color="red", linestyle="--", linewidth=0.8, label="latency target 0.25x")
+        ax.axhline(0.15, color="red", linestyle="--", linewidth=0.8, label="goal vs postgres_exporter 0.15x")
         ax.set_xticks(
-            [x + width * (len(peers) - 1) / 2 for x in range(len(metrics_shown))],
+            [x + width * (len(bars) - 1) / 2 for x in range(len(metrics_shown))],
             ["p50 latency", "p99 latency", "CPU / scrape", "RSS"],
         )
         ax.set_yscale("log")
         ax.set_ylabel("poolwatch / peer (log; < 1: poolwatch cheaper)")
         ax.set_title(f"poolwatch overhead relative to the Go exporters ({summary['machine']['date']})")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         paths.append(harness.RESULTS / "scrape_ratios.png")
         fig.savefig(paths[-1], dpi=110)

@@ -107,28 +107,34 @@ def _median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+_SCRAPE_REQUESTS = {
+    "openmetrics-gzip": "Prometheus' request (OpenMetrics preferred, gzip)",
+    "plain": "Plain text, no compression",
+}
+
+
 def _scrape(data: dict[str, Any]) -> list[str]:
-    contenders = data["contenders"]
     lines = [
         _machine(data),
         "",
         _command("scrape", data, {"rounds": data["rounds"], "scrapes": data["scrapes_per_round"]}),
         "",
         f"{data['rounds']} rounds x {data['scrapes_per_round']} scrapes; median [min-max] over rounds.",
-        "",
-        *_head("", "p50", "p99", "CPU per scrape", "RSS", "samples"),
     ]
-    for name, row in contenders.items():
-        lines.append(
-            f"| {name} | {_spread(row['p50_ms'])} | {_ms(_median(row['p99_ms']))} "
-            f"| {_ms(_median(row['cpu_ms_per_scrape']))} | {_median(row['rss_mb']):.1f} MB "
-            f"| {row['samples']:,} |"
-        )
-    lines += ["", *_head("poolwatch against", "p50", "p99", "CPU per scrape", "RSS")]
-    for name, ratios in data.get("ratios", {}).items():
-        keys = ("p50", "p99", "cpu_per_scrape", "rss")
-        cells = [f"{ratios[key]:.2f}x" if key in ratios else "" for key in keys]
-        lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    for request, figures in data["requests"].items():
+        lines += ["", f"**{_SCRAPE_REQUESTS.get(request, request)}:**", ""]
+        lines += _head("", "p50", "p99", "CPU per scrape", "RSS", "samples")
+        for name, row in figures["contenders"].items():
+            lines.append(
+                f"| {name} | {_spread(row['p50_ms'])} | {_ms(_median(row['p99_ms']))} "
+                f"| {_ms(_median(row['cpu_ms_per_scrape']))} | {_median(row['rss_mb']):.1f} MB "
+                f"| {row['samples']:,} |"
+            )
+        lines += ["", *_head("poolwatch against", "p50", "p99", "CPU per scrape", "RSS")]
+        for name, ratios in figures.get("ratios", {}).items():
+            keys = ("p50", "p99", "cpu_per_scrape", "rss")
+            cells = [f"{ratios[key]:.2f}x" if key in ratios else "" for key in keys]
+            lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
     return lines
 
 
