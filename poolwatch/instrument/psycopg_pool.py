@@ -8,13 +8,16 @@ attributes, for the wait and use histograms, checkouts, pending requests, timeou
 reason (the pool connects on its own workers, so a caller only ever sees a timeout). The pool's
 ``configure`` / ``check`` / ``reset`` callbacks stay the application's. The connections handed out
 are held in the ledger by weak reference: the pool keeps none of them, and neither does poolwatch.
-An ``AsyncConnectionPool``'s hooks do the small bodies of its ``getconn`` / ``putconn`` themselves
-(one coroutine fewer per call), which read more of its private names. Every private name of
+While a pool's class has psycopg_pool's own ``getconn`` / ``putconn``, the hooks do those methods'
+small bodies themselves (one frame, or coroutine, fewer per call), which read more of its private
+names. A leak's origin is the application's line: frames of psycopg_pool and contextlib's entry into
+``connection()`` are passed over. Every private name of
 psycopg_pool poolwatch reads is read in this module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import weakref
@@ -165,7 +168,10 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
             return await type(this)._connect(this, *args, **kwargs)
 
         connect = async_timed_connect(recorder, class_connect)
-    else:
+    elif _KNOWN_BODIES and type(pool).getconn is _GETCONN and type(pool).putconn is _PUTCONN:
+        get, put = _sync_checkout_hooks(ref, recorder, ledger)
+        connect = timed_connect(recorder, _class_connect(ref))
+    else:  # a class of the application's with methods of its own: any signature, one frame more
         get, put = checkout_hooks(
             "getconn",
             "putconn",
@@ -179,12 +185,7 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
             library_dir=_LIBRARY_DIR,
             put_param="conn",
         )
-
-        def class_connect_sync(*args: Any, **kwargs: Any) -> Any:
-            this = ref()
-            return type(this)._connect(this, *args, **kwargs)
-
-        connect = timed_connect(recorder, class_connect_sync)
+        connect = timed_connect(recorder, _class_connect(ref))
     get.__doc__ = type(pool).getconn.__doc__
     put.__doc__ = type(pool).putconn.__doc__
     setattr(get, ATTACHED, ledger)
@@ -192,9 +193,21 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
     recorder.adopt(ledger)
 
 
-# AsyncConnectionPool's own getconn / putconn, whose bodies the hooks do themselves if these are the
-# names they read (the hooks' copies are of psycopg_pool 3.2 and 3.3's; another body is awaited as
-# it is), and what those bodies read of the library's module.
+def _class_connect(ref: Callable[[], Any]) -> Callable[..., Any]:
+    """The pool class's ``_connect``, looked up at each call (a later patch of the class is called)."""
+
+    def class_connect(*args: Any, **kwargs: Any) -> Any:
+        this = ref()
+        return type(this)._connect(this, *args, **kwargs)
+
+    return class_connect
+
+
+# The pools' own getconn / putconn, whose bodies the hooks do themselves if these are the names they
+# read (the hooks' copies are of psycopg_pool 3.2 and 3.3's; another body is called as it is), and
+# what those bodies read of the library's modules. The sync and async bodies read the same names.
+_GETCONN: Final = psycopg_pool.ConnectionPool.getconn
+_PUTCONN: Final = psycopg_pool.ConnectionPool.putconn
 _ASYNC_GETCONN: Final = psycopg_pool.AsyncConnectionPool.getconn
 _ASYNC_PUTCONN: Final = psycopg_pool.AsyncConnectionPool.putconn
 _GETCONN_READS: Final = (
@@ -217,10 +230,181 @@ _PUTCONN_READS: Final = (
     "_maybe_close_connection",
     "_putconn",
 )
-_KNOWN_BODIES: Final = (
-    _ASYNC_GETCONN.__code__.co_names == _GETCONN_READS and _ASYNC_PUTCONN.__code__.co_names == _PUTCONN_READS
+_KNOWN_BODIES: Final = all(
+    get.__code__.co_names == _GETCONN_READS and put.__code__.co_names == _PUTCONN_READS
+    for get, put in ((_GETCONN, _PUTCONN), (_ASYNC_GETCONN, _ASYNC_PUTCONN))
 )
-_LOGGER: Final = psycopg_pool.pool_async.logger
+_LOGGER: Final = psycopg_pool.pool_async.logger  # "psycopg.pool", as psycopg_pool.pool's
+# What a checkout passes through besides psycopg_pool's own code: ``with pool.connection()`` enters
+# the library's generator through contextlib, whose frame is not where the application checked out.
+_ENTER: Final = contextlib._GeneratorContextManager.__enter__.__code__
+_AENTER: Final = contextlib._AsyncGeneratorContextManager.__aenter__.__code__
+
+
+def _sync_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecode is paid per cycle
+    ref: Callable[[], Any], recorder: Recorder, ledger: Ledger
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``getconn`` / ``putconn`` hooks for a ``ConnectionPool`` with psycopg_pool's own methods: as
+    ``_async_checkout_hooks``, each does the small body of the library's method in its place (the
+    pool checks, the log line, the request count), unless the class's method was patched since, which
+    is then called. One frame fewer per call, and the parameters by the library's names and defaults
+    (no argument tuple and dict to forward)."""
+    clock = recorder.clock
+    count = next
+    requested = recorder.requested.counter
+    handed = recorder.handed.counter
+    wait = recorder.waits.append
+    use = recorder.uses.append
+    checked_out = ledger.checked_out
+    take = checked_out.pop
+    origins = ledger.origins
+    holders = ledger.holders
+    holder_now = current_holder
+    holder_named = named_holders
+    leaked = recorder.leaked
+    threshold = recorder.leak_threshold or 0.0
+    frame = getframe
+    ident = get_ident
+    weak = weakref.ref
+    library_dir = _LIBRARY_DIR
+    enter = _ENTER
+    outside: list[object] = [None]  # the code of the last caller found outside the library
+    own_get = _GETCONN
+    own_put = _PUTCONN
+    monotonic = time.monotonic
+    logger = _LOGGER
+    pool_timeout = psycopg_pool.PoolTimeout
+
+    def getconn(timeout: float | None = None) -> Any:
+        start = clock()
+        count(requested)
+        this = ref()
+        try:
+            if type(this).getconn is own_get:
+                # ConnectionPool.getconn, without its frame.
+                if timeout is None:
+                    timeout = this.timeout
+                deadline = monotonic() + timeout
+                logger.info("connection requested from %r", this.name)
+                this._stats[this._REQUESTS_NUM] += 1
+                this._check_open_getconn()
+                try:
+                    connection = this._getconn_with_check_loop(deadline)
+                except pool_timeout:
+                    # The timeout the caller gave, not the last attempt's (as the library does).
+                    raise pool_timeout(f"couldn't get a connection after {timeout:.2f} sec") from None
+            else:
+                connection = type(this).getconn(this, timeout)
+        except BaseException as exc:
+            failed(recorder, exc, start, _exhausted)
+            raise
+        now = clock()
+        count(handed)
+        wait(now - start)
+        try:
+            held = connection.__weakref__ or weak(connection)
+            checked_out[held] = now
+            if holder_named[0] and (holder := holder_now()) is not None:
+                holders[held] = holder
+        except Exception as exc:
+            recorder.internal_error(exc)
+        return connection
+
+    def getconn_tracking_leaks(timeout: float | None = None) -> Any:
+        start = clock()
+        count(requested)
+        this = ref()
+        try:
+            if type(this).getconn is own_get:
+                if timeout is None:
+                    timeout = this.timeout
+                deadline = monotonic() + timeout
+                logger.info("connection requested from %r", this.name)
+                this._stats[this._REQUESTS_NUM] += 1
+                this._check_open_getconn()
+                try:
+                    connection = this._getconn_with_check_loop(deadline)
+                except pool_timeout:
+                    raise pool_timeout(f"couldn't get a connection after {timeout:.2f} sec") from None
+            else:
+                connection = type(this).getconn(this, timeout)
+        except BaseException as exc:
+            failed(recorder, exc, start, _exhausted)
+            raise
+        now = clock()
+        count(handed)
+        wait(now - start)
+        try:
+            held = connection.__weakref__ or weak(connection)
+            caller = frame(1)
+            code = caller.f_code
+            if code is not outside[0]:
+                while code is enter or code.co_filename.startswith(library_dir):
+                    if caller.f_back is None:
+                        break
+                    caller = caller.f_back
+                    code = caller.f_code
+                else:
+                    outside[0] = code
+            origins[held] = (code, caller.f_lasti, ident())
+            checked_out[held] = now
+            if holder_named[0] and (holder := holder_now()) is not None:
+                holders[held] = holder
+        except Exception as exc:
+            recorder.internal_error(exc)
+        return connection
+
+    def putconn(conn: Any) -> None:
+        try:
+            held = conn.__weakref__  # the reference the connection was filed under (no new one)
+            started = take(held, None)  # None: not handed out through this hook
+            if started is not None:
+                if holders and (holder := holders.pop(held, None)) is not None:
+                    recorder.by_holder.hold((holder, clock() - started))
+                else:
+                    use(clock() - started)
+        except Exception as exc:
+            recorder.internal_error(exc)
+        this = ref()
+        if type(this).putconn is own_put:
+            # ConnectionPool.putconn, without its frame.
+            this._check_pool_putconn(conn)
+            logger.info("returning connection to %r", this.name)
+            if this._maybe_close_connection(conn):
+                return
+            this._putconn(conn, from_getconn=False)
+            return
+        type(this).putconn(this, conn)
+
+    def putconn_tracking_leaks(conn: Any) -> None:
+        try:
+            held = conn.__weakref__
+            started = take(held, None)
+            if started is not None:
+                duration = clock() - started
+                holder = holders.pop(held, None) if holders else None
+                if holder is None:
+                    use(duration)
+                else:
+                    recorder.by_holder.hold((holder, duration))
+                origin = origins.pop(held, None)
+                if leaked or duration > threshold:  # known leaks, or one no scrape saw out
+                    recorder.returned(held, duration, holder, origin)
+        except Exception as exc:
+            recorder.internal_error(exc)
+        this = ref()
+        if type(this).putconn is own_put:
+            this._check_pool_putconn(conn)
+            logger.info("returning connection to %r", this.name)
+            if this._maybe_close_connection(conn):
+                return
+            this._putconn(conn, from_getconn=False)
+            return
+        type(this).putconn(this, conn)
+
+    if recorder.leak_threshold is None:
+        return getconn, putconn
+    return getconn_tracking_leaks, putconn_tracking_leaks
 
 
 def _async_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecode is paid per cycle
@@ -254,6 +438,7 @@ def _async_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every b
     ident = get_ident
     weak = weakref.ref
     library_dir = _LIBRARY_DIR
+    aenter = _AENTER
     # The code of the last caller found outside the library: the same call site again needs no
     # look at its file (``str.startswith`` is ~1,000 instructions: it parses its arguments).
     outside: list[object] = [None]
@@ -328,8 +513,8 @@ def _async_checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every b
             caller = frame(1)
             code = caller.f_code
             if code is not outside[0]:
-                # The file first: reading f_back builds the caller's caller's frame object.
-                while code.co_filename.startswith(library_dir):
+                # Before the file: reading f_back builds the caller's caller's frame object.
+                while code is aenter or code.co_filename.startswith(library_dir):
                     if caller.f_back is None:
                         break
                     caller = caller.f_back

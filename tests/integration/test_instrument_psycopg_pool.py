@@ -213,6 +213,40 @@ def test_a_leak_warning_shows_the_application_line_that_checked_out(pg, caplog) 
         assert errors(registry, "where") == 0
 
 
+def test_a_leak_inside_the_pools_context_manager_shows_the_application_line(pg, caplog) -> None:
+    # connection() enters through contextlib: its frame is passed over like psycopg_pool's own.
+    registry = CollectorRegistry()
+    clock = FakeClock()
+    caplog.set_level("WARNING", logger="poolwatch.instrument")
+    with psycopg_pool.ConnectionPool(pg.dsn(), min_size=1, max_size=2, open=True) as pool:
+        poolwatch.instrument(pool, name="cm", registry=registry, leak_threshold=1, clock=clock)
+        with pool.connection() as connection:  # the sync line the warning must end with
+            connection.execute("SELECT 1")
+            clock.advance(2)
+            assert sample(registry, "pool_leaked_connections", "cm") == 1
+
+    async def run() -> None:
+        async with psycopg_pool.AsyncConnectionPool(pg.dsn(), min_size=1, max_size=2, open=False) as apool:
+            poolwatch.instrument(apool, name="acm", registry=registry, leak_threshold=1, clock=clock)
+            async with apool.connection() as connection:  # the async line the warning must end with
+                await connection.execute("SELECT 1")
+                clock.advance(2)
+                assert sample(registry, "pool_leaked_connections", "acm") == 1
+
+    asyncio.run(run())
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings
+    sites = (
+        ("test_a_leak_inside_the_pools_context_manager_shows_the_application_line", "the sync line"),
+        ("run", "the async line"),
+    )
+    for warning, (function, line) in zip(warnings, sites, strict=True):
+        last = warning.rstrip().splitlines()[-2:]
+        assert last[0].endswith(f", in {function}")
+        assert f"connection:  # {line} the warning must end with" in last[1]
+    assert errors(registry, "cm") == errors(registry, "acm") == 0
+
+
 def test_connections_are_taken_and_given_back_by_keyword_as_without_poolwatch(pg) -> None:
     registry = CollectorRegistry()
     with psycopg_pool.ConnectionPool(pg.dsn(), min_size=1, max_size=1, open=True) as pool:
@@ -277,6 +311,51 @@ def test_async_methods_patched_on_the_class_later_are_called(pg, leak_threshold)
             assert errors(registry, "later") == 0
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("leak_threshold", [None, 60.0])
+def test_methods_patched_on_the_class_later_are_called(pg, leak_threshold) -> None:
+    calls: list[str] = []
+    own_get, own_put = psycopg_pool.ConnectionPool.getconn, psycopg_pool.ConnectionPool.putconn
+
+    def getconn(self: Any, timeout: float | None = None) -> Any:
+        calls.append("get")
+        return own_get(self, timeout)
+
+    def putconn(self: Any, conn: Any) -> None:
+        calls.append("put")
+        own_put(self, conn)
+
+    registry = CollectorRegistry()
+    with psycopg_pool.ConnectionPool(pg.dsn(), min_size=1, max_size=1, open=True) as pool:
+        pool.wait()
+        poolwatch.instrument(pool, name="later", registry=registry, leak_threshold=leak_threshold)
+        with pool.connection() as connection:
+            connection.execute("SELECT 1")
+        assert calls == []
+        with (
+            mock.patch.object(psycopg_pool.ConnectionPool, "getconn", getconn),
+            mock.patch.object(psycopg_pool.ConnectionPool, "putconn", putconn),
+        ):
+            with pool.connection() as connection:
+                connection.execute("SELECT 1")
+        assert calls == ["get", "put"]
+        pool.putconn(pool.getconn())
+        assert pool.get_stats()["requests_num"] == 3  # what the library's getconn counts, done by the hook
+        assert sample(registry, "pool_checkouts_total", "later") == 3
+        assert sample(registry, "pool_use_seconds_count", "later") == 3
+        held = pool.getconn()
+        # The library's message, with the timeout the caller gave.
+        with pytest.raises(psycopg_pool.PoolTimeout, match=r"after 0\.05 sec"):
+            pool.getconn(timeout=0.05)
+        assert sample(registry, "pool_timeouts_total", "later") == 1
+        pool.putconn(held)
+        stranger = psycopg.Connection.connect(pg.dsn())
+        with pytest.raises(ValueError, match="doesn't come from any pool"):
+            pool.putconn(stranger)
+        stranger.close()
+        assert sample(registry, "pool_pending_requests", "later") == 0
+        assert errors(registry, "later") == 0
 
 
 def test_a_connection_dropped_by_a_task_is_not_kept_alive_and_is_reported_as_leaked(pg) -> None:

@@ -24,19 +24,21 @@ def test_psycopg_pool_connects_through_an_overridable_connect_and_reports_sizes(
     assert (stats["pool_min"], stats["pool_max"]) == (1, 3)
 
 
-def test_async_psycopg_pools_getconn_and_putconn_are_the_bodies_the_hooks_do_themselves() -> None:
-    # Else the hooks await the library's methods: right, one coroutine slower per call.
+def test_psycopg_pools_getconn_and_putconn_are_the_bodies_the_hooks_do_themselves() -> None:
+    # Else the hooks call the library's methods: right, one frame (or coroutine) slower per call.
     from poolwatch.instrument import psycopg_pool as adapter
 
     assert adapter._KNOWN_BODIES
-    cls = psycopg_pool.AsyncConnectionPool
-    for name in ("_check_open_getconn", "_check_pool_putconn"):
-        assert not inspect.iscoroutinefunction(getattr(cls, name))
-    for name in ("_getconn_with_check_loop", "_maybe_close_connection", "_putconn"):
-        assert inspect.iscoroutinefunction(getattr(cls, name))
-    assert isinstance(cls._REQUESTS_NUM, str)
-    assert list(inspect.signature(cls.getconn).parameters) == ["self", "timeout"]
-    assert list(inspect.signature(cls.putconn).parameters) == ["self", "conn"]
+    for cls, is_async in ((psycopg_pool.ConnectionPool, False), (psycopg_pool.AsyncConnectionPool, True)):
+        for name in ("_check_open_getconn", "_check_pool_putconn"):
+            assert not inspect.iscoroutinefunction(getattr(cls, name))
+        for name in ("_getconn_with_check_loop", "_maybe_close_connection", "_putconn"):
+            assert inspect.iscoroutinefunction(getattr(cls, name)) is is_async
+        assert isinstance(cls._REQUESTS_NUM, str)
+        assert list(inspect.signature(cls.getconn).parameters) == ["self", "timeout"]
+        assert list(inspect.signature(cls.putconn).parameters) == ["self", "conn"]
+    # The hooks log as the library does, on its logger.
+    assert psycopg_pool.pool.logger is psycopg_pool.pool_async.logger is adapter._LOGGER
 
 
 def test_asyncpg_pool_holders_queue_and_connect_function() -> None:
