@@ -145,7 +145,11 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
     get: Callable[..., Any]
     put: Callable[..., Any]
     if is_async:
-        if _KNOWN_BODIES and type(pool).getconn is _ASYNC_GETCONN and type(pool).putconn is _ASYNC_PUTCONN:
+        if (
+            _KNOWN_ASYNC_BODIES
+            and type(pool).getconn is _ASYNC_GETCONN
+            and type(pool).putconn is _ASYNC_PUTCONN
+        ):
             get, put = _async_checkout_hooks(ref, recorder, ledger)
         else:  # a class of the application's with methods of its own: any signature, one frame more
             get, put = async_checkout_hooks(
@@ -230,10 +234,14 @@ _PUTCONN_READS: Final = (
     "_maybe_close_connection",
     "_putconn",
 )
-_KNOWN_BODIES: Final = all(
-    get.__code__.co_names == _GETCONN_READS and put.__code__.co_names == _PUTCONN_READS
-    for get, put in ((_GETCONN, _PUTCONN), (_ASYNC_GETCONN, _ASYNC_PUTCONN))
-)
+
+
+def _known_bodies(get: Callable[..., Any], put: Callable[..., Any]) -> bool:
+    return get.__code__.co_names == _GETCONN_READS and put.__code__.co_names == _PUTCONN_READS
+
+
+_KNOWN_BODIES: Final = _known_bodies(_GETCONN, _PUTCONN)
+_KNOWN_ASYNC_BODIES: Final = _known_bodies(_ASYNC_GETCONN, _ASYNC_PUTCONN)
 _LOGGER: Final = psycopg_pool.pool_async.logger  # "psycopg.pool", as psycopg_pool.pool's
 # What a checkout passes through besides psycopg_pool's own code: ``with pool.connection()`` enters
 # the library's generator through contextlib, whose frame is not where the application checked out.

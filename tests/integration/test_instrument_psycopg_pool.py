@@ -330,6 +330,7 @@ def test_methods_patched_on_the_class_later_are_called(pg, leak_threshold) -> No
     with psycopg_pool.ConnectionPool(pg.dsn(), min_size=1, max_size=1, open=True) as pool:
         pool.wait()
         poolwatch.instrument(pool, name="later", registry=registry, leak_threshold=leak_threshold)
+        assert pool.getconn.__qualname__.startswith("_sync_checkout_hooks.")  # in the library's place
         with pool.connection() as connection:
             connection.execute("SELECT 1")
         assert calls == []
@@ -356,6 +357,54 @@ def test_methods_patched_on_the_class_later_are_called(pg, leak_threshold) -> No
         stranger.close()
         assert sample(registry, "pool_pending_requests", "later") == 0
         assert errors(registry, "later") == 0
+
+
+class OwnMethodsPool(psycopg_pool.ConnectionPool):
+    """An application's pool class with getconn / putconn of its own."""
+
+    calls: list[str]
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        self.calls.append("get")
+        return super().getconn(timeout)
+
+    def putconn(self, conn: Any) -> None:
+        self.calls.append("put")
+        super().putconn(conn)
+
+
+@pytest.mark.parametrize("leak_threshold", [None, 60.0])
+@pytest.mark.parametrize("case", ["own methods", "another library version"])
+def test_pools_the_hooks_cannot_stand_in_for_are_counted_through_their_methods(
+    pg, case, leak_threshold
+) -> None:
+    # A class with methods of its own, or psycopg_pool bodies other than the hooks' copies: the
+    # hooks call the class's methods (one frame more) and count the same.
+    from poolwatch.instrument import psycopg_pool as adapter
+
+    registry = CollectorRegistry()
+    cls = OwnMethodsPool if case == "own methods" else psycopg_pool.ConnectionPool
+    with (
+        mock.patch.object(adapter, "_KNOWN_BODIES", case == "own methods"),
+        cls(pg.dsn(), min_size=1, max_size=1, open=True) as pool,
+    ):
+        pool.calls = []
+        poolwatch.instrument(pool, name="own", registry=registry, leak_threshold=leak_threshold)
+        assert pool.getconn.__qualname__.startswith("checkout_hooks.")  # the shared hooks
+        with pool.connection() as connection:
+            connection.execute("SELECT 1")
+        pool.putconn(conn=pool.getconn(timeout=5.0))
+        held = pool.getconn()
+        with pytest.raises(psycopg_pool.PoolTimeout, match=r"after 0\.05 sec"):
+            pool.getconn(timeout=0.05)
+        pool.putconn(held)
+        expected = ["get", "put", "get", "put", "get", "get", "put"] if case == "own methods" else []
+        assert pool.calls == expected
+        assert pool.get_stats()["requests_num"] == 4
+        assert sample(registry, "pool_checkouts_total", "own") == 3
+        assert sample(registry, "pool_use_seconds_count", "own") == 3
+        assert sample(registry, "pool_timeouts_total", "own") == 1
+        assert errors(registry, "own") == 0
 
 
 def test_a_connection_dropped_by_a_task_is_not_kept_alive_and_is_reported_as_leaked(pg) -> None:

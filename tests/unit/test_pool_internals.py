@@ -29,6 +29,7 @@ def test_psycopg_pools_getconn_and_putconn_are_the_bodies_the_hooks_do_themselve
     from poolwatch.instrument import psycopg_pool as adapter
 
     assert adapter._KNOWN_BODIES
+    assert adapter._KNOWN_ASYNC_BODIES
     for cls, is_async in ((psycopg_pool.ConnectionPool, False), (psycopg_pool.AsyncConnectionPool, True)):
         for name in ("_check_open_getconn", "_check_pool_putconn"):
             assert not inspect.iscoroutinefunction(getattr(cls, name))
