@@ -359,17 +359,18 @@ def test_methods_patched_on_the_class_later_are_called(pg, leak_threshold) -> No
         assert errors(registry, "later") == 0
 
 
+OWN_CALLS: list[str] = []
+
+
 class OwnMethodsPool(psycopg_pool.ConnectionPool):
     """An application's pool class with getconn / putconn of its own."""
 
-    calls: list[str]
-
     def getconn(self, timeout: float | None = None) -> Any:
-        self.calls.append("get")
+        OWN_CALLS.append("get")
         return super().getconn(timeout)
 
     def putconn(self, conn: Any) -> None:
-        self.calls.append("put")
+        OWN_CALLS.append("put")
         super().putconn(conn)
 
 
@@ -388,7 +389,7 @@ def test_pools_the_hooks_cannot_stand_in_for_are_counted_through_their_methods(
         mock.patch.object(adapter, "_KNOWN_BODIES", case == "own methods"),
         cls(pg.dsn(), min_size=1, max_size=1, open=True) as pool,
     ):
-        pool.calls = []
+        OWN_CALLS.clear()
         poolwatch.instrument(pool, name="own", registry=registry, leak_threshold=leak_threshold)
         assert pool.getconn.__qualname__.startswith("checkout_hooks.")  # the shared hooks
         with pool.connection() as connection:
@@ -399,7 +400,7 @@ def test_pools_the_hooks_cannot_stand_in_for_are_counted_through_their_methods(
             pool.getconn(timeout=0.05)
         pool.putconn(held)
         expected = ["get", "put", "get", "put", "get", "get", "put"] if case == "own methods" else []
-        assert pool.calls == expected
+        assert expected == OWN_CALLS
         assert pool.get_stats()["requests_num"] == 4
         assert sample(registry, "pool_checkouts_total", "own") == 3
         assert sample(registry, "pool_use_seconds_count", "own") == 3
