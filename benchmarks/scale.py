@@ -17,7 +17,8 @@ targets, at least one). For each size, poolwatch runs with every job of every ta
 Then the hung-target check: 10 SQL + 1 Redis targets, with and without an 11th SQL target whose
 server accepts TCP and never answers (a listening socket nobody accepts on). Reported per round: the
 probe runs per healthy target per tick, and the worst staleness of a healthy target's last success
-(sampled every half second); a hung target must change neither.
+(sampled every half second), and the process's threads (the most seen); a hung target must change
+neither of the first two, and each of its runs hung past its timeout holds a thread of its own.
 
 With ``--baseline DIR`` (a source tree of another poolwatch version, e.g. ``git worktree add DIR
 REF``), each round also measures every size on that version, interleaved with this one, and the
@@ -153,9 +154,10 @@ def measure_hung(
             wait_all_up(contender, len(healthy))
             time.sleep(2 * tick)
             before = harness.metrics(contender)
-            worst = 0.0
+            worst, threads = 0.0, 0
             deadline = time.monotonic() + window
             while time.monotonic() < deadline:
+                threads = max(threads, contender.threads())
                 samples = harness.metrics(contender)
                 now = time.time()
                 ages = [
@@ -180,6 +182,7 @@ def measure_hung(
     return {
         "probe_runs_per_healthy_target_tick": runs / (len(healthy) * window / tick),
         "worst_healthy_staleness_s": worst,
+        "threads": threads,
         "hung_failures": delta("poolwatch_job_failures_total", task="probe", target="hung"),
         "hung_skipped": delta("poolwatch_job_skipped_total", task="probe", target="hung"),
     }

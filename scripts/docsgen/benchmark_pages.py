@@ -186,6 +186,7 @@ def _scale(data: dict[str, Any]) -> list[str]:
                 "worst staleness of a healthy target",
                 "hung target: failed runs",
                 "hung target: skipped runs",
+                "threads",
             ),
         ]
         for case in ("without", "with"):
@@ -196,9 +197,16 @@ def _scale(data: dict[str, Any]) -> list[str]:
                 f"| {min(r['worst_healthy_staleness_s'] for r in rounds):.2f}-"
                 f"{max(r['worst_healthy_staleness_s'] for r in rounds):.2f} s "
                 f"| {_median([r['hung_failures'] for r in rounds]):.0f} "
-                f"| {_median([r['hung_skipped'] for r in rounds]):.0f} |"
+                f"| {_median([r['hung_skipped'] for r in rounds]):.0f} "
+                f"| {_threads(rounds)} |"
             )
     return lines
+
+
+def _threads(rounds: list[dict[str, float]]) -> str:
+    """The most threads seen in any round (runs from before threads were sampled have none)."""
+    seen = [r["threads"] for r in rounds if "threads" in r]
+    return f"{max(seen):.0f}" if seen else ""
 
 
 def _scale_baseline(data: dict[str, Any]) -> list[str]:
