@@ -19,18 +19,24 @@ With ``--baseline DIR`` (another source tree, e.g. ``git archive REF | tar -x -C
 same request on the same registry, alternating with this tree's (who goes first alternates too);
 ratios this/baseline are of medians. A quick profiling harness as much as a benchmark: it does not
 cover the HTTP server, which ``benchmarks.scale`` does. Writes benchmarks/results/render.json.
+
+Once the daemon has built its targets, what the process holds is frozen out of the garbage
+collector's passes, as ``poolwatch run`` does (``--no-freeze``: not). The full collections that happen while
+answers are measured (whichever thread they land on) are timed and reported: one that comes due
+during an answer is paid by that answer.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib.util
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +112,27 @@ def wait_all_up(call: Answer, registry: CollectorRegistry, count: int, timeout: 
     call()
 
 
+@contextlib.contextmanager
+def full_collections() -> Iterator[list[float]]:
+    """The seconds of each of the garbage collector's full (oldest generation) collections while in
+    the block, appended to the list it yields (the collector holds the GIL: wall time is its CPU)."""
+    seconds: list[float] = []
+    started = [0.0]
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                seconds.append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(timed)
+    try:
+        yield seconds
+    finally:
+        gc.callbacks.remove(timed)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     info = harness.machine()
     count = args.targets + redis_targets(args.targets)
@@ -116,7 +143,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "targets": targets_for(args.targets, pg, redis_server, args.tick),
             "log": {"level": "WARNING"},
         }
-        with running_daemon(config) as daemon:
+        with (
+            running_daemon(config, settle_heap=not args.no_freeze) as daemon,
+            full_collections() as collected,
+        ):
             registry = daemon.metrics.registry
             contenders = {"this": answer(endpoint_of(registry, None))}
             if args.baseline:
@@ -129,6 +159,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             times: dict[str, dict[str, list[float]]] = {
                 case: {name: [] for name in contenders} for case in ("back_to_back", "after_tick")
             }
+            collected.clear()  # from here on: while answers are measured
+            frozen = gc.get_freeze_count()
             for i in range(args.scrapes):
                 for name in harness.rotate(list(contenders), i):
                     times["back_to_back"][name].append(cpu_ms(contenders[name]))
@@ -147,6 +179,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_ms": {case: {name: median(t) for name, t in by.items()} for case, by in times.items()},
         "cpu_ms_all": times,
         "baseline": str(args.baseline or ""),
+        "frozen_objects": frozen,
+        "full_collections_ms": [seconds * 1e3 for seconds in collected],
     }
     if args.baseline:
         summary["ratio"] = {
@@ -162,6 +196,9 @@ def report(summary: dict[str, Any]) -> None:
         ratio = summary.get("ratio", {}).get(case)
         cells = "  ".join(f"{name} {value:.2f}" for name, value in by.items())
         print(f"{case:>13}: {cells}" + (f"  ratio {ratio:.3f}" if ratio else ""))
+    full = summary["full_collections_ms"]
+    shown = f"median {median(full):.1f} ms, slowest {max(full):.1f} ms" if full else "none"
+    print(f"full collections while measuring: {len(full)} ({shown}); frozen {summary['frozen_objects']}")
 
 
 def main() -> None:
@@ -171,6 +208,9 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=6, help="answers one tick apart per contender")
     parser.add_argument("--tick", type=float, default=5.0, help="interval of every job, seconds")
     parser.add_argument("--baseline", type=Path, help="a source tree of another version to compare with")
+    parser.add_argument(
+        "--no-freeze", action="store_true", help="leave start-up objects to the garbage collector"
+    )
     args = parser.parse_args()
     harness.exit_on_sigterm()
     with contextlib.suppress(KeyboardInterrupt):

@@ -159,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
     def relog(log: LogSettings) -> None:
         set_level_and_format(log.level, log.format)
 
-    daemon = Daemon(settings, loader=reload, on_secrets=redactor.update, on_log=relog)
+    daemon = Daemon(settings, loader=reload, on_secrets=redactor.update, on_log=relog, settle_heap=True)
     daemon.run()
     return EXIT_OK
 

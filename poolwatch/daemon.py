@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy.pool import QueuePool
 
-from poolwatch import http, statuspage
+from poolwatch import http, process, statuspage
 from poolwatch._version import __version__
 from poolwatch.census import mysql as mysql_census
 from poolwatch.census import pgbouncer
@@ -285,8 +285,13 @@ class Daemon:
         on_secrets: Callable[[list[str]], None] | None = None,
         on_log: Callable[[LogSettings], None] | None = None,
         history: Callable[[], History] = History,
+        settle_heap: bool = False,
     ) -> None:
         self.settings = settings
+        # poolwatch run owns its process: once the targets are built (and after each reload, which
+        # thaws the heap first so dropped targets are freed), what it holds is frozen out of the
+        # garbage collector's full passes (poolwatch.process.settle_heap). Never in an application.
+        self._settle_heap = settle_heap
         self._history = history
         self.metrics = metrics if metrics is not None else Metrics()
         self._loader = loader
@@ -342,6 +347,9 @@ class Daemon:
                 for target in self.settings.targets:
                     self._add_target(target, self.settings.targets)
             self._otlp = start_push(self.settings.otlp, self.metrics.registry)
+            if self._settle_heap:
+                frozen = process.settle_heap()
+                log.debug("%d objects of start-up left out of the garbage collector's passes", frozen)
         except BaseException:
             self._close()
             raise
@@ -464,7 +472,13 @@ class Daemon:
             log.debug("reload: waiting for the reload (or start-up) under way to finish")
             self._reload_lock.acquire()
         try:
-            self._reload()
+            if self._settle_heap:
+                process.thaw_heap()  # what the reload drops must be collectable, cycles included
+            try:
+                self._reload()
+            finally:
+                if self._settle_heap:
+                    process.settle_heap()
         finally:
             self._reload_lock.release()
 

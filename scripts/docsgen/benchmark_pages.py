@@ -280,6 +280,21 @@ def _render(data: dict[str, Any]) -> list[str]:
         "",
     ]
     cpu = data["cpu_ms"]
+    full = data.get("full_collections_ms")
+    if full is not None:
+        frozen = data.get("frozen_objects", 0)
+        lines += [
+            (
+                f"Full collections of the garbage collector while answers were measured: {len(full)}"
+                + (f", {_ms(_median(full))} each (median)" if full else "")
+                + (
+                    f"; {frozen:,} objects frozen once the targets were built, as `poolwatch run` does."
+                    if frozen
+                    else "; nothing frozen (`--no-freeze`)."
+                )
+            ),
+            "",
+        ]
     if not data.get("baseline"):
         lines += _head("", "CPU per answer")
         return lines + [f"| {case.replace('_', ' ')} | {_ms(by['this'])} |" for case, by in cpu.items()]
