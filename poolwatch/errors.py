@@ -12,6 +12,7 @@ translated, not with this module, which the command line and ``import poolwatch`
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import socket
 import sys
@@ -75,6 +76,12 @@ _MESSAGE_REASONS: Final[tuple[tuple[str, Reason], ...]] = (
     ("eof detected", "reset"),
     ("connection closed by server", "reset"),
     ("connection not open", "reset"),
+    # asyncio's create_connection (asyncpg, redis.asyncio) to a name with several addresses (::1 and
+    # 127.0.0.1) that all fail raises a plain OSError("Multiple exceptions: [Errno 111] Connect call
+    # failed ('::1', ...), [Errno 111] ...") naming each attempt's errno only.
+    (f"[errno {errno.ECONNREFUSED}]", "refused"),
+    (f"[errno {errno.ETIMEDOUT}]", "timeout"),
+    (f"[errno {errno.ECONNRESET}]", "reset"),
 )
 
 
