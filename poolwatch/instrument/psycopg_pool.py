@@ -88,9 +88,12 @@ class PsycopgPoolInstrumentation(Base):
         size = stats.get("pool_size", 0)
         idle = stats.get("pool_available", 0)
         self.recorder.min_idle = stats.get("pool_min", 0)
+        # The pool's size counts the connections its workers are opening (or replacing) too: used
+        # is what was handed out and not yet returned, at most what is neither idle nor being opened.
+        out = len(self.recorder.ledger.checked_out)
         return PoolState(
             idle=idle,
-            used=max(0, size - idle),
+            used=max(0, min(size - idle, out)),
             size=size,
             max_connections=float(stats.get("pool_max", 0)),
             overflow=0,

@@ -95,6 +95,10 @@ def test_a_server_restart_counts_refused_connects_and_recovers(pg_factory) -> No
             lambda: sample(registry, "pool_connect_errors_total", "rs", reason="refused") >= 1,
             what="a refused connect counted",
         )
+        # The two connections being reopened count in the pool's size, neither idle nor used.
+        assert pool.get_stats()["pool_size"] == 2
+        assert sample(registry, "pool_connections", "rs", state="idle") == 0
+        assert sample(registry, "pool_connections", "rs", state="used") == 0
         server.start()
         wait_for(lambda: pool.get_stats().get("pool_available", 0) == 2, what="the pool refilled")
         with pool.connection() as connection:
