@@ -41,8 +41,27 @@ class MmapedDict(Protocol):
 _mmaped: Any = mmap_dict.MmapedDict
 
 
+# The size prometheus_client gives a new file (zeros read as a file with no value yet).
+INITIAL_SIZE: Final = 1 << 16
+
+
 def open_values(path: Path) -> MmapedDict:
-    """``path`` open for writing in prometheus_client's multiprocess file format (created if need be)."""
+    """``path`` open for writing in prometheus_client's multiprocess file format (created if need be).
+
+    A new file appears under its name whole: ``MmapedDict`` would create it empty and only then
+    extend it, and ``MultiProcessCollector``, answering a scrape in another worker at that moment,
+    reads every ``*.db`` file it finds: an empty one fails the whole scrape. So it is made at its
+    full size under another name and renamed into place (this process holds the slot's lock: no
+    other writes it).
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        staging = path.with_name(f"{path.name}.{os.getpid()}.new")  # not *.db: no reader looks
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.ftruncate(fd, INITIAL_SIZE)
+        finally:
+            os.close(fd)
+        staging.replace(path)
     return cast("MmapedDict", _mmaped(str(path)))
 
 

@@ -45,9 +45,11 @@ def test_the_example_app_exports_every_workers_pool(pg: PostgresServer, tmp_path
 
         wanted = {"pool": "orders", **labels}
         try:
-            text = client.get(f"{base}/metrics").text
+            response = client.get(f"{base}/metrics")
         except httpx.TransportError:
             return -1.0
+        assert response.status_code == 200, f"/metrics answered {response.status_code}: {response.text[:200]}"
+        text = response.text
         return sum(  # over the server label (one server) and, for use time, the holder label
             sample.value
             for family in text_string_to_metric_families(text)

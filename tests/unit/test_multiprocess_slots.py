@@ -7,18 +7,16 @@ import os
 import subprocess
 import sys
 import textwrap
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from poolwatch.instrument import slots
 from poolwatch.instrument.multiprocess import file_values, settings_from_environment, subtract
 from poolwatch.instrument.slots import Slot, clear_free_slots, data_path, read_values, slot_numbers
 from poolwatch.metrics import POOL_METRICS, Rows
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 SPECS = {spec.name: spec for spec in POOL_METRICS}
 APP = (("pool", "app"), ("server", "db"))  # the labels of one pool's series, sorted
@@ -81,6 +79,31 @@ def test_multiprocess_collector_sums_the_slots(tmp_path: Path) -> None:
     assert samples["poolwatch_pool_wait_seconds_bucket", (("le", "0.005"), *APP)] == 2
     assert samples["poolwatch_pool_wait_seconds_bucket", (("le", "+Inf"), *APP)] == 3
     assert samples["poolwatch_pool_wait_seconds_sum", APP] == pytest.approx(0.204)
+
+
+def test_a_slots_files_are_never_seen_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MultiProcessCollector, scraping in another worker, reads every *.db file it finds and fails the
+    whole scrape on an empty one: prometheus_client's MmapedDict creates a file empty and only then
+    extends it, so each file a slot opens is already whole under its name (a 0-byte one left by a
+    worker killed at the wrong moment included)."""
+    sizes: dict[str, int] = {}
+    real = slots._mmaped
+
+    def opened(path: str) -> object:
+        file = Path(path)
+        sizes[file.name] = file.stat().st_size  # FileNotFoundError: not made first
+        return real(path)
+
+    monkeypatch.setattr(slots, "_mmaped", opened)
+    data_path(tmp_path, 0, "counter").write_bytes(b"")  # what a kill between create and extend leaves
+    slot = Slot.take(tmp_path)
+    assert set(sizes) == {data_path(tmp_path, 0, kind).name for kind in ("counter", "histogram", "gauge")}
+    assert all(size > 0 for size in sizes.values()), sizes
+    assert [path.name for path in tmp_path.iterdir() if not path.name.endswith((".db", ".lock"))] == []
+    merged(tmp_path)  # reads every file
+    write(slot, pool_rows(5, 1, [0.001]))
+    assert merged(tmp_path)["poolwatch_pool_checkouts_total", APP] == 5
+    slot.release()
 
 
 def test_a_new_holder_counts_on_from_the_slots_last_values(tmp_path: Path) -> None:
