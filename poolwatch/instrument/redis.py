@@ -135,6 +135,40 @@ def async_pool_sizes(pool: Any) -> tuple[int, int]:
     return len(pool._available_connections), len(pool._in_use_connections)
 
 
+def async_pool_connections(pool: Any) -> list[Any]:
+    """A redis.asyncio pool's connections, free and in use."""
+    return [*pool._available_connections, *pool._in_use_connections]
+
+
+def time_async_connects(
+    connection: Any,
+    started: Callable[[Any], None],
+    connected: Callable[[Any], None],
+    internal: Callable[[BaseException], None],
+) -> None:
+    """Call ``started(connection)`` as a redis.asyncio connection's socket step begins (a ``_connect``
+    attribute awaiting its class's ``_connect``, looked up at each call) and ``connected`` (a bound
+    method: redis-py keeps connect callbacks weakly) after each successful handshake. A connection
+    timed already, or of a class that cannot be, is left as it is."""
+    # `is True`: a class attribute patched with a mock answers any attribute with a new mock.
+    hook = getattr(connection, "_connect", None)
+    if getattr(hook, ATTACHED, None) is True or not _times_connects(type(connection)):
+        return
+    ref: Callable[[], Any] = weakref.ref(connection)
+
+    async def _connect() -> Any:
+        target = ref()
+        try:
+            started(target)
+        except Exception as exc:
+            internal(exc)
+        return await type(target)._connect(target)
+
+    setattr(_connect, ATTACHED, True)
+    shadow(connection, {"_connect": _connect})
+    _register_connect_callback(connection, connected)
+
+
 def _connected(connection: Any) -> bool:
     return getattr(connection, "_sock", None) is not None
 

@@ -5,7 +5,11 @@ or a ``redis.asyncio.Redis`` client's).
 attributes, each calling the pool class's own method looked up when it runs: waits (connecting
 included, as redis-py connects inside ``get_connection()``), uses, checkouts, pending requests,
 exhaustion ("Too many connections", or "No connection available." after a blocking pool's timeout)
-counted as timeouts, and connect errors by reason. The asyncio pool holds its connections in use
+counted as timeouts, and connect errors by reason. ``make_connection()`` likewise, to time each new
+connection's connects as the sync adapter does (from the socket to the end of the handshake: a
+``_connect`` attribute on the connection awaiting its class's ``_connect``, and redis-py's connect
+callback, run after a successful handshake); connections already there are timed from their next
+reconnect. The asyncio pool holds its connections in use
 weakly (a connection the application drops is collected), so poolwatch's ledger holds them by weak
 reference too. Called without arguments, the ``get_connection()`` hook awaits the method under
 redis-py's ``deprecated_args`` wrapper, in the wrapper's place. Sizes are read from the pool's lists
@@ -41,7 +45,12 @@ from poolwatch.instrument.common import (
 from poolwatch.instrument.holder import current as current_holder
 from poolwatch.instrument.holder import named as named_holders
 from poolwatch.instrument.recorder import Ledger
-from poolwatch.instrument.redis import ASYNC_POOL_LISTS, async_pool_sizes
+from poolwatch.instrument.redis import (
+    ASYNC_POOL_LISTS,
+    async_pool_connections,
+    async_pool_sizes,
+    time_async_connects,
+)
 from poolwatch.serverlabel import redis_server
 
 if TYPE_CHECKING:
@@ -53,7 +62,7 @@ if TYPE_CHECKING:
 
 _LIBRARY_DIR: Final = str(Path(redis.__file__).parent) + os.sep
 _EXHAUSTED_MESSAGES: Final = ("no connection available", "too many connections")
-_HOOKED: Final = ("get_connection", "release")
+_HOOKED: Final = ("get_connection", "release", "make_connection")
 ATTACHED: Final = "_poolwatch"
 
 
@@ -69,6 +78,25 @@ class AsyncRedisInstrumentation(Base):
     def __init__(self, pool: redis.asyncio.ConnectionPool, name: str, recorder: Recorder) -> None:
         super().__init__(name, recorder)
         self._pool = weakref.ref(pool)
+        # connection -> recorder-clock time its socket step started (a connect under way). The
+        # pool's connections are used from its event loop only.
+        self._starts: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    def watch(self, connection: Any) -> None:
+        """Time ``connection``'s connects from now on (a connection of this pool)."""
+        time_async_connects(connection, self._started, self._on_connect, self.recorder.internal_error)
+
+    def _started(self, connection: Any) -> None:
+        self._starts[connection] = self.recorder.clock()
+
+    def _on_connect(self, connection: Any) -> None:
+        """redis-py's connect callback: the handshake succeeded (every connect and reconnect)."""
+        try:
+            started = self._starts.pop(connection, None)
+            if started is not None:
+                self.recorder.connected(self.recorder.clock() - started)
+        except Exception as exc:
+            self.recorder.internal_error(exc)
 
     @property
     def pool(self) -> redis.asyncio.ConnectionPool | None:
@@ -115,11 +143,17 @@ def instrument_redis_async(
     instrumentation = AsyncRedisInstrumentation(pool, name, recorder)
     instrumentation.server = redis_server(pool.connection_kwargs) if server is None else server
 
-    register(registry, instrumentation, undone_on_failure(pool, _HOOKED, lambda: _hook(pool, recorder)))
+    register(
+        registry,
+        instrumentation,
+        undone_on_failure(pool, _HOOKED, lambda: _hook(pool, recorder, instrumentation)),
+    )
     return instrumentation
 
 
-def _hook(pool: redis.asyncio.ConnectionPool, recorder: Recorder) -> None:
+def _hook(
+    pool: redis.asyncio.ConnectionPool, recorder: Recorder, instrumentation: AsyncRedisInstrumentation
+) -> None:
     ledger = Ledger()
     ref: Callable[[], Any] = weakref.ref(pool)
     if type(pool).get_connection in _OWN_GETS and type(pool).release in _OWN_RELEASES:
@@ -138,11 +172,27 @@ def _hook(pool: redis.asyncio.ConnectionPool, recorder: Recorder) -> None:
             library_dir=_LIBRARY_DIR,
             put_is_async=True,
         )
+
+    def make_connection() -> Any:
+        this = ref()
+        connection = type(this).make_connection(this)
+        try:
+            instrumentation.watch(connection)
+        except Exception as exc:
+            recorder.internal_error(exc)
+        return connection
+
     get.__doc__ = type(pool).get_connection.__doc__
     put.__doc__ = type(pool).release.__doc__
+    make_connection.__doc__ = type(pool).make_connection.__doc__
     setattr(get, ATTACHED, ledger)
-    shadow(pool, {"get_connection": get, "release": put})
+    shadow(pool, {"get_connection": get, "release": put, "make_connection": make_connection})
     recorder.adopt(ledger)
+    try:
+        for connection in async_pool_connections(pool):  # opened before: timed from their next reconnect
+            instrumentation.watch(connection)
+    except Exception as exc:
+        recorder.internal_error(exc)
 
 
 def _get_bodies() -> tuple[tuple[Any, Any], tuple[Any, Any]]:

@@ -118,8 +118,34 @@ def test_a_server_restart_counts_refused_connects_and_recovers(redis_factory) ->
         assert sample(registry, "pool_connect_errors_total", "rs", reason="refused") == 1
         server.start()
         assert await client.ping()
+        assert sample(registry, "pool_create_seconds_count", "rs") == 2  # the first connect and the last
         assert sample(registry, "pool_pending_requests", "rs") == 0
         assert errors(registry, "rs") == 0
+        await client.aclose()
+
+    asyncio.run(asyncio.wait_for(body(), timeout=60))
+
+
+@pytest.mark.parametrize("pool_class", POOL_CLASSES)
+def test_connects_are_timed_new_connections_and_reconnects(redis_server, pool_class) -> None:
+    async def body() -> None:
+        registry = CollectorRegistry()
+        pool = make_pool(redis_server, pool_class, max_connections=4)
+        client = redis.asyncio.Redis(connection_pool=pool)
+        assert await client.ping()  # one connection, opened before instrument_redis()
+        poolwatch.instrument_redis(client, name="ct", registry=registry)
+        assert sample(registry, "pool_create_seconds_count", "ct") == 0
+        connection = await pool.get_connection()
+        await connection.disconnect()
+        await pool.release(connection)
+        assert await client.ping()  # the old connection reconnects: timed from then on
+        assert sample(registry, "pool_create_seconds_count", "ct") == 1
+        held = [await pool.get_connection() for _ in range(3)]  # two new ones
+        assert sample(registry, "pool_create_seconds_count", "ct") == 3
+        assert sample(registry, "pool_create_seconds_sum", "ct") > 0
+        for each in held:
+            await pool.release(each)
+        assert errors(registry, "ct") == 0
         await client.aclose()
 
     asyncio.run(asyncio.wait_for(body(), timeout=60))

@@ -16,7 +16,12 @@ import redis.asyncio
 from prometheus_client import CollectorRegistry
 
 import poolwatch
-from poolwatch.instrument.redis import ASYNC_POOL_LISTS, async_pool_sizes, pool_internals
+from poolwatch.instrument.redis import (
+    ASYNC_POOL_LISTS,
+    async_pool_connections,
+    async_pool_sizes,
+    pool_internals,
+)
 from tests.poolmetrics import sample
 
 if TYPE_CHECKING:
@@ -210,6 +215,31 @@ def test_asyncio_pool_sizes_read_the_pools_lists(fake, pool_class) -> None:
         return sizes
 
     assert asyncio.run(cycle()) == [(0, 1), (1, 0)]
+
+
+@pytest.mark.parametrize("pool_class", ASYNC_POOL_CLASSES)
+def test_asyncio_connects_are_timed_through_connect_and_the_connect_callback(fake, pool_class) -> None:
+    # What redis_async.py's make_connection hook relies on: connections made by make_connection(),
+    # an awaited _connect() per connect, and a connect callback (kept weakly) after the handshake.
+    assert inspect.iscoroutinefunction(redis.asyncio.Connection._connect)
+    registry = CollectorRegistry()
+    pool = pool_class(host="127.0.0.1", port=fake.port, protocol=2, max_connections=3)
+    poolwatch.instrument_redis(pool, name="apin", registry=registry)
+    client = redis.asyncio.Redis(connection_pool=pool)
+
+    async def body() -> None:
+        assert await client.ping()
+        assert sample(registry, "pool_create_seconds_count", "apin") == 1
+        (connection,) = async_pool_connections(pool)
+        assert type(connection) is redis.asyncio.Connection
+        await connection.disconnect()
+        assert await client.ping()  # reconnects: _connect() again, then the callback
+        assert sample(registry, "pool_create_seconds_count", "apin") == 2
+        await pool.disconnect()
+
+    asyncio.run(body())
+    assert fake.connections == 2
+    assert sample(registry, "instrumentation_errors_total", "apin") == 0
 
 
 def test_asyncio_get_connection_is_awaited_past_only_the_deprecated_args_wrapper() -> None:
