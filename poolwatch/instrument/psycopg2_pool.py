@@ -3,9 +3,12 @@
 ``getconn()`` and ``putconn()`` are shadowed by hooks set as instance attributes (each calls the
 pool class's own method, looked up when it runs), for waits, uses, checkouts, pending requests and
 leaks; a ``PoolError`` saying "connection pool exhausted" (psycopg2's pools never wait) is counted as
-a timeout. ``_connect()`` likewise, for connect times and connect errors by reason. Sizes are read
-from the pool's lists of idle and handed-out connections and its ``minconn`` / ``maxconn``. Every
-private name of psycopg2 poolwatch reads is read in this module.
+a timeout. ``_connect()`` likewise, for connect times and connect errors by reason, and
+``closeall()``. Sizes are read from the pool's lists of idle and handed-out connections and its
+``minconn`` / ``maxconn``. Closes: ``putconn(close=True)`` and ``closeall()`` are counted by their
+hooks; the connections psycopg2 closes on return by itself (beyond ``minconn`` idle, or broken) are
+worked out at scrape time, as those opened that are gone. Every private name of psycopg2 poolwatch
+reads is read in this module.
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ if TYPE_CHECKING:
     from poolwatch.instrument.recorder import Recorder
 
 _LIBRARY_DIR: Final = str(Path(psycopg2.__file__).parent) + os.sep
-_HOOKED: Final = ("getconn", "putconn", "_connect")
+_HOOKED: Final = ("getconn", "putconn", "_connect", "closeall")
+# The close reasons the hooks count; psycopg2's own closes on return are the rest ("overflow").
+_COUNTED_CLOSES: Final = ("invalidated", "dispose")
 ATTACHED: Final = "_poolwatch"
 
 
@@ -61,6 +66,9 @@ class Psycopg2PoolInstrumentation(Base):
         super().__init__(name, recorder)
         self._pool = weakref.ref(pool)
         recorder.min_idle = int(pool.minconn)
+        # Every connection the pool has had: those it had when instrumented, and those it opened
+        # since (counted by the connect hook once the pool has filed them, under the pool's lock).
+        self.had = len(pool._pool) + len(pool._used)
 
     @property
     def pool(self) -> psycopg2.pool.AbstractConnectionPool | None:
@@ -72,9 +80,27 @@ class Psycopg2PoolInstrumentation(Base):
             return None
         idle = len(pool._pool)
         used = len(pool._used)
+        self._count_closes(pool)
         return PoolState(
             idle=idle, used=used, size=idle + used, max_connections=float(pool.maxconn), overflow=0
         )
+
+
+    def _count_closes(self, pool: psycopg2.pool.AbstractConnectionPool) -> None:
+        """The connections psycopg2 closed on return by itself: all it had that are gone, less the
+        closes the hooks counted. Read under a ``ThreadedConnectionPool``'s lock, if free (never
+        waited for: a connect may hold it for seconds), since a connection being handed out is in
+        neither list for a moment; not lowered meanwhile."""
+        lock = getattr(pool, "_lock", None)
+        if lock is not None and not lock.acquire(blocking=False):
+            return  # the next scrape counts them
+        try:
+            open_now = 0 if pool.closed else len(pool._pool) + len(pool._used)
+            gone = self.had - open_now
+        finally:
+            if lock is not None:
+                lock.release()
+        self.recorder.closed_at_least("overflow", gone, besides=_COUNTED_CLOSES)
 
 
 def instrument_psycopg2_pool(
@@ -105,7 +131,11 @@ def instrument_psycopg2_pool(
     instrumentation = Psycopg2PoolInstrumentation(pool, name, recorder)
     instrumentation.server = _server(pool) if server is None else server
 
-    register(registry, instrumentation, undone_on_failure(pool, _HOOKED, lambda: _hook(pool, recorder)))
+    register(
+        registry,
+        instrumentation,
+        undone_on_failure(pool, _HOOKED, lambda: _hook(pool, recorder, instrumentation)),
+    )
     return instrumentation
 
 
@@ -119,7 +149,11 @@ def _server(pool: psycopg2.pool.AbstractConnectionPool) -> str:
         return ""
 
 
-def _hook(pool: psycopg2.pool.AbstractConnectionPool, recorder: Recorder) -> None:
+def _hook(
+    pool: psycopg2.pool.AbstractConnectionPool,
+    recorder: Recorder,
+    instrumentation: Psycopg2PoolInstrumentation,
+) -> None:
     ledger = Ledger()
     ref: Callable[[], Any] = weakref.ref(pool)
     if type(pool).getconn in _OWN_GETCONN and type(pool).putconn in _OWN_PUTCONN:
@@ -138,14 +172,24 @@ def _hook(pool: psycopg2.pool.AbstractConnectionPool, recorder: Recorder) -> Non
 
     def class_connect(*args: Any, **kwargs: Any) -> Any:
         this = ref()
-        return type(this)._connect(this, *args, **kwargs)
+        connection = type(this)._connect(this, *args, **kwargs)
+        # Once filed: a scrape meanwhile sees one more open than opened, never one fewer.
+        instrumentation.had += 1
+        return connection
+
+    def closeall() -> None:
+        this = ref()
+        open_now = 0 if this.closed else len(this._pool) + len(this._used)
+        type(this).closeall(this)
+        recorder.close("dispose", open_now)
 
     # The pool connects inside getconn() only, whose hook counts a failure: the connect hook times.
     connect = timed_connect(recorder, class_connect, count_failures=False)
     get.__doc__ = type(pool).getconn.__doc__
     put.__doc__ = type(pool).putconn.__doc__
+    closeall.__doc__ = type(pool).closeall.__doc__
     setattr(get, ATTACHED, ledger)
-    shadow(pool, {"getconn": get, "putconn": put, "_connect": connect})
+    shadow(pool, {"getconn": get, "putconn": put, "_connect": connect, "closeall": closeall})
     recorder.adopt(ledger)
 
 
@@ -268,8 +312,13 @@ def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecod
                 this._putconn(conn, key, close)
             finally:
                 this._lock.release()
+            if close:  # the caller had it closed (psycopg2's own closes are worked out at scrape time)
+                recorder.close("invalidated")
             return None
-        return type(this).putconn(this, conn, key, close)
+        result = type(this).putconn(this, conn, key, close)
+        if close:
+            recorder.close("invalidated")
+        return result
 
     def putconn_tracking_leaks(conn: Any = None, key: Any = None, close: bool = False) -> Any:
         try:
@@ -293,8 +342,13 @@ def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecod
                 this._putconn(conn, key, close)
             finally:
                 this._lock.release()
+            if close:
+                recorder.close("invalidated")
             return None
-        return type(this).putconn(this, conn, key, close)
+        result = type(this).putconn(this, conn, key, close)
+        if close:
+            recorder.close("invalidated")
+        return result
 
     if recorder.leak_threshold is None:
         return getconn, putconn

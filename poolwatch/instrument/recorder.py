@@ -365,9 +365,16 @@ class Recorder:
     def connected(self, seconds: float) -> None:
         self.creates.append(seconds)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, count: int = 1) -> None:
         with self._lock:
-            self.closed[reason] += 1
+            self.closed[reason] += count
+
+    def closed_at_least(self, reason: str, total: int, besides: tuple[str, ...]) -> None:
+        """Closes worked out rather than counted (scraping side): raise ``reason``'s count so that
+        it and the ``besides`` reasons (as counted) make ``total``; never lower it."""
+        with self._lock:
+            worked_out = total - sum(self.closed[other] for other in besides)
+            self.closed[reason] = max(self.closed[reason], worked_out)
 
     def internal_error(self, exc: BaseException) -> None:
         """Count a failure of poolwatch's own hook code; log it once per pool. Never raises."""

@@ -47,8 +47,40 @@ def test_threads_are_counted_exactly(pg) -> None:
     assert sample(registry, "pool_connections", "p2", state="used") == 0
     assert sample(registry, "pool_connections", "p2", state="idle") == 1  # psycopg2 keeps minconn
     assert sample(registry, "pool_create_seconds_count", "p2") >= 1
+    # Every connection opened under the threads but the one kept idle was closed as it came back.
+    opened = sample(registry, "pool_create_seconds_count", "p2")
+    assert sample(registry, "pool_closed_total", "p2", reason="overflow") == opened
     assert errors(registry, "p2") == 0
     pool.closeall()
+
+
+@pytest.mark.parametrize("pool_class", POOL_CLASSES)
+def test_closes_are_counted_by_reason(pg, pool_class) -> None:
+    """psycopg2 keeps ``minconn`` connections idle and closes the others as they come back (worked
+    out as overflow); ``putconn(close=True)`` is the caller's close (invalidated), ``closeall()``
+    the pool's end (dispose)."""
+    registry = CollectorRegistry()
+    pool = pool_class(1, 4, pg.dsn())  # one connection opened before instrument()
+
+    def closed(reason: str) -> float:
+        return sample(registry, "pool_closed_total", "closes", reason=reason)
+
+    poolwatch.instrument(pool, name="closes", registry=registry)
+    held = [pool.getconn() for _ in range(4)]  # three opened since
+    for connection in held[:3]:
+        pool.putconn(connection)  # the first stays idle (minconn 1), two are closed
+    assert [connection.closed for connection in held[:3]] == [0, 1, 1]
+    assert closed("overflow") == 2
+    pool.putconn(held[3], close=True)
+    assert held[3].closed
+    assert (closed("overflow"), closed("invalidated")) == (2, 1)
+    again = pool.getconn()  # the idle one: nothing opened or closed
+    pool.putconn(again)
+    assert (closed("overflow"), closed("invalidated"), closed("dispose")) == (2, 1, 0)
+    pool.closeall()
+    assert (closed("overflow"), closed("invalidated"), closed("dispose")) == (2, 1, 1)
+    assert sample(registry, "pool_create_seconds_count", "closes") == 3
+    assert errors(registry, "closes") == 0
 
 
 @pytest.mark.parametrize("pool_class", POOL_CLASSES)
