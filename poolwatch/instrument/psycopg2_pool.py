@@ -85,7 +85,6 @@ class Psycopg2PoolInstrumentation(Base):
             idle=idle, used=used, size=idle + used, max_connections=float(pool.maxconn), overflow=0
         )
 
-
     def _count_closes(self, pool: psycopg2.pool.AbstractConnectionPool) -> None:
         """The connections psycopg2 closed on return by itself: all it had that are gone, less the
         closes the hooks counted. Read under a ``ThreadedConnectionPool``'s lock, if free (never

@@ -5,7 +5,9 @@ which resets the counters others read; a counter still at 0 may be missing from 
 and ``putconn()`` (which ``connection()`` calls too) are shadowed by hooks set as instance
 attributes, for the wait and use histograms, checkouts, pending requests, timeouts (``PoolTimeout``,
 ``TooManyRequests``) and leaks; ``_connect()`` likewise, for connect times and connect errors by
-reason (the pool connects on its own workers, so a caller only ever sees a timeout). The pool's
+reason (the pool connects on its own workers, so a caller only ever sees a timeout), and
+``_close_connection()``, for closes by reason (told by the pool's method that closes: its idle
+shrink, an expired connection, a failed reset, a drain, the pool closing). The pool's
 ``configure`` / ``check`` / ``reset`` callbacks stay the application's. The connections handed out
 are held in the ledger by weak reference: the pool keeps none of them, and neither does poolwatch.
 While a pool's class has psycopg_pool's own ``getconn`` / ``putconn``, the hooks do those methods'
@@ -59,7 +61,20 @@ if TYPE_CHECKING:
 AnyPool = psycopg_pool.ConnectionPool[Any] | psycopg_pool.AsyncConnectionPool[Any]
 
 _LIBRARY_DIR: Final = str(Path(psycopg_pool.__file__).parent) + os.sep
-_HOOKED: Final = ("getconn", "putconn", "_connect")
+_HOOKED: Final = ("getconn", "putconn", "_connect", "_close_connection")
+# Why psycopg_pool closed a connection, by the method of the pool that called _close_connection()
+# (the same names in the thread and the asyncio pools). Connections found broken are dropped without
+# it: psycopg_pool counts those in its connections_lost and returns_bad stats.
+CLOSED_BY: Final = {
+    "_shrink_pool": "idle_timeout",  # idle past max_idle, above min_size
+    "_return_connection": "max_lifetime",  # expired (past max_lifetime, or drained) on its return
+    "check": "max_lifetime",  # expired, found by check()
+    "drain": "recycled",
+    "_reset_connection": "error",  # returned mid-operation, or its rollback or reset failed
+    "close": "dispose",
+    "_maybe_close_connection": "dispose",  # returned to a closed pool
+    "_add_to_pool": "dispose",  # opened as the pool closed
+}
 # The attribute of the getconn hook that marks the pool as instrumented.
 ATTACHED: Final = "_poolwatch"
 
@@ -196,8 +211,41 @@ def _hook(pool: AnyPool, recorder: Recorder) -> None:
     get.__doc__ = type(pool).getconn.__doc__
     put.__doc__ = type(pool).putconn.__doc__
     setattr(get, ATTACHED, ledger)
-    shadow(pool, {"getconn": get, "putconn": put, "_connect": connect})
+    hooks = {"getconn": get, "putconn": put, "_connect": connect}
+    if callable(getattr(type(pool), "_close_connection", None)):
+        hooks["_close_connection"] = _closing(ref, recorder, is_async=is_async)
+    shadow(pool, hooks)
     recorder.adopt(ledger)
+
+
+def _closing(ref: Callable[[], Any], recorder: Recorder, *, is_async: bool) -> Callable[..., Any]:
+    """A ``_close_connection`` hook: the class's method, then the close counted by the reason its
+    caller tells (``CLOSED_BY``; another caller's close counts as an error)."""
+
+    def reason() -> str:
+        try:
+            return CLOSED_BY.get(getframe(2).f_code.co_name, "error")  # the hook's caller's
+        except Exception as exc:
+            recorder.internal_error(exc)
+            return "error"
+
+    if is_async:
+
+        async def close_connection_async(conn: Any) -> None:
+            why = reason()
+            this = ref()
+            await type(this)._close_connection(this, conn)
+            recorder.close(why)
+
+        return close_connection_async
+
+    def close_connection(conn: Any) -> None:
+        why = reason()
+        this = ref()
+        type(this)._close_connection(this, conn)
+        recorder.close(why)
+
+    return close_connection
 
 
 def _class_connect(ref: Callable[[], Any]) -> Callable[..., Any]:

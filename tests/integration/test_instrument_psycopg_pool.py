@@ -432,3 +432,74 @@ def test_a_connection_dropped_by_a_task_is_not_kept_alive_and_is_reported_as_lea
             assert errors(registry, "agc") == 0
 
     asyncio.run(run())
+
+
+def _failing_reset(connection: psycopg.Connection[Any]) -> None:
+    connection.execute("SELECT no_such_column")  # psycopg_pool closes a connection it cannot reset
+
+
+def test_closes_are_counted_by_the_reason_the_pool_closed(pg) -> None:
+    registry = CollectorRegistry()
+
+    def closed(reason: str) -> float:
+        return sample(registry, "pool_closed_total", "pc", reason=reason)
+
+    with psycopg_pool.ConnectionPool(pg.dsn(), min_size=1, max_size=3, max_idle=0.2, open=True) as pool:
+        pool.wait()
+        poolwatch.instrument(pool, name="pc", registry=registry)
+        held = [pool.getconn() for _ in range(3)]
+        for connection in held:
+            pool.putconn(connection)
+        # Above min_size, idle past max_idle: closed one at a time by the pool's shrink task.
+        wait_for(lambda: closed("idle_timeout") == 2, what="two idle connections closed")
+        assert pool.get_stats()["pool_size"] == 1
+        pool.drain()  # the idle one closed, a new one opened
+        assert closed("recycled") == 1
+        wait_for(lambda: pool.get_stats().get("pool_available", 0) == 1, what="the pool refilled")
+    # Leaving the with block closed the pool and its idle connection.
+    assert closed("dispose") == 1
+    assert (closed("error"), closed("max_lifetime")) == (0, 0)
+    assert errors(registry, "pc") == 0
+
+    registry = CollectorRegistry()
+    with psycopg_pool.ConnectionPool(pg.dsn(), min_size=1, max_size=1, max_lifetime=0.5, open=True) as pool:
+        pool.wait()
+        poolwatch.instrument(pool, name="pc", registry=registry)
+
+        def cycled() -> bool:
+            with pool.connection(timeout=10) as connection:
+                connection.execute("SELECT 1")
+            return closed("max_lifetime") >= 1
+
+        wait_for(cycled, what="a connection past max_lifetime closed on its return")
+        assert (closed("error"), closed("idle_timeout")) == (0, 0)
+
+    registry = CollectorRegistry()
+    with psycopg_pool.ConnectionPool(
+        pg.dsn(), min_size=1, max_size=1, reset=_failing_reset, open=True
+    ) as pool:
+        pool.wait()
+        poolwatch.instrument(pool, name="pc", registry=registry)
+        with pool.connection() as connection:
+            connection.execute("SELECT 1")
+        wait_for(lambda: closed("error") == 1, what="the connection it could not reset closed")
+        assert errors(registry, "pc") == 0
+
+
+def test_an_async_pools_closes_are_counted_by_reason(pg) -> None:
+    registry = CollectorRegistry()
+
+    def closed(reason: str) -> float:
+        return sample(registry, "pool_closed_total", "apc", reason=reason)
+
+    async def body() -> None:
+        async with psycopg_pool.AsyncConnectionPool(pg.dsn(), min_size=2, max_size=2, open=False) as pool:
+            await pool.wait()
+            poolwatch.instrument(pool, name="apc", registry=registry)
+            await pool.drain()
+            assert closed("recycled") == 2
+            await pool.wait()
+        assert closed("dispose") == 2
+
+    asyncio.run(asyncio.wait_for(body(), timeout=60))
+    assert errors(registry, "apc") == 0

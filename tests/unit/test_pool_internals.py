@@ -24,6 +24,21 @@ def test_psycopg_pool_connects_through_an_overridable_connect_and_reports_sizes(
     assert (stats["pool_min"], stats["pool_max"]) == (1, 3)
 
 
+def test_psycopg_pool_closes_through_close_connection_called_by_the_methods_poolwatch_knows() -> None:
+    # The reason of a close is told by the pool's method calling _close_connection(): every such
+    # method is one poolwatch knows, so a new one in another version fails here, not in production.
+    from poolwatch.instrument.psycopg_pool import CLOSED_BY
+
+    for cls, is_async in ((psycopg_pool.ConnectionPool, False), (psycopg_pool.AsyncConnectionPool, True)):
+        assert inspect.iscoroutinefunction(cls._close_connection) is is_async
+        callers = {
+            name
+            for name, member in vars(cls).items()
+            if "_close_connection" in getattr(getattr(member, "__code__", None), "co_names", ())
+        }
+        assert callers == set(CLOSED_BY), cls
+
+
 def test_psycopg_pools_getconn_and_putconn_are_the_bodies_the_hooks_do_themselves() -> None:
     # Else the hooks call the library's methods: right, one frame (or coroutine) slower per call.
     from poolwatch.instrument import psycopg_pool as adapter
