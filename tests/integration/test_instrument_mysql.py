@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.pool import QueuePool
 
 import poolwatch
 from tests.daemonkit import wait_for
@@ -52,7 +53,9 @@ def test_threads_are_counted_exactly_and_exhaustion_is_seen(mariadb: MariaDBServ
         assert mariadb.url().split("@")[1].split("/")[0] in sample_server(registry, "my")
 
         held = [engine.connect() for _ in range(3)]
-        engine.pool._timeout = 0.3  # the next checkout waits this long at most
+        queue = engine.pool
+        assert isinstance(queue, QueuePool)
+        queue._timeout = 0.3  # the next checkout waits this long at most
         failures: list[BaseException] = []
 
         def caller() -> None:
