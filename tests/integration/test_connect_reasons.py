@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.pool
@@ -16,6 +17,9 @@ import pytest
 import redis
 import redis.asyncio
 from prometheus_client import CollectorRegistry
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import create_engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
@@ -25,6 +29,9 @@ from poolwatch.errors import reason_of
 from tests.daemonkit import wait_for
 from tests.poolmetrics import sample
 from tests.servers import free_port
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = pytest.mark.integration
 
@@ -209,3 +216,91 @@ def test_a_refused_connect_to_every_address_of_a_name_is_refused() -> None:
         loop.run_until_complete(asyncio.wait_for(body(), timeout=60))
     finally:
         loop.close()
+
+
+class SilentServer:
+    """A TCP listener that accepts connections and never says a word: every driver's connect
+    timeout runs out during its handshake."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted.append(client)
+
+    def close(self) -> None:
+        self.listener.close()
+        for client in self.accepted:
+            client.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("driver", ["postgresql+psycopg2", "postgresql+psycopg", "postgresql+asyncpg"])
+@pytest.mark.parametrize("reason", ["dns", "timeout"])
+def test_an_unknown_host_and_a_silent_server_are_dns_and_timeout(silent, driver, reason) -> None:
+    registry = CollectorRegistry()
+    host, port = ("no-such-host.invalid", 5432) if reason == "dns" else ("127.0.0.1", silent.port)
+    url = f"{driver}://app:pw@{host}:{port}/postgres"
+    timeout = {"timeout": 1} if driver.endswith("asyncpg") else {"connect_timeout": 1}
+    if driver.endswith("asyncpg"):
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        async def attempt() -> None:
+            engine = create_async_engine(url, poolclass=NullPool, connect_args=timeout)
+            poolwatch.instrument(engine, name="down", registry=registry)
+            with pytest.raises((DBAPIError, OSError, TimeoutError)):
+                await engine.connect()
+            await engine.dispose()
+
+        asyncio.run(asyncio.wait_for(attempt(), timeout=60))
+    else:
+        engine = create_engine(url, poolclass=NullPool, connect_args=timeout)
+        poolwatch.instrument(engine, name="down", registry=registry)
+        with pytest.raises(DBAPIError):
+            engine.connect()
+    assert sample(registry, "pool_connect_errors_total", "down", reason=reason) == 1
+
+
+@pytest.mark.parametrize("reason", ["dns", "timeout"])
+def test_redis_clients_classify_an_unknown_host_and_a_silent_server(silent, reason) -> None:
+    registry = CollectorRegistry()
+    host, port = ("no-such-host.invalid", 6379) if reason == "dns" else ("127.0.0.1", silent.port)
+    # One attempt, no retry: redis-py retries a connect three times by default.
+    client = redis.Redis(
+        host=host, port=port, socket_connect_timeout=1, socket_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
+    poolwatch.instrument_redis(client, name="sync", registry=registry)
+    with pytest.raises((redis.ConnectionError, redis.TimeoutError)):
+        client.ping()
+    assert sample(registry, "pool_connect_errors_total", "sync", reason=reason) == 1
+
+    async def body() -> None:
+        aclient = redis.asyncio.Redis(
+            host=host,
+            port=port,
+            socket_connect_timeout=1,
+            socket_timeout=1,
+            retry=AsyncRetry(NoBackoff(), 0),
+        )
+        poolwatch.instrument_redis(aclient, name="async", registry=registry)
+        with pytest.raises((redis.ConnectionError, redis.TimeoutError)):
+            await aclient.ping()
+        assert sample(registry, "pool_connect_errors_total", "async", reason=reason) == 1
+        await aclient.aclose()
+
+    asyncio.run(asyncio.wait_for(body(), timeout=60))
