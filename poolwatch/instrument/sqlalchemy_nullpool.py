@@ -54,6 +54,13 @@ class NullPoolInstrumentation(Base):
     def __init__(self, engine: Engine, name: str, recorder: Recorder) -> None:
         super().__init__(name, recorder)
         self._engine = weakref.ref(engine)
+        # The ledger of every pool of the engine still alive: one that engine.dispose() replaced
+        # lives on while a connection it handed out does, and that connection is still open.
+        # Replaced whole when a pool is added (a scrape reads the list it finds).
+        self._ledgers: list[weakref.ref[Ledger]] = []
+
+    def add_ledger(self, ledger: Ledger) -> None:
+        self._ledgers = [*(ref for ref in self._ledgers if ref() is not None), weakref.ref(ledger)]
 
     @property
     def pool(self) -> NullPool | None:
@@ -63,7 +70,8 @@ class NullPoolInstrumentation(Base):
     def state(self) -> PoolState | None:
         if self._engine() is None:
             return None
-        open_now = len(self.recorder.ledger.checked_out)  # a NullPool closes on checkin
+        # A NullPool closes on checkin: what is open is what is checked out, from any of its pools.
+        open_now = sum(len(ledger.checked_out) for ref in self._ledgers if (ledger := ref()) is not None)
         return PoolState(idle=0, used=open_now, size=open_now, max_connections=float("inf"), overflow=0)
 
 
@@ -98,7 +106,7 @@ def instrument_nullpool(
     def hook() -> None:
         try:
             event.listen(pool, "connect", on_connect)
-            _hook(pool, recorder, on_connect)
+            _hook(pool, recorder, on_connect, instrumentation)
         except BaseException:
             if event.contains(pool, "connect", on_connect):
                 event.remove(pool, "connect", on_connect)
@@ -110,7 +118,12 @@ def instrument_nullpool(
     return instrumentation
 
 
-def _hook(pool: NullPool, recorder: Recorder, on_connect: Callable[..., None]) -> None:
+def _hook(
+    pool: NullPool,
+    recorder: Recorder,
+    on_connect: Callable[..., None],
+    instrumentation: NullPoolInstrumentation,
+) -> None:
     ledger = Ledger()
     connect, return_conn = checkout_hooks(
         "connect",
@@ -128,10 +141,11 @@ def _hook(pool: NullPool, recorder: Recorder, on_connect: Callable[..., None]) -
         this = ref()
         new = type(this).recreate(this)
         if isinstance(new, NullPool):  # the pool engine.dispose() puts in place (events carry over)
-            _hook(new, recorder, on_connect)
+            _hook(new, recorder, on_connect, instrumentation)
         return new
 
     connect.__doc__ = type(pool).connect.__doc__
     setattr(connect, ATTACHED, ledger)
     shadow(pool, {"connect": connect, RETURN_CONN: return_conn, "recreate": recreate})
     recorder.adopt(ledger)
+    instrumentation.add_ledger(ledger)

@@ -4,6 +4,7 @@ open connections, connects, connect time and connect errors by reason."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 import poolwatch
+from tests.daemonkit import wait_for
 from tests.integration.test_instrument_psycopg_pool import errors
 from tests.poolmetrics import sample
 from tests.servers import free_port
@@ -45,11 +47,49 @@ def test_connects_are_counted_exactly_under_threads(pg, driver) -> None:
         assert sample(registry, "pool_connections", "np", state="used") == 1
     assert sample(registry, "pool_connections", "np", state="used") == 0
     assert sample(registry, "pool_max_connections", "np") == float("inf")
+    held = engine.connect()
     engine.dispose()  # a new NullPool: still instrumented
     with engine.connect():
-        pass
-    assert sample(registry, "pool_checkouts_total", "np") == 42
+        # The connection the old pool handed out is still open: both count.
+        assert sample(registry, "pool_connections", "np", state="used") == 2
+    assert sample(registry, "pool_connections", "np", state="used") == 1
+    held.close()
+    assert sample(registry, "pool_connections", "np", state="used") == 0
+    assert sample(registry, "pool_checkouts_total", "np") == 43
+    assert sample(registry, "pool_use_seconds_count", "np") == 43
     assert errors(registry, "np") == 0
+
+
+@pytest.mark.destructive
+def test_a_server_restart_and_a_dropped_connection(pg_factory) -> None:
+    """Behind a pooler that restarts: refused connects counted while it is down, connections again
+    when it is back; a connection the application drops is closed by the garbage collector and
+    leaves the count of open ones."""
+    server = pg_factory()
+    registry = CollectorRegistry()
+    app = "pw-nullpool-rs"
+    engine = create_engine(server.url(), poolclass=NullPool, connect_args={"application_name": app})
+    poolwatch.instrument(engine, name="rs", registry=registry, leak_threshold=0.001)
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    server.stop()
+    with pytest.raises(OperationalError):
+        engine.connect()
+    assert sample(registry, "pool_connect_errors_total", "rs", reason="refused") == 1
+    server.start()
+
+    def drop() -> None:
+        dropped = engine.connect()
+        dropped.execute(text("SELECT 1"))  # never closed: dropped with this frame
+
+    drop()
+    gc.collect()
+    assert sample(registry, "pool_connections", "rs", state="used") == 0
+    assert sample(registry, "pool_checkouts_total", "rs") == 2
+    assert sample(registry, "pool_use_seconds_count", "rs") == 2
+    wait_for(lambda: server.backends(app) == [], what="the dropped connection closed on the server")
+    assert errors(registry, "rs") == 0
+    engine.dispose()
 
 
 @pytest.mark.parametrize("driver", ["postgresql+psycopg2", "postgresql+psycopg"])
