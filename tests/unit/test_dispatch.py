@@ -72,3 +72,42 @@ def test_finding_the_kind_imports_no_pool_library() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     loaded = {name.partition(".")[0] for name in json.loads(done.stdout)}
     assert loaded.isdisjoint({"sqlalchemy", "redis", "psycopg", "psycopg_pool", "psycopg2", "asyncpg"})
+
+
+@pytest.mark.parametrize(
+    ("setup", "library"),
+    [
+        (
+            "import psycopg2.pool\npool = psycopg2.pool.ThreadedConnectionPool(0, 1, 'dbname=none')",
+            "psycopg2",
+        ),
+        ("import asyncpg\npool = asyncpg.create_pool('postgresql://none', min_size=0)", "asyncpg"),
+        (
+            "import psycopg_pool\npool = psycopg_pool.ConnectionPool('dbname=none', open=False)",
+            "psycopg_pool",
+        ),
+    ],
+)
+def test_instrumenting_one_kind_imports_no_other_pool_library(setup, library) -> None:
+    # No server: none of these pools connects before it is used (the asyncpg one is not awaited,
+    # which instrument() refuses, after its adapter was imported).
+    script = setup + textwrap.dedent(
+        """
+        import json, sys
+        from prometheus_client import CollectorRegistry
+        import poolwatch
+        try:
+            poolwatch.instrument(pool, name="x", registry=CollectorRegistry())
+        except (TypeError, ValueError):
+            pass
+        print(json.dumps(sorted(sys.modules)))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    modules = json.loads(done.stdout)
+    assert any(name.startswith(f"poolwatch.instrument.{library}") for name in modules)  # its adapter
+    loaded = {name.partition(".")[0] for name in modules}
+    others = {"redis", "psycopg", "psycopg_pool", "psycopg2", "asyncpg"} - {library}
+    if library == "psycopg_pool":
+        others.discard("psycopg")  # psycopg_pool is built on psycopg
+    assert loaded.isdisjoint(others), loaded & others
