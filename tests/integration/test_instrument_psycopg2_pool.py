@@ -54,6 +54,46 @@ def test_threads_are_counted_exactly(pg) -> None:
     pool.closeall()
 
 
+def test_threads_contending_for_the_pool_are_counted_exactly(pg) -> None:
+    """Eight threads, three connections: in each round every thread asks for one before any gives
+    one back, so three get one and five get psycopg2's PoolError (counted as timeouts)."""
+    registry = CollectorRegistry()
+    pool = psycopg2.pool.ThreadedConnectionPool(0, 3, pg.dsn())
+    poolwatch.instrument(pool, name="busy", registry=registry)
+    rounds, threads_count = 20, 8
+    asked = threading.Barrier(threads_count)
+    refused: list[int] = []
+
+    def work() -> None:
+        for _ in range(rounds):
+            try:
+                connection = pool.getconn()
+            except psycopg2.pool.PoolError:
+                connection = None
+                refused.append(1)
+            asked.wait(30)  # every thread has asked in this round
+            if connection is not None:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT 1")
+                pool.putconn(connection)
+            asked.wait(30)  # every connection is back before the next round
+
+    threads = [threading.Thread(target=work) for _ in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(refused) == rounds * 5
+    assert sample(registry, "pool_checkouts_total", "busy") == rounds * 3
+    assert sample(registry, "pool_timeouts_total", "busy") == rounds * 5
+    assert sample(registry, "pool_wait_seconds_count", "busy") == rounds * threads_count
+    assert sample(registry, "pool_use_seconds_count", "busy") == rounds * 3
+    assert sample(registry, "pool_pending_requests", "busy") == 0
+    assert sample(registry, "pool_connections", "busy", state="used") == 0
+    assert errors(registry, "busy") == 0
+    pool.closeall()
+
+
 @pytest.mark.parametrize("pool_class", POOL_CLASSES)
 def test_closes_are_counted_by_reason(pg, pool_class) -> None:
     """psycopg2 keeps ``minconn`` connections idle and closes the others as they come back (worked
