@@ -52,6 +52,7 @@ _LIBRARY_DIR: Final = str(Path(psycopg2.__file__).parent) + os.sep
 _HOOKED: Final = ("getconn", "putconn", "_connect", "closeall")
 # The close reasons the hooks count; psycopg2's own closes on return are the rest ("overflow").
 _COUNTED_CLOSES: Final = ("invalidated", "dispose")
+_CLOSES: Final = ("overflow", *_COUNTED_CLOSES)
 ATTACHED: Final = "_poolwatch"
 
 
@@ -69,6 +70,8 @@ class Psycopg2PoolInstrumentation(Base):
         # Every connection the pool has had: those it had when instrumented, and those it opened
         # since (counted by the connect hook once the pool has filed them, under the pool's lock).
         self.had = len(pool._pool) + len(pool._used)
+        # The closes counted before this pool (counts_from: carried from the pool it replaces).
+        self._carried = recorder.closes(_CLOSES)
 
     @property
     def pool(self) -> psycopg2.pool.AbstractConnectionPool | None:
@@ -86,20 +89,22 @@ class Psycopg2PoolInstrumentation(Base):
         )
 
     def _count_closes(self, pool: psycopg2.pool.AbstractConnectionPool) -> None:
-        """The connections psycopg2 closed on return by itself: all it had that are gone, less the
-        closes the hooks counted. Read under a ``ThreadedConnectionPool``'s lock, if free (never
-        waited for: a connect may hold it for seconds), since a connection being handed out is in
-        neither list for a moment; not lowered meanwhile."""
+        """The connections psycopg2 closed on return by itself: all this pool had that are gone,
+        less the closes the hooks counted. Read under a ``ThreadedConnectionPool``'s lock, if free
+        (never waited for: a connect may hold it for seconds), under which the hooks count theirs
+        and a connection moves between the lists; when it is held, the next scrape counts."""
         lock = getattr(pool, "_lock", None)
         if lock is not None and not lock.acquire(blocking=False):
-            return  # the next scrape counts them
+            return
         try:
             open_now = 0 if pool.closed else len(pool._pool) + len(pool._used)
-            gone = self.had - open_now
+            counted = self.recorder.closes(_CLOSES)
         finally:
             if lock is not None:
                 lock.release()
-        self.recorder.closed_at_least("overflow", gone, besides=_COUNTED_CLOSES)
+        carried = self._carried
+        by_hooks = sum(counted[reason] - carried[reason] for reason in _COUNTED_CLOSES)
+        self.recorder.closed_at_least("overflow", carried["overflow"] + self.had - open_now - by_hooks)
 
 
 def instrument_psycopg2_pool(
@@ -178,6 +183,16 @@ def _hook(
 
     def closeall() -> None:
         this = ref()
+        if type(this).closeall is _THREADED_CLOSEALL:
+            # ThreadedConnectionPool.closeall, without its frame: the closes counted under its lock.
+            this._lock.acquire()
+            try:
+                open_now = 0 if this.closed else len(this._pool) + len(this._used)
+                this._closeall()
+                recorder.close("dispose", open_now)
+            finally:
+                this._lock.release()
+            return
         open_now = 0 if this.closed else len(this._pool) + len(this._used)
         type(this).closeall(this)
         recorder.close("dispose", open_now)
@@ -197,6 +212,7 @@ def _hook(
 # arguments and no ``*args, **kwargs`` (a dict built on every call).
 _THREADED_GET: Final = psycopg2.pool.ThreadedConnectionPool.getconn
 _THREADED_PUT: Final = psycopg2.pool.ThreadedConnectionPool.putconn
+_THREADED_CLOSEALL: Final = psycopg2.pool.ThreadedConnectionPool.closeall
 _OWN_GETCONN: Final = (_THREADED_GET, psycopg2.pool.AbstractConnectionPool._getconn)
 _OWN_PUTCONN: Final = (_THREADED_PUT, psycopg2.pool.AbstractConnectionPool._putconn)
 
@@ -309,10 +325,10 @@ def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecod
             this._lock.acquire()
             try:
                 this._putconn(conn, key, close)
+                if close:  # the caller's close, counted under the lock (psycopg2's own: scraped)
+                    recorder.close("invalidated")
             finally:
                 this._lock.release()
-            if close:  # the caller had it closed (psycopg2's own closes are worked out at scrape time)
-                recorder.close("invalidated")
             return None
         result = type(this).putconn(this, conn, key, close)
         if close:
@@ -339,10 +355,10 @@ def _checkout_hooks(  # noqa: C901, PLR0915 - unrolled on purpose: every bytecod
             this._lock.acquire()
             try:
                 this._putconn(conn, key, close)
+                if close:
+                    recorder.close("invalidated")
             finally:
                 this._lock.release()
-            if close:
-                recorder.close("invalidated")
             return None
         result = type(this).putconn(this, conn, key, close)
         if close:

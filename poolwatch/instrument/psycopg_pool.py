@@ -75,6 +75,8 @@ CLOSED_BY: Final = {
     "_maybe_close_connection": "dispose",  # returned to a closed pool
     "_add_to_pool": "dispose",  # opened as the pool closed
 }
+# Where a NullConnectionPool closes what it is given back while open, nobody waiting for it.
+_RETURNED: Final = ("_maybe_close_connection", "_add_to_pool")
 # The attribute of the getconn hook that marks the pool as instrumented.
 ATTACHED: Final = "_poolwatch"
 
@@ -222,9 +224,9 @@ def _closing(ref: Callable[[], Any], recorder: Recorder, *, is_async: bool) -> C
     """A ``_close_connection`` hook: the class's method, then the close counted by the reason its
     caller tells (``CLOSED_BY``; another caller's close counts as an error)."""
 
-    def reason() -> str:
+    def reason(conn: Any) -> str | None:
         try:
-            return CLOSED_BY.get(getframe(2).f_code.co_name, "error")  # the hook's caller's
+            return _close_reason(ref(), conn, getframe(2).f_code.co_name)  # the hook's caller's
         except Exception as exc:
             recorder.internal_error(exc)
             return "error"
@@ -232,20 +234,35 @@ def _closing(ref: Callable[[], Any], recorder: Recorder, *, is_async: bool) -> C
     if is_async:
 
         async def close_connection_async(conn: Any) -> None:
-            why = reason()
+            why = reason(conn)
             this = ref()
             await type(this)._close_connection(this, conn)
-            recorder.close(why)
+            if why is not None:
+                recorder.close(why)
 
         return close_connection_async
 
     def close_connection(conn: Any) -> None:
-        why = reason()
+        why = reason(conn)
         this = ref()
         type(this)._close_connection(this, conn)
-        recorder.close(why)
+        if why is not None:
+            recorder.close(why)
 
     return close_connection
+
+
+def _close_reason(pool: Any, conn: Any, caller: str) -> str | None:
+    """Why ``pool`` closes ``conn``, called from its method ``caller``; None if ``conn`` is closed
+    already (psycopg_pool closes a connection returned mid-operation, then runs its ``reset`` on
+    it, which fails: a second close of the same connection)."""
+    if conn.closed:
+        return None
+    if caller in _RETURNED and not pool._closed:
+        return "overflow"  # a NullConnectionPool's: nobody was waiting for it
+    if caller == "_return_connection" and conn._created_at <= getattr(pool, "_drained_at", 0.0):
+        return "recycled"  # out during a drain(), closed on its return
+    return CLOSED_BY.get(caller, "error")
 
 
 def _class_connect(ref: Callable[[], Any]) -> Callable[..., Any]:

@@ -369,12 +369,15 @@ class Recorder:
         with self._lock:
             self.closed[reason] += count
 
-    def closed_at_least(self, reason: str, total: int, besides: tuple[str, ...]) -> None:
-        """Closes worked out rather than counted (scraping side): raise ``reason``'s count so that
-        it and the ``besides`` reasons (as counted) make ``total``; never lower it."""
+    def closes(self, reasons: tuple[str, ...]) -> dict[str, int]:
         with self._lock:
-            worked_out = total - sum(self.closed[other] for other in besides)
-            self.closed[reason] = max(self.closed[reason], worked_out)
+            return {reason: self.closed[reason] for reason in reasons}
+
+    def closed_at_least(self, reason: str, count: int) -> None:
+        """Closes worked out rather than counted (scraping side): ``reason`` counts at least
+        ``count``; never lowered."""
+        with self._lock:
+            self.closed[reason] = max(self.closed[reason], count)
 
     def internal_error(self, exc: BaseException) -> None:
         """Count a failure of poolwatch's own hook code; log it once per pool. Never raises."""

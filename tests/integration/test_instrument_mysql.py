@@ -20,6 +20,8 @@ from tests.daemonkit import wait_for
 from tests.poolmetrics import sample, waits
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
     from tests.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.integration
@@ -53,26 +55,24 @@ def test_threads_are_counted_exactly_and_exhaustion_is_seen(mariadb: MariaDBServ
         assert mariadb.url().split("@")[1].split("/")[0] in sample_server(registry, "my")
 
         held = [engine.connect() for _ in range(3)]
+        got: list[Connection] = []
+        waiter = threading.Thread(target=lambda: got.append(engine.connect()))  # waits up to 30 s
+        waiter.start()
+        wait_for(lambda: sample(registry, "pool_pending_requests", "my") == 1, what="one caller pending")
+        held.pop().close()  # the waiter gets it
+        waiter.join()
+        held.extend(got)
+        assert sample(registry, "pool_checkouts_total", "my") == 244
         queue = engine.pool
         assert isinstance(queue, QueuePool)
         queue._timeout = 0.3  # the next checkout waits this long at most
-        failures: list[BaseException] = []
-
-        def caller() -> None:
-            try:
-                engine.connect()
-            except PoolTimeoutError as exc:
-                failures.append(exc)
-
         count, total = waits(registry, "my")
-        waiter = threading.Thread(target=caller)
-        waiter.start()
-        wait_for(lambda: sample(registry, "pool_pending_requests", "my") == 1, what="one caller pending")
-        waiter.join()
-        assert len(failures) == 1
+        with pytest.raises(PoolTimeoutError):
+            engine.connect()
         assert sample(registry, "pool_timeouts_total", "my") == 1
         after_count, after_total = waits(registry, "my")
         assert (after_count, after_total - total >= 0.3) == (count + 1, True)
+        assert sample(registry, "pool_pending_requests", "my") == 0
         for connection in held:
             connection.close()
         assert errors(registry, "my") == 0

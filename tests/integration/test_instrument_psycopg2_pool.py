@@ -33,11 +33,21 @@ def test_threads_are_counted_exactly(pg) -> None:
                 cursor.execute("SELECT 1")
             pool.putconn(connection)
 
+    done = threading.Event()
+
+    def scrape() -> None:  # closes are worked out while connections come and go
+        while not done.is_set():
+            sample(registry, "pool_closed_total", "p2", reason="overflow")
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
     threads = [threading.Thread(target=work) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    done.set()
+    scraper.join()
     assert sample(registry, "pool_checkouts_total", "p2") == 200
     assert sample(registry, "pool_wait_seconds_count", "p2") == 200
     assert sample(registry, "pool_use_seconds_count", "p2") == 200
@@ -105,7 +115,7 @@ def test_closes_are_counted_by_reason(pg, pool_class) -> None:
     def closed(reason: str) -> float:
         return sample(registry, "pool_closed_total", "closes", reason=reason)
 
-    poolwatch.instrument(pool, name="closes", registry=registry)
+    old = poolwatch.instrument(pool, name="closes", registry=registry)
     held = [pool.getconn() for _ in range(4)]  # three opened since
     for connection in held[:3]:
         pool.putconn(connection)  # the first stays idle (minconn 1), two are closed
@@ -121,6 +131,17 @@ def test_closes_are_counted_by_reason(pg, pool_class) -> None:
     assert (closed("overflow"), closed("invalidated"), closed("dispose")) == (2, 1, 1)
     assert sample(registry, "pool_create_seconds_count", "closes") == 3
     assert errors(registry, "closes") == 0
+
+    # A pool replacing this one under the same name counts on from its closes.
+    replacement = pool_class(1, 4, pg.dsn())
+    registry = CollectorRegistry()
+    poolwatch.instrument(replacement, name="closes", registry=registry, counts_from=old.recorder)
+    held = [replacement.getconn() for _ in range(3)]
+    for connection in held:
+        replacement.putconn(connection)
+    assert (closed("overflow"), closed("invalidated"), closed("dispose")) == (4, 1, 1)
+    replacement.closeall()
+    assert (closed("overflow"), closed("invalidated"), closed("dispose")) == (4, 1, 2)
 
 
 @pytest.mark.parametrize("pool_class", POOL_CLASSES)

@@ -485,6 +485,35 @@ def test_closes_are_counted_by_the_reason_the_pool_closed(pg) -> None:
         wait_for(lambda: closed("error") == 1, what="the connection it could not reset closed")
         assert errors(registry, "pc") == 0
 
+    registry = CollectorRegistry()
+    with psycopg_pool.ConnectionPool(
+        pg.dsn(), min_size=1, max_size=1, reset=lambda connection: None, open=True
+    ) as pool:
+        pool.wait()
+        poolwatch.instrument(pool, name="pc", registry=registry)
+        connection = pool.getconn()
+        connection.pgconn.send_query(b"SELECT 1")  # returned mid-operation: closed, then reset
+        pool.putconn(connection)
+        wait_for(lambda: connection.closed, what="the connection closed")
+        with pool.connection(timeout=10):  # once its replacement is there
+            pool.drain()  # out while the pool drains: closed on its return (by a worker)
+        wait_for(lambda: closed("recycled") == 1, what="the drained connection closed on its return")
+        assert closed("error") == 1  # closed twice by the pool, counted once
+        assert errors(registry, "pc") == 0
+
+
+def test_a_null_pools_closes_on_return_are_overflow(pg) -> None:
+    registry = CollectorRegistry()
+    with psycopg_pool.NullConnectionPool(pg.dsn(), max_size=2, open=True) as pool:
+        poolwatch.instrument(pool, name="null", registry=registry)
+        for _ in range(3):
+            with pool.connection() as connection:
+                connection.execute("SELECT 1")
+        assert sample(registry, "pool_closed_total", "null", reason="overflow") == 3
+    assert sample(registry, "pool_closed_total", "null", reason="dispose") == 0
+    assert sample(registry, "pool_checkouts_total", "null") == 3
+    assert errors(registry, "null") == 0
+
 
 def test_an_async_pools_closes_are_counted_by_reason(pg) -> None:
     registry = CollectorRegistry()

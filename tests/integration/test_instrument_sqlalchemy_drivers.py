@@ -23,7 +23,7 @@ from tests.integration.test_instrument_psycopg_pool import queued
 from tests.poolmetrics import sample, waits
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
 
 pytestmark = pytest.mark.integration
 
@@ -68,36 +68,31 @@ def test_threads_are_counted_exactly(pg, driver) -> None:
 @pytest.mark.parametrize("driver", SYNC_DRIVERS)
 def test_exhaustion_shows_pending_and_counts_the_timeout(pg, driver) -> None:
     registry = CollectorRegistry()
-    engine = create_engine(pg.url(driver=driver), pool_size=1, max_overflow=0, pool_timeout=0.5)
+    engine = create_engine(pg.url(driver=driver), pool_size=1, max_overflow=0, pool_timeout=30)
     poolwatch.instrument(engine, name="busy", registry=registry)
     holder = engine.connect()
-    failures: list[BaseException] = []
-    release = threading.Event()
-
-    def caller() -> None:
-        try:
-            with engine.connect():
-                pass
-        except PoolTimeoutError as exc:
-            failures.append(exc)
-        release.set()
-
-    waiter = threading.Thread(target=caller)
+    got: list[Connection] = []
+    waiter = threading.Thread(target=lambda: got.append(engine.connect()))
     waiter.start()
     try:
         wait_for(lambda: sample(registry, "pool_pending_requests", "busy") == 1, what="one caller pending")
-        release.wait(30)
+        holder.close()  # the waiter gets it
         waiter.join()
-        assert len(failures) == 1
+        (holder,) = got
+        queue = engine.pool
+        assert isinstance(queue, QueuePool)
+        queue._timeout = 0.5  # the next checkout waits this long at most
+        with pytest.raises(PoolTimeoutError):
+            engine.connect()
         assert sample(registry, "pool_timeouts_total", "busy") == 1
         count, total = waits(registry, "busy")
-        assert count == 2  # the holder's checkout and the timed-out one
+        assert count == 3  # two checkouts and the timed-out one
         assert total >= 0.5
         assert sample(registry, "pool_pending_requests", "busy") == 0
     finally:
         holder.close()
         engine.dispose()
-    assert sample(registry, "pool_checkouts_total", "busy") == 1
+    assert sample(registry, "pool_checkouts_total", "busy") == 2
     assert errors(registry, "busy") == 0
 
 

@@ -27,7 +27,7 @@ def test_psycopg_pool_connects_through_an_overridable_connect_and_reports_sizes(
 def test_psycopg_pool_closes_through_close_connection_called_by_the_methods_poolwatch_knows() -> None:
     # The reason of a close is told by the pool's method calling _close_connection(): every such
     # method is one poolwatch knows, so a new one in another version fails here, not in production.
-    from poolwatch.instrument.psycopg_pool import CLOSED_BY
+    from poolwatch.instrument.psycopg_pool import _RETURNED, CLOSED_BY
 
     for cls, is_async in ((psycopg_pool.ConnectionPool, False), (psycopg_pool.AsyncConnectionPool, True)):
         assert inspect.iscoroutinefunction(cls._close_connection) is is_async
@@ -37,6 +37,15 @@ def test_psycopg_pool_closes_through_close_connection_called_by_the_methods_pool
             if "_close_connection" in getattr(getattr(member, "__code__", None), "co_names", ())
         }
         assert callers == set(CLOSED_BY), cls
+    # The null pools close what nobody waits for where the others close for a closed pool only.
+    for cls in (psycopg_pool.NullConnectionPool, psycopg_pool.AsyncNullConnectionPool):
+        callers = {
+            name
+            for name, member in vars(cls).items()
+            if "_close_connection" in getattr(getattr(member, "__code__", None), "co_names", ())
+        }
+        assert callers == set(_RETURNED), cls
+        assert issubclass(cls, psycopg_pool.ConnectionPool | psycopg_pool.AsyncConnectionPool)
 
 
 def test_psycopg_pools_getconn_and_putconn_are_the_bodies_the_hooks_do_themselves() -> None:
