@@ -76,9 +76,12 @@ _MESSAGE_REASONS: Final[tuple[tuple[str, Reason], ...]] = (
     ("eof detected", "reset"),
     ("connection closed by server", "reset"),
     ("connection not open", "reset"),
-    # asyncio's create_connection (asyncpg, redis.asyncio) to a name with several addresses (::1 and
-    # 127.0.0.1) that all fail raises a plain OSError("Multiple exceptions: [Errno 111] Connect call
-    # failed ('::1', ...), [Errno 111] ...") naming each attempt's errno only.
+)
+# asyncio's create_connection (asyncpg, redis.asyncio) to a name with several addresses (::1 and
+# 127.0.0.1) that all fail raises a plain OSError("Multiple exceptions: [Errno 111] Connect call
+# failed ('::1', ...), [Errno 111] ...") naming each attempt's errno only.
+_MULTIPLE: Final = "multiple exceptions: "
+_ERRNO_REASONS: Final[tuple[tuple[str, Reason], ...]] = (
     (f"[errno {errno.ECONNREFUSED}]", "refused"),
     (f"[errno {errno.ETIMEDOUT}]", "timeout"),
     (f"[errno {errno.ECONNRESET}]", "reset"),
@@ -227,7 +230,8 @@ def _own_reason(exc: BaseException) -> Reason:
     if mysql_reason is not None:
         return mysql_reason
     text = f"{exc} {orig or ''}".lower()
-    for fragment, reason in _MESSAGE_REASONS:
+    fragments = _ERRNO_REASONS if isinstance(exc, OSError) and text.startswith(_MULTIPLE) else ()
+    for fragment, reason in (*_MESSAGE_REASONS, *fragments):
         if fragment in text:
             return reason
     return "other"
