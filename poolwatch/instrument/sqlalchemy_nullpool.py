@@ -13,6 +13,7 @@ by sqlalchemy.py's accessors, bound into the hooks when the pool is instrumented
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import weakref
@@ -55,12 +56,17 @@ class NullPoolInstrumentation(Base):
         super().__init__(name, recorder)
         self._engine = weakref.ref(engine)
         # The ledger of every pool of the engine still alive: one that engine.dispose() replaced
-        # lives on while a connection it handed out does, and that connection is still open.
-        # Replaced whole when a pool is added (a scrape reads the list it finds).
+        # lives on while a connection it handed out does, and that connection is still open. Each
+        # reference takes itself out of the list as its ledger goes (list operations are atomic:
+        # no lock, which a fork could leave held).
         self._ledgers: list[weakref.ref[Ledger]] = []
 
     def add_ledger(self, ledger: Ledger) -> None:
-        self._ledgers = [*(ref for ref in self._ledgers if ref() is not None), weakref.ref(ledger)]
+        self._ledgers.append(weakref.ref(ledger, self._gone))
+
+    def _gone(self, ref: weakref.ref[Ledger]) -> None:
+        with contextlib.suppress(ValueError):
+            self._ledgers.remove(ref)
 
     @property
     def pool(self) -> NullPool | None:
@@ -71,7 +77,8 @@ class NullPoolInstrumentation(Base):
         if self._engine() is None:
             return None
         # A NullPool closes on checkin: what is open is what is checked out, from any of its pools.
-        open_now = sum(len(ledger.checked_out) for ref in self._ledgers if (ledger := ref()) is not None)
+        ledgers = self._ledgers.copy()
+        open_now = sum(len(ledger.checked_out) for ref in ledgers if (ledger := ref()) is not None)
         return PoolState(idle=0, used=open_now, size=open_now, max_connections=float("inf"), overflow=0)
 
 
