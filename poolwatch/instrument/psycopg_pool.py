@@ -260,8 +260,10 @@ def _close_reason(pool: Any, conn: Any, caller: str) -> str | None:
         return None
     if caller in _RETURNED and not pool._closed:
         return "overflow"  # a NullConnectionPool's: nobody was waiting for it
-    if caller == "_return_connection" and conn._created_at <= getattr(pool, "_drained_at", 0.0):
-        return "recycled"  # out during a drain(), closed on its return
+    if caller == "_return_connection":  # expired, or (psycopg_pool 3.3) out during a drain()
+        created, drained = getattr(conn, "_created_at", None), getattr(pool, "_drained_at", None)
+        if created is not None and drained is not None and created <= drained:
+            return "recycled"
     return CLOSED_BY.get(caller, "error")
 
 
