@@ -12,7 +12,7 @@ import pytest
 
 from tests.mariadb import MariaDBServer
 from tests.pgbouncer import PgBouncerServer
-from tests.servers import ExternalPostgres, ExternalRedis, PostgresServer, RedisServer
+from tests.servers import ExternalPostgres, ExternalRedis, PostgresServer, RedisServer, SilentServer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -124,6 +124,14 @@ def pgbouncer_factory(pg: PostgresServer) -> Iterator[Callable[..., PgBouncerSer
     yield make
     for bouncer in bouncers:
         bouncer.destroy()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentServer]:
+    """A TCP server that accepts connections and never answers."""
+    server = SilentServer()
+    yield server
+    server.close()
 
 
 @pytest.fixture(autouse=True)

@@ -135,6 +135,24 @@ def async_pool_sizes(pool: Any) -> tuple[int, int]:
     return len(pool._available_connections), len(pool._in_use_connections)
 
 
+def watching_make_connection(
+    ref: Callable[[], Any], recorder: Recorder, watch: Callable[[Any], None]
+) -> Callable[[], Any]:
+    """A ``make_connection`` hook (sync and asyncio pools alike: the method is plain in both): the
+    pool class's method, then ``watch`` on the new connection, to time its connects."""
+
+    def make_connection() -> Any:
+        this = ref()
+        connection = type(this).make_connection(this)
+        try:
+            watch(connection)
+        except Exception as exc:
+            recorder.internal_error(exc)
+        return connection
+
+    return make_connection
+
+
 def async_pool_connections(pool: Any) -> list[Any]:
     """A redis.asyncio pool's connections, free and in use."""
     return [*pool._available_connections, *pool._in_use_connections]
@@ -343,14 +361,7 @@ def _hook(pool: redis.ConnectionPool, instrumentation: RedisInstrumentation) -> 
         idle = internals.idle()
     ledger = Ledger(idle, recorder.clock())
 
-    def make_connection() -> Any:
-        this = ref()
-        connection = type(this).make_connection(this)
-        try:
-            instrumentation.watch(connection)
-        except Exception as exc:
-            recorder.internal_error(exc)
-        return connection
+    make_connection = watching_make_connection(ref, recorder, instrumentation.watch)
 
     def reset() -> None:
         this = ref()

@@ -50,6 +50,7 @@ from poolwatch.instrument.redis import (
     async_pool_connections,
     async_pool_sizes,
     time_async_connects,
+    watching_make_connection,
 )
 from poolwatch.serverlabel import redis_server
 
@@ -173,15 +174,7 @@ def _hook(
             put_is_async=True,
         )
 
-    def make_connection() -> Any:
-        this = ref()
-        connection = type(this).make_connection(this)
-        try:
-            instrumentation.watch(connection)
-        except Exception as exc:
-            recorder.internal_error(exc)
-        return connection
-
+    make_connection = watching_make_connection(ref, recorder, instrumentation.watch)
     get.__doc__ = type(pool).get_connection.__doc__
     put.__doc__ = type(pool).release.__doc__
     make_connection.__doc__ = type(pool).make_connection.__doc__

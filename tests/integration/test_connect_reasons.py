@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg2
 import psycopg2.pool
@@ -29,9 +28,6 @@ from poolwatch.errors import reason_of
 from tests.daemonkit import wait_for
 from tests.poolmetrics import sample
 from tests.servers import free_port
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 pytestmark = pytest.mark.integration
 
@@ -216,38 +212,6 @@ def test_a_refused_connect_to_every_address_of_a_name_is_refused() -> None:
         loop.run_until_complete(asyncio.wait_for(body(), timeout=60))
     finally:
         loop.close()
-
-
-class SilentServer:
-    """A TCP listener that accepts connections and never says a word: every driver's connect
-    timeout runs out during its handshake."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.accepted.append(client)
-
-    def close(self) -> None:
-        self.listener.close()
-        for client in self.accepted:
-            client.close()
-
-
-@pytest.fixture
-def silent() -> Iterator[SilentServer]:
-    server = SilentServer()
-    yield server
-    server.close()
 
 
 @pytest.mark.parametrize("driver", ["postgresql+psycopg2", "postgresql+psycopg", "postgresql+asyncpg"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -27,10 +26,10 @@ from tests.daemonkit import (
     value,
     wait_for,
 )
-from tests.servers import LOOPBACK, free_port
+from tests.servers import LOOPBACK, SilentServer, free_port
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
     from tests.servers import PostgresServer, RedisServer
@@ -46,39 +45,6 @@ def pg_target(server: PostgresServer, name: str = "orders", **extra: Any) -> dic
 
 def redis_target(server: RedisServer, name: str = "cache", **extra: Any) -> dict[str, Any]:
     return {"name": name, "kind": "redis", "url": server.url(), **FAST, **extra}
-
-
-class SilentServer:
-    """Accepts TCP connections and never answers: a hung database."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind((LOOPBACK, 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.accepted:
-            conn.close()
-
-
-@pytest.fixture
-def silent() -> Iterator[SilentServer]:
-    server = SilentServer()
-    yield server
-    server.close()
 
 
 def test_probes_report_every_kind_up(pg: PostgresServer, redis_server: RedisServer, tmp_path: Path) -> None:

@@ -23,9 +23,11 @@ from poolwatch.exposition import Renderer
 from tests.poolmetrics import sample
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Coroutine, Iterator
 
     from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from tests.servers import PostgresServer, RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.destructive]
 
@@ -121,83 +123,108 @@ def test_postgres_outages_cause_no_internal_error(pg_factory, pre_ping) -> None:
             connection.execute(text("SELECT 1"))
 
     with Workload(registry, work).running() as load:
-        load.progress()
-        server.stop()
-        load.failures(20)
-        server.start()
-        load.progress()
-        server.kill()
-        load.failures(20)
-        server.start()
-        load.progress()
-        for _ in range(3):
-            server.terminate(app)
-            load.progress()
+        postgres_outages(server, load, app)
     engine.dispose()
-    assert load.unexpected == []
-    assert sample(registry, "instrumentation_errors_total", "pg") == 0
-    assert sample(registry, "pool_pending_requests", "pg") == 0
+    settled(registry, "pg", load)
     assert sample(registry, "pool_connections", "pg", state="used") == 0
-    checkouts = sample(registry, "pool_checkouts_total", "pg")
-    assert checkouts >= load.done
-    assert sample(registry, "pool_use_seconds_count", "pg") == checkouts
 
 
 def test_postgres_outages_on_an_async_engine_cause_no_internal_error(pg_factory) -> None:
     """AsyncAdaptedQueuePool (asyncpg): the eight threads' calls run as tasks on one event loop."""
     server = pg_factory()
     app = f"pw-faults-{uuid.uuid4().hex[:8]}"
+    registry = CollectorRegistry()
+    with event_loop_thread() as run:
+
+        async def build() -> AsyncEngine:
+            return create_async_engine(
+                server.url(driver="postgresql+asyncpg"),
+                pool_size=4,
+                max_overflow=2,
+                pool_timeout=2,
+                connect_args={"server_settings": {"application_name": app}, "timeout": 2},
+            )
+
+        engine = run(build())
+        assert isinstance(engine.pool, AsyncAdaptedQueuePool)
+        poolwatch.instrument(engine, name="pg", registry=registry, leak_threshold=0.5)
+
+        async def query() -> None:
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+
+        with Workload(registry, lambda: run(query())).running() as load:
+            postgres_outages(server, load, app)
+        run(engine.dispose())
+    settled(registry, "pg", load)
+    assert sample(registry, "pool_connections", "pg", state="used") == 0
+
+
+def settled(registry: CollectorRegistry, name: str, load: Workload) -> None:
+    """After the outages: nothing unexpected, no internal error, nothing pending, every checkout
+    counted (at least the calls that succeeded) with its use time."""
+    assert load.unexpected == []
+    assert sample(registry, "instrumentation_errors_total", name) == 0
+    assert sample(registry, "pool_pending_requests", name) == 0
+    checkouts = sample(registry, "pool_checkouts_total", name)
+    assert checkouts >= load.done
+    assert sample(registry, "pool_use_seconds_count", name) == checkouts
+
+
+@contextmanager
+def event_loop_thread() -> Iterator[Callable[[Coroutine[Any, Any, Any]], Any]]:
+    """An event loop on a thread of its own; yields a function running a coroutine on it."""
     loop = asyncio.new_event_loop()
     runner = threading.Thread(target=loop.run_forever, name="event-loop")
     runner.start()
 
-    async def build() -> AsyncEngine:
-        return create_async_engine(
-            server.url(driver="postgresql+asyncpg"),
-            pool_size=4,
-            max_overflow=2,
-            pool_timeout=2,
-            connect_args={"server_settings": {"application_name": app}, "timeout": 2},
-        )
-
-    engine = asyncio.run_coroutine_threadsafe(build(), loop).result(30)
-    assert isinstance(engine.pool, AsyncAdaptedQueuePool)
-    registry = CollectorRegistry()
-    poolwatch.instrument(engine, name="pg", registry=registry, leak_threshold=0.5)
-
-    async def query() -> None:
-        async with engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-
-    def work() -> None:
-        asyncio.run_coroutine_threadsafe(query(), loop).result(30)
+    def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(30)
 
     try:
-        with Workload(registry, work).running() as load:
-            load.progress()
-            server.stop()
-            load.failures(20)
-            server.start()
-            load.progress()
-            server.kill()
-            load.failures(20)
-            server.start()
-            load.progress()
-            for _ in range(3):
-                server.terminate(app)
-                load.progress()
-        asyncio.run_coroutine_threadsafe(engine.dispose(), loop).result(30)
+        yield run
     finally:
         loop.call_soon_threadsafe(loop.stop)
         runner.join(30)
         loop.close()
-    assert load.unexpected == []
-    assert sample(registry, "instrumentation_errors_total", "pg") == 0
-    assert sample(registry, "pool_pending_requests", "pg") == 0
-    assert sample(registry, "pool_connections", "pg", state="used") == 0
-    checkouts = sample(registry, "pool_checkouts_total", "pg")
-    assert checkouts >= load.done
-    assert sample(registry, "pool_use_seconds_count", "pg") == checkouts
+
+
+def postgres_outages(server: PostgresServer, load: Workload, app: str) -> None:
+    """Stop, kill -9, then terminate the backends of ``app`` three times, each after progress."""
+    load.progress()
+    server.stop()
+    load.failures(20)
+    server.start()
+    load.progress()
+    server.kill()
+    load.failures(20)
+    server.start()
+    load.progress()
+    for _ in range(3):
+        server.terminate(app)
+        load.progress()
+
+
+def redis_outages(server: RedisServer, load: Workload, name: str) -> None:
+    """SHUTDOWN, kill -9, then CLIENT KILL the connections named ``name`` three times, each after
+    progress."""
+    load.progress()
+    _shutdown(server)
+    load.failures(20)
+    server.start()
+    load.progress()
+    server.kill()
+    load.failures(20)
+    server.start()
+    load.progress()
+    admin = server.client()
+    for _ in range(3):
+        for entry in admin.client_list():
+            if entry.get("name") == name:
+                with suppress(redis.ResponseError):
+                    admin.client_kill_filter(_id=entry["id"])
+        load.progress()
+    admin.close()
 
 
 def _shutdown(server: Any) -> None:
@@ -226,27 +253,6 @@ def test_redis_outages_cause_no_internal_error(redis_factory, pool_class) -> Non
         client.ping()
 
     with Workload(registry, work).running() as load:
-        load.progress()
-        _shutdown(server)
-        load.failures(20)
-        server.start()
-        load.progress()
-        server.kill()
-        load.failures(20)
-        server.start()
-        load.progress()
-        admin = server.client()
-        for _ in range(3):
-            for entry in admin.client_list():
-                if entry.get("name") == name:
-                    with suppress(redis.ResponseError):
-                        admin.client_kill_filter(_id=entry["id"])
-            load.progress()
-        admin.close()
+        redis_outages(server, load, name)
     pool.disconnect()
-    assert load.unexpected == []
-    assert sample(registry, "instrumentation_errors_total", "cache") == 0
-    assert sample(registry, "pool_pending_requests", "cache") == 0
-    checkouts = sample(registry, "pool_checkouts_total", "cache")
-    assert checkouts >= load.done
-    assert sample(registry, "pool_use_seconds_count", "cache") == checkouts
+    settled(registry, "cache", load)

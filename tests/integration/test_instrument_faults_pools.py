@@ -7,10 +7,7 @@ out, and every checkout counted has its use time."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import uuid
-from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 import psycopg2.pool
@@ -21,58 +18,20 @@ import redis.asyncio
 from prometheus_client import CollectorRegistry
 
 import poolwatch
-from tests.integration.test_instrument_faults import Workload, _shutdown
+from tests.integration.test_instrument_faults import (
+    Workload,
+    event_loop_thread,
+    postgres_outages,
+    redis_outages,
+    settled,
+)
 from tests.poolmetrics import sample
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Iterator
+    from collections.abc import Awaitable, Callable
 
-    from tests.servers import PostgresServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.destructive]
-
-
-def _postgres_outages(server: PostgresServer, load: Workload, app: str) -> None:
-    """Stop, kill -9, then terminate the pool's backends three times, each after progress."""
-    load.progress()
-    server.stop()
-    load.failures(20)
-    server.start()
-    load.progress()
-    server.kill()
-    load.failures(20)
-    server.start()
-    load.progress()
-    for _ in range(3):
-        server.terminate(app)
-        load.progress()
-
-
-def _settled(registry: CollectorRegistry, name: str, load: Workload) -> None:
-    assert load.unexpected == []
-    assert sample(registry, "instrumentation_errors_total", name) == 0
-    assert sample(registry, "pool_pending_requests", name) == 0
-    checkouts = sample(registry, "pool_checkouts_total", name)
-    assert checkouts >= load.done
-    assert sample(registry, "pool_use_seconds_count", name) == checkouts
-
-
-@contextmanager
-def _event_loop() -> Iterator[Callable[[Coroutine[Any, Any, Any]], Any]]:
-    """An event loop on a thread of its own; yields a function running a coroutine on it."""
-    loop = asyncio.new_event_loop()
-    runner = threading.Thread(target=loop.run_forever, name="event-loop")
-    runner.start()
-
-    def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(30)
-
-    try:
-        yield run
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        runner.join(30)
-        loop.close()
 
 
 def test_psycopg_pool_outages_cause_no_internal_error(pg_factory) -> None:
@@ -95,11 +54,11 @@ def test_psycopg_pool_outages_cause_no_internal_error(pg_factory) -> None:
 
     try:
         with Workload(registry, work).running() as load:
-            _postgres_outages(server, load, app)
+            postgres_outages(server, load, app)
         assert sample(registry, "pool_connections", "pp", state="used") == 0
     finally:
         pool.close()
-    _settled(registry, "pp", load)
+    settled(registry, "pp", load)
     assert sample(registry, "pool_connect_errors_total", "pp", reason="refused") >= 1
 
 
@@ -107,7 +66,7 @@ def test_async_psycopg_pool_outages_cause_no_internal_error(pg_factory) -> None:
     server = pg_factory()
     app = f"pw-faults-{uuid.uuid4().hex[:8]}"
     registry = CollectorRegistry()
-    with _event_loop() as run:
+    with event_loop_thread() as run:
 
         async def build() -> psycopg_pool.AsyncConnectionPool[Any]:
             pool = psycopg_pool.AsyncConnectionPool(
@@ -129,11 +88,11 @@ def test_async_psycopg_pool_outages_cause_no_internal_error(pg_factory) -> None:
 
         try:
             with Workload(registry, lambda: run(query())).running() as load:
-                _postgres_outages(server, load, app)
+                postgres_outages(server, load, app)
             assert sample(registry, "pool_connections", "app", state="used") == 0
         finally:
             run(pool.close())
-    _settled(registry, "app", load)
+    settled(registry, "app", load)
 
 
 def test_asyncpg_pool_outages_cause_no_internal_error(pg_factory) -> None:
@@ -142,7 +101,7 @@ def test_asyncpg_pool_outages_cause_no_internal_error(pg_factory) -> None:
     server = pg_factory()
     app = f"pw-faults-{uuid.uuid4().hex[:8]}"
     registry = CollectorRegistry()
-    with _event_loop() as run:
+    with event_loop_thread() as run:
 
         async def build() -> asyncpg.Pool:
             return await asyncpg.create_pool(
@@ -162,11 +121,11 @@ def test_asyncpg_pool_outages_cause_no_internal_error(pg_factory) -> None:
 
         try:
             with Workload(registry, lambda: run(query())).running() as load:
-                _postgres_outages(server, load, app)
+                postgres_outages(server, load, app)
             assert sample(registry, "pool_connections", "apg", state="used") == 0
         finally:
             run(pool.close())
-    _settled(registry, "apg", load)
+    settled(registry, "apg", load)
 
 
 def test_psycopg2_pool_outages_cause_no_internal_error(pg_factory) -> None:
@@ -191,18 +150,18 @@ def test_psycopg2_pool_outages_cause_no_internal_error(pg_factory) -> None:
 
     try:
         with Workload(registry, work).running() as load:
-            _postgres_outages(server, load, app)
+            postgres_outages(server, load, app)
         assert sample(registry, "pool_connections", "p2", state="used") == 0
     finally:
         pool.closeall()
-    _settled(registry, "p2", load)
+    settled(registry, "p2", load)
 
 
 def test_redis_asyncio_outages_cause_no_internal_error(redis_factory) -> None:
     server = redis_factory()
     name = f"pw-faults-{uuid.uuid4().hex[:8]}"
     registry = CollectorRegistry()
-    with _event_loop() as run:
+    with event_loop_thread() as run:
 
         async def build() -> redis.asyncio.Redis:
             pool = redis.asyncio.ConnectionPool(
@@ -223,23 +182,7 @@ def test_redis_asyncio_outages_cause_no_internal_error(redis_factory) -> None:
 
         try:
             with Workload(registry, lambda: run(call())).running() as load:
-                load.progress()
-                _shutdown(server)
-                load.failures(20)
-                server.start()
-                load.progress()
-                server.kill()
-                load.failures(20)
-                server.start()
-                load.progress()
-                admin = server.client()
-                for _ in range(3):
-                    for entry in admin.client_list():
-                        if entry.get("name") == name:
-                            with suppress(redis.ResponseError):
-                                admin.client_kill_filter(_id=entry["id"])
-                    load.progress()
-                admin.close()
+                redis_outages(server, load, name)
         finally:
             run(client.aclose())
-    _settled(registry, "acache", load)
+    settled(registry, "acache", load)
